@@ -1,0 +1,105 @@
+"""Adapters map one model family onto canonical visionlens hook names.
+
+An adapter is declared once per family and registered through the ``visionlens_register_adapters``
+plugin hook, exactly like a third-party one. ``resolve_adapter`` picks the adapter for a module.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Optional, Union
+
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from visionlens.config import VisionConfig
+from visionlens.hook_points import BridgedHookPoint
+
+__all__ = ["Adapter", "BridgedAdapter", "available_adapters", "resolve_adapter", "module_tree_hooks"]
+
+
+class Adapter:
+    """Base class: one instance per wrapped model.
+
+    Subclasses set ``name`` / ``family``, implement ``matches`` (does this source module belong
+    to the family?), ``config`` and ``hook_points`` (ordered ``{canonical name: HookPoint}``),
+    and ``forward`` when they run their own code (otherwise the source runs as is and hooks are
+    bridged onto its modules).
+    """
+
+    name: ClassVar[str] = "base"
+    family: ClassVar[str] = ""
+    priority: ClassVar[int] = 0  # higher wins when several adapters match
+
+    def __init__(self, source: nn.Module):
+        self.source = source
+
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
+        return False
+
+    def config(self) -> VisionConfig:
+        raise NotImplementedError
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        raise NotImplementedError
+
+    def aliases(self) -> dict[str, str]:
+        """Extra names (layer aliases) accepted wherever a hook or unit is named."""
+        return {}
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        return self.source(x, *args, **kwargs)
+
+
+def module_tree_hooks(root: nn.Module, skip: tuple[type, ...] = (), prefix: str = "") -> dict[str, HookPoint]:
+    """A bridged ``<path>.hook_out`` point on every submodule output (module-tree hooks)."""
+    out: dict[str, HookPoint] = {}
+    for path, module in root.named_modules():
+        if not path or isinstance(module, skip) or path.split(".")[0] in ("source", "adapter", "cfg"):
+            continue
+        out[f"{prefix}{path}.hook_out"] = BridgedHookPoint(module, "output")
+    return out
+
+
+class BridgedAdapter(Adapter):
+    """An adapter whose hooks are all bridged onto source modules: the source forward runs untouched."""
+
+    def canonical_hooks(self) -> dict[str, HookPoint]:
+        return {}
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        points = dict(self.canonical_hooks())
+        points.update(module_tree_hooks(self.source))
+        return points
+
+
+_BUILTIN: Optional[list[type[Adapter]]] = None
+
+
+def available_adapters() -> list[type[Adapter]]:
+    """All registered adapter classes (built-in and from plugins), highest priority first."""
+    from visionlens.registry import collect_adapters
+
+    return sorted(collect_adapters(), key=lambda a: -a.priority)
+
+
+def resolve_adapter(source: nn.Module, adapter: Union[str, Adapter, type, None] = "auto") -> Adapter:
+    from visionlens.hooked_model import warn_generic
+
+    if isinstance(adapter, Adapter):
+        return adapter
+    if isinstance(adapter, type) and issubclass(adapter, Adapter):
+        return adapter(source)
+    adapters = available_adapters()
+    if adapter in (None, "auto"):
+        for cls in adapters:
+            if cls.name != "generic" and cls.matches(source):
+                return cls(source)
+        from .generic import GenericAdapter
+
+        warn_generic(source, [a.name for a in adapters])
+        return GenericAdapter(source)
+    for cls in adapters:
+        if cls.name == adapter:
+            return cls(source)
+    raise ValueError(f"Unknown adapter {adapter!r}. Available adapters: {', '.join(a.name for a in adapters)}.")

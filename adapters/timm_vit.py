@@ -1,0 +1,349 @@
+"""timm Vision Transformers (ViT, DeiT incl. distilled, register tokens, layer scale).
+
+The adapter runs its own forward over timm's modules with TransformerLens hook names.
+Every hook is inline and skipped when empty; fused SDPA attention stays on unless
+``hook_attn_scores`` or ``hook_pattern`` of that layer is active. Layer scale and drop-path are
+folded into ``hook_attn_out`` / ``hook_mlp_out`` (and the layer scale into per-head
+``hook_result``), so ``resid_mid = resid_pre + attn_out`` and ``resid_post = resid_mid + mlp_out``
+hold exactly.
+
+``ln*.hook_normalized`` is the LayerNorm output *including* its affine weight and bias (timm
+weights are not folded); ``ln*.hook_scale`` is the per-vector ``sqrt(var + eps)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from visionlens.config import VisionConfig
+from visionlens.hook_points import HookPoint, InlineHookPoint, fire, is_active
+
+from . import Adapter
+
+ATTN_INTERNAL = ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z", "hook_result")
+
+
+def _timm_classes():
+    from timm.layers import LayerScale, Mlp
+    from timm.layers.attention import Attention
+    from timm.models.vision_transformer import Block, VisionTransformer
+
+    return VisionTransformer, Block, Attention, Mlp, LayerScale
+
+
+def _ln_scale(norm: nn.Module, x: Tensor) -> Tensor:
+    eps = getattr(norm, "eps", 1e-6)
+    return (x.var(dim=-1, keepdim=True, unbiased=False) + eps).sqrt()
+
+
+def _is_identity(m: Optional[nn.Module]) -> bool:
+    return m is None or isinstance(m, nn.Identity)
+
+
+class _LayerHooks:
+    """The hook points of one transformer block, held as plain attributes for fast access."""
+
+    NAMES = ("hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v",
+             "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "attn.hook_result", "hook_attn_out",
+             "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_post",
+             "hook_mlp_out", "hook_resid_post")
+
+    def __init__(self, with_result: bool):
+        self.points: dict[str, HookPoint] = {}
+        for n in self.NAMES:
+            if n == "attn.hook_result" and not with_result:
+                continue
+            self.points[n] = InlineHookPoint()
+        p = self.points
+        self.resid_pre, self.ln1_scale, self.ln1 = p["hook_resid_pre"], p["ln1.hook_scale"], p["ln1.hook_normalized"]
+        self.q, self.k, self.v = p["attn.hook_q"], p["attn.hook_k"], p["attn.hook_v"]
+        self.scores, self.pattern, self.z = p["attn.hook_attn_scores"], p["attn.hook_pattern"], p["attn.hook_z"]
+        self.result = p.get("attn.hook_result")
+        self.attn_out, self.resid_mid = p["hook_attn_out"], p["hook_resid_mid"]
+        self.ln2_scale, self.ln2 = p["ln2.hook_scale"], p["ln2.hook_normalized"]
+        self.mlp_pre, self.mlp_post = p["mlp.hook_pre"], p["mlp.hook_post"]
+        self.mlp_out, self.resid_post = p["hook_mlp_out"], p["hook_resid_post"]
+
+
+@dataclass
+class LinearReadout:
+    """How the final residual stream becomes logits, as linear maps (for DLA / logit_attrs).
+
+    ``logits = bias + sum_r coef_r * head_r(pool_r(normalize(x)))`` where normalization is the final
+    LayerNorm applied before pooling (``norm_first``) or after it.
+    """
+
+    ln: Optional[nn.Module]
+    norm_first: bool
+    pools: list[tuple[Callable[[Tensor], Tensor], nn.Module, float]]
+
+    def _dir(self, head: nn.Module, classes: Tensor) -> Tensor:
+        w = head.weight[classes]
+        if self.ln is not None and getattr(self.ln, "weight", None) is not None:
+            w = w * self.ln.weight
+        return w
+
+    def directions(self, classes: Tensor) -> list[Tensor]:
+        """Per readout, the residual-space direction of each class (final-LN weight folded in)."""
+        return [self._dir(head, classes) for _, head, _ in self.pools]
+
+    def folded_bias(self, classes: Tensor) -> Tensor:
+        """The part of the logit no residual component explains: head bias + head(LN bias)."""
+        total = 0.0
+        for _, head, coef in self.pools:
+            b = head.bias[classes] if head.bias is not None else torch.zeros_like(classes, dtype=head.weight.dtype)
+            if self.ln is not None and getattr(self.ln, "bias", None) is not None:
+                b = b + head.weight[classes] @ self.ln.bias
+            total = total + coef * b
+        return total
+
+
+class TimmViTAdapter(Adapter):
+    """timm ``VisionTransformer`` (and DeiT's distilled variant) with TransformerLens names."""
+
+    name = "timm_vit"
+    family = "vit"
+    priority = 10
+
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
+        VisionTransformer, Block, Attention, Mlp, _ = _timm_classes()
+        if not isinstance(module, VisionTransformer):
+            return False
+        for blk in module.blocks:
+            if type(blk) is not Block or type(blk.attn) is not Attention or type(blk.mlp) is not Mlp:
+                return False
+            if getattr(blk.attn, "gate", None) is not None:
+                return False
+        return not getattr(module, "dynamic_img_pad", False)
+
+    def __init__(self, source: nn.Module):
+        super().__init__(source)
+        s = source
+        self.distilled = getattr(s, "dist_token", None) is not None
+        self.layers: list[_LayerHooks] = []
+        for blk in s.blocks:
+            self.layers.append(_LayerHooks(with_result=_is_identity(blk.attn.norm)))
+        if not _is_identity(s.norm):
+            self.final_ln: Optional[nn.Module] = s.norm
+            self.norm_first = True
+        elif not _is_identity(s.fc_norm):
+            self.final_ln = s.fc_norm
+            self.norm_first = False
+        else:
+            self.final_ln, self.norm_first = None, True
+        self.hook_embed, self.hook_pos_embed = InlineHookPoint(), InlineHookPoint()
+        self.ln_final_scale, self.ln_final = InlineHookPoint(), InlineHookPoint()
+        self.hook_pooled, self.hook_logits = InlineHookPoint(), InlineHookPoint()
+
+    # --------------------------------------------------------------- description
+    def config(self) -> VisionConfig:
+        s = self.source
+        blk0 = s.blocks[0]
+        pe = s.patch_embed
+        dc = getattr(s, "pretrained_cfg", None) or {}
+        n_classes = s.num_classes
+        return VisionConfig(
+            family="vit", architecture=dc.get("architecture", type(s).__name__), adapter=self.name,
+            n_layers=len(s.blocks), d_model=s.embed_dim, n_heads=blk0.attn.num_heads, d_head=blk0.attn.head_dim,
+            d_mlp=blk0.mlp.fc1.out_features, image_size=tuple(pe.img_size) if pe.img_size else None,
+            patch_size=tuple(pe.patch_size), in_chans=pe.proj.in_channels, n_classes=n_classes,
+            mean=tuple(dc.get("mean", (0.485, 0.456, 0.406))), std=tuple(dc.get("std", (0.229, 0.224, 0.225))),
+            crop_pct=float(dc.get("crop_pct", 0.875)), interpolation=dc.get("interpolation", "bicubic"),
+            num_prefix_tokens=s.num_prefix_tokens, pool_type="distilled" if self.distilled else (s.global_pool or ""),
+            normalization_type="LN" if self.final_ln is not None else None,
+            dynamic_img_size=bool(getattr(s, "dynamic_img_size", False)),
+            extra={"embed_sum_is_resid_pre": _is_identity(s.norm_pre) and _is_identity(getattr(s, "patch_drop", None)),
+                   "has_cls_token": s.cls_token is not None, "distilled": self.distilled,
+                   "n_register_tokens": int(getattr(s, "num_reg_tokens", 0) or 0),
+                   "layer_scale": not _is_identity(blk0.ls1)},
+        )
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        points: dict[str, HookPoint] = {"hook_embed": self.hook_embed, "hook_pos_embed": self.hook_pos_embed}
+        for l, lh in enumerate(self.layers):
+            points.update({f"blocks.{l}.{n}": hp for n, hp in lh.points.items()})
+        if self.final_ln is not None:
+            points["ln_final.hook_scale"] = self.ln_final_scale
+            points["ln_final.hook_normalized"] = self.ln_final
+        points["hook_pooled"] = self.hook_pooled
+        points["hook_logits"] = self.hook_logits
+        return points
+
+    def readout(self) -> LinearReadout:
+        """The final linear readout (for direct logit attribution)."""
+        s = self.source
+        P = s.num_prefix_tokens
+        if self.distilled:
+            pools = [(lambda x: x[..., 0, :], s.head, 0.5), (lambda x: x[..., 1, :], s.head_dist, 0.5)]
+        else:
+            if getattr(s, "attn_pool", None) is not None or s.global_pool not in ("token", "avg"):
+                raise NotImplementedError(
+                    f"logit attribution needs a linear pool ('token' or 'avg'); this model uses {s.global_pool!r}.")
+            if s.global_pool == "token":
+                pool = lambda x: x[..., 0, :]  # noqa: E731
+            elif getattr(s, "pool_include_prefix", False):
+                pool = lambda x: x.mean(dim=-2)  # noqa: E731
+            else:
+                pool = lambda x: x[..., P:, :].mean(dim=-2)  # noqa: E731
+            pools = [(pool, s.head, 1.0)]
+        for _, head, _ in pools:
+            if not isinstance(head, nn.Linear):
+                raise NotImplementedError("logit attribution needs a linear classification head (num_classes > 0).")
+        return LinearReadout(ln=self.final_ln, norm_first=self.norm_first, pools=pools)
+
+    # --------------------------------------------------------------- forward
+    def _embed(self, x: Tensor) -> Tensor:
+        s = self.source
+        x = s.patch_embed(x)
+        if getattr(s, "dynamic_img_size", False):
+            from timm.layers import resample_abs_pos_embed
+
+            B, H, W, C = x.shape
+            pos_embed = resample_abs_pos_embed(
+                s.pos_embed, new_size=(H, W), old_size=s.patch_embed.grid_size,
+                num_prefix_tokens=0 if s.no_embed_class else s.num_prefix_tokens) if s.pos_embed is not None else None
+            x = x.view(B, -1, C)
+        else:
+            pos_embed = s.pos_embed
+        B = x.shape[0]
+        prefix = []
+        if s.cls_token is not None:
+            prefix.append(s.cls_token.expand(B, -1, -1))
+        if self.distilled:
+            prefix.append(s.dist_token.expand(B, -1, -1))
+        if getattr(s, "reg_token", None) is not None:
+            prefix.append(s.reg_token.expand(B, -1, -1))
+        hooked = is_active(self.hook_embed) or is_active(self.hook_pos_embed)
+        if pos_embed is None:
+            emb = torch.cat(prefix + [x], dim=1) if prefix else x
+            if hooked:
+                emb = fire(self.hook_embed, emb)
+                pos = fire(self.hook_pos_embed, torch.zeros_like(emb))
+                emb = emb + pos
+            return s.pos_drop(emb)
+        if not s.no_embed_class:
+            emb = torch.cat(prefix + [x], dim=1) if prefix else x
+            if hooked:
+                emb = fire(self.hook_embed, emb)
+                pos_embed = fire(self.hook_pos_embed, pos_embed.expand(B, -1, -1))
+            return s.pos_drop(emb + pos_embed)
+        if not hooked:
+            x = x + pos_embed
+            return s.pos_drop(torch.cat(prefix + [x], dim=1) if prefix else x)
+        emb = fire(self.hook_embed, torch.cat(prefix + [x], dim=1) if prefix else x)
+        n_prefix = emb.shape[1] - x.shape[1]
+        pos = torch.cat([pos_embed.new_zeros(1, n_prefix, pos_embed.shape[-1]), pos_embed], dim=1).expand(B, -1, -1)
+        pos = fire(self.hook_pos_embed, pos)
+        return s.pos_drop(emb + pos)
+
+    def _attention(self, attn: nn.Module, h: _LayerHooks, x: Tensor, ls: nn.Module) -> Tensor:
+        """Attention + layer scale. Returns the block's attention contribution before drop-path."""
+        B, N, _ = x.shape
+        H, dh = attn.num_heads, attn.head_dim
+        qkv = attn.qkv(x).reshape(B, N, 3, H, dh).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        if is_active(h.q):
+            q = h.q(q.transpose(1, 2)).transpose(1, 2)
+        if is_active(h.k):
+            k = h.k(k.transpose(1, 2)).transpose(1, 2)
+        if is_active(h.v):
+            v = h.v(v.transpose(1, 2)).transpose(1, 2)
+        if attn.fused_attn and not (is_active(h.scores) or is_active(h.pattern)):
+            z = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+        else:
+            scores = (q * attn.scale) @ k.transpose(-2, -1)
+            scores = fire(h.scores, scores)
+            pattern = fire(h.pattern, scores.softmax(dim=-1))
+            z = attn.attn_drop(pattern) @ v
+        z = z.transpose(1, 2)
+        z = fire(h.z, z)
+        if h.result is not None and is_active(h.result):
+            W_O = attn.proj.weight.view(attn.proj.out_features, H, dh)
+            result = torch.einsum("bnhd,ohd->bnho", z, W_O)
+            bias = attn.proj.bias
+            gamma = getattr(ls, "gamma", None)
+            if gamma is not None:
+                result = result * gamma
+                bias = bias * gamma if bias is not None else None
+            result = h.result(result)
+            out = result.sum(dim=-2)
+            if bias is not None:
+                out = out + bias
+            return attn.proj_drop(out)
+        out = attn.proj_drop(attn.proj(attn.norm(z.reshape(B, N, H * dh))))
+        return ls(out)
+
+    def _block(self, blk: nn.Module, h: _LayerHooks, x: Tensor) -> Tensor:
+        x = fire(h.resid_pre, x)
+        if is_active(h.ln1_scale):
+            h.ln1_scale(_ln_scale(blk.norm1, x))
+        y = fire(h.ln1, blk.norm1(x))
+        attn_out = fire(h.attn_out, blk.drop_path1(self._attention(blk.attn, h, y, blk.ls1)))
+        x = fire(h.resid_mid, x + attn_out)
+        if is_active(h.ln2_scale):
+            h.ln2_scale(_ln_scale(blk.norm2, x))
+        y = fire(h.ln2, blk.norm2(x))
+        mlp = blk.mlp
+        y = fire(h.mlp_pre, mlp.fc1(y))
+        y = fire(h.mlp_post, mlp.act(y))
+        y = mlp.drop2(mlp.fc2(mlp.norm(mlp.drop1(y))))
+        mlp_out = fire(h.mlp_out, blk.drop_path2(blk.ls2(y)))
+        return fire(h.resid_post, x + mlp_out)
+
+    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        s = self.source
+        x = self._embed(x)
+        x = s.norm_pre(s.patch_drop(x))
+        for blk, h in zip(s.blocks, self.layers):
+            x = self._block(blk, h, x)
+        if self.norm_first and self.final_ln is not None:
+            if is_active(self.ln_final_scale):
+                self.ln_final_scale(_ln_scale(s.norm, x))
+            x = fire(self.ln_final, s.norm(x))
+        else:
+            x = s.norm(x)
+        if self.distilled:
+            pooled = fire(self.hook_pooled, torch.stack([x[:, 0], x[:, 1]], dim=1))
+            a, b = s.head_drop(pooled[:, 0]), s.head_drop(pooled[:, 1])
+            if pre_logits:
+                return (a + b) / 2
+            a, b = s.head(a), s.head_dist(b)
+            if s.distilled_training and s.training:
+                return a, b
+            return fire(self.hook_logits, (a + b) / 2)
+        pooled = s.pool(x)
+        if not self.norm_first and self.final_ln is not None:
+            if is_active(self.ln_final_scale):
+                self.ln_final_scale(_ln_scale(s.fc_norm, pooled))
+            pooled = fire(self.ln_final, s.fc_norm(pooled))
+        else:
+            pooled = s.fc_norm(pooled)
+        pooled = fire(self.hook_pooled, pooled)
+        pooled = s.head_drop(pooled)
+        if pre_logits:
+            return pooled
+        return fire(self.hook_logits, s.head(pooled))
+
+    def aliases(self) -> dict[str, str]:
+        out = {}
+        for l in range(len(self.layers)):
+            out[f"blocks.{l}"] = f"blocks.{l}.hook_resid_post"
+            out[f"blocks.{l}.mlp"] = f"blocks.{l}.mlp.hook_post"
+        return out
+
+    def head_results_from_z(self, layer: int, z: Tensor) -> Tensor:
+        """Per-head outputs ``[..., pos, head, d_model]`` from cached ``hook_z`` (layer scale folded in)."""
+        attn = self.source.blocks[layer].attn
+        if not _is_identity(attn.norm):
+            raise NotImplementedError("per-head results are not linear when the attention output is normalized")
+        W_O = attn.proj.weight.view(attn.proj.out_features, attn.num_heads, attn.head_dim)
+        result = torch.einsum("...hd,ohd->...ho", z, W_O)
+        gamma = getattr(self.source.blocks[layer].ls1, "gamma", None)
+        return result * gamma if gamma is not None else result

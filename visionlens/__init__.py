@@ -1,0 +1,34 @@
+"""visionlens: mechanistic interpretability for image models, as a TransformerLens companion.
+
+>>> import visionlens
+>>> model = visionlens.load("timm:vit_tiny_patch16_224")
+>>> logits, cache = model.run_with_cache(model.dummy_input())
+>>> cache["blocks.0.attn.hook_pattern"].shape
+torch.Size([1, 3, 197, 197])
+"""
+
+from __future__ import annotations
+
+from .config import VisionConfig
+from .hookspecs import hookimpl, hookspec
+from .hooked_model import HookedVisionModel
+from .loading import load
+from .units import Unit, parse_unit
+from .validation import UnknownHookError, VisionLensError
+
+__version__ = "0.1.0"
+
+__all__ = ["HookedVisionModel", "VisionConfig", "VisionLensError", "UnknownHookError", "Unit", "parse_unit",
+           "load", "hookimpl", "hookspec", "list_analyses", "run", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("list_analyses", "run", "get_analysis", "plugin_errors"):
+        from . import registry
+
+        return getattr(registry, name)
+    if name == "VisionActivationCache":
+        from .cache import VisionActivationCache
+
+        return VisionActivationCache
+    raise AttributeError(f"module 'visionlens' has no attribute {name!r}")

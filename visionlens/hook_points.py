@@ -1,0 +1,107 @@
+"""Hook points that cost nothing until something is attached.
+
+Two kinds of :class:`transformer_lens.hook_points.HookPoint` live in a visionlens model:
+
+* **Inline** points are called by an adapter's own forward code. The adapter calls
+  :func:`fire` which skips the ``nn.Module.__call__`` entirely when the point is empty.
+* **Bridged** points (:class:`BridgedHookPoint`) stand for a tensor the *source* model
+  computes (a module's output or input). A torch hook on the source module is installed only
+  while the point has hooks, so an unhooked model runs exactly the source model's code.
+
+Both are real ``HookPoint`` subclasses: TransformerLens hook functions ``fn(tensor, hook)``,
+``add_hook``, ``run_with_hooks``, ``run_with_cache`` and backward hooks work unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal, Optional
+
+import torch
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint, LensHandle
+
+__all__ = ["HookPoint", "BridgedHookPoint", "fire", "is_active"]
+
+
+def is_active(hp: HookPoint) -> bool:
+    """True when a forward or backward hook is attached to ``hp``."""
+    return bool(hp._forward_hooks or hp._backward_hooks)
+
+
+def fire(hp: HookPoint, x: Tensor) -> Tensor:
+    """Pass ``x`` through ``hp`` when something is attached, else return it untouched."""
+    if hp._forward_hooks or hp._backward_hooks:
+        return hp(x)
+    return x
+
+
+class _NotifyingHookPoint(HookPoint):
+    """A HookPoint that tells an owner when it gains its first or loses its last hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._listeners: list[Callable[[], None]] = []
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def add_hook(self, hook: Any, dir: Literal["fwd", "bwd"] = "fwd", *args: Any, **kwargs: Any) -> LensHandle:
+        handle = super().add_hook(hook, dir, *args, **kwargs)
+        self._notify()
+        return handle
+
+    def remove_hooks(self, dir: Literal["fwd", "bwd", "both"] = "fwd", including_permanent: bool = False,
+                     level: Optional[int] = None) -> None:
+        super().remove_hooks(dir, including_permanent=including_permanent, level=level)
+        self._notify()
+
+
+class InlineHookPoint(_NotifyingHookPoint):
+    """A hook point called from adapter code (see :func:`fire`)."""
+
+
+class BridgedHookPoint(_NotifyingHookPoint):
+    """A hook point on a tensor produced inside the source model.
+
+    ``where`` is ``"output"`` (the module's return value, optionally one item of a tuple via
+    ``index``) or ``"input"`` (positional argument ``index`` of the module call).
+    The bridge torch hook exists only while this point has hooks.
+    """
+
+    def __init__(self, module: nn.Module, where: Literal["output", "input"] = "output", index: Optional[int] = None):
+        super().__init__()
+        # Keep the source module out of the nn.Module tree (it is registered once, under `source`).
+        object.__setattr__(self, "_target", module)
+        self._where = where
+        self._index = index
+        self._bridge: Optional[torch.utils.hooks.RemovableHandle] = None
+        self._listeners.append(self._sync_bridge)
+
+    @property
+    def target(self) -> nn.Module:
+        return self._target
+
+    def _sync_bridge(self) -> None:
+        want = is_active(self)
+        if want and self._bridge is None:
+            if self._where == "output":
+                self._bridge = self._target.register_forward_hook(self._on_output)
+            else:
+                self._bridge = self._target.register_forward_pre_hook(self._on_input)
+        elif not want and self._bridge is not None:
+            self._bridge.remove()
+            self._bridge = None
+
+    def _on_output(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if self._index is None:
+            if not isinstance(output, Tensor):
+                return None
+            return self(output)
+        items = list(output)
+        items[self._index] = self(items[self._index])
+        return type(output)(items) if isinstance(output, tuple) else items
+
+    def _on_input(self, module: nn.Module, args: tuple) -> tuple:
+        i = self._index or 0
+        return args[:i] + (self(args[i]),) + args[i + 1:]

@@ -1,0 +1,222 @@
+"""HookedVisionModel: a TransformerLens ``HookedRootModule`` around any image model."""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from .config import VisionConfig
+from .validation import VisionLensError, check_image_batch, unknown_hook
+
+if TYPE_CHECKING:
+    from .adapters import Adapter
+    from .cache import VisionActivationCache
+
+NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
+_RESERVED = {"source", "adapter", "cfg"}
+
+
+class HookedVisionModel(HookedRootModule):
+    """An image model with TransformerLens hook points on canonical activation names.
+
+    Build one with :meth:`from_timm`, :meth:`from_torchvision`, :meth:`from_module` or
+    :func:`visionlens.load`. ``model(x)`` computes exactly what ``model.source(x)`` computes;
+    hooks attached through the TransformerLens API (``run_with_hooks``, ``run_with_cache``,
+    ``hooks()``, ``add_hook``) observe or edit the canonical activations.
+    """
+
+    cfg: VisionConfig
+
+    def __init__(self, source: nn.Module, adapter: Union[str, "Adapter", type, None] = "auto"):
+        super().__init__()
+        from .adapters import resolve_adapter
+
+        self.source = source
+        self.adapter = resolve_adapter(source, adapter)
+        self.cfg = self.adapter.config()
+        self.validate_inputs = True
+        for name, hp in self.adapter.hook_points().items():
+            self._attach(name, hp)
+        self.setup()
+        self.eval() if not source.training else None
+
+    # ------------------------------------------------------------------ hook tree
+    def _attach(self, name: str, hp: HookPoint) -> None:
+        parts = name.split(".")
+        if parts[0] in _RESERVED:
+            raise ValueError(f"Hook name {name!r} collides with a reserved attribute")
+        node: nn.Module = self
+        for part in parts[:-1]:
+            child = node._modules.get(part)
+            if child is None:
+                child = nn.Module()
+                node.add_module(part, child)
+            node = child
+        node.add_module(parts[-1], hp)
+
+    def setup(self) -> None:
+        """Index hook points by name; the source model's own modules are left untouched."""
+        self.mod_dict = {}
+        self.hook_dict = {}
+        for name, module in self.named_modules():
+            if name == "" or name == "source" or name.startswith("source."):
+                continue
+            self.mod_dict[name] = module
+            if isinstance(module, HookPoint):
+                module.name = name
+                self.hook_dict[name] = module
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        """Run the model on an image batch ``[batch, channels, H, W]`` (normalized floats)."""
+        if self.validate_inputs:
+            check_image_batch(x, self.cfg)
+        return self.adapter.forward(x, *args, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.source.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    # ------------------------------------------------------------------ names
+    def resolve_hook(self, name: str) -> str:
+        """Map a hook name or layer alias (``mixed4a``, ``layer1.0.conv1``) to a hook name."""
+        if name in self.hook_dict:
+            return name
+        alias = self.adapter.aliases().get(name)
+        if alias is not None:
+            return alias
+        if f"{name}.hook_out" in self.hook_dict:
+            return f"{name}.hook_out"
+        raise unknown_hook(name, self.hook_dict)
+
+    def _check_name(self, name: Any) -> Any:
+        if isinstance(name, str) and name not in self.hook_dict:
+            return self.resolve_hook(name)
+        return name
+
+    def _check_names_filter(self, names_filter: NamesFilter) -> NamesFilter:
+        if isinstance(names_filter, str):
+            return self._check_name(names_filter)
+        if isinstance(names_filter, (list, tuple, set)):
+            return [self._check_name(n) for n in names_filter]
+        return names_filter
+
+    def add_hook(self, name: Any, hook: Callable, dir: str = "fwd", is_permanent: bool = False,
+                 level: Optional[int] = None, prepend: bool = False) -> None:
+        super().add_hook(self._check_name(name), hook, dir=dir, is_permanent=is_permanent, level=level,
+                         prepend=prepend)
+
+    def _enable_hook(self, name: Any, hook: Callable, dir: Any) -> None:
+        super()._enable_hook(self._check_name(name), hook, dir)
+
+    def get_caching_hooks(self, names_filter: NamesFilter = None, *args: Any, **kwargs: Any):
+        return super().get_caching_hooks(self._check_names_filter(names_filter), *args, **kwargs)
+
+    def add_caching_hooks(self, names_filter: NamesFilter = None, *args: Any, **kwargs: Any):
+        return super().add_caching_hooks(self._check_names_filter(names_filter), *args, **kwargs)
+
+    def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any
+                       ) -> tuple[Any, Union["VisionActivationCache", dict[str, Tensor]]]:
+        """Run and cache activations; returns ``(output, VisionActivationCache)``."""
+        from .cache import VisionActivationCache
+
+        remove_batch_dim = kwargs.get("remove_batch_dim", False)
+        out, cache_dict = super().run_with_cache(*model_args, **kwargs)
+        if not return_cache_object:
+            return out, cache_dict
+        return out, VisionActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+
+    def hook_shapes(self, image_size: Optional[int] = None, batch: int = 1) -> dict[str, tuple[int, ...]]:
+        """Shape of every hook for a dummy input (what ``visionlens hooks`` prints)."""
+        x = self.dummy_input(image_size, batch)
+        with torch.no_grad():
+            _, cache = self.run_with_cache(x, return_cache_object=False)
+        return {name: tuple(cache[name].shape) for name in self.hook_dict if name in cache}
+
+    def dummy_input(self, image_size: Optional[int] = None, batch: int = 1) -> Tensor:
+        if image_size is None:
+            size = tuple(self.cfg.image_size) if self.cfg.image_size else (224, 224)
+        else:
+            size = (image_size, image_size)
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(batch, self.cfg.in_chans, *size, generator=g).to(self.device)
+
+    # ------------------------------------------------------------------ helpers
+    def preprocess(self, images: Any) -> Tensor:
+        """The model's own input transform: PIL image(s) / HWC arrays / file paths -> batch tensor."""
+        from .preprocess import preprocess
+
+        return preprocess(images, self.cfg).to(self.device)
+
+    def analyze(self, name: str, inputs: Any, **config: Any) -> Any:
+        """Run the analysis plugin ``name`` on this model (see :func:`visionlens.run`)."""
+        from .registry import run
+
+        return run(name, self, inputs, **config)
+
+    def parse_unit(self, spec: str):
+        """Parse ``"mixed4a:476"`` / ``"blocks.6.mlp.hook_post:123"`` into a :class:`visionlens.units.Unit`."""
+        from .units import parse_unit
+
+        return parse_unit(spec, self)
+
+    def __repr__(self) -> str:
+        return (f"HookedVisionModel({self.cfg.architecture or self.cfg.family}, adapter={self.cfg.adapter!r}, "
+                f"{len(self.hook_dict)} hooks)")
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_module(cls, module: nn.Module, adapter: Any = "auto") -> "HookedVisionModel":
+        """Wrap an existing ``nn.Module``; ``adapter="auto"`` picks the family adapter or the generic one."""
+        return cls(module, adapter)
+
+    @classmethod
+    def from_timm(cls, name: str, pretrained: Union[bool, str] = False, checkpoint_path: Optional[str] = None,
+                  **kwargs: Any) -> "HookedVisionModel":
+        """Build with ``timm.create_model`` (its own hub / checkpoint loader).
+
+        ``pretrained`` may be ``True`` (timm's hub weights), or a local checkpoint path.
+        """
+        from .loading import load_timm
+
+        return cls(load_timm(name, pretrained=pretrained, checkpoint_path=checkpoint_path, **kwargs))
+
+    @classmethod
+    def from_torchvision(cls, name: str, weights: Any = None, **kwargs: Any) -> "HookedVisionModel":
+        """Build with ``torchvision.models.get_model`` (weights enum/"DEFAULT"/local path)."""
+        from .loading import load_torchvision
+
+        return cls(load_torchvision(name, weights=weights, **kwargs))
+
+    @classmethod
+    def from_open_clip(cls, name: str, pretrained: Optional[str] = None, **kwargs: Any) -> "HookedVisionModel":
+        raise NotImplementedError(
+            "The open_clip adapter is not available yet (tracked in the CLIP/diffusion issue). "
+            "Use HookedVisionModel.from_module(model.visual) for the generic adapter meanwhile."
+        )
+
+    @classmethod
+    def from_diffusers(cls, unet_or_path: Any, **kwargs: Any) -> "HookedVisionModel":
+        raise NotImplementedError(
+            "The diffusers UNet adapter is not available yet (tracked in the CLIP/diffusion issue). "
+            "Use HookedVisionModel.from_module(unet) for the generic adapter meanwhile."
+        )
+
+
+def warn_generic(module: nn.Module, available: Sequence[str]) -> None:
+    warnings.warn(
+        f"No visionlens adapter recognises {type(module).__name__}; using the generic adapter "
+        f"(a hook on every submodule output, named '<module path>.hook_out'). Adapters: {', '.join(available)}.",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+__all__ = ["HookedVisionModel", "VisionLensError"]
