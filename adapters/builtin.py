@@ -9,6 +9,12 @@ from visionlens.hookspecs import hookimpl
 # module -> adapter class names; each family lives in its own module.
 BUILTIN_ADAPTERS = {
     "visionlens.adapters.timm_vit": ["TimmViTAdapter"],
+    "visionlens.adapters.resnet": ["ResNetAdapter"],
+    "visionlens.adapters.convnext": ["ConvNeXtAdapter"],
+    "visionlens.adapters.mobilenet": ["MobileNetV2Adapter"],
+    "visionlens.adapters.inception": ["GoogLeNetAdapter", "LucidInceptionV1Adapter"],
+    "visionlens.adapters.open_clip": ["OpenCLIPAdapter"],
+    "visionlens.adapters.diffusers_unet": ["UNetAdapter"],
     "visionlens.adapters.generic": ["GenericAdapter"],
 }
 
@@ -17,7 +23,12 @@ BUILTIN_ADAPTERS = {
 def visionlens_register_adapters() -> list[type]:
     classes = []
     for module_name, names in BUILTIN_ADAPTERS.items():
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # families whose optional library is not installed
+            if exc.name == module_name or (exc.name and not exc.name.startswith("visionlens")):
+                continue
+            raise
         classes.extend(getattr(module, n) for n in names)
     return classes
 
