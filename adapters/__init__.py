@@ -30,6 +30,8 @@ class Adapter:
     family: ClassVar[str] = ""
     priority: ClassVar[int] = 0  # higher wins when several adapters match
 
+    cfg: VisionConfig  # set by HookedVisionModel from config()
+
     def __init__(self, source: nn.Module):
         self.source = source
 
@@ -49,6 +51,22 @@ class Adapter:
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
         return self.source(x, *args, **kwargs)
+
+    def validate(self, x: Any) -> None:
+        """Check the model input; raise :class:`visionlens.VisionLensError` naming what was expected."""
+        from visionlens.validation import check_image_batch
+
+        check_image_batch(x, self.cfg)
+
+    def cache_class(self) -> type:
+        """The ActivationCache subclass ``run_with_cache`` returns for this family."""
+        from visionlens.cache import VisionActivationCache
+
+        return VisionActivationCache
+
+    def readout(self) -> Any:
+        """The final linear readout used for direct logit attribution (see ``timm_vit.LinearReadout``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe a linear readout")
 
 
 def module_tree_hooks(root: nn.Module, skip: tuple[type, ...] = (), prefix: str = "") -> dict[str, HookPoint]:

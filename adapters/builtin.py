@@ -37,4 +37,15 @@ def visionlens_register_adapters() -> list[type]:
 def visionlens_register_model_specs() -> list[tuple[str, object]]:
     from visionlens import loading
 
-    return [("timm", loading.load_timm), ("torchvision", loading.load_torchvision)]
+    def open_clip_spec(name: str, pretrained=None, **kw):
+        from visionlens.adapters.open_clip import load_open_clip
+
+        return load_open_clip(name, pretrained=pretrained or None, **kw)
+
+    def diffusers_spec(path: str, pretrained=None, **kw):
+        from visionlens.adapters.diffusers_unet import load_diffusers
+
+        return load_diffusers(path, **kw)
+
+    return [("timm", loading.load_timm), ("torchvision", loading.load_torchvision),
+            ("open_clip", open_clip_spec), ("diffusers", diffusers_spec)]

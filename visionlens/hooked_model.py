@@ -11,7 +11,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from .config import VisionConfig
-from .validation import VisionLensError, check_image_batch, unknown_hook
+from .validation import VisionLensError, unknown_hook
 
 if TYPE_CHECKING:
     from .adapters import Adapter
@@ -39,11 +39,12 @@ class HookedVisionModel(HookedRootModule):
         self.source = source
         self.adapter = resolve_adapter(source, adapter)
         self.cfg = self.adapter.config()
+        self.adapter.cfg = self.cfg
         self.validate_inputs = True
         for name, hp in self.adapter.hook_points().items():
             self._attach(name, hp)
         self.setup()
-        self.eval() if not source.training else None
+        self.train(source.training)
 
     # ------------------------------------------------------------------ hook tree
     def _attach(self, name: str, hp: HookPoint) -> None:
@@ -75,7 +76,7 @@ class HookedVisionModel(HookedRootModule):
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
         """Run the model on an image batch ``[batch, channels, H, W]`` (normalized floats)."""
         if self.validate_inputs:
-            check_image_batch(x, self.cfg)
+            self.adapter.validate(x)
         return self.adapter.forward(x, *args, **kwargs)
 
     @property
@@ -125,13 +126,11 @@ class HookedVisionModel(HookedRootModule):
     def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any
                        ) -> tuple[Any, Union["VisionActivationCache", dict[str, Tensor]]]:
         """Run and cache activations; returns ``(output, VisionActivationCache)``."""
-        from .cache import VisionActivationCache
-
         remove_batch_dim = kwargs.get("remove_batch_dim", False)
         out, cache_dict = super().run_with_cache(*model_args, **kwargs)
         if not return_cache_object:
             return out, cache_dict
-        return out, VisionActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+        return out, self.adapter.cache_class()(cache_dict, self, has_batch_dim=not remove_batch_dim)
 
     def hook_shapes(self, image_size: Optional[int] = None, batch: int = 1) -> dict[str, tuple[int, ...]]:
         """Shape of every hook for a dummy input (what ``visionlens hooks`` prints)."""
@@ -197,17 +196,17 @@ class HookedVisionModel(HookedRootModule):
 
     @classmethod
     def from_open_clip(cls, name: str, pretrained: Optional[str] = None, **kwargs: Any) -> "HookedVisionModel":
-        raise NotImplementedError(
-            "The open_clip adapter is not available yet (tracked in the CLIP/diffusion issue). "
-            "Use HookedVisionModel.from_module(model.visual) for the generic adapter meanwhile."
-        )
+        """Build with open_clip's own factory (hub tag or local ``.pt`` / ``.safetensors``); both towers hooked."""
+        from .adapters.open_clip import load_open_clip
+
+        return load_open_clip(name, pretrained=pretrained, **kwargs)
 
     @classmethod
     def from_diffusers(cls, unet_or_path: Any, **kwargs: Any) -> "HookedVisionModel":
-        raise NotImplementedError(
-            "The diffusers UNet adapter is not available yet (tracked in the CLIP/diffusion issue). "
-            "Use HookedVisionModel.from_module(unet) for the generic adapter meanwhile."
-        )
+        """Wrap a diffusers UNet (a module, a local ``from_pretrained`` directory, or a pipeline)."""
+        from .adapters.diffusers_unet import load_diffusers
+
+        return load_diffusers(unet_or_path, **kwargs)
 
 
 def warn_generic(module: nn.Module, available: Sequence[str]) -> None:
