@@ -250,11 +250,11 @@ class TimmViTAdapter(Adapter):
         q, k, v = qkv.unbind(0)
         q, k = attn.q_norm(q), attn.k_norm(k)
         if is_active(h.q):
-            q = h.q(q.transpose(1, 2)).transpose(1, 2)
+            q = fire(h.q, q.transpose(1, 2)).transpose(1, 2)
         if is_active(h.k):
-            k = h.k(k.transpose(1, 2)).transpose(1, 2)
+            k = fire(h.k, k.transpose(1, 2)).transpose(1, 2)
         if is_active(h.v):
-            v = h.v(v.transpose(1, 2)).transpose(1, 2)
+            v = fire(h.v, v.transpose(1, 2)).transpose(1, 2)
         if attn.fused_attn and not (is_active(h.scores) or is_active(h.pattern)):
             z = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
         else:
@@ -272,7 +272,7 @@ class TimmViTAdapter(Adapter):
             if gamma is not None:
                 result = result * gamma
                 bias = bias * gamma if bias is not None else None
-            result = h.result(result)
+            result = fire(h.result, result)
             out = result.sum(dim=-2)
             if bias is not None:
                 out = out + bias
@@ -283,12 +283,12 @@ class TimmViTAdapter(Adapter):
     def _block(self, blk: nn.Module, h: _LayerHooks, x: Tensor) -> Tensor:
         x = fire(h.resid_pre, x)
         if is_active(h.ln1_scale):
-            h.ln1_scale(_ln_scale(blk.norm1, x))
+            fire(h.ln1_scale, _ln_scale(blk.norm1, x))
         y = fire(h.ln1, blk.norm1(x))
         attn_out = fire(h.attn_out, blk.drop_path1(self._attention(blk.attn, h, y, blk.ls1)))
         x = fire(h.resid_mid, x + attn_out)
         if is_active(h.ln2_scale):
-            h.ln2_scale(_ln_scale(blk.norm2, x))
+            fire(h.ln2_scale, _ln_scale(blk.norm2, x))
         y = fire(h.ln2, blk.norm2(x))
         mlp = blk.mlp
         y = fire(h.mlp_pre, mlp.fc1(y))
@@ -305,7 +305,7 @@ class TimmViTAdapter(Adapter):
             x = self._block(blk, h, x)
         if self.norm_first and self.final_ln is not None:
             if is_active(self.ln_final_scale):
-                self.ln_final_scale(_ln_scale(s.norm, x))
+                fire(self.ln_final_scale, _ln_scale(s.norm, x))
             x = fire(self.ln_final, s.norm(x))
         else:
             x = s.norm(x)
@@ -321,7 +321,7 @@ class TimmViTAdapter(Adapter):
         pooled = s.pool(x)
         if not self.norm_first and self.final_ln is not None:
             if is_active(self.ln_final_scale):
-                self.ln_final_scale(_ln_scale(s.fc_norm, pooled))
+                fire(self.ln_final_scale, _ln_scale(s.fc_norm, pooled))
             pooled = fire(self.ln_final, s.fc_norm(pooled))
         else:
             pooled = s.fc_norm(pooled)

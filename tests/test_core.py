@@ -35,7 +35,7 @@ def vit():
 
 
 def _clean(model):
-    assert all(not hp._forward_hooks and not hp._backward_hooks for hp in model.hook_dict.values())
+    assert all(not hp._forward_hooks and not hp._backward_hooks and hp._capture is None for hp in model.hook_dict.values())
     for m in model.source.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
 

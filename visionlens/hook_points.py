@@ -24,14 +24,21 @@ __all__ = ["HookPoint", "BridgedHookPoint", "fire", "is_active"]
 
 
 def is_active(hp: HookPoint) -> bool:
-    """True when a forward or backward hook is attached to ``hp``."""
-    return bool(hp._forward_hooks or hp._backward_hooks)
+    """True when a forward or backward hook is attached to ``hp`` or it is being cached."""
+    return bool(hp._forward_hooks or hp._backward_hooks or getattr(hp, "_capture", None) is not None)
 
 
 def fire(hp: HookPoint, x: Tensor) -> Tensor:
-    """Pass ``x`` through ``hp`` when something is attached, else return it untouched."""
+    """Pass ``x`` through ``hp`` when something is attached, else return it untouched.
+
+    A point in fast-capture mode (see :meth:`HookedVisionModel.run_with_cache`) stores the final
+    value (after any user hooks) straight into the cache dict, without torch hook dispatch.
+    """
     if hp._forward_hooks or hp._backward_hooks:
-        return hp(x)
+        x = hp(x)
+    cap = hp._capture
+    if cap is not None:
+        cap[hp.name] = x.detach()
     return x
 
 
@@ -41,6 +48,13 @@ class _NotifyingHookPoint(HookPoint):
     def __init__(self) -> None:
         super().__init__()
         self._listeners: list[Callable[[], None]] = []
+        self._capture: Optional[dict] = None
+
+    def set_capture(self, cache: Optional[dict]) -> None:
+        """Store this point's value into ``cache[name]`` on every forward (``None`` stops)."""
+        object.__setattr__(self, "_capture", cache)  # skip nn.Module.__setattr__ (hot path)
+        if self._listeners:
+            self._notify()
 
     def _notify(self) -> None:
         for listener in self._listeners:
@@ -97,11 +111,11 @@ class BridgedHookPoint(_NotifyingHookPoint):
         if self._index is None:
             if not isinstance(output, Tensor):
                 return None
-            return self(output)
+            return fire(self, output)
         items = list(output)
-        items[self._index] = self(items[self._index])
+        items[self._index] = fire(self, items[self._index])
         return type(output)(items) if isinstance(output, tuple) else items
 
     def _on_input(self, module: nn.Module, args: tuple) -> tuple:
         i = self._index or 0
-        return args[:i] + (self(args[i]),) + args[i + 1:]
+        return args[:i] + (fire(self, args[i]),) + args[i + 1:]

@@ -123,14 +123,58 @@ class HookedVisionModel(HookedRootModule):
     def add_caching_hooks(self, names_filter: NamesFilter = None, *args: Any, **kwargs: Any):
         return super().add_caching_hooks(self._check_names_filter(names_filter), *args, **kwargs)
 
-    def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, **kwargs: Any
-                       ) -> tuple[Any, Union["VisionActivationCache", dict[str, Tensor]]]:
-        """Run and cache activations; returns ``(output, VisionActivationCache)``."""
+    def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, names_filter: NamesFilter = None,
+                       **kwargs: Any) -> tuple[Any, Union["VisionActivationCache", dict[str, Tensor]]]:
+        """Run and cache activations; returns ``(output, VisionActivationCache)``.
+
+        Same arguments as TransformerLens (``names_filter``, ``device``, ``remove_batch_dim``,
+        ``incl_bwd``, ``pos_slice``, ...). Plain forward caching takes a fast path that stores each
+        activation (after any attached hooks) without torch hook dispatch; anything else goes
+        through TransformerLens's caching hooks.
+        """
+        names_filter = self._check_names_filter(names_filter)
         remove_batch_dim = kwargs.get("remove_batch_dim", False)
-        out, cache_dict = super().run_with_cache(*model_args, **kwargs)
+        fast = set(kwargs) <= {"device", "remove_batch_dim", "reset_hooks_end", "clear_contexts"} and \
+            kwargs.get("reset_hooks_end", True)
+        if fast and all(getattr(hp, "set_capture", None) for hp in self.hook_dict.values()):
+            out, cache_dict = self._run_with_fast_cache(model_args, names_filter, kwargs.get("device"),
+                                                        remove_batch_dim, {})
+        else:
+            out, cache_dict = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
         if not return_cache_object:
             return out, cache_dict
         return out, self.adapter.cache_class()(cache_dict, self, has_batch_dim=not remove_batch_dim)
+
+    def _run_with_fast_cache(self, model_args: tuple, names_filter: NamesFilter, device: Any,
+                             remove_batch_dim: bool, model_kwargs: dict) -> tuple[Any, dict[str, Tensor]]:
+        if names_filter is None:
+            selected = list(self.hook_dict.values())
+        elif isinstance(names_filter, str):
+            selected = [self.hook_dict[names_filter]]
+        elif isinstance(names_filter, (list, tuple, set)):
+            selected = [self.hook_dict[n] for n in names_filter]
+        else:
+            selected = [hp for n, hp in self.hook_dict.items() if names_filter(n)]
+        if remove_batch_dim and model_args and isinstance(model_args[0], Tensor) and model_args[0].shape[0] != 1:
+            raise ValueError(f"Cannot remove batch dimension from cache with batch size {model_args[0].shape[0]}")
+        raw: dict[str, Tensor] = {}
+        self.is_caching = True
+        try:
+            for hp in selected:
+                hp.set_capture(raw)
+            out = self(*model_args, **model_kwargs)
+        finally:
+            for hp in selected:
+                hp.set_capture(None)
+            self.is_caching = False
+        cache_dict = {}
+        for name in self.hook_dict:  # forward order, like TransformerLens
+            if name in raw:
+                t = raw[name]
+                if device is not None:
+                    t = t.to(device)
+                cache_dict[name] = t[0] if remove_batch_dim and t.ndim > 0 and t.shape[0] == 1 else t
+        return out, cache_dict
 
     def hook_shapes(self, image_size: Optional[int] = None, batch: int = 1) -> dict[str, tuple[int, ...]]:
         """Shape of every hook for a dummy input (what ``visionlens hooks`` prints)."""
