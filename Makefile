@@ -4,8 +4,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
-TORCH_HOME ?= $(CURDIR)/.torch_home
-export TORCH_HOME
 
 .PHONY: demo test install weights clean bench
 
@@ -21,7 +19,7 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP) weights
 
-# Seed $TORCH_HOME so torchvision's own hash-checked loader finds the ImageNet MobileNetV2.
+# Seed torch's hub cache ($TORCH_HOME) so torchvision's own hash-checked loader finds the ImageNet MobileNetV2.
 weights: $(STAMP)
 	$(PY) -m visionlens.offline_weights
 

@@ -40,6 +40,11 @@ class HookedVisionModel(HookedRootModule):
         self.adapter = resolve_adapter(source, adapter)
         self.cfg = self.adapter.config()
         self.adapter.cfg = self.cfg
+        names = getattr(source, "visionlens_class_names", None)
+        if names is None:
+            names = (getattr(source, "pretrained_cfg", None) or {}).get("label_names")
+        if names is not None:
+            self.cfg.extra["class_names"] = list(names)
         self.validate_inputs = True
         for name, hp in self.adapter.hook_points().items():
             self._attach(name, hp)

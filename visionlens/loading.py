@@ -77,6 +77,13 @@ def load_torchvision(name: str, weights: Any = None, eval: bool = True, **kwargs
         kwargs.setdefault("aux_logits", False)
         kwargs.setdefault("init_weights", True)
     model = torchvision.models.get_model(name, weights=weights, **kwargs)
+    if weights is not None:
+        enum = torchvision.models.get_model_weights(name)
+        w = enum[weights] if isinstance(weights, str) and weights != "DEFAULT" else (
+            enum.DEFAULT if weights == "DEFAULT" else weights)
+        meta = getattr(w, "meta", {})
+        if "categories" in meta:
+            model.visionlens_class_names = list(meta["categories"])
     if local:
         model.load_state_dict(load_state_dict_file(local))
     return model.eval() if eval else model
