@@ -268,3 +268,14 @@ def test_hook_shapes(vit):
     assert shapes["blocks.0.attn.hook_pattern"] == (1, 3, 5, 5)
     assert shapes["hook_logits"] == (1, 10)
     assert len(shapes) == len(vit.hook_dict)
+
+
+def test_tl3_utils_habit_still_works(vit):
+    from transformer_lens import utils  # TL 4 renamed it to `utilities`; visionlens keeps the old name working
+    import transformer_lens.utils as utils2
+
+    assert utils.get_act_name("resid_pre", 3) == "blocks.3.hook_resid_pre"
+    assert utils2 is utils
+    with torch.no_grad():
+        _, cache = vit.run_with_cache(torch.randn(1, 3, 32, 32), names_filter=utils.get_act_name("pattern", 1))
+    assert list(cache.keys()) == ["blocks.1.attn.hook_pattern"]

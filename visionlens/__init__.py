@@ -9,12 +9,16 @@ torch.Size([1, 3, 197, 197])
 
 from __future__ import annotations
 
-from .config import VisionConfig
-from .hookspecs import hookimpl, hookspec
-from .hooked_model import HookedVisionModel
-from .loading import load
-from .units import Unit, parse_unit
-from .validation import UnknownHookError, VisionLensError
+from . import tl_compat as _tl_compat
+
+_tl_compat.install()
+
+from .config import VisionConfig  # noqa: E402
+from .hookspecs import hookimpl, hookspec  # noqa: E402
+from .hooked_model import HookedVisionModel  # noqa: E402
+from .loading import load  # noqa: E402
+from .units import Unit, parse_unit  # noqa: E402
+from .validation import UnknownHookError, VisionLensError  # noqa: E402
 
 __version__ = "0.1.0"
 
