@@ -23,10 +23,17 @@ import numpy as np
 import torch
 
 
+DEMO_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "china", "flower")
+
+
 def _photos() -> list[tuple[str, np.ndarray]]:
     from visionlens.data import builtin_photos
+    from visionlens.preprocess import to_pil
 
-    return [(name, np.asarray(img)) for name, img in builtin_photos()]
+    photos = builtin_photos(include_opencv=False)
+    pairs = [(name.split(":")[-1], item) for name, item in zip(photos.names, photos.items)]
+    preferred = [p for p in pairs if p[0].split(".")[0] in DEMO_PHOTOS] or pairs[:8]
+    return [(name, np.asarray(to_pil(item))) for name, item in preferred]
 
 
 def _png(fig: Any) -> bytes:
