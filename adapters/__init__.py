@@ -58,6 +58,10 @@ class Adapter:
 
         check_image_batch(x, self.cfg)
 
+    def example_inputs(self, image_size: Optional[int] = None, batch: int = 1) -> Optional[tuple[tuple, dict]]:
+        """``(args, kwargs)`` for a forward that reaches every hook, or None for a plain image batch."""
+        return None
+
     def cache_class(self) -> type:
         """The ActivationCache subclass ``run_with_cache`` returns for this family."""
         from visionlens.cache import VisionActivationCache

@@ -62,7 +62,14 @@ class _NotifyingHookPoint(HookPoint):
 
     def add_hook(self, hook: Any, dir: Literal["fwd", "bwd"] = "fwd", *args: Any, **kwargs: Any) -> LensHandle:
         handle = super().add_hook(hook, dir, *args, **kwargs)
-        self._notify()
+        try:
+            self._notify()
+        except BaseException:  # keep add_hook atomic: a failed listener leaves nothing attached
+            handle.hook.remove()
+            for handles in (self.fwd_hooks, self.bwd_hooks):
+                if handle in handles:
+                    handles.remove(handle)
+            raise
         return handle
 
     def remove_hooks(self, dir: Literal["fwd", "bwd", "both"] = "fwd", including_permanent: bool = False,

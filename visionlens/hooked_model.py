@@ -78,8 +78,11 @@ class HookedVisionModel(HookedRootModule):
                 self.hook_dict[name] = module
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
-        """Run the model on an image batch ``[batch, channels, H, W]`` (normalized floats)."""
+    def forward(self, x: Optional[Tensor] = None, *args: Any, **kwargs: Any) -> Any:
+        """Run the model on an image batch ``[batch, channels, H, W]`` (normalized floats).
+
+        Families with other inputs take them as extra arguments (CLIP ``text=``, UNet ``timestep``...).
+        """
         if self.validate_inputs:
             self.adapter.validate(x)
         return self.adapter.forward(x, *args, **kwargs)
@@ -139,11 +142,12 @@ class HookedVisionModel(HookedRootModule):
         """
         names_filter = self._check_names_filter(names_filter)
         remove_batch_dim = kwargs.get("remove_batch_dim", False)
-        fast = set(kwargs) <= {"device", "remove_batch_dim", "reset_hooks_end", "clear_contexts"} and \
-            kwargs.get("reset_hooks_end", True)
+        tl_keys = {"device", "remove_batch_dim", "incl_bwd", "reset_hooks_end", "clear_contexts", "pos_slice"}
+        model_kwargs = {k: v for k, v in kwargs.items() if k not in tl_keys}
+        fast = not kwargs.get("incl_bwd") and kwargs.get("pos_slice") is None and kwargs.get("reset_hooks_end", True)
         if fast and all(getattr(hp, "set_capture", None) for hp in self.hook_dict.values()):
             out, cache_dict = self._run_with_fast_cache(model_args, names_filter, kwargs.get("device"),
-                                                        remove_batch_dim, {})
+                                                        remove_batch_dim, model_kwargs)
         else:
             out, cache_dict = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
         if not return_cache_object:
@@ -183,9 +187,10 @@ class HookedVisionModel(HookedRootModule):
 
     def hook_shapes(self, image_size: Optional[int] = None, batch: int = 1) -> dict[str, tuple[int, ...]]:
         """Shape of every hook for a dummy input (what ``visionlens hooks`` prints)."""
-        x = self.dummy_input(image_size, batch)
+        example = self.adapter.example_inputs(image_size, batch)
+        args, kwargs = example if example is not None else ((self.dummy_input(image_size, batch),), {})
         with torch.no_grad():
-            _, cache = self.run_with_cache(x, return_cache_object=False)
+            _, cache = self.run_with_cache(*args, return_cache_object=False, **kwargs)
         return {name: tuple(cache[name].shape) for name in self.hook_dict if name in cache}
 
     def dummy_input(self, image_size: Optional[int] = None, batch: int = 1) -> Tensor:

@@ -1,0 +1,467 @@
+"""ResNets from timm (``timm.models.resnet.ResNet``) and torchvision (``torchvision.models.ResNet``).
+
+This module also holds the small pieces every conv-net adapter shares (:class:`ConvBridge`,
+:class:`ConvNetAdapter`, :class:`ConvReadout`); ``convnext``, ``mobilenet`` and ``inception``
+import them from here.
+
+Hook names
+----------
+* Module tree: ``<module path>.hook_out`` on every submodule output, named as in the source model
+  (``conv1.hook_out``, ``layer1.0.conv1.hook_out``, ``layer3.1.bn2.hook_out``, ``fc.hook_out``).
+* Residual stream, ``s`` = stage (``layer1`` .. ``layer4`` -> 0 .. 3), ``b`` = block in the stage::
+
+    stages.{s}.blocks.{b}.hook_resid_pre     block input
+    stages.{s}.blocks.{b}.hook_act{i}        activation after the i-th conv of the branch
+                                             (i = 1 for BasicBlock, 1..2 for Bottleneck)
+    stages.{s}.blocks.{b}.hook_branch_out    residual branch output right before the addition
+                                             (bn2 / bn3, or timm's se / drop_path when present)
+    stages.{s}.blocks.{b}.hook_shortcut      projection shortcut output (blocks with a downsample only)
+    stages.{s}.blocks.{b}.hook_resid_sum     branch_out + shortcut, before the final activation
+    stages.{s}.blocks.{b}.hook_resid_post    block output
+
+  ResNet (v1) puts a ReLU after the residual sum, so the stream is *not* additive::
+
+    resid_sum  = branch_out + shortcut(resid_pre)     (shortcut = identity without downsample)
+    resid_post = relu(resid_sum)
+
+  Both relations hold exactly (bit for bit) and are tested.
+* Head: ``hook_pooled`` (the vector ``fc`` reads: globally average-pooled features) and
+  ``hook_logits`` (``fc`` output).
+* Aliases: ``stages.{s}.blocks.{b}`` -> its ``hook_resid_post``, ``stages.{s}`` -> the last block's
+  ``hook_resid_post``, ``stem`` -> ``maxpool.hook_out``. ``layer3`` / ``layer3.1.conv2`` resolve to
+  their ``.hook_out`` automatically.
+
+torchvision's blocks call one shared ``relu`` module two or three times per block, so the module
+tree hook ``layer1.0.relu.hook_out`` fires on every call (a cache keeps the last call, which is the
+block output); use ``hook_act{i}`` / ``hook_resid_sum`` for the individual calls.
+
+In-place operations
+-------------------
+Both libraries use ``ReLU(inplace=True)`` and ``out += shortcut`` (torchvision's MobileNetV2 ReLU6
+and GoogLeNet ``F.relu(x, inplace=True)`` too). A plain bridge hands a hook, and the cache (which
+stores ``tensor.detach()``, a view), a tensor that the next op overwrites: a cached ``bn1`` output
+would silently read as post-ReLU, a cached ``branch_out`` as the sum, and a backward hook there
+makes autograd raise "Output 0 of BackwardHookFunction is a view and is being modified inplace".
+So when a model is wrapped, :func:`find_inplace_targets` runs the source once (no grad, eval mode)
+and records, via tensor version counters, which module outputs / inputs get overwritten in place
+later; bridges on exactly those hand the downstream code a copy of the hooked tensor
+(:class:`ConvBridge` ``copy=True``), so hooks and the cache see the value as it was produced.
+Copies happen only while a hook is attached: the unhooked model runs the source code untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from visionlens.config import IMAGENET_MEAN, IMAGENET_STD, VisionConfig
+from visionlens.hook_points import BridgedHookPoint, HookPoint, fire
+
+from . import BridgedAdapter
+
+__all__ = ["ResNetAdapter", "ConvBridge", "ConvNetAdapter", "ConvReadout", "find_inplace_targets"]
+
+_RESERVED_ROOTS = ("source", "adapter", "cfg")
+
+
+# ============================================================================ shared conv-net helpers
+class ConvBridge(BridgedHookPoint):
+    """A :class:`BridgedHookPoint` that is safe around in-place ops and shared modules.
+
+    ``copy``: hand the code after the hook a copy of the (possibly edited) tensor, so an in-place
+    op there (``ReLU(inplace=True)``, ``out += shortcut``) cannot overwrite what the hook / cache
+    saw, and so a backward hook's output is never modified in place.
+
+    ``call`` / ``scope``: fire only on the ``call``-th call (0-based) of the target module during
+    one call of ``scope`` (torchvision ResNet blocks call one ``relu`` module several times).
+
+    ``channels_last``: the target produces / takes ``[B, H, W, C]``; hooks see ``[B, C, H, W]``
+    (a permuted view) and whatever they return is permuted back.
+
+    Torch hooks (on the target, and on ``scope`` for counting) exist only while the point has hooks.
+    """
+
+    def __init__(self, module: nn.Module, where: Literal["output", "input"] = "output", index: Optional[int] = None,
+                 *, copy: bool = False, call: Optional[int] = None, scope: Optional[nn.Module] = None,
+                 channels_last: bool = False):
+        if call is not None and scope is None:
+            raise ValueError("ConvBridge(call=...) needs the scope module whose call resets the count")
+        super().__init__(module, where, index)
+        self._copy = copy
+        self._call = call
+        object.__setattr__(self, "_scope", scope)  # not a submodule: source modules live under `source`
+        self._channels_last = channels_last
+        self._count = 0
+        self._scope_handle: Optional[torch.utils.hooks.RemovableHandle] = None
+
+    def _sync_bridge(self) -> None:
+        super()._sync_bridge()
+        if self._call is None:
+            return
+        if self._bridge is not None and self._scope_handle is None:
+            self._scope_handle = self._scope.register_forward_pre_hook(self._reset_count)
+        elif self._bridge is None and self._scope_handle is not None:
+            self._scope_handle.remove()
+            self._scope_handle = None
+
+    def _reset_count(self, module: nn.Module, args: Any) -> None:
+        self._count = 0
+
+    def _selected(self) -> bool:
+        if self._call is None:
+            return True
+        k = self._count
+        self._count = k + 1
+        return k == self._call
+
+    def _pass(self, t: Tensor) -> Tensor:
+        if self._channels_last:
+            y = fire(self, t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        else:
+            y = fire(self, t)
+        return y.clone() if self._copy else y
+
+    def _on_output(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if not self._selected():
+            return None
+        if self._index is not None or not isinstance(output, Tensor):
+            return super()._on_output(module, args, output)
+        return self._pass(output)
+
+    def _on_input(self, module: nn.Module, args: tuple) -> Optional[tuple]:
+        if not self._selected():
+            return None
+        i = self._index or 0
+        return args[:i] + (self._pass(args[i]),) + args[i + 1:]
+
+
+def find_inplace_targets(source: nn.Module, x: Tensor) -> Optional[tuple[set[int], set[int]]]:
+    """Which modules' outputs (and first inputs) the source overwrites in place after producing them.
+
+    Runs one forward pass on ``x`` (no grad, eval mode, training flags restored) with a temporary
+    hook on every module that records the tensor's version counter; a tensor whose counter moved
+    by the end was modified in place later (``ReLU(inplace=True)``, ``out += shortcut``).
+    Returns ``(output module ids, input module ids)``, or None when the dry run fails.
+    """
+    records: list[tuple[int, Tensor, int, bool]] = []
+
+    def on_out(mod: nn.Module, args: Any, out: Any) -> None:
+        if isinstance(out, Tensor):
+            records.append((id(mod), out, out._version, True))
+
+    def on_in(mod: nn.Module, args: Any) -> None:
+        if args and isinstance(args[0], Tensor):
+            records.append((id(mod), args[0], args[0]._version, False))
+
+    modules = list(source.modules())
+    training = [m.training for m in modules]
+    handles = []
+    try:
+        for m in modules:
+            handles.append(m.register_forward_hook(on_out))
+            handles.append(m.register_forward_pre_hook(on_in))
+        source.eval()
+        with torch.no_grad():
+            source(x)
+    except Exception:
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in zip(modules, training):
+            m.training = t
+    outs, ins = set(), set()
+    for mid, t, version, is_out in records:
+        if t._version != version:
+            (outs if is_out else ins).add(mid)
+    seen = {mid for mid, _, _, _ in records}
+    # modules the dry run never reached (e.g. auxiliary heads that run only in training): copy to be safe
+    unseen = {id(m) for m in modules} - seen
+    return outs | unseen, ins | unseen
+
+
+class ConvNetAdapter(BridgedAdapter):
+    """Base for the conv-net adapters: canonical hooks first, then the module tree.
+
+    A bridge copies the tensor it hands on only where the source overwrites that module's output
+    (or input) in place later (see :func:`find_inplace_targets`, run once when the model is wrapped);
+    elsewhere hooks see and pass on the source's own tensors.
+    """
+
+    dry_run_size: ClassVar[int] = 64
+
+    def _inplace(self) -> Optional[tuple[set[int], set[int]]]:
+        if not hasattr(self, "_inplace_targets"):
+            cfg = getattr(self, "cfg", None)
+            in_chans = cfg.in_chans if cfg is not None else 3
+            size = max(self.dry_run_size, cfg.min_image_size if cfg is not None else 1)
+            dev = next((p.device for p in self.source.parameters()), torch.device("cpu"))
+            dtype = next((p.dtype for p in self.source.parameters() if p.is_floating_point()), torch.float32)
+            x = torch.zeros(1, in_chans, size, size, device=dev, dtype=dtype)
+            self._inplace_targets = find_inplace_targets(self.source, x)
+        return self._inplace_targets
+
+    def needs_copy(self, module: nn.Module, where: str = "output") -> bool:
+        targets = self._inplace()
+        if targets is None:
+            return True
+        return id(module) in (targets[0] if where == "output" else targets[1])
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        points = dict(self.canonical_hooks())
+        for path, module in self.source.named_modules():
+            if not path or path.split(".")[0] in _RESERVED_ROOTS:
+                continue
+            points.setdefault(f"{path}.hook_out", self.bridge(module))
+        return points
+
+    def bridge(self, module: nn.Module, where: Literal["output", "input"] = "output", index: Optional[int] = None,
+               **kw: Any) -> ConvBridge:
+        if not kw.get("copy"):
+            kw["copy"] = self.needs_copy(module, where)
+        return ConvBridge(module, where, index, **kw)
+
+
+@dataclass
+class ConvReadout:
+    """The linear classifier of a conv net, for direct logit attribution.
+
+    ``logits = fc(pooled) = pooled @ fc.weight.T + fc.bias`` where ``pooled`` is what the hook
+    ``pooled_hook`` (``hook_pooled``) records. So for any class ``k``::
+
+        channel_contributions(pooled, k).sum(-1) + bias(k) == logits[:, k]
+
+    ``global_avg`` is True when ``pooled`` is exactly the spatial mean of the feature map recorded by
+    ``features_hook`` (no norm or nonlinearity in between); then
+    ``spatial_contributions(features, k)`` (``[batch, C, H, W]``) also sums to ``logit - bias``.
+    ``norm`` is a module between pooling and ``fc`` (ConvNeXt's head LayerNorm), else None.
+    """
+
+    pooled_hook: str
+    fc: nn.Linear
+    features_hook: Optional[str] = None
+    global_avg: bool = True
+    norm: Optional[nn.Module] = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def W(self) -> Tensor:
+        """``[n_classes, d_pooled]`` classifier weight."""
+        return self.fc.weight
+
+    def _classes(self, classes: Union[int, Sequence[int], Tensor]) -> Tensor:
+        return torch.as_tensor(classes, device=self.fc.weight.device, dtype=torch.long)
+
+    def bias(self, classes: Union[int, Sequence[int], Tensor]) -> Tensor:
+        c = self._classes(classes)
+        if self.fc.bias is None:
+            return torch.zeros(c.shape, dtype=self.fc.weight.dtype, device=self.fc.weight.device)
+        return self.fc.bias[c]
+
+    def channel_contributions(self, pooled: Tensor, classes: Union[int, Sequence[int], Tensor]) -> Tensor:
+        """``pooled[:, c] * W[class, c]``: ``[batch, C]``; one class for all, or one per example."""
+        w = self.fc.weight[self._classes(classes)]
+        return pooled * w
+
+    def spatial_contributions(self, features: Tensor, classes: Union[int, Sequence[int], Tensor]) -> Tensor:
+        """``features[:, c, y, x] * W[class, c] / (H * W)``: ``[batch, C, H, W]`` (needs ``global_avg``)."""
+        if not self.global_avg:
+            raise NotImplementedError("spatial contributions need a plain global average pool before the classifier")
+        w = self.fc.weight[self._classes(classes)]
+        h, wd = features.shape[-2:]
+        return features * w[..., :, None, None] / (h * wd)
+
+
+def first_conv(module: nn.Module) -> Optional[nn.Conv2d]:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            return m
+    return None
+
+
+def data_config(source: Optional[nn.Module], default_size: int = 224,
+                default_interpolation: str = "bilinear") -> dict[str, Any]:
+    """image_size / mean / std / crop_pct / interpolation from a timm ``pretrained_cfg``, else ImageNet defaults."""
+    dc = {}
+    if source is not None:
+        dc = getattr(source, "pretrained_cfg", None) or getattr(source, "default_cfg", None) or {}
+    size = dc.get("input_size")
+    return dict(
+        image_size=tuple(size[-2:]) if size else (default_size, default_size),
+        mean=tuple(dc.get("mean", IMAGENET_MEAN)),
+        std=tuple(dc.get("std", IMAGENET_STD)),
+        crop_pct=float(dc.get("crop_pct", 0.875)),
+        interpolation=dc.get("interpolation", default_interpolation),
+    )
+
+
+def linear_out(module: Optional[nn.Module]) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else 0
+
+
+# ============================================================================ ResNet
+def _timm_resnet_classes() -> tuple[type, type, type]:
+    from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+
+    return ResNet, BasicBlock, Bottleneck
+
+
+def _tv_resnet_classes() -> tuple[type, type, type]:
+    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+    return ResNet, BasicBlock, Bottleneck
+
+
+_TV_NAMES = {("BasicBlock", (2, 2, 2, 2)): "resnet18", ("BasicBlock", (3, 4, 6, 3)): "resnet34",
+             ("Bottleneck", (3, 4, 6, 3)): "resnet50", ("Bottleneck", (3, 4, 23, 3)): "resnet101",
+             ("Bottleneck", (3, 8, 36, 3)): "resnet152"}
+
+
+class ResNetAdapter(ConvNetAdapter):
+    """timm and torchvision ResNets (ResNet-18/34/50/101/152, ResNeXt, wide, SE / D variants in timm).
+
+    Blocks of an unknown type (e.g. timm's selective-kernel blocks) get ``hook_resid_pre`` /
+    ``hook_resid_post`` only.
+    """
+
+    name = "resnet"
+    family = "resnet"
+    priority = 10
+
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
+        try:
+            if isinstance(module, _timm_resnet_classes()[0]):
+                return True
+        except ImportError:  # pragma: no cover - timm is a dependency
+            pass
+        try:
+            return isinstance(module, _tv_resnet_classes()[0])
+        except ImportError:  # pragma: no cover
+            return False
+
+    def __init__(self, source: nn.Module):
+        super().__init__(source)
+        try:
+            self.library = "timm" if isinstance(source, _timm_resnet_classes()[0]) else "torchvision"
+        except ImportError:  # pragma: no cover
+            self.library = "torchvision"
+        self.stages: list[nn.Sequential] = []
+        i = 1
+        while isinstance(getattr(source, f"layer{i}", None), nn.Module):
+            self.stages.append(getattr(source, f"layer{i}"))
+            i += 1
+
+    # ----------------------------------------------------------------- blocks
+    def _block_kind(self, blk: nn.Module) -> Optional[str]:
+        classes = _timm_resnet_classes() if self.library == "timm" else _tv_resnet_classes()
+        if type(blk) is classes[1]:
+            return "BasicBlock"
+        if type(blk) is classes[2]:
+            return "Bottleneck"
+        return None
+
+    def _block_hooks(self, blk: nn.Module, pre: str) -> dict[str, HookPoint]:
+        b = self.bridge
+        pts: dict[str, HookPoint] = {f"{pre}hook_resid_pre": b(blk, "input", 0)}
+        kind = self._block_kind(blk)
+        if kind is not None:
+            n_convs = 2 if kind == "BasicBlock" else 3
+            if self.library == "timm":
+                acts = [blk.act1] if kind == "BasicBlock" else [blk.act1, blk.act2]
+                final_act = blk.act2 if kind == "BasicBlock" else blk.act3
+                last_bn = blk.bn2 if kind == "BasicBlock" else blk.bn3
+                branch = blk.drop_path if blk.drop_path is not None else (blk.se if blk.se is not None else last_bn)
+                for i, act in enumerate(acts):
+                    pts[f"{pre}hook_act{i + 1}"] = b(act)
+            else:
+                branch = blk.bn2 if kind == "BasicBlock" else blk.bn3
+                for i in range(n_convs - 1):
+                    pts[f"{pre}hook_act{i + 1}"] = b(blk.relu, call=i, scope=blk)
+                final_act = None
+            pts[f"{pre}hook_branch_out"] = b(branch)
+            if blk.downsample is not None:
+                pts[f"{pre}hook_shortcut"] = b(blk.downsample)
+            if final_act is not None:
+                pts[f"{pre}hook_resid_sum"] = b(final_act, "input", 0)
+            else:
+                pts[f"{pre}hook_resid_sum"] = b(blk.relu, "input", 0, call=n_convs - 1, scope=blk)
+        pts[f"{pre}hook_resid_post"] = b(blk)
+        return pts
+
+    def canonical_hooks(self) -> dict[str, HookPoint]:
+        pts: dict[str, HookPoint] = {}
+        for s, stage in enumerate(self.stages):
+            for j, blk in enumerate(stage):
+                pts.update(self._block_hooks(blk, f"stages.{s}.blocks.{j}."))
+        fc = getattr(self.source, "fc", None)
+        if isinstance(fc, nn.Module):
+            pts["hook_pooled"] = self.bridge(fc, "input", 0)
+            if isinstance(fc, nn.Linear):
+                pts["hook_logits"] = self.bridge(fc)
+        return pts
+
+    def aliases(self) -> dict[str, str]:
+        out = {}
+        for s, stage in enumerate(self.stages):
+            n = len(stage)
+            for j in range(n):
+                out[f"stages.{s}.blocks.{j}"] = f"stages.{s}.blocks.{j}.hook_resid_post"
+            if n:
+                out[f"stages.{s}"] = f"stages.{s}.blocks.{n - 1}.hook_resid_post"
+        if isinstance(getattr(self.source, "maxpool", None), nn.Module):
+            out["stem"] = "maxpool.hook_out"
+        return out
+
+    # ----------------------------------------------------------------- description
+    def config(self) -> VisionConfig:
+        s = self.source
+        depths = tuple(len(st) for st in self.stages)
+        widths = []
+        kinds = set()
+        for st in self.stages:
+            blk = st[-1]
+            kind = self._block_kind(blk)
+            kinds.add(kind or type(blk).__name__)
+            bn = getattr(blk, "bn3", None) if kind == "Bottleneck" else getattr(blk, "bn2", None)
+            widths.append(int(bn.num_features) if isinstance(bn, nn.BatchNorm2d) else 0)
+        conv = first_conv(s)
+        data = data_config(s if self.library == "timm" else None)
+        if self.library == "timm":
+            arch = (getattr(s, "pretrained_cfg", None) or {}).get("architecture", "resnet")
+        else:
+            arch = _TV_NAMES.get((next(iter(kinds)) if len(kinds) == 1 else "", depths), "resnet")
+            blk = self.stages[0][0] if self.stages and len(self.stages[0]) else None
+            if arch != "resnet" and blk is not None:
+                groups = getattr(getattr(blk, "conv2", None), "groups", 1)
+                width = getattr(getattr(blk, "conv1", None), "out_channels", 64)
+                if groups > 1:
+                    arch = f"resnext{arch.removeprefix('resnet')}_{groups}x{width // groups}d"
+                elif width != 64:
+                    arch = f"wide_{arch}_{width // 64}"
+        pool = getattr(s, "global_pool", None)
+        pool_type = getattr(pool, "pool_type", "avg") if pool is not None else "avg"
+        return VisionConfig(
+            family="resnet", architecture=arch, adapter=self.name, n_layers=sum(depths),
+            stage_depths=depths, stage_widths=tuple(widths), in_chans=conv.in_channels if conv else 3,
+            n_classes=linear_out(getattr(s, "fc", None)), pool_type=pool_type or "", normalization_type="BN",
+            dynamic_img_size=True, min_image_size=32, **data,
+            extra={"library": self.library, "block": sorted(kinds)[0] if len(kinds) == 1 else sorted(kinds),
+                   "resid_post": "relu(resid_sum)", "resid_sum": "branch_out + shortcut(resid_pre)",
+                   "stage_modules": [f"layer{i + 1}" for i in range(len(self.stages))]},
+        )
+
+    def readout(self) -> ConvReadout:
+        fc = getattr(self.source, "fc", None)
+        if not isinstance(fc, nn.Linear):
+            raise NotImplementedError("this ResNet has no linear classifier (num_classes=0)")
+        pool = getattr(self.source, "global_pool", None)
+        global_avg = pool is None or getattr(pool, "pool_type", "avg") == "avg"
+        if self.library == "torchvision":
+            global_avg = isinstance(self.source.avgpool, nn.AdaptiveAvgPool2d) and \
+                tuple(torch.nn.modules.utils._pair(self.source.avgpool.output_size)) == (1, 1)
+        return ConvReadout(pooled_hook="hook_pooled", fc=fc, features_hook=f"layer{len(self.stages)}.hook_out",
+                           global_avg=global_avg)
