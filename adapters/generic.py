@@ -1,4 +1,8 @@
-"""Generic adapter: any ``nn.Module`` gets ``<module path>.hook_out`` on every submodule output."""
+"""Generic adapter: any ``nn.Module`` gets ``<module path>.hook_out`` on every submodule output.
+
+Bridges hand on copies where the module overwrites a tensor in place later (dry run at wrap
+time); if the dry run cannot run the module on an image batch, every bridge copies (safe).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ from torch import nn
 
 from visionlens.config import VisionConfig
 
-from . import BridgedAdapter
+from .bridging import ConvNetAdapter
 
 
-class GenericAdapter(BridgedAdapter):
+class GenericAdapter(ConvNetAdapter):
     name = "generic"
     family = "generic"
     priority = -100
@@ -17,6 +21,9 @@ class GenericAdapter(BridgedAdapter):
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
         return True
+
+    def canonical_hooks(self) -> dict:
+        return {}
 
     def config(self) -> VisionConfig:
         n_classes = 0

@@ -14,7 +14,7 @@ weights are not folded); ``ln*.hook_scale`` is the per-vector ``sqrt(var + eps)`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F

@@ -279,3 +279,36 @@ def test_tl3_utils_habit_still_works(vit):
     with torch.no_grad():
         _, cache = vit.run_with_cache(torch.randn(1, 3, 32, 32), names_filter=utils.get_act_name("pattern", 1))
     assert list(cache.keys()) == ["blocks.1.attn.hook_pattern"]
+
+
+def test_generic_adapter_safe_around_inplace_ops():
+    """A conv output that a later ReLU(inplace=True) overwrites is cached and hooked as computed."""
+    torch.manual_seed(0)
+
+    class InplaceNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.act = nn.ReLU(inplace=True)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.act(self.conv(x)).mean((2, 3)))
+
+    src = InplaceNet().eval()
+    with pytest.warns(UserWarning):
+        model = HookedVisionModel.from_module(src)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(x)
+        assert cache["conv.hook_out"].min() < 0  # not clobbered by the in-place ReLU
+        assert torch.allclose(cache["conv.hook_out"], src.conv(x))
+    xg = x.clone().requires_grad_()
+    seen = []
+    model.add_hook("conv.hook_out", lambda g, hook: seen.append(g.shape), dir="bwd")
+    try:
+        model(xg).sum().backward()
+    finally:
+        model.reset_hooks()
+    assert seen and xg.grad is not None
+    _clean(model)

@@ -1,0 +1,181 @@
+"""Bridging that is safe around in-place ops and shared modules, shared by the bridged adapters.
+
+``ConvBridge`` hands on a copy only where the source overwrites a tensor in place later (found
+once per model by :func:`find_inplace_targets`, a dry forward pass watching tensor version
+counters); ``ConvNetAdapter`` is the base of every adapter whose source forward runs untouched
+(conv nets and the generic adapter).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal, Optional
+
+import torch
+from torch import Tensor, nn
+
+from visionlens.hook_points import BridgedHookPoint, HookPoint, fire
+
+from . import BridgedAdapter
+
+__all__ = ["ConvBridge", "ConvNetAdapter", "find_inplace_targets"]
+
+_RESERVED_ROOTS = ("source", "adapter", "cfg")
+
+
+class ConvBridge(BridgedHookPoint):
+    """A :class:`BridgedHookPoint` that is safe around in-place ops and shared modules.
+
+    ``copy``: hand the code after the hook a copy of the (possibly edited) tensor, so an in-place
+    op there (``ReLU(inplace=True)``, ``out += shortcut``) cannot overwrite what the hook / cache
+    saw, and so a backward hook's output is never modified in place.
+
+    ``call`` / ``scope``: fire only on the ``call``-th call (0-based) of the target module during
+    one call of ``scope`` (torchvision ResNet blocks call one ``relu`` module several times).
+
+    ``channels_last``: the target produces / takes ``[B, H, W, C]``; hooks see ``[B, C, H, W]``
+    (a permuted view) and whatever they return is permuted back.
+
+    Torch hooks (on the target, and on ``scope`` for counting) exist only while the point has hooks.
+    """
+
+    def __init__(self, module: nn.Module, where: Literal["output", "input"] = "output", index: Optional[int] = None,
+                 *, copy: bool = False, call: Optional[int] = None, scope: Optional[nn.Module] = None,
+                 channels_last: bool = False):
+        if call is not None and scope is None:
+            raise ValueError("ConvBridge(call=...) needs the scope module whose call resets the count")
+        super().__init__(module, where, index)
+        self._copy = copy
+        self._call = call
+        object.__setattr__(self, "_scope", scope)  # not a submodule: source modules live under `source`
+        self._channels_last = channels_last
+        self._count = 0
+        self._scope_handle: Optional[torch.utils.hooks.RemovableHandle] = None
+
+    def _sync_bridge(self) -> None:
+        super()._sync_bridge()
+        if self._call is None:
+            return
+        if self._bridge is not None and self._scope_handle is None:
+            self._scope_handle = self._scope.register_forward_pre_hook(self._reset_count)
+        elif self._bridge is None and self._scope_handle is not None:
+            self._scope_handle.remove()
+            self._scope_handle = None
+
+    def _reset_count(self, module: nn.Module, args: Any) -> None:
+        self._count = 0
+
+    def _selected(self) -> bool:
+        if self._call is None:
+            return True
+        k = self._count
+        self._count = k + 1
+        return k == self._call
+
+    def _pass(self, t: Tensor) -> Tensor:
+        if self._channels_last:
+            y = fire(self, t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        else:
+            y = fire(self, t)
+        return y.clone() if self._copy else y
+
+    def _on_output(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if not self._selected():
+            return None
+        if self._index is not None or not isinstance(output, Tensor):
+            return super()._on_output(module, args, output)
+        return self._pass(output)
+
+    def _on_input(self, module: nn.Module, args: tuple) -> Optional[tuple]:
+        if not self._selected():
+            return None
+        i = self._index or 0
+        return args[:i] + (self._pass(args[i]),) + args[i + 1:]
+
+
+def find_inplace_targets(source: nn.Module, x: Tensor) -> Optional[tuple[set[int], set[int]]]:
+    """Which modules' outputs (and first inputs) the source overwrites in place after producing them.
+
+    Runs one forward pass on ``x`` (no grad, eval mode, training flags restored) with a temporary
+    hook on every module that records the tensor's version counter; a tensor whose counter moved
+    by the end was modified in place later (``ReLU(inplace=True)``, ``out += shortcut``).
+    Returns ``(output module ids, input module ids)``, or None when the dry run fails.
+    """
+    records: list[tuple[int, Tensor, int, bool]] = []
+
+    def on_out(mod: nn.Module, args: Any, out: Any) -> None:
+        if isinstance(out, Tensor):
+            records.append((id(mod), out, out._version, True))
+
+    def on_in(mod: nn.Module, args: Any) -> None:
+        if args and isinstance(args[0], Tensor):
+            records.append((id(mod), args[0], args[0]._version, False))
+
+    modules = list(source.modules())
+    training = [m.training for m in modules]
+    handles = []
+    try:
+        for m in modules:
+            handles.append(m.register_forward_hook(on_out))
+            handles.append(m.register_forward_pre_hook(on_in))
+        source.eval()
+        with torch.no_grad():
+            source(x)
+    except Exception:
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in zip(modules, training):
+            m.training = t
+    outs, ins = set(), set()
+    for mid, t, version, is_out in records:
+        if t._version != version:
+            (outs if is_out else ins).add(mid)
+    seen = {mid for mid, _, _, _ in records}
+    # modules the dry run never reached (e.g. auxiliary heads that run only in training): copy to be safe
+    unseen = {id(m) for m in modules} - seen
+    return outs | unseen, ins | unseen
+
+
+class ConvNetAdapter(BridgedAdapter):
+    """Base for the conv-net adapters: canonical hooks first, then the module tree.
+
+    A bridge copies the tensor it hands on only where the source overwrites that module's output
+    (or input) in place later (see :func:`find_inplace_targets`, run once when the model is wrapped);
+    elsewhere hooks see and pass on the source's own tensors.
+    """
+
+    dry_run_size: ClassVar[int] = 64
+
+    def _inplace(self) -> Optional[tuple[set[int], set[int]]]:
+        if not hasattr(self, "_inplace_targets"):
+            cfg = getattr(self, "cfg", None)
+            in_chans = cfg.in_chans if cfg is not None else 3
+            size = max(self.dry_run_size, cfg.min_image_size if cfg is not None else 1)
+            dev = next((p.device for p in self.source.parameters()), torch.device("cpu"))
+            dtype = next((p.dtype for p in self.source.parameters() if p.is_floating_point()), torch.float32)
+            x = torch.zeros(1, in_chans, size, size, device=dev, dtype=dtype)
+            self._inplace_targets = find_inplace_targets(self.source, x)
+        return self._inplace_targets
+
+    def needs_copy(self, module: nn.Module, where: str = "output") -> bool:
+        targets = self._inplace()
+        if targets is None:
+            return True
+        return id(module) in (targets[0] if where == "output" else targets[1])
+
+    def hook_points(self) -> dict[str, HookPoint]:
+        points = dict(self.canonical_hooks())
+        for path, module in self.source.named_modules():
+            if not path or path.split(".")[0] in _RESERVED_ROOTS:
+                continue
+            points.setdefault(f"{path}.hook_out", self.bridge(module))
+        return points
+
+    def bridge(self, module: nn.Module, where: Literal["output", "input"] = "output", index: Optional[int] = None,
+               **kw: Any) -> ConvBridge:
+        if not kw.get("copy"):
+            kw["copy"] = self.needs_copy(module, where)
+        return ConvBridge(module, where, index, **kw)
+
+
