@@ -53,10 +53,68 @@ class VisionActivationCache(ActivationCache):
             raise ValueError(f"layer must be in [0, {n}] (or -1/None for the final layer), got {layer}")
         return layer
 
+    # ----------------------------------------------------------- conv nets (per stage)
+    def _is_staged(self) -> bool:
+        cfg = self.model.cfg
+        return bool(cfg.stage_depths) and self._name("blocks.0.hook_resid_pre") not in self.cache_dict
+
+    def _stage(self, stage: Optional[int]) -> int:
+        n = len(self.model.cfg.stage_depths)
+        if stage is None:
+            raise ValueError(f"This {self.model.cfg.family} model's residual stream lives in stages; pass stage=0..{n - 1}.")
+        if stage < 0:
+            stage += n
+        if not 0 <= stage < n:
+            raise ValueError(f"stage must be in [0, {n - 1}], got {stage}")
+        return stage
+
+    def _staged_accumulated(self, stage: int, return_labels: bool):
+        """The stage input (when it has the stage's shape) and every block's ``resid_post``."""
+        depth = self.model.cfg.stage_depths[stage]
+        first_pre = self._need(f"stages.{stage}.blocks.0.hook_resid_pre")
+        posts = [self._need(f"stages.{stage}.blocks.{b}.hook_resid_post") for b in range(depth)]
+        comps, labels = [], []
+        if first_pre.shape == posts[0].shape:
+            comps.append(first_pre)
+            labels.append(f"s{stage}_input")
+        comps += posts
+        labels += [f"s{stage}b{b}_post" for b in range(depth)]
+        stack = torch.stack(comps, dim=0)
+        return (stack, labels) if return_labels else stack
+
+    def _staged_decomposition(self, stage: int, return_labels: bool):
+        """Stage input + every block's branch output; exact where every block is a plain sum (ConvNeXt,
+        MobileNetV2 residual runs; a stage-entry block that changes shape starts the sum at its output).
+        Raises where a later block's output is not ``resid_pre + branch_out`` (ResNet's ReLU)."""
+        depth = self.model.cfg.stage_depths[stage]
+        comps = [self._need(f"stages.{stage}.blocks.0.hook_resid_pre")]
+        labels = [f"s{stage}_input"]
+        for b in range(depth):
+            pre = self._need(f"stages.{stage}.blocks.{b}.hook_resid_pre")
+            branch = self._need(f"stages.{stage}.blocks.{b}.hook_branch_out")
+            post = self._need(f"stages.{stage}.blocks.{b}.hook_resid_post")
+            if pre.shape == post.shape and torch.allclose(pre + branch, post, atol=1e-5, rtol=1e-5):
+                comps.append(branch)
+                labels.append(f"s{stage}b{b}_branch")
+            elif b == 0:  # a stage-entry block (stride / width change, e.g. MobileNetV2): start after it
+                comps, labels = [post], [f"s{stage}b0_out"]
+            else:
+                raise ValueError(
+                    f"stage {stage} block {b} is not a linear residual block (resid_post != resid_pre + branch_out), "
+                    "so the stage has no additive decomposition; use accumulated_resid(stage=...) instead.")
+        stack = torch.stack(comps, dim=0)
+        return (stack, labels) if return_labels else stack
+
     # ----------------------------------------------------------- residual stream
     def accumulated_resid(self, layer: Optional[int] = None, incl_mid: bool = False, apply_ln: bool = False,
-                          pos_slice: Any = None, mlp_input: bool = False, return_labels: bool = False):
-        """Residual stream at the input of each layer up to ``layer`` (``final_post`` for the last)."""
+                          pos_slice: Any = None, mlp_input: bool = False, return_labels: bool = False,
+                          stage: Optional[int] = None):
+        """Residual stream at the input of each layer up to ``layer`` (``final_post`` for the last).
+
+        Conv nets: ``stage=s`` gives each block's ``resid_pre`` in stage ``s`` and the stage output.
+        """
+        if stage is not None or self._is_staged():
+            return self._staged_accumulated(self._stage(stage), return_labels)
         layer = self._layer(layer)
         n = self._n_layers()
         comps, labels = [], []
@@ -78,8 +136,14 @@ class VisionActivationCache(ActivationCache):
 
     def decompose_resid(self, layer: Optional[int] = None, mlp_input: bool = False,
                         mode: Literal["all", "mlp", "attn"] = "all", apply_ln: bool = False, pos_slice: Any = None,
-                        incl_embeds: bool = True, return_labels: bool = False):
-        """The residual stream at ``layer`` as a stack of additive components (they sum to it)."""
+                        incl_embeds: bool = True, return_labels: bool = False, stage: Optional[int] = None):
+        """The residual stream at ``layer`` as a stack of additive components (they sum to it).
+
+        Conv nets with a linear residual stream (ConvNeXt, MobileNetV2): ``stage=s`` gives the stage
+        input plus each block's ``branch_out``; they sum to the stage output.
+        """
+        if stage is not None or self._is_staged():
+            return self._staged_decomposition(self._stage(stage), return_labels)
         layer = self._layer(layer)
         comps, labels = [], []
         if incl_embeds:
