@@ -40,6 +40,16 @@ def _examples() -> list[tuple[str, str, Callable[[], visionlens.HookedVisionMode
         ("InceptionV1 (torchvision googlenet, Lucid names)", "torchvision:googlenet",
          lambda: visionlens.load("torchvision:googlenet"), 64),
     ]
+    tiny_clip = dict(embed_dim=16, vision_cfg=dict(image_size=32, layers=2, width=32, head_width=8, patch_size=8),
+                     text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=2))
+    ex.append(("CLIP (open_clip, ViT towers)", "open_clip custom config: 2-layer ViT-32px image tower, 2-layer text tower",
+               lambda: HookedVisionModel.from_open_clip(tiny_clip), 32))
+    ex.append(("CLIP (open_clip, ModifiedResNet RN50)", "open_clip:RN50 (random weights)",
+               lambda: visionlens.load("open_clip:RN50"), 224))
+    ex.append(("Diffusion UNet (diffusers UNet2DConditionModel)", "visionlens.diffusion.tiny_unet('conditional')",
+               lambda: HookedVisionModel.from_diffusers(_tiny_unet("conditional")), 8))
+    ex.append(("Diffusion UNet (diffusers UNet2DModel)", "visionlens.diffusion.tiny_unet('unconditional')",
+               lambda: HookedVisionModel.from_diffusers(_tiny_unet("unconditional")), 8))
     try:
         from visionlens.adapters.lucid_inception import LucidInceptionV1
 
@@ -48,6 +58,12 @@ def _examples() -> list[tuple[str, str, Callable[[], visionlens.HookedVisionMode
     except ImportError:
         pass
     return ex
+
+
+def _tiny_unet(kind: str):
+    from visionlens.diffusion import tiny_unet
+
+    return tiny_unet(kind)
 
 
 def pattern(name: str) -> str:
@@ -67,6 +83,10 @@ def family_section(title: str, built: str, make: Callable[[], visionlens.HookedV
         warnings.simplefilter("ignore")
         model = make()
     shapes = model.hook_shapes(image_size=size if model.cfg.dynamic_img_size else None)
+    if len(shapes) < len(model.hook_dict):
+        missing = len(model.hook_dict) - len(shapes)
+        title = f"{title}"
+        built = f"{built}; {missing} hooks not reached by the example input"
     groups: dict[str, list] = {}
     for name, shape in shapes.items():
         groups.setdefault(pattern(name), [name, shape, 0])[2] += 1
