@@ -30,7 +30,6 @@ EXAMPLES = {
     "torchvision": ["torchvision:resnet18", "torchvision:mobilenet_v2", "torchvision:googlenet"],
     "open_clip": ["open_clip:ViT-B-32", "open_clip:RN50"],
     "diffusers": ["diffusers:/path/to/unet_or_pipeline_dir"],
-    "zoo": ["zoo:inceptionv1"],
 }
 _LIBRARIES = {"timm": "timm", "torchvision": "torchvision", "open_clip": "open_clip", "diffusers": "diffusers"}
 

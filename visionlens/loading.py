@@ -1,7 +1,7 @@
 """Model loading through each library's own loader, and ``visionlens.load(spec)``.
 
 Spec strings (shared with the CLI): ``timm:NAME``, ``torchvision:NAME``, ``open_clip:NAME``,
-``diffusers:PATH``, ``zoo:NAME``; plugins may add prefixes (``visionlens_register_model_specs``).
+``diffusers:PATH``; plugins may add prefixes (the model zoo will register ``zoo:``) (``visionlens_register_model_specs``).
 Weights come from the library's hub name / weights enum, or a local checkpoint file loaded with
 safetensors or ``torch.load(weights_only=True)``.
 """
@@ -115,6 +115,6 @@ def load(spec: str, pretrained: Any = False, adapter: Any = "auto", **kwargs: An
             return result
         module = result
     else:
-        known = sorted(set(loaders) | {"timm", "torchvision", "open_clip", "diffusers", "zoo"})
+        known = sorted(set(loaders) | {"timm", "torchvision", "open_clip", "diffusers"})
         raise VisionLensError(f"Unknown model spec prefix {prefix!r} in {spec!r}. Known prefixes: {', '.join(known)}.")
     return HookedVisionModel(module, adapter=adapter)
