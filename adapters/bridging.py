@@ -172,6 +172,15 @@ class ConvNetAdapter(BridgedAdapter):
             points.setdefault(f"{path}.hook_out", self.bridge(module))
         return points
 
+    def head_hooks(self, fc: Optional[nn.Module]) -> dict[str, HookPoint]:
+        """``hook_pooled`` (what the classifier reads) and ``hook_logits`` (a linear classifier's output)."""
+        if not isinstance(fc, nn.Module):
+            return {}
+        pts: dict[str, HookPoint] = {"hook_pooled": self.bridge(fc, "input", 0)}
+        if isinstance(fc, nn.Linear):
+            pts["hook_logits"] = self.bridge(fc)
+        return pts
+
     def bridge(self, module: nn.Module, where: Literal["output", "input"] = "output", index: Optional[int] = None,
                **kw: Any) -> ConvBridge:
         if not kw.get("copy"):

@@ -79,11 +79,7 @@ class ConvNeXtAdapter(ConvNetAdapter):
                 if not isinstance(blk.shortcut, nn.Identity):
                     pts[pre + "hook_shortcut"] = self.bridge(blk.shortcut)
             pts[pre + "hook_resid_post"] = self.bridge(blk)
-        fc = getattr(self.source.head, "fc", None)
-        if isinstance(fc, nn.Module):
-            pts["hook_pooled"] = self.bridge(fc, "input", 0)
-            if isinstance(fc, nn.Linear):
-                pts["hook_logits"] = self.bridge(fc)
+        pts.update(self.head_hooks(getattr(self.source.head, "fc", None)))
         return pts
 
     def aliases(self) -> dict[str, str]:

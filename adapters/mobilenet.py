@@ -91,10 +91,7 @@ class MobileNetV2Adapter(ConvNetAdapter):
                     pts[pre + "hook_depthwise"] = self.bridge(conv[len(conv) - 3])
                 pts[pre + "hook_branch_out"] = self.bridge(conv)
                 pts[pre + "hook_resid_post"] = self.bridge(blk)
-        fc = self._fc()
-        if fc is not None:
-            pts["hook_pooled"] = self.bridge(fc, "input", 0)
-            pts["hook_logits"] = self.bridge(fc)
+        pts.update(self.head_hooks(self._fc()))
         return pts
 
     def _fc(self):

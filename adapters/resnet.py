@@ -236,11 +236,7 @@ class ResNetAdapter(ConvNetAdapter):
         for s, stage in enumerate(self.stages):
             for j, blk in enumerate(stage):
                 pts.update(self._block_hooks(blk, f"stages.{s}.blocks.{j}."))
-        fc = getattr(self.source, "fc", None)
-        if isinstance(fc, nn.Module):
-            pts["hook_pooled"] = self.bridge(fc, "input", 0)
-            if isinstance(fc, nn.Linear):
-                pts["hook_logits"] = self.bridge(fc)
+        pts.update(self.head_hooks(getattr(self.source, "fc", None)))
         return pts
 
     def aliases(self) -> dict[str, str]:
