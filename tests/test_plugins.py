@@ -446,7 +446,9 @@ def test_broken_plugins_reported_by_name_others_keep_working(vit, tmp_path, rest
     assert "registration exploded" in errors["broken_hook"]
     assert "already provided by plugin 'activation_stats'" in errors["malformed"]
     assert set(errors) == {"broken_import", "broken_hook", "malformed"}
-    assert set(visionlens.list_analyses()) == {"activation_stats", "leaky"}
+    from visionlens.registry import BUILTIN_ANALYSIS_PLUGINS
+
+    assert set(visionlens.list_analyses()) == set(BUILTIN_ANALYSIS_PLUGINS) | {"leaky"}
     assert visionlens.get_analysis("activation_stats").summary.startswith("Per-unit")
     res = visionlens.run("activation_stats", vit, torch.randn(2, 3, 32, 32), hooks=["blocks.0.hook_resid_post"])
     assert res.stats("blocks.0.hook_resid_post")["mean"].shape == (192,)

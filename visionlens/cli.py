@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "tensors.safetensors, PNG figures and index.html into --out.")
     r.add_argument("name", metavar="NAME", help="analysis name (see `visionlens plugins`)")
     r.add_argument("--model", required=True, metavar="SPEC", help="model spec, e.g. timm:resnet18")
-    r.add_argument("--images", required=True, metavar="PATH",
-                   help="a folder of images, one image file, or the word 'builtin' (bundled real photos)")
+    r.add_argument("--images", default=None, metavar="PATH",
+                   help="a folder of images, one image file, or the word 'builtin' (bundled real photos); "
+                        "optional for analyses that need no images (e.g. feature_visualization)")
     r.add_argument("--out", required=True, metavar="DIR", help="output folder")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="analysis config value (repeatable); lists are comma separated")
@@ -228,7 +229,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     analysis = get_analysis(args.name)  # fail fast on a bad name or config before loading a model
     config = parse_set_options(analysis_config_class(analysis), args.sets, owner=args.name)
-    images = as_images(args.images)
+    images = as_images(args.images) if args.images is not None else None
     model = load_model(args.model, args.image_size, args.pretrained, args.model_args)
     result = run(args.name, model, images, **config)
     out = result.save(args.out)

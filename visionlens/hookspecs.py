@@ -45,8 +45,9 @@ def visionlens_register_objectives() -> list[Any]:
     """Return feature-visualization objective factories.
 
     Each item is ``(prefix, factory)``: ``factory(model, spec: str) -> Objective`` builds an
-    objective from a string such as ``"prefix:argument"``; the feature-visualization API looks
-    the prefix up when it parses objective strings.
+    objective from the whole string (``"prefix:argument"``); ``model`` may be None when an
+    objective is parsed before a model is known. The feature-visualization API looks the prefix
+    up when it parses objective strings.
     """
 
 

@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 
 BUILTIN_PLUGINS = ("visionlens.adapters.builtin",)
 # Also advertised as entry points; registered directly only when package metadata is missing.
-BUILTIN_ANALYSIS_PLUGINS = {"activation_stats": "visionlens.plugins.activation_stats"}
+BUILTIN_ANALYSIS_PLUGINS = {
+    "activation_stats": "visionlens.plugins.activation_stats",
+    "feature_visualization": "visionlens.plugins.feature_visualization",
+}
 
 _pm: Optional[pluggy.PluginManager] = None
 _errors: dict[str, str] = {}
