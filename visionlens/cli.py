@@ -21,6 +21,7 @@ import sys
 import warnings
 from typing import Any, Optional, Sequence
 
+from .microscope import add_microscope_subcommand, run_microscope_command
 from .validation import VisionLensError
 
 __all__ = ["main", "build_parser"]
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="analysis config value (repeatable); lists are comma separated")
     r.add_argument("--image-size", type=_positive_int, default=None, metavar="N", help="model input size N x N")
     _model_options(r)
+    add_microscope_subcommand(sub)
     return p
 
 
@@ -238,7 +240,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"models": _cmd_models, "hooks": _cmd_hooks, "plugins": _cmd_plugins, "run": _cmd_run}
+COMMANDS = {"models": _cmd_models, "hooks": _cmd_hooks, "plugins": _cmd_plugins, "run": _cmd_run,
+            "microscope": run_microscope_command}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -25,6 +25,8 @@ BUILTIN_PLUGINS = ("visionlens.adapters.builtin",)
 BUILTIN_ANALYSIS_PLUGINS = {
     "activation_stats": "visionlens.plugins.activation_stats",
     "feature_visualization": "visionlens.plugins.feature_visualization",
+    "dataset_examples": "visionlens.plugins.dataset_examples",
+    "weights": "visionlens.plugins.weights",
 }
 
 _pm: Optional[pluggy.PluginManager] = None
