@@ -117,16 +117,22 @@ def run_demo(out: Path, top_k: int = 5) -> dict[str, Any]:
     stats_dir = stats.save(out / "activation_stats")
     stats_pngs = sorted(Path(stats_dir).glob("*.png"))
 
+    # 4. analyses: direct logit attribution, activation patching (cat -> coffee), attention if a transformer
+    from visionlens.demo_analyses import demo_sections
+
+    by_name = dict(photos)
+    analyses_html = demo_sections(model, by_name["chelsea"], by_name["coffee"], out / "analyses")
+
     elapsed = time.perf_counter() - t0
     summary = {"model": "torchvision:mobilenet_v2 (IMAGENET1K_V1)" if real else "torchvision:mobilenet_v2 (RANDOM weights)",
                "real_weights": real, "images": names, "n_hooks": len(model.hook_dict), "n_cached": len(cache),
                "hooked_vs_raw_max_abs_diff": parity, "predictions": predictions, "seconds": round(elapsed, 2)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    _write_index(out, summary, photos, resid_png, stats_pngs, stats)
+    _write_index(out, summary, photos, resid_png, stats_pngs, stats, analyses_html)
     return summary
 
 
-def _write_index(out: Path, summary: dict, photos, resid_png: bytes, stats_pngs, stats) -> None:
+def _write_index(out: Path, summary: dict, photos, resid_png: bytes, stats_pngs, stats, analyses_html: str) -> None:
     e = html.escape
     rows = []
     for (name, arr), pred in zip(photos, summary["predictions"]):
@@ -148,6 +154,7 @@ Took {summary['seconds']} s.</p>{warn}
 <h2>Cached run: residual stream</h2>{_img_tag(resid_png, 'residual norms', 800)}
 <h2>activation_stats</h2><p>{e(stats.summary if hasattr(stats, 'summary') else '')}
 (<a href="activation_stats/index.html">full result</a>)</p>{stats_imgs}
+{analyses_html}
 </body></html>"""
     tmp = out / "index.html.tmp"
     tmp.write_text(doc, encoding="utf-8")

@@ -27,6 +27,9 @@ BUILTIN_ANALYSIS_PLUGINS = {
     "feature_visualization": "visionlens.plugins.feature_visualization",
     "dataset_examples": "visionlens.plugins.dataset_examples",
     "weights": "visionlens.plugins.weights",
+    "direct_logit_attribution": "visionlens.plugins.direct_logit_attribution",
+    "attention_patterns": "visionlens.plugins.attention_patterns",
+    "activation_patching": "visionlens.plugins.activation_patching",
 }
 
 _pm: Optional[pluggy.PluginManager] = None
