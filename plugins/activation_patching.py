@@ -26,7 +26,6 @@ down / mid / up block outputs of a UNet. ``target=auto`` = ``position`` for tran
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import os
 import time
@@ -40,6 +39,7 @@ from torch import Tensor
 
 from visionlens.analysis import Analysis, ConfigError, config_to_dict, option
 from visionlens.data import as_images
+from visionlens.hook_select import resolve_hooks
 from visionlens.hookspecs import hookimpl
 from visionlens.patching import PatchInputs, run_patching
 from visionlens.results import Result, Table, new_figure
@@ -89,18 +89,7 @@ def default_patching_hooks(model: Any, target: str) -> list[str]:
 
 
 def _resolve(model: Any, specs: list[str]) -> list[str]:
-    out: list[str] = []
-    for spec in specs:
-        if any(c in spec for c in "*?["):
-            matched = [n for n in model.hook_dict if fnmatch.fnmatchcase(n, spec)]
-            if not matched:
-                close = closest_names(spec.replace("*", "0"), model.hook_dict)
-                raise ConfigError(f"activation_patching: hooks pattern {spec!r} matched no hook. Closest real names: "
-                                  f"{', '.join(close) or 'none'}.")
-        else:
-            matched = [model.resolve_hook(spec)]
-        out.extend(m for m in matched if m not in out)
-    return out
+    return resolve_hooks(model, specs, owner="activation_patching")
 
 
 class ActivationPatching(Analysis):

@@ -29,10 +29,12 @@ from torch import Tensor
 
 from visionlens.analysis import Analysis, ConfigError, config_to_dict, option
 from visionlens.data import Images, as_images
+from visionlens.hook_select import image_batch_support
+from visionlens.hook_select import resolve_hooks as _resolve_hooks
 from visionlens.hookspecs import hookimpl
 from visionlens.reducers import FractionActive, RunningMoments, TopK, load_checkpoint, save_checkpoint
 from visionlens.results import Result, Table, new_figure
-from visionlens.validation import VisionLensError, closest_names
+from visionlens.validation import VisionLensError
 
 __all__ = ["ActivationStats", "ActivationStatsResult", "default_hooks", "resolve_hooks", "unit_layout"]
 
@@ -57,18 +59,7 @@ def default_hooks(model: Any) -> list[str]:
 
 def resolve_hooks(model: Any, specs: list[str]) -> list[str]:
     """Expand hook names, layer aliases and globs (``blocks.*.hook_resid_post``) to hook names."""
-    out: list[str] = []
-    for spec in specs:
-        if any(c in spec for c in "*?["):
-            matched = [n for n in model.hook_dict if fnmatch.fnmatchcase(n, spec)]
-            if not matched:
-                close = closest_names(spec.replace("*", "0"), model.hook_dict)
-                raise ConfigError(f"activation_stats: hooks pattern {spec!r} matched no hook. Closest real names: "
-                                  f"{', '.join(close) or 'none'}.")
-        else:
-            matched = [model.resolve_hook(spec)]
-        out.extend(m for m in matched if m not in out)
-    return out
+    return _resolve_hooks(model, specs, owner="activation_stats")
 
 
 def unit_layout(name: str, act: Tensor) -> tuple[Tensor, tuple[int, ...]]:
@@ -124,12 +115,7 @@ class ActivationStats(Analysis):
                 self.figure_examples = self.top_k
 
     def supports(self, model: Any) -> tuple[bool, str]:
-        fam = (getattr(model.cfg, "family", "") or "").lower()
-        if "unet" in fam or "diffusion" in fam:
-            return False, "diffusion UNets need timestep and conditioning inputs, not an image batch alone"
-        if not getattr(model, "hook_dict", None):
-            return False, "the model has no hook points"
-        return True, ""
+        return image_batch_support(model)
 
     def run(self, model: Any, inputs: Any, config: Any) -> "ActivationStatsResult":
         images = as_images(inputs)

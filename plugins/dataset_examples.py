@@ -46,6 +46,8 @@ from visionlens.reducers import TopK, atomic_write_bytes, load_checkpoint, save_
 from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError
 
+from visionlens.hook_select import image_batch_support
+
 from .activation_stats import _model_desc, _position_kind, _unravel, default_hooks, resolve_hooks, unit_layout
 
 __all__ = ["DatasetExamples", "DatasetExamplesResult", "DatasetImages", "as_example_images", "crop_box"]
@@ -178,12 +180,7 @@ class DatasetExamples(Analysis):
         crop_size: int = option(48, min=8, max=512, help="side of each saved crop in pixels")
 
     def supports(self, model: Any) -> tuple[bool, str]:
-        fam = (getattr(model.cfg, "family", "") or "").lower()
-        if "unet" in fam or "diffusion" in fam:
-            return False, "diffusion UNets need timestep and conditioning inputs, not an image batch alone"
-        if not getattr(model, "hook_dict", None):
-            return False, "the model has no hook points"
-        return True, ""
+        return image_batch_support(model)
 
     def run(self, model: Any, inputs: Any, config: Any) -> "DatasetExamplesResult":
         images = as_example_images(inputs)

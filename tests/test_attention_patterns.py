@@ -13,28 +13,11 @@ import pytest
 import torch
 
 import visionlens
-from visionlens import VisionLensError, registry
+from visionlens import VisionLensError
 from visionlens.data import ImageList
 from visionlens.hook_points import is_active
 
 EVIL = '<img src=x onerror="alert(1)">&'
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _registered():
-    """Use the entry point when installed; in a checkout without it, register the built-in module
-    for this test module only (like tests/test_featurevis.py)."""
-    name = "attention_patterns"
-    if name in registry.list_analyses():
-        yield
-        return
-    mp = pytest.MonkeyPatch()
-    mp.setitem(registry.BUILTIN_ANALYSIS_PLUGINS, name, f"visionlens.plugins.{name}")
-    registry.plugin_manager(reload=True)
-    assert name in registry.list_analyses()
-    yield
-    mp.undo()
-    registry.plugin_manager(reload=True)
 
 
 @pytest.fixture(scope="module")

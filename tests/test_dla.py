@@ -17,23 +17,6 @@ from visionlens.results import load_result
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _registered():
-    """Use the entry point when installed; in a checkout without it, register the built-in module
-    for this test module only (like tests/test_featurevis.py)."""
-    name = "direct_logit_attribution"
-    if name in registry.list_analyses():
-        yield
-        return
-    mp = pytest.MonkeyPatch()
-    mp.setitem(registry.BUILTIN_ANALYSIS_PLUGINS, name, f"visionlens.plugins.{name}")
-    registry.plugin_manager(reload=True)
-    assert name in registry.list_analyses()
-    yield
-    mp.undo()
-    registry.plugin_manager(reload=True)
-
-
 def _no_hooks_left(model) -> None:
     for name, hp in model.hook_dict.items():
         assert not is_active(hp), name

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import visionlens
-from visionlens import VisionLensError, registry
+from visionlens import VisionLensError
 from visionlens.analysis import ConfigError
 from visionlens.hook_points import is_active
 from visionlens.patching import (PatchInputs, attribution_patching, build_targets, make_metric, patch_loop,
@@ -19,23 +19,6 @@ from visionlens.patching import (PatchInputs, attribution_patching, build_target
 from visionlens.results import load_result
 
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _registered():
-    """Use the entry point when installed; in a checkout without it, register the built-in module
-    for this test module only (like tests/test_featurevis.py)."""
-    name = "activation_patching"
-    if name in registry.list_analyses():
-        yield
-        return
-    mp = pytest.MonkeyPatch()
-    mp.setitem(registry.BUILTIN_ANALYSIS_PLUGINS, name, f"visionlens.plugins.{name}")
-    registry.plugin_manager(reload=True)
-    assert name in registry.list_analyses()
-    yield
-    mp.undo()
-    registry.plugin_manager(reload=True)
 
 
 @pytest.fixture(scope="module")
