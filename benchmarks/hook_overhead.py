@@ -6,6 +6,7 @@ round against that round's raw time, medians reported. Random weights, eval mode
 
     python benchmarks/hook_overhead.py                      # ViT-B/16 + ResNet-50, batch 8
     python benchmarks/hook_overhead.py --models vit_tiny32 --batch 1 --rounds 50
+    python benchmarks/hook_overhead.py --models clip_vit_b32 unet_small --batch 2   # CLIP (both towers), a UNet
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import torch
 
 import visionlens
 
-# name -> (spec, load kwargs, image size)
+# name -> (spec, load kwargs, image size); "clip:" / "unet:" entries are built by _special()
 MODELS: dict[str, tuple[str, dict, int]] = {
+    "clip_vit_b32": ("open_clip:ViT-B-32", {}, 224),
+    "unet_small": ("diffusers:tiny", {}, 32),
     "vit_base_patch16_224": ("timm:vit_base_patch16_224", {}, 224),
     "resnet50": ("timm:resnet50", {}, 224),
     "vit_tiny32": ("timm:vit_tiny_patch16_224", {"img_size": 32}, 32),
@@ -37,6 +40,38 @@ MODELS: dict[str, tuple[str, dict, int]] = {
 RESID = ("hook_resid_pre", "hook_resid_post", "hook_resid_mid")
 
 
+def _calls(key: str, model, batch: int, size: int):
+    """(raw callable, hooked args, hooked kwargs, residual-stream filter) for one model."""
+    resid_filter = lambda n: n.endswith(RESID)  # noqa: E731
+    if key.startswith("clip"):
+        x = torch.randn(batch, 3, size, size)
+        prompts = [f"a photo of a number {i}" for i in range(batch)]
+        tokens = model.adapter.tokenize(prompts)
+        src = model.source
+
+        def raw():  # both towers, as open_clip's own encode_image / encode_text + scaled cosine logits
+            img = torch.nn.functional.normalize(src.encode_image(x), dim=-1)
+            txt = torch.nn.functional.normalize(src.encode_text(tokens), dim=-1)
+            return src.logit_scale.exp() * img @ txt.T
+        return raw, (x, tokens), {}, resid_filter
+    if key.startswith("unet"):
+        args, kwargs = model.adapter.example_inputs(image_size=size, batch=batch)
+        raw = lambda: model.source(*args, **kwargs)  # noqa: E731
+        return raw, args, kwargs, (lambda n: ".resnets." in n and n.count(".") == 3 and n.endswith("hook_out"))
+    x = torch.randn(batch, 3, size, size)
+    return (lambda: model.source(x)), (x,), {}, resid_filter
+
+
+def _load(key: str):
+    spec, kw, _ = MODELS[key]
+    if spec == "diffusers:tiny":  # a small SD-style UNet2DConditionModel (random weights)
+        from visionlens import HookedVisionModel
+        from visionlens.diffusion import tiny_unet
+
+        return HookedVisionModel.from_diffusers(tiny_unet("conditional", sample_size=32))
+    return visionlens.load(spec, **kw)
+
+
 def _timeit(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
@@ -44,18 +79,16 @@ def _timeit(fn: Callable[[], object]) -> float:
 
 
 def bench_model(key: str, batch: int, rounds: int, warmup: int) -> dict:
-    spec, kw, size = MODELS[key]
+    spec, _, size = MODELS[key]
     torch.manual_seed(0)
-    model = visionlens.load(spec, **kw)
+    model = _load(key)
     model.validate_inputs = True
-    x = torch.randn(batch, 3, size, size)
-    raw = model.source
-    resid_filter = lambda n: n.endswith(RESID)  # noqa: E731
+    raw, args, kwargs, resid_filter = _calls(key, model, batch, size)
     variants: dict[str, Callable[[], object]] = {
-        "raw": lambda: raw(x),
-        "hooked_no_hooks": lambda: model(x),
-        "cache_all": lambda: model.run_with_cache(x),
-        "cache_resid": lambda: model.run_with_cache(x, names_filter=resid_filter),
+        "raw": raw,
+        "hooked_no_hooks": lambda: model(*args, **kwargs),
+        "cache_all": lambda: model.run_with_cache(*args, **kwargs),
+        "cache_resid": lambda: model.run_with_cache(*args, names_filter=resid_filter, **kwargs),
     }
     n_resid = sum(1 for n in model.hook_dict if resid_filter(n))
     times: dict[str, list[float]] = {k: [] for k in variants}
