@@ -123,6 +123,11 @@ def run_demo(out: Path, top_k: int = 5) -> dict[str, Any]:
     by_name = dict(photos)
     analyses_html = demo_sections(model, by_name["chelsea"], by_name["coffee"], out / "analyses")
 
+    # 5. causal scrubbing on a model with a planted (hand-set) circuit: true / partial / wrong hypotheses
+    from visionlens.demo_scrubbing import demo_scrubbing_section
+
+    analyses_html += demo_scrubbing_section(out)
+
     elapsed = time.perf_counter() - t0
     summary = {"model": "torchvision:mobilenet_v2 (IMAGENET1K_V1)" if real else "torchvision:mobilenet_v2 (RANDOM weights)",
                "real_weights": real, "images": names, "n_hooks": len(model.hook_dict), "n_cached": len(cache),

@@ -30,6 +30,9 @@ BUILTIN_ANALYSIS_PLUGINS = {
     "direct_logit_attribution": "visionlens.plugins.direct_logit_attribution",
     "attention_patterns": "visionlens.plugins.attention_patterns",
     "activation_patching": "visionlens.plugins.activation_patching",
+    "causal_scrubbing": "visionlens.plugins.causal_scrubbing",
+    "style_neuron_search": "visionlens.plugins.style_neuron_search",
+    "timestep_sweep": "visionlens.plugins.timestep_sweep",
 }
 
 _pm: Optional[pluggy.PluginManager] = None
