@@ -265,8 +265,10 @@ class TimmViTAdapter(Adapter):
         z = z.transpose(1, 2)
         z = fire(h.z, z)
         if h.result is not None and is_active(h.result):
-            W_O = attn.proj.weight.view(attn.proj.out_features, H, dh)
-            result = torch.einsum("bnhd,ohd->bnho", z, W_O)
+            # per-head z_h @ W_O[h].T as one batched matmul over heads: [H, B*N, dh] @ [H, dh, D]
+            W_hdo = attn.proj.weight.view(attn.proj.out_features, H, dh).permute(1, 2, 0)
+            result = torch.bmm(z.permute(2, 0, 1, 3).reshape(H, B * N, dh), W_hdo)
+            result = result.view(H, B, N, -1).permute(1, 2, 0, 3)
             bias = attn.proj.bias
             gamma = getattr(ls, "gamma", None)
             if gamma is not None:

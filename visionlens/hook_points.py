@@ -38,7 +38,7 @@ def fire(hp: HookPoint, x: Tensor) -> Tensor:
         x = hp(x)
     cap = hp._capture
     if cap is not None:
-        cap[hp.name] = x.detach()
+        cap[hp.name] = x.detach() if x.requires_grad else x
     return x
 
 
