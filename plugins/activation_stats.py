@@ -29,7 +29,7 @@ from torch import Tensor
 
 from visionlens.analysis import Analysis, ConfigError, config_to_dict, option
 from visionlens.data import Images, as_images
-from visionlens.hook_select import image_batch_support
+from visionlens.hook_select import fired_hooks, image_batch_support
 from visionlens.hook_select import resolve_hooks as _resolve_hooks
 from visionlens.hookspecs import hookimpl
 from visionlens.reducers import FractionActive, RunningMoments, TopK, load_checkpoint, save_checkpoint
@@ -147,13 +147,7 @@ class ActivationStats(Analysis):
             for offset, x in images.batches(model, config.batch_size, start=start, limit=config.max_images):
                 _, cache = model.run_with_cache(x, names_filter=hooks, return_cache_object=False)
                 if not moments and not act_shapes:
-                    missing = [h for h in hooks if h not in cache]
-                    if missing and explicit:
-                        raise VisionLensError(f"activation_stats: hook(s) {', '.join(missing)} did not fire on an image "
-                                              "batch; choose hooks on the image path (see `visionlens hooks SPEC`).")
-                    hooks = [h for h in hooks if h in cache]
-                    if not hooks:
-                        raise VisionLensError("activation_stats: none of the hooks fired on an image batch.")
+                    hooks = fired_hooks(cache, hooks, explicit, "activation_stats")
                 b = x.shape[0]
                 index = torch.arange(offset, offset + b)
                 for h in hooks:

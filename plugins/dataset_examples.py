@@ -46,7 +46,7 @@ from visionlens.reducers import TopK, atomic_write_bytes, load_checkpoint, save_
 from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError
 
-from visionlens.hook_select import image_batch_support
+from visionlens.hook_select import fired_hooks, image_batch_support
 
 from .activation_stats import _model_desc, _position_kind, _unravel, default_hooks, resolve_hooks, unit_layout
 
@@ -217,13 +217,7 @@ class DatasetExamples(Analysis):
                 for offset, x in images.batches(model, config.batch_size, start=start, limit=config.max_images):
                     _, cache = model.run_with_cache(x, names_filter=hooks, return_cache_object=False)
                     if not act_shapes:
-                        missing = [h for h in hooks if h not in cache]
-                        if missing and explicit:
-                            raise VisionLensError(f"dataset_examples: hook(s) {', '.join(missing)} did not fire on an "
-                                                  "image batch; choose hooks on the image path.")
-                        hooks = [h for h in hooks if h in cache]
-                        if not hooks:
-                            raise VisionLensError("dataset_examples: none of the hooks fired on an image batch.")
+                        hooks = fired_hooks(cache, hooks, explicit, "dataset_examples")
                     b = x.shape[0]
                     index = torch.arange(offset, offset + b)
                     for h in hooks:

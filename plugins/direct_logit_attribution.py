@@ -195,6 +195,20 @@ def _prefix(model: Any) -> str:
     return model.cfg.extra.get("hook_prefix", "") or ""
 
 
+def _targets(logits: Tensor, classes: Optional[Tensor], foil_class: Optional[int]):
+    """``(classes, foil, target)``: the attributed classes (argmax by default), the foil class per example
+    (or None) and the per-example logit (difference) the contributions must sum to."""
+    cls = logits.argmax(-1) if classes is None else classes.to(logits.device)
+    _check_classes(cls, logits.shape[-1])
+    foil = None
+    if foil_class is not None:
+        _check_classes(torch.tensor([foil_class]), logits.shape[-1], "foil")
+        foil = torch.full_like(cls, int(foil_class))
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    target = logits[rows, cls] - (logits[rows, foil] if foil is not None else 0)
+    return cls, foil, target
+
+
 def _check_classes(cls: Tensor, n_classes: int, what: str = "class") -> None:
     if cls.numel() and (int(cls.min()) < 0 or int(cls.max()) >= n_classes):
         raise ConfigError(f"direct_logit_attribution: {what} indices must be in [0, {n_classes}), got "
@@ -272,14 +286,7 @@ def _transformer_batch(model: Any, x: Tensor, classes: Optional[Tensor], config:
     with torch.no_grad():
         logits, cache = model.run_with_cache(x, names_filter=names)
         B = x.shape[0]
-        cls = logits.argmax(-1) if classes is None else classes.to(logits.device)
-        _check_classes(cls, logits.shape[-1])
-        foil = None
-        if config.foil is not None:
-            _check_classes(torch.tensor([config.foil]), logits.shape[-1], "foil")
-            foil = torch.full_like(cls, int(config.foil))
-        rows = torch.arange(B, device=logits.device)
-        target = logits[rows, cls] - (logits[rows, foil] if foil is not None else 0)
+        cls, foil, target = _targets(logits, classes, config.foil)
         bias = cache.folded_head_bias(cls, foil).reshape(-1).expand(B)
         unit = torch.ones(B, device=logits.device)
         if clip:  # embedding-space dot products -> logit units
@@ -440,15 +447,7 @@ def _conv_batch(model: Any, x: Tensor, classes: Optional[Tensor], config: Any) -
         names += [h for h in stream if h not in names]
     with torch.no_grad():
         logits, cache = model.run_with_cache(x, names_filter=names, return_cache_object=False)
-    B = x.shape[0]
-    cls = logits.argmax(-1) if classes is None else classes.to(logits.device)
-    _check_classes(cls, logits.shape[-1])
-    foil = None
-    if config.foil is not None:
-        _check_classes(torch.tensor([config.foil]), logits.shape[-1], "foil")
-        foil = torch.full_like(cls, int(config.foil))
-    rows = torch.arange(B, device=logits.device)
-    target = logits[rows, cls] - (logits[rows, foil] if foil is not None else 0)
+    cls, foil, target = _targets(logits, classes, config.foil)
     pooled = cache[ro.pooled_hook]
     chan = ro.channel_contributions(pooled, cls) - (ro.channel_contributions(pooled, foil) if foil is not None else 0)
     bias = ro.bias(cls) - (ro.bias(foil) if foil is not None else 0)

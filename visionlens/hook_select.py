@@ -37,4 +37,16 @@ def image_batch_support(model: Any) -> tuple[bool, str]:
     return True, ""
 
 
-__all__ = ["resolve_hooks", "image_batch_support", "VisionLensError"]
+__all__ = ["resolve_hooks", "image_batch_support", "fired_hooks", "VisionLensError"]
+
+
+def fired_hooks(cache: Any, hooks: list[str], explicit: bool, owner: str) -> list[str]:
+    """The requested hooks that a forward on an image batch reached (errors name the ones that did not)."""
+    missing = [h for h in hooks if h not in cache]
+    if missing and explicit:
+        raise VisionLensError(f"{owner}: hook(s) {', '.join(missing)} did not fire on an image batch; choose hooks "
+                              "on the image path (see `visionlens hooks SPEC`).")
+    fired = [h for h in hooks if h in cache]
+    if not fired:
+        raise VisionLensError(f"{owner}: none of the hooks fired on an image batch.")
+    return fired
