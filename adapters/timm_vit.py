@@ -68,6 +68,21 @@ class _LayerHooks:
         self.ln2_scale, self.ln2 = p["ln2.hook_scale"], p["ln2.hook_normalized"]
         self.mlp_pre, self.mlp_post = p["mlp.hook_pre"], p["mlp.hook_post"]
         self.mlp_out, self.resid_post = p["hook_mlp_out"], p["hook_resid_post"]
+        # True while any point of this block is in use; kept current by the points' add/remove/capture
+        # notifications, so an untouched block runs timm's own Block.forward (exactly the source code path).
+        self._any_active, self._dirty = False, False
+        for hp in self.points.values():
+            hp._listeners.append(self._mark_dirty)
+
+    def _mark_dirty(self) -> None:
+        self._dirty = True
+
+    @property
+    def any_active(self) -> bool:
+        if self._dirty:  # recomputed lazily: attaching 200 points costs 200 flag writes, not 200 scans
+            self._any_active = any(is_active(hp) for hp in self.points.values())
+            self._dirty = False
+        return self._any_active
 
 
 @dataclass
@@ -304,7 +319,7 @@ class TimmViTAdapter(Adapter):
         x = self._embed(x)
         x = s.norm_pre(s.patch_drop(x))
         for blk, h in zip(s.blocks, self.layers):
-            x = self._block(blk, h, x)
+            x = self._block(blk, h, x) if h.any_active else blk(x)
         if self.norm_first and self.final_ln is not None:
             if is_active(self.ln_final_scale):
                 fire(self.ln_final_scale, _ln_scale(s.norm, x))
