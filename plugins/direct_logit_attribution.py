@@ -47,6 +47,7 @@ from torch import Tensor
 from visionlens.analysis import Analysis, ConfigError, config_to_dict, option
 from visionlens.data import as_images
 from visionlens.hookspecs import hookimpl
+from visionlens.patching import activation_gradients
 from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError
 
@@ -536,26 +537,15 @@ def _linear_readout(ro: Any, feats: Optional[Tensor], wdir: Tensor):
 
 def _grad_x_act(model: Any, x: Tensor, hooks: list[str], cls: Tensor, foil: Optional[Tensor]
                 ) -> tuple[Tensor, list[str]]:
-    probes: dict[str, tuple[Tensor, Tensor]] = {}
-
-    def make(name: str):
-        def hook(act: Tensor, hook: Any) -> Tensor:
-            z = torch.zeros_like(act, requires_grad=True)
-            probes[name] = (act.detach(), z)
-            return act + z
-        return hook
-
-    with torch.enable_grad():
-        with model.hooks(fwd_hooks=[(h, make(h)) for h in hooks]):
-            logits = model(x)
+    def objective(logits: Tensor) -> Tensor:
         rows = torch.arange(x.shape[0], device=logits.device)
-        target = logits[rows, cls] - (logits[rows, foil] if foil is not None else 0)
-        fired = [h for h in hooks if h in probes]
-        grads = torch.autograd.grad(target.sum(), [probes[h][1] for h in fired], allow_unused=True)
+        return (logits[rows, cls] - (logits[rows, foil] if foil is not None else 0)).sum()
+
+    probes = activation_gradients(model, hooks, lambda: model(x), objective)
+    fired = [h for h in hooks if h in probes]
     vals = []
-    for h, g in zip(fired, grads):
-        act = probes[h][0]
-        g = torch.zeros_like(act) if g is None else g
+    for h in fired:
+        act, g = probes[h]
         vals.append((act * g).reshape(act.shape[0], -1).sum(-1))
     return torch.stack(vals).detach().cpu(), fired
 

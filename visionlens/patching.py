@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Literal, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -604,14 +604,13 @@ def patch_loop(model: Any, base: Any, source_act: Tensor, targets: TargetSet, me
 
 
 # ============================================================================ attribution patching
-def attribution_patching(model: Any, base: Any, source_acts: dict[str, Tensor], targets: dict[str, TargetSet],
-                         metric: PatchingMetric) -> dict[str, Tensor]:
-    """First-order estimates of patching every target: ``{hook: [K, N]}`` raw metric *changes*.
+def activation_gradients(model: Any, hooks: Iterable[str], forward: Callable[[], Any],
+                         objective: Callable[[Any], Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+    """``{hook: (activation, d objective / d activation)}`` from one forward and one backward.
 
-    One forward on ``base`` with a zero "probe" added at each hook, one backward of the summed
-    metric; the estimate for a target is ``sum_{target} (source - base) * grad``.
+    A zero "probe" tensor is added at each hook so gradients reach exactly the hooked values;
+    hooks that did not fire are absent, and an unused hook gets a zero gradient.
     """
-    base = PatchInputs.of(base)
     probes: dict[str, tuple[Tensor, Tensor]] = {}
 
     def make(name: str) -> Callable[[Tensor, Any], Tensor]:
@@ -622,19 +621,33 @@ def attribution_patching(model: Any, base: Any, source_acts: dict[str, Tensor], 
         return hook
 
     with torch.enable_grad():
-        with model.hooks(fwd_hooks=[(h, make(h)) for h in targets]):
-            out = output_tensor(base.call(model))
-            pair = torch.arange(base.n, device=out.device)
-            total = metric.fn(out, pair).sum()
-        zs = [probes[h][1] for h in targets if h in probes]
-        missing = [h for h in targets if h not in probes]
-        if missing:
-            raise VisionLensError(f"attribution patching: hook(s) {', '.join(missing)} did not fire.")
-        grads = torch.autograd.grad(total, zs, allow_unused=True)
+        with model.hooks(fwd_hooks=[(h, make(h)) for h in hooks]):
+            total = objective(forward())
+        fired = list(probes)
+        grads = torch.autograd.grad(total, [probes[h][1] for h in fired], allow_unused=True)
+    return {h: (probes[h][0], torch.zeros_like(probes[h][0]) if g is None else g) for h, g in zip(fired, grads)}
+
+
+def attribution_patching(model: Any, base: Any, source_acts: dict[str, Tensor], targets: dict[str, TargetSet],
+                         metric: PatchingMetric) -> dict[str, Tensor]:
+    """First-order estimates of patching every target: ``{hook: [K, N]}`` raw metric *changes*.
+
+    One forward on ``base`` with a zero "probe" added at each hook, one backward of the summed
+    metric; the estimate for a target is ``sum_{target} (source - base) * grad``.
+    """
+    base = PatchInputs.of(base)
+
+    def objective(output: Any) -> Tensor:
+        out = output_tensor(output)
+        return metric.fn(out, torch.arange(base.n, device=out.device)).sum()
+
+    probes = activation_gradients(model, targets, lambda: base.call(model), objective)
+    missing = [h for h in targets if h not in probes]
+    if missing:
+        raise VisionLensError(f"attribution patching: hook(s) {', '.join(missing)} did not fire.")
     result: dict[str, Tensor] = {}
-    for h, g in zip(targets, grads):
-        act = probes[h][0]
-        g = torch.zeros_like(act) if g is None else g
+    for h in targets:
+        act, g = probes[h]
         contrib = (source_acts[h].detach().to(act) - act) * g  # [N, *S]
         ts = targets[h]
         K = len(ts)
