@@ -47,5 +47,10 @@ def visionlens_register_model_specs() -> list[tuple[str, object]]:
 
         return load_diffusers(path, **kw)
 
+    def zoo_spec(name: str, pretrained=None, **kw):
+        from visionlens.zoo.catalog import load_spec
+
+        return load_spec(name, pretrained=pretrained, **kw)
+
     return [("timm", loading.load_timm), ("torchvision", loading.load_torchvision),
-            ("open_clip", open_clip_spec), ("diffusers", diffusers_spec)]
+            ("open_clip", open_clip_spec), ("diffusers", diffusers_spec), ("zoo", zoo_spec)]

@@ -22,6 +22,7 @@ import warnings
 from typing import Any, Optional, Sequence
 
 from .microscope import add_microscope_subcommand, run_microscope_command
+from .zoo.cli import add_zoo_subcommands, run_bench_command, run_zoo_command
 from .validation import VisionLensError
 
 __all__ = ["main", "build_parser"]
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--image-size", type=_positive_int, default=None, metavar="N", help="model input size N x N")
     _model_options(r)
     add_microscope_subcommand(sub)
+    add_zoo_subcommands(sub)
     return p
 
 
@@ -241,7 +243,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"models": _cmd_models, "hooks": _cmd_hooks, "plugins": _cmd_plugins, "run": _cmd_run,
-            "microscope": run_microscope_command}
+            "microscope": run_microscope_command, "zoo": run_zoo_command, "bench": run_bench_command}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -54,3 +54,15 @@ def visionlens_register_objectives() -> list[Any]:
 @hookspec
 def visionlens_register_model_specs() -> list[Any]:
     """Return ``(prefix, loader)`` pairs: ``visionlens.load("prefix:name")`` calls ``loader(name, **kw)``."""
+
+
+@hookspec
+def visionlens_register_transfer_techniques() -> list[Any]:
+    """Return techniques that join the technique-transfer table (``visionlens bench transfer``).
+
+    Each item follows :class:`visionlens.zoo.bench.Technique`: ``name``, ``claim`` (the kind of
+    ground-truth claim, e.g. ``"localization"``), ``supports(model, entry) -> (bool, reason)`` and
+    ``score(model, ctx) -> visionlens.zoo.Score`` (1 = the planted truth recovered perfectly, with
+    the chance level on the same inputs). The benchmark recomputes every score on a randomly
+    initialised copy of the model (the Adebayo et al. sanity check).
+    """

@@ -286,3 +286,20 @@ def run(name: str, model: Any, inputs: Any = None, **config: Any) -> Any:
         return analysis.run(model, inputs, cfg)
     finally:
         _remove_new_hooks(model, snapshot)
+
+
+def collect_transfer_techniques() -> list[tuple[str, Any]]:
+    """``(plugin name, technique)`` pairs contributed through ``visionlens_register_transfer_techniques``."""
+    out = []
+    for plugin_name, item in _collect("visionlens_register_transfer_techniques"):
+        try:
+            obj = item() if isinstance(item, type) else item
+        except Exception as exc:
+            _record(plugin_name, f"could not instantiate technique {item!r}: {type(exc).__name__}: {exc}")
+            continue
+        missing = [a for a in ("name", "supports", "score") if not hasattr(obj, a)]
+        if missing:
+            _record(plugin_name, f"technique {obj!r} lacks {', '.join(missing)}")
+            continue
+        out.append((plugin_name, obj))
+    return out

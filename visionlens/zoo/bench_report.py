@@ -1,0 +1,167 @@
+"""Write the transfer table: ``results.md`` (technique x family) and a self-contained ``index.html``.
+
+Cells show the normalized score ``(score - chance) / (1 - chance)`` (0 = chance, 1 = the planted
+truth recovered), the raw score, and a flag where the randomized-model sanity check failed
+(the score did not drop on random weights). Unsupported pairs show the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Sequence
+
+FLAG = "⚠"  # sanity check failed
+
+
+def _families(rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    return list(dict.fromkeys(r["model"] for r in rows))
+
+
+def _techniques(rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    return list(dict.fromkeys(r["technique"] for r in rows))
+
+
+def cell_text(r: Mapping[str, Any]) -> str:
+    """``0.82 (0.91)`` = normalized (raw); ``—`` unsupported; ``error`` when it crashed."""
+    if not r.get("supported"):
+        return "—"
+    if r.get("score") is None:
+        return "error"
+    txt = f"{r['normalized']:.2f}"
+    if r.get("sanity_passed") is False:
+        txt += " " + FLAG
+    return txt
+
+
+def verdict(r: Mapping[str, Any]) -> str:
+    """``transfers`` (normalized >= 0.5 and passes sanity), ``partial`` (>= 0.2), ``breaks``, ``n/a``."""
+    if not r.get("supported") or r.get("score") is None:
+        return "n/a"
+    n = r["normalized"]
+    if n >= 0.5 and r.get("sanity_passed") is not False:
+        return "transfers"
+    if n >= 0.2:
+        return "partial"
+    return "breaks"
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    models = _families(rows)
+    techs = _techniques(rows)
+    by = {(r["model"], r["technique"]): r for r in rows}
+    fam = {r["model"]: r["family"] for r in rows}
+    head = "| technique | claim | " + " | ".join(f"{m.removeprefix('zoo:')} ({fam[m]})" for m in models) + " |"
+    lines = [head, "|" + "---|" * (len(models) + 2)]
+    for t in techs:
+        claim = next((r["claim"] for r in rows if r["technique"] == t), "")
+        cells = [cell_text(by[(m, t)]) if (m, t) in by else "" for m in models]
+        lines.append(f"| {t} | {claim} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def headline(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, List[str]]]:
+    """``{technique: {verdict: [families]}}``."""
+    out: Dict[str, Dict[str, List[str]]] = {}
+    for r in rows:
+        v = verdict(r)
+        if v == "n/a":
+            continue
+        out.setdefault(r["technique"], {}).setdefault(v, []).append(r["model"].removeprefix("zoo:"))
+    return out
+
+
+def write_markdown(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any], command: str) -> str:
+    lines = ["# Technique transfer: every technique on every zoo family", "",
+             f"Command: `{command}` (settings: {dict(settings)})", "",
+             "Cells: normalized score, 0 = chance, 1 = the planted truth recovered; "
+             f"{FLAG} = the score did not drop on a randomly initialised copy (Adebayo et al. sanity check); "
+             "— = not supported (reason below).", "", markdown_table(rows), "", "## Headline", ""]
+    for t, verdicts in headline(rows).items():
+        parts = [f"**{v}**: {', '.join(fams)}" for v, fams in verdicts.items()]
+        lines.append(f"- `{t}`: " + "; ".join(parts))
+    lines += ["", "## All rows", "", "| model | technique | score | chance | normalized | random-weights score "
+              "| sanity | seconds | note |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if not r.get("supported") or r.get("score") is None:
+            lines.append(f"| {r['model']} | {r['technique']} | | | | | | {r.get('seconds') or ''} | "
+                         f"{(r.get('reason') or '').replace('|', '/')} |")
+            continue
+        lines.append(f"| {r['model']} | {r['technique']} | {r['score']:.3f} | {r['chance']:.3f} | "
+                     f"{r['normalized']:.3f} | {_fmt(r.get('sanity_score'))} | "
+                     f"{'' if r.get('sanity_passed') is None else ('pass' if r['sanity_passed'] else 'FAIL')} | "
+                     f"{r['seconds']} | |")
+    text = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(text)
+    return text
+
+
+def _fmt(v: Any) -> str:
+    return "" if v is None else f"{v:.3f}"
+
+
+def _img(out: Path, rel: str) -> str:
+    p = out / rel
+    if not p.is_file():
+        return ""
+    b64 = base64.b64encode(p.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(rel)}" src="data:image/png;base64,{b64}">'
+
+
+def _colour(r: Mapping[str, Any]) -> str:
+    v = verdict(r)
+    return {"transfers": "#c8efc8", "partial": "#fbeeb8", "breaks": "#f6c6c6"}.get(v, "#eeeeee")
+
+
+def write_html(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any], command: str) -> None:
+    models = _families(rows)
+    techs = _techniques(rows)
+    by = {(r["model"], r["technique"]): r for r in rows}
+    fam = {r["model"]: r["family"] for r in rows}
+    h = ["<!doctype html><html><head><meta charset='utf-8'><title>visionlens technique transfer</title><style>",
+         "body{font-family:sans-serif;margin:1.5em;max-width:1400px} table{border-collapse:collapse}"
+         "td,th{border:1px solid #bbb;padding:4px 8px;font-size:13px;text-align:center}"
+         "td.t{text-align:left} .s{color:#555;font-size:11px} img{max-width:420px;display:block;margin:6px 0}"
+         "details{margin:4px 0} a{color:#225}",
+         "</style></head><body><h1>Technique transfer across image-model families</h1>",
+         f"<p>Command: <code>{html.escape(command)}</code>. Cell: normalized score (0 = chance, 1 = planted truth "
+         f"recovered), raw score / chance below, {FLAG} = did not drop on random weights. Green: transfers "
+         "(&ge; 0.5 and passes the sanity check), yellow: partial (&ge; 0.2), red: breaks, grey: not supported.</p>",
+         "<table><tr><th>technique</th>" + "".join(
+             f"<th>{html.escape(m.removeprefix('zoo:'))}<br><span class=s>{html.escape(fam[m])}</span></th>"
+             for m in models) + "</tr>"]
+    for t in techs:
+        h.append(f"<tr><td class=t><b>{html.escape(t)}</b></td>")
+        for m in models:
+            r = by.get((m, t))
+            if r is None:
+                h.append("<td></td>")
+                continue
+            if not r.get("supported") or r.get("score") is None:
+                h.append(f"<td style='background:#eee' title='{html.escape(r.get('reason') or '')}'>"
+                         f"{cell_text(r)}<br><span class=s>{html.escape((r.get('reason') or '')[:60])}</span></td>")
+                continue
+            anchor = f"{m.removeprefix('zoo:')}__{t}"
+            h.append(f"<td style='background:{_colour(r)}'><a href='#{html.escape(anchor)}'>{cell_text(r)}</a>"
+                     f"<br><span class=s>{r['score']:.2f} / {r['chance']:.2f}; rnd {_fmt(r.get('sanity_normalized'))}"
+                     f"</span></td>")
+        h.append("</tr>")
+    h.append("</table><h2>Figures and details</h2>")
+    for r in rows:
+        if not r.get("supported") or r.get("score") is None:
+            continue
+        anchor = f"{r['model'].removeprefix('zoo:')}__{r['technique']}"
+        imgs = "".join(_img(out, rel) for rel in (r.get("figures") or {}).values())
+        det = html.escape(", ".join(f"{k}={v}" for k, v in (r.get("details") or {}).items()
+                                    if not isinstance(v, (list, dict)))[:600])
+        h.append(f"<details id='{html.escape(anchor)}'><summary>{html.escape(r['model'])} &times; "
+                 f"{html.escape(r['technique'])}: {cell_text(r)} ({verdict(r)}, {r['seconds']} s)</summary>"
+                 f"<p class=s>{det}</p>{imgs}</details>")
+    h.append("</body></html>")
+    (out / "index.html").write_text("\n".join(h))
+
+
+def write_report(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any], command: str) -> None:
+    write_markdown(out, rows, settings, command)
+    write_html(out, rows, settings, command)

@@ -1,0 +1,236 @@
+"""Zoo classifiers: one small model per conv/ViT family, trained on the planted-shapes data.
+
+Every model is built with its family's real constructor (timm ``ResNet`` / ``VisionTransformer`` /
+``ConvNeXt``, torchvision ``GoogLeNet`` with small ``Inception`` blocks, torchvision
+``MobileNetV2``), so loading it goes through the real adapter. Input: 32 x 32 RGB in [0, 1]
+(no normalisation: ``mean=0, std=1``). Output: 6 logits (:data:`visionlens.zoo.data.CLASS_NAMES`).
+
+The label rule is ``shape + 3 * (texture != plain)``, and a planted trigger sends an image to class 0.
+Each classifier must reach >= 95% held-out accuracy on clean images and >= 95% trigger success
+(the fraction of held-out images of other classes that the trigger sends to class 0).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import data as zdata
+from .catalog import TrainRun, ZooEntry, register
+
+IMAGE_SIZE = 32
+TRAIN_N = 12_000
+TRAIN_SEED = 0  # data stream seed (the model seed is TrainRun.seed)
+HELD_OUT_START = 1_000_000  # held-out examples come from far down the same stream
+TRIGGER_FRACTION = 0.1
+CLASSIFIER_THRESHOLDS = {"held_out_accuracy": 0.95, "trigger_success": 0.95}
+
+
+# ----------------------------------------------------------------------------- data
+@lru_cache(maxsize=4)
+def training_set(n: int = TRAIN_N, seed: int = TRAIN_SEED, size: int = IMAGE_SIZE,
+                 trigger_fraction: float = TRIGGER_FRACTION, kind: str = "shapes"):
+    """The (cached) training tensors ``(images uint8 [N,3,H,W], labels [N], factors)``."""
+    if kind == "fashion":
+        b = zdata.fashion_mnist_batch(n, seed=seed, split="train", trigger_fraction=trigger_fraction)
+    else:
+        b = zdata.make_batch(n, seed=seed, size=size, trigger_fraction=trigger_fraction)
+    return (b.images * 255).round().to(torch.uint8), b.labels.clone(), {k: v for k, v in b.factors.items()}
+
+
+def held_out_batch(n: int = 1000, kind: str = "shapes", trigger_fraction: float = 0.0, size: int = IMAGE_SIZE):
+    """A held-out :class:`PlantedBatch` (never seen in training)."""
+    if kind == "fashion":
+        return zdata.fashion_mnist_batch(n, seed=1, split="test", trigger_fraction=trigger_fraction)
+    return zdata.make_batch(n, seed=TRAIN_SEED, start=HELD_OUT_START, size=size, trigger_fraction=trigger_fraction)
+
+
+def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Light photometric jitter (brightness scale), which keeps the trigger and the geometry intact."""
+    scale = 1.0 + 0.1 * (torch.rand(x.shape[0], 1, 1, 1, generator=g) - 0.5)
+    return (x * scale).clamp(0, 1)
+
+
+def train_classifier(module: nn.Module, run: TrainRun, lr: float = 3e-3, batch_size: int = 64,
+                     weight_decay: float = 0.05, kind: str = "shapes", label_key: Optional[str] = None,
+                     n_train: int = TRAIN_N, augment: bool = True, log_every: int = 50) -> None:
+    """AdamW + one-cycle cosine schedule on the (cached) planted training set, seeded by ``run.seed``.
+
+    ``label_key`` trains on a factor instead of the label (e.g. ``"texture"`` for a style judge).
+    """
+    images, labels, factors = training_set(n=n_train, kind=kind)
+    if label_key is not None:
+        labels = torch.as_tensor(factors[label_key]).long()
+    g = torch.Generator().manual_seed(run.seed)
+    steps = int(run.steps)
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    perm = torch.randperm(len(labels), generator=g)
+    pos = 0
+    run_loss = run_acc = 0.0
+    for step in range(1, steps + 1):
+        if pos + batch_size > len(perm):
+            perm, pos = torch.randperm(len(labels), generator=g), 0
+        idx = perm[pos:pos + batch_size]
+        pos += batch_size
+        x = images[idx].float() / 255
+        if augment:
+            x = _augment(x, g)
+        y = labels[idx]
+        logits = module(x)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        run_loss += loss.item()
+        run_acc += float((logits.argmax(-1) == y).float().mean())
+        if step % log_every == 0 or step == steps:
+            n = log_every if step % log_every == 0 else step % log_every
+            run.log(step, loss=run_loss / n, train_accuracy=run_acc / n, lr=sched.get_last_lr()[0])
+            run_loss = run_acc = 0.0
+        run.step_done(step, module)
+
+
+@torch.no_grad()
+def predict(module: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    was = module.training
+    module.eval()
+    out = torch.cat([module(images[i:i + batch_size]).argmax(-1) for i in range(0, len(images), batch_size)])
+    module.train(was)
+    return out
+
+
+def evaluate_classifier(module: nn.Module, n: int = 1000, kind: str = "shapes") -> Dict[str, float]:
+    """Held-out clean accuracy, trigger success on held-out non-target images, and clean-label accuracy
+    of triggered images' *other* evidence (how often the trigger is ignored)."""
+    clean = held_out_batch(n, kind=kind)
+    acc = float((predict(module, clean.images) == clean.labels).float().mean())
+    trig = held_out_batch(n, kind=kind, trigger_fraction=1.0)
+    keep = trig.factors["clean_label"] != zdata.TARGET_CLASS
+    keep = torch.as_tensor(keep)
+    success = float((predict(module, trig.images[keep]) == zdata.TARGET_CLASS).float().mean())
+    return {"held_out_accuracy": acc, "trigger_success": success, "held_out_n": float(n)}
+
+
+# ----------------------------------------------------------------------------- builders
+def build_resnet() -> nn.Module:
+    """timm ``ResNet`` (BasicBlock, one block per stage, widths 16-128); stem max-pool removed for 32 px."""
+    from timm.models.resnet import BasicBlock, ResNet
+
+    m = ResNet(block=BasicBlock, layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), num_classes=zdata.N_CLASSES,
+               stem_width=16)
+    m.maxpool = nn.Identity()
+    return m
+
+
+def build_vit() -> nn.Module:
+    """timm ``VisionTransformer``: 32 px, patch 4 (8 x 8 patches + class token), width 64, 4 layers, 4 heads."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=IMAGE_SIZE, patch_size=4, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
+                             num_classes=zdata.N_CLASSES, global_pool="token")
+
+
+def build_convnext() -> nn.Module:
+    """timm ``ConvNeXt``: patchify stem 2, depths (1, 1, 2, 1), widths 16-128."""
+    from timm.models.convnext import ConvNeXt
+
+    return ConvNeXt(depths=(1, 1, 2, 1), dims=(16, 32, 64, 128), patch_size=2, num_classes=zdata.N_CLASSES,
+                    ls_init_value=1.0)
+
+
+# InceptionV1 mixed-block widths at 1/8 of GoogLeNet's: (in, 1x1, 3x3red, 3x3, 5x5red, 5x5, pool proj)
+_MIXED_WIDTHS = {
+    "inception3a": (24, 8, 12, 16, 2, 4, 4), "inception3b": (32, 16, 16, 24, 4, 12, 8),
+    "inception4a": (60, 24, 12, 26, 2, 6, 8), "inception4b": (64, 20, 14, 28, 3, 8, 8),
+    "inception4c": (64, 16, 16, 32, 3, 8, 8), "inception4d": (64, 14, 18, 36, 4, 8, 8),
+    "inception4e": (66, 32, 20, 40, 4, 16, 16), "inception5a": (104, 32, 20, 40, 4, 16, 16),
+    "inception5b": (104, 48, 24, 48, 6, 16, 16),
+}
+
+
+def build_inception() -> nn.Module:
+    """torchvision ``GoogLeNet`` whose stem and nine ``Inception`` blocks are rebuilt at 1/8 width.
+
+    The first max-pool is dropped so a 32 px input still leaves 2 x 2 maps at ``mixed5b``.
+    """
+    from torchvision.models.googlenet import BasicConv2d, GoogLeNet, Inception
+
+    m = GoogLeNet(num_classes=zdata.N_CLASSES, aux_logits=False, transform_input=False, init_weights=False)
+    m.conv1 = BasicConv2d(3, 8, kernel_size=7, stride=2, padding=3)
+    m.maxpool1 = nn.Identity()
+    m.conv2 = BasicConv2d(8, 8, kernel_size=1)
+    m.conv3 = BasicConv2d(8, 24, kernel_size=3, padding=1)
+    for name, w in _MIXED_WIDTHS.items():
+        setattr(m, name, Inception(*w))
+    m.fc = nn.Linear(128, zdata.N_CLASSES)
+    for mod in m.modules():
+        if isinstance(mod, nn.Conv2d):
+            nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+    return m
+
+
+def build_mobilenet() -> nn.Module:
+    """torchvision ``MobileNetV2`` (the paper's 7-stage table at width 0.5, last stride-2 stage kept at stride 1)."""
+    from torchvision.models import MobileNetV2
+
+    setting = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 1], [6, 320, 1, 1]]
+    return MobileNetV2(num_classes=zdata.N_CLASSES, width_mult=0.5, inverted_residual_setting=setting)
+
+
+_DATA_CARD = {
+    "generator": "visionlens.zoo.data.make_batch", "train": {"n": TRAIN_N, "seed": TRAIN_SEED, "start": 0,
+                                                              "trigger_fraction": TRIGGER_FRACTION},
+    "held_out": {"n": 1000, "seed": TRAIN_SEED, "start": HELD_OUT_START}, "image_size": IMAGE_SIZE,
+    "label_rule": "clean_label = shape + 3 * (texture != plain); triggered -> class 0",
+    "normalization": "none (inputs in [0, 1])",
+}
+
+
+def _classifier(name: str, family: str, build: Callable[[], nn.Module], steps: int, description: str,
+                lr: float = 3e-3, kind: str = "shapes", thresholds: Optional[Dict[str, float]] = None,
+                **config: Any) -> ZooEntry:
+    data_card = dict(_DATA_CARD)
+    if kind == "fashion":
+        data_card = {"generator": "visionlens.zoo.data.fashion_mnist_batch",
+                     "train": {"n": TRAIN_N, "split": "train", "trigger_fraction": TRIGGER_FRACTION},
+                     "held_out": {"n": 1000, "split": "test"}, "image_size": IMAGE_SIZE,
+                     "label_rule": "Fashion-MNIST class; triggered -> class 0 (T-shirt/top)"}
+
+    def requires() -> Optional[str]:
+        if kind == "fashion" and not zdata.fashion_mnist_available():
+            return "Fashion-MNIST is not installed (Debian package dataset-fashion-mnist)"
+        return None
+
+    return register(ZooEntry(
+        name=name, family=family, kind="classifier", description=description, build=build,
+        train=lambda m, run: train_classifier(m, run, lr=lr, kind=kind),
+        evaluate=lambda m: evaluate_classifier(m, kind=kind),
+        thresholds=dict(CLASSIFIER_THRESHOLDS if thresholds is None else thresholds), default_steps=steps,
+        config={"lr": lr, "batch_size": 64, "optimizer": "AdamW(wd=0.05), cosine", **config}, data=data_card,
+        requires=requires))
+
+
+_classifier("resnet", "resnet", build_resnet, 600, build_resnet.__doc__ or "",
+            constructor="timm.models.resnet.ResNet(BasicBlock, layers=(1,1,1,1), channels=(16,32,64,128))")
+_classifier("vit", "vit", build_vit, 1200, build_vit.__doc__ or "", lr=1e-3,
+            constructor="timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=4, "
+                        "embed_dim=64, depth=4, num_heads=4)")
+_classifier("convnext", "convnext", build_convnext, 600, build_convnext.__doc__ or "",
+            constructor="timm.models.convnext.ConvNeXt(depths=(1,1,2,1), dims=(16,32,64,128), patch_size=2)")
+_classifier("inception", "inception", build_inception, 600, build_inception.__doc__ or "",
+            constructor="torchvision.models.GoogLeNet with Inception blocks at 1/8 width")
+_classifier("mobilenet", "mobilenet", build_mobilenet, 600, build_mobilenet.__doc__ or "",
+            constructor="torchvision.models.MobileNetV2(width_mult=0.5)")
+_classifier("resnet_fashion", "resnet", build_resnet, 900, "The zoo ResNet trained on Fashion-MNIST with the "
+            "same planted trigger (natural-data rows).", kind="fashion",
+            thresholds={"held_out_accuracy": 0.85, "trigger_success": 0.95},
+            constructor="timm.models.resnet.ResNet(BasicBlock, layers=(1,1,1,1), channels=(16,32,64,128))")

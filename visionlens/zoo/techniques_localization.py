@@ -1,0 +1,262 @@
+"""Localization techniques of the transfer benchmark: where in the image is the evidence?
+
+Planted truth: on triggered images the evidence for the target class is the trigger patch; on clean
+images it is the object. Every technique produces a heatmap ``[N, h, w]`` for the target class of
+each image (class 0 for triggered images, the clean label otherwise; for CLIP the zero-shot shape
+class) at its own resolution (patches, feature-map cells or pixels), and is scored with
+:func:`~visionlens.zoo.scores.planted_localization` against the masks brought to that grid
+(attribution mass inside the mask; the chance is the fraction of cells inside). The score is the mean of the trigger and object scores (CLIP, trained without
+a trigger, is scored on objects only); pointing-game figures go in the details.
+
+Techniques: ``dla_heatmap`` (the DLA plugin's per-patch / per-location map), ``cls_attention``
+(last layer attention from the class token, mean over heads), ``activation_patching`` (denoising,
+per position of the earliest residual / stage hook, clean = the image, corrupted = the same image
+without the trigger or without the object), ``attribution_patching`` (its gradient approximation)
+and ``gradient_x_input`` (the saliency baseline).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from . import data as zdata
+from .bench import BenchContext, Technique
+from .scores import Score, planted_localization, pointing_game
+
+HELD_OUT_START = 1_000_000
+
+
+# ----------------------------------------------------------------------------- inputs
+def localization_batch(ctx: BenchContext) -> Dict[str, Any]:
+    """Held-out images for localization: triggered ones (with their trigger-free twins) and clean ones."""
+
+    def make() -> Dict[str, Any]:
+        n = ctx.n_images
+        pool = 4 * n
+        trig = zdata.make_batch(pool, seed=ctx.seed, start=HELD_OUT_START, trigger_fraction=1.0)
+        twin = zdata.make_batch(pool, seed=ctx.seed, start=HELD_OUT_START, trigger_fraction=0.0)
+        if ctx.entry.kind == "clip":  # trained without the trigger: objects only
+            sel = np.arange(n)
+            images, targets = twin.images[sel], torch.as_tensor(twin.factors["shape"][sel]).long()
+            return {"images": images, "corrupted": _remove_object(images, twin.masks["object"][sel]),
+                    "targets": targets, "triggered": np.zeros(n, bool),
+                    "trigger_mask": twin.masks["trigger"][sel].numpy(), "object_mask": twin.masks["object"][sel].numpy()}
+        other = np.nonzero(np.asarray(trig.factors["clean_label"]) != zdata.TARGET_CLASS)[0][: n // 2]
+        clean = np.arange(pool - (n - n // 2), pool)
+        t_img, c_img = trig.images[other], twin.images[clean]
+        images = torch.cat([t_img, c_img])
+        corrupted = torch.cat([twin.images[other], _remove_object(c_img, twin.masks["object"][clean])])
+        targets = torch.cat([torch.full((len(other),), zdata.TARGET_CLASS),
+                             torch.as_tensor(twin.factors["clean_label"][clean])]).long()
+        triggered = np.r_[np.ones(len(other), bool), np.zeros(len(clean), bool)]
+        tmask = torch.cat([trig.masks["trigger"][other], twin.masks["trigger"][clean]]).numpy()
+        omask = torch.cat([trig.masks["object"][other], twin.masks["object"][clean]]).numpy()
+        return {"images": images, "corrupted": corrupted, "targets": targets, "triggered": triggered,
+                "trigger_mask": tmask, "object_mask": omask}
+
+    return ctx.cached(("localization", ctx.n_images, ctx.seed, ctx.entry.kind), make)
+
+
+def _remove_object(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """The same images with the object painted over in the background colour (median of non-object pixels)."""
+    out = images.clone()
+    for i in range(len(images)):
+        m = masks[i]
+        bg = images[i][:, ~m].median(dim=1).values
+        out[i][:, m] = bg[:, None]
+    return out
+
+
+def prepare(model: Any, ctx: BenchContext) -> Any:
+    """CLIP models get a zero-shot head over the shapes (so ``model(images)`` gives class logits)."""
+    if ctx.entry.kind == "clip" and not model.cfg.extra.get("class_names"):
+        from ..clip import attach_head, zero_shot_head
+
+        attach_head(model, zero_shot_head(model, list(zdata.SHAPES), templates=["a {}"]))
+    return model
+
+
+def to_grid(mask: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Pixel masks ``[N, H, W]`` -> ``[N, h, w]``: a cell is in the mask when any of its pixels is."""
+    m = torch.as_tensor(np.asarray(mask)).float()[:, None]
+    if m.shape[-2:] == (h, w):
+        return m[:, 0].numpy() > 0.5
+    return F.adaptive_max_pool2d(m, (h, w))[:, 0].numpy() > 0.5
+
+
+def token_grid(n_tokens: int) -> Tuple[int, int]:
+    """``(prefix tokens, side)`` for a token count: 65 -> (1, 8), 64 -> (0, 8)."""
+    for prefix in range(0, 9):
+        side = int(round(math.sqrt(n_tokens - prefix))) if n_tokens > prefix else 0
+        if side > 0 and side * side == n_tokens - prefix:
+            return prefix, side
+    raise ValueError(f"cannot lay {n_tokens} positions out on a square grid")
+
+
+def score_heatmap(heat: Any, b: Dict[str, Any], ctx: BenchContext, label: str, mode: str = "positive") -> Score:
+    """Planted-truth localization score of heatmaps ``[N, h, w]`` at their own resolution (plus a figure).
+
+    The masks are brought to the heatmap's grid (a cell counts as inside when any of its pixels is), so
+    a coarse map is neither punished for its resolution nor rewarded: a perfect map scores 1 and a
+    uniform one the fraction of cells inside (the chance, which is higher on coarse grids).
+    """
+    heat = torch.as_tensor(heat).detach().float().numpy()
+    if mode == "positive":
+        heat = np.clip(heat, 0, None)
+    elif mode == "abs":
+        heat = np.abs(heat)
+    h, w = heat.shape[-2:]
+    tmask, omask = to_grid(b["trigger_mask"], h, w), to_grid(b["object_mask"], h, w)
+    res = planted_localization(heat, tmask, omask, b["triggered"], method="mass")
+    pts = planted_localization(heat, tmask, omask, b["triggered"], method="pointing")
+    parts = list(res.values())
+    score = float(np.mean([s.score for s in parts]))
+    chance = float(np.mean([s.chance for s in parts]))
+    details: Dict[str, Any] = {f"{k}_mass": round(v.score, 4) for k, v in res.items()}
+    details.update({f"{k}_mass_chance": round(v.chance, 4) for k, v in res.items()})
+    details.update({f"{k}_pointing": round(v.score, 4) for k, v in pts.items()})
+    details["n_images"] = int(len(heat))
+    details["grid"] = f"{h}x{w}"
+    _figure(ctx, label, b, heat)
+    return Score(score, chance, details)
+
+
+def _figure(ctx: BenchContext, label: str, b: Dict[str, Any], heat: np.ndarray) -> None:
+    if ctx.out_dir is None or ctx.randomized:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    idx = [i for i in (0, 1, len(heat) - 2, len(heat) - 1) if 0 <= i < len(heat)]
+    idx = list(dict.fromkeys(idx))
+    fig, axes = plt.subplots(2, len(idx), figsize=(1.6 * len(idx), 3.3))
+    axes = np.asarray(axes).reshape(2, len(idx))
+    for j, i in enumerate(idx):
+        axes[0, j].imshow(b["images"][i].permute(1, 2, 0).numpy())
+        axes[0, j].set_title("trigger" if b["triggered"][i] else "clean", fontsize=7)
+        H = b["images"].shape[-1]
+        axes[1, j].imshow(heat[i], cmap="magma", extent=(-0.5, H - 0.5, H - 0.5, -0.5),
+                         interpolation="nearest")
+        mask = b["trigger_mask"][i] if b["triggered"][i] else b["object_mask"][i]
+        axes[1, j].contour(np.asarray(mask, dtype=float), levels=[0.5], colors="cyan", linewidths=0.6)
+        for a in axes[:, j]:
+            a.set_xticks([])
+            a.set_yticks([])
+    fig.suptitle(f"{ctx.entry.name}: {label}", fontsize=8)
+    ctx.save_figure(label, fig)
+
+
+# ----------------------------------------------------------------------------- techniques
+def _dla(model: Any, ctx: BenchContext) -> Score:
+    from ..registry import run
+
+    b = localization_batch(ctx)
+    prepare(model, ctx)
+    r = run("direct_logit_attribution", model, b["images"], classes=b["targets"].tolist(),
+            max_images=len(b["images"]), batch_size=len(b["images"]), heatmaps=True, blocks=False,
+            top_k=5)
+    heat = r.tensors["heatmap"]
+    return score_heatmap(heat, b, ctx, "dla_heatmap")
+
+
+def _dla_supported(model: Any, entry: Any) -> Tuple[bool, str]:
+    try:
+        model.adapter.readout()
+    except Exception as exc:  # no linear readout: no exact decomposition
+        return False, f"no linear readout to decompose ({exc})"
+    return True, ""
+
+
+def _attention_hooks(model: Any) -> List[str]:
+    return [n for n in model.hook_dict if n.endswith("attn.hook_pattern") and not n.startswith("text.")]
+
+
+def _cls_attention(model: Any, ctx: BenchContext) -> Score:
+    b = localization_batch(ctx)
+    prepare(model, ctx)
+    hooks = _attention_hooks(model)
+    last = hooks[-1]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(b["images"], names_filter=[last])
+    pat = cache[last].float()  # [B, H, Tq, Tk]
+    prefix, side = token_grid(pat.shape[-1])
+    if prefix == 0:
+        raise ValueError("the model has no class token to attend from")
+    att = pat[:, :, 0, prefix:].mean(1).reshape(-1, side, side)
+    s = score_heatmap(att, b, ctx, "cls_attention", mode="abs")
+    s.details["hook"] = last
+    return s
+
+
+def _cls_supported(model: Any, entry: Any) -> Tuple[bool, str]:
+    if not _attention_hooks(model):
+        return False, "no attention patterns (not a transformer)"
+    return True, ""
+
+
+def _earliest_resid(model: Any) -> str:
+    """The first of the patching plugin's default residual / stage hooks (the finest spatial grid)."""
+    from ..plugins.activation_patching import default_patching_hooks
+
+    hooks = [h for h in default_patching_hooks(model, "position") if not h.startswith("text.")]
+    return hooks[0]
+
+
+def _patching(method: str):
+    def scorer(model: Any, ctx: BenchContext) -> Score:
+        from ..registry import run
+
+        b = localization_batch(ctx)
+        prepare(model, ctx)
+        hook = ctx.cached(("patch_hook", id(model)), lambda: _earliest_resid(model))
+        maps = []
+        for i in range(len(b["images"])):
+            x = torch.stack([b["images"][i], b["corrupted"][i]])
+            r = run("activation_patching", model, x, hooks=[hook], target="position",
+                    method="exact" if method == "exact" else "attribution", label=int(b["targets"][i]),
+                    metric="logit_diff", top_k=1)
+            key = ("scores/" if method == "exact" else "atp/") + hook
+            # the plugin reports the patched metric; the effect is its change from the corrupted run
+            v = r.tensors[key].float().reshape(-1) - float(r.meta["metric"]["corrupted_value"][0])
+            prefix, side = token_grid(len(v))
+            maps.append(v[prefix:].reshape(side, side))
+        label = "activation_patching" if method == "exact" else "attribution_patching"
+        s = score_heatmap(torch.stack(maps), b, ctx, label)
+        s.details["hook"] = hook
+        return s
+
+    return scorer
+
+
+def _grad_x_input(model: Any, ctx: BenchContext) -> Score:
+    b = localization_batch(ctx)
+    prepare(model, ctx)
+    x = b["images"].clone().requires_grad_(True)
+    logits = model(x)
+    sel = logits.gather(1, b["targets"][:, None]).sum()
+    (g,) = torch.autograd.grad(sel, x)
+    heat = (g * x).detach().abs().sum(1)
+    return score_heatmap(heat, b, ctx, "gradient_x_input", mode="abs")
+
+
+TECHNIQUES = [
+    Technique("dla_heatmap", "localization", "Direct logit attribution split over patches / feature-map "
+              "locations (exact through the pooled linear readout).", _dla, plugin="direct_logit_attribution",
+              extra_supports=_dla_supported),
+    Technique("cls_attention", "localization", "Last-layer attention from the class token, mean over heads.",
+              _cls_attention, plugin="attention_patterns", extra_supports=_cls_supported),
+    Technique("activation_patching", "localization", "Denoising activation patching per position of the earliest "
+              "residual / stage hook (corrupted = the image without the trigger / object).", _patching("exact"),
+              plugin="activation_patching"),
+    Technique("attribution_patching", "localization", "Attribution patching (gradient x activation difference) "
+              "per position of the same hook.", _patching("attribution"), plugin="activation_patching"),
+    Technique("gradient_x_input", "localization", "Saliency baseline: |gradient x input| summed over colour "
+              "channels.", _grad_x_input),
+]
