@@ -128,6 +128,11 @@ def run_demo(out: Path, top_k: int = 5) -> dict[str, Any]:
 
     analyses_html += demo_scrubbing_section(out)
 
+    # 6. technique transfer: every technique on every zoo family, against planted truth (quick subset)
+    from visionlens.demo_transfer import demo_transfer_section
+
+    analyses_html += demo_transfer_section(out)
+
     elapsed = time.perf_counter() - t0
     summary = {"model": "torchvision:mobilenet_v2 (IMAGENET1K_V1)" if real else "torchvision:mobilenet_v2 (RANDOM weights)",
                "real_weights": real, "images": names, "n_hooks": len(model.hook_dict), "n_cached": len(cache),

@@ -50,6 +50,15 @@ def held_out_batch(n: int = 1000, kind: str = "shapes", trigger_fraction: float 
     return zdata.make_batch(n, seed=TRAIN_SEED, start=HELD_OUT_START, size=size, trigger_fraction=trigger_fraction)
 
 
+def planted_batch(dataset: str, n: int, trigger_fraction: float, seed: int = TRAIN_SEED, start: int = 0):
+    """Held-out examples of a zoo model's dataset; the same ``(seed, start)`` with trigger fraction 0 and 1
+    gives the same images without and with the trigger. ``start`` counts from the held-out region."""
+    if dataset == "fashion":
+        return zdata.fashion_mnist_batch(n, seed=seed, start=start, split="test", trigger_fraction=trigger_fraction)
+    return zdata.make_batch(n, seed=seed, start=HELD_OUT_START + start, size=IMAGE_SIZE,
+                            trigger_fraction=trigger_fraction)
+
+
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Light photometric jitter (brightness scale), which keeps the trigger and the geometry intact."""
     scale = 1.0 + 0.1 * (torch.rand(x.shape[0], 1, 1, 1, generator=g) - 0.5)
@@ -132,18 +141,18 @@ def build_resnet() -> nn.Module:
 
 
 def build_vit() -> nn.Module:
-    """timm ``VisionTransformer``: 32 px, patch 4 (8 x 8 patches + class token), width 64, 4 layers, 4 heads."""
+    """timm ``VisionTransformer``: 32 px, patch 2 (16 x 16 patches + class token), width 64, 4 layers, 4 heads."""
     from timm.models.vision_transformer import VisionTransformer
 
-    return VisionTransformer(img_size=IMAGE_SIZE, patch_size=4, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
+    return VisionTransformer(img_size=IMAGE_SIZE, patch_size=2, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
                              num_classes=zdata.N_CLASSES, global_pool="token")
 
 
 def build_convnext() -> nn.Module:
-    """timm ``ConvNeXt``: patchify stem 2, depths (1, 1, 2, 1), widths 16-128."""
+    """timm ``ConvNeXt``: 1 x 1 stem (stage 0 at full resolution), depths (1, 1, 2, 1), widths 16-128."""
     from timm.models.convnext import ConvNeXt
 
-    return ConvNeXt(depths=(1, 1, 2, 1), dims=(16, 32, 64, 128), patch_size=2, num_classes=zdata.N_CLASSES,
+    return ConvNeXt(depths=(1, 1, 2, 1), dims=(16, 32, 64, 128), patch_size=1, num_classes=zdata.N_CLASSES,
                     ls_init_value=1.0)
 
 
@@ -160,13 +169,15 @@ _MIXED_WIDTHS = {
 def build_inception() -> nn.Module:
     """torchvision ``GoogLeNet`` whose stem and nine ``Inception`` blocks are rebuilt at 1/8 width.
 
-    The first max-pool is dropped so a 32 px input still leaves 2 x 2 maps at ``mixed5b``.
+    The first two max-pools are dropped so a 32 px input leaves 16 x 16 maps at ``mixed3b`` and
+    4 x 4 at ``mixed5b``.
     """
     from torchvision.models.googlenet import BasicConv2d, GoogLeNet, Inception
 
     m = GoogLeNet(num_classes=zdata.N_CLASSES, aux_logits=False, transform_input=False, init_weights=False)
     m.conv1 = BasicConv2d(3, 8, kernel_size=7, stride=2, padding=3)
     m.maxpool1 = nn.Identity()
+    m.maxpool2 = nn.Identity()
     m.conv2 = BasicConv2d(8, 8, kernel_size=1)
     m.conv3 = BasicConv2d(8, 24, kernel_size=3, padding=1)
     for name, w in _MIXED_WIDTHS.items():
@@ -179,10 +190,11 @@ def build_inception() -> nn.Module:
 
 
 def build_mobilenet() -> nn.Module:
-    """torchvision ``MobileNetV2`` (the paper's 7-stage table at width 0.5, last stride-2 stage kept at stride 1)."""
+    """torchvision ``MobileNetV2``: the paper's 7-stage table at width 0.5, with the stride-2 of stage 2 moved
+    to stage 6 so 32 px inputs keep 16 x 16 maps through stage 2 (strides 16-16-8-4-4-2-2)."""
     from torchvision.models import MobileNetV2
 
-    setting = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 1], [6, 320, 1, 1]]
+    setting = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
     return MobileNetV2(num_classes=zdata.N_CLASSES, width_mult=0.5, inverted_residual_setting=setting)
 
 
@@ -216,19 +228,20 @@ def _classifier(name: str, family: str, build: Callable[[], nn.Module], steps: i
         evaluate=lambda m: evaluate_classifier(m, kind=kind),
         thresholds=dict(CLASSIFIER_THRESHOLDS if thresholds is None else thresholds), default_steps=steps,
         config={"lr": lr, "batch_size": 64, "optimizer": "AdamW(wd=0.05), cosine", **config}, data=data_card,
-        requires=requires))
+        requires=requires, dataset=kind))
 
 
 _classifier("resnet", "resnet", build_resnet, 600, build_resnet.__doc__ or "",
             constructor="timm.models.resnet.ResNet(BasicBlock, layers=(1,1,1,1), channels=(16,32,64,128))")
-_classifier("vit", "vit", build_vit, 1200, build_vit.__doc__ or "", lr=1e-3,
-            constructor="timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=4, "
-                        "embed_dim=64, depth=4, num_heads=4)")
-_classifier("convnext", "convnext", build_convnext, 600, build_convnext.__doc__ or "",
-            constructor="timm.models.convnext.ConvNeXt(depths=(1,1,2,1), dims=(16,32,64,128), patch_size=2)")
-_classifier("inception", "inception", build_inception, 600, build_inception.__doc__ or "",
+_classifier("vit", "vit", build_vit, 1500, build_vit.__doc__ or "", lr=1e-3,
+            constructor="timm.models.vision_transformer.VisionTransformer(img_size=32, "
+                        "patch_size=2, embed_dim=64, depth=4, num_heads=4)")
+_classifier("convnext", "convnext", build_convnext, 1500, build_convnext.__doc__ or "", lr=1e-3,
+            constructor="timm.models.convnext.ConvNeXt(depths=(1,1,2,1), dims=(16,32,64,128), patch_size=1, "
+                        "ls_init_value=1.0)")
+_classifier("inception", "inception", build_inception, 1000, build_inception.__doc__ or "",
             constructor="torchvision.models.GoogLeNet with Inception blocks at 1/8 width")
-_classifier("mobilenet", "mobilenet", build_mobilenet, 600, build_mobilenet.__doc__ or "",
+_classifier("mobilenet", "mobilenet", build_mobilenet, 1200, build_mobilenet.__doc__ or "",
             constructor="torchvision.models.MobileNetV2(width_mult=0.5)")
 _classifier("resnet_fashion", "resnet", build_resnet, 900, "The zoo ResNet trained on Fashion-MNIST with the "
             "same planted trigger (natural-data rows).", kind="fashion",

@@ -1,0 +1,92 @@
+"""The shipped zoo: every trained model loads offline, matches its card, and training is reproducible."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import visionlens
+from visionlens.zoo import catalog
+from visionlens.zoo.classifiers import evaluate_classifier
+from visionlens.zoo.train import sha256_file, train_module
+
+CLASSIFIERS = [n for n, e in catalog.entries().items() if e.kind == "classifier"]
+
+
+def _shipped(name: str) -> None:
+    if catalog.get_entry(name).requires():
+        pytest.skip(catalog.get_entry(name).requires())
+    if not catalog.weights_path(name).is_file():
+        pytest.skip(f"zoo:{name} is not trained in this checkout")
+
+
+def test_catalogue_covers_every_family():
+    fams = {e.family for e in catalog.entries().values()}
+    assert {"resnet", "vit", "convnext", "inception", "mobilenet"} <= fams
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_shipped_classifier_reaches_card_figures(name):
+    _shipped(name)
+    card = catalog.model_card(name)
+    assert card["passed"], card["thresholds"]
+    assert card["sha256"] == sha256_file(catalog.weights_path(name))
+    module = catalog.load_module(name)
+    kind = "fashion" if "fashion" in card["data"]["generator"] else "shapes"
+    got = evaluate_classifier(module, n=300, kind=kind)
+    for metric, check in card["thresholds"].items():
+        assert got[metric] >= check["threshold"] - 0.03, (metric, got[metric])
+        assert got[metric] >= card["metrics"][metric] - 0.04, (metric, got[metric], card["metrics"][metric])
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_zoo_spec_loads_hooked_model_equal_to_source(name):
+    _shipped(name)
+    model = visionlens.load(f"zoo:{name}")
+    assert isinstance(model, visionlens.HookedVisionModel)
+    raw = catalog.load_module(name)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = raw(x)
+        out, cache = model.run_with_cache(x)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert len(cache) > 5
+    rnd = visionlens.load(f"zoo:{name}", pretrained="random")
+    assert not torch.allclose(rnd(x), ref)
+
+
+def test_total_shipped_weights_under_25_mb():
+    total = sum(p.stat().st_size for p in catalog.WEIGHTS_DIR.glob("*.safetensors"))
+    assert total <= 25e6, total
+
+
+def test_cards_are_complete():
+    for path in catalog.WEIGHTS_DIR.glob("*.json"):
+        card = json.loads(path.read_text())
+        for key in ("config", "data", "seed", "steps", "metrics", "thresholds", "curve", "sha256", "passed"):
+            assert key in card, (path.name, key)
+        assert card["curve"] and card["curve"][-1]["step"] == card["steps"]
+
+
+def test_retraining_is_bit_for_bit_reproducible():
+    a, run_a = train_module("resnet", seed=3, steps=3)
+    b, run_b = train_module("resnet", seed=3, steps=3)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert run_a.curve == run_b.curve
+    c, _ = train_module("resnet", seed=4, steps=3)
+    assert not torch.equal(next(iter(a.parameters())), next(iter(c.parameters())))
+
+
+def test_checkpoints_every_n_steps(tmp_path):
+    train_module("convnext", seed=0, steps=4, checkpoint_every=2, checkpoint_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000002.safetensors", "step_000004.safetensors"]
+    m = visionlens.load("zoo:convnext", pretrained=str(tmp_path / "step_000004.safetensors"))
+    assert m(torch.rand(1, 3, 32, 32)).shape == (1, 6)
+
+
+def test_unknown_zoo_name_lists_known():
+    with pytest.raises(visionlens.VisionLensError, match="Known: .*resnet"):
+        visionlens.load("zoo:resnet99")
