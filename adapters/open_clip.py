@@ -909,8 +909,14 @@ class OpenCLIPAdapter(Adapter):
     # --------------------------------------------------------------- inputs
     @property
     def tokenizer(self) -> Any:
-        """open_clip's own tokenizer for this model (built lazily; the BPE vocabulary ships with open_clip)."""
+        """The model's tokenizer: ``source.visionlens_tokenizer`` when the model carries its own (e.g. the zoo
+        CLIP's word-level one), else open_clip's for this model (built lazily; the BPE vocabulary ships with
+        open_clip)."""
         if self._tokenizer is None:
+            own = getattr(self.source, "visionlens_tokenizer", None)
+            if own is not None:
+                self._tokenizer = own
+                return own
             import open_clip
 
             ctx = self.text.context_length if self.text is not None else getattr(self.source, "context_length", 77)

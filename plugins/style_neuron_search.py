@@ -46,7 +46,8 @@ DEFAULT_UNIT_HOOKS = ("re:(^|\\.)resnets\\.\\d+\\.hook_out$", "re:(^|\\.)attenti
 
 def unit_summary(name: str, act: Tensor, style_pos: Optional[Tensor] = None) -> Optional[Tensor]:
     """One value per (row, unit): conv maps ``[B, C, H, W]`` -> channel means; token maps ``[B, pixels, C]``
-    -> pixel means; cross-attention patterns ``[B, head, pixels, tokens]`` -> mass on the style tokens."""
+    -> pixel means; vectors ``[B, C]`` (e.g. the pooled-text / time embeddings) as they are; cross-attention
+    patterns ``[B, head, pixels, tokens]`` -> mass on the style tokens."""
     if name.endswith("hook_pattern"):
         if style_pos is None:
             return None
@@ -55,6 +56,8 @@ def unit_summary(name: str, act: Tensor, style_pos: Optional[Tensor] = None) -> 
         return act.float().mean((2, 3))
     if act.ndim == 3:
         return act.float().mean(1)
+    if act.ndim == 2:
+        return act.float()
     return None
 
 

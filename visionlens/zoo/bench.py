@@ -181,7 +181,7 @@ def run_transfer(out_dir: Union[str, Path], families: Optional[Sequence[str]] = 
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    zoo = _select(entries().values(), families, lambda e: (e.family, e.name), "family")
+    zoo = _select([e for e in entries().values() if e.benchmark], families, lambda e: (e.family, e.name), "family")
     techs = _select(all_techniques(), techniques, lambda t: (t.name, getattr(t, "claim", "")), "technique")
     settings = {"quick": quick, "seed": seed, "sanity": sanity}
     res_path = out / "results.json"

@@ -68,6 +68,7 @@ class ZooEntry:
     config: Dict[str, Any] = field(default_factory=dict)
     data: Dict[str, Any] = field(default_factory=dict)
     wrap: Optional[Callable[[nn.Module], Any]] = None  # module -> HookedVisionModel (default: from_module)
+    benchmark: bool = True  # a row of the transfer table (False for helpers such as the style judge)
     dataset: str = "shapes"  # "shapes" (visionlens.zoo.data.make_batch) or "fashion" (fashion_mnist_batch)
     requires: Callable[[], Optional[str]] = lambda: None  # a reason this entry cannot be built here, or None
 

@@ -28,7 +28,9 @@ def add_zoo_subcommands(subparsers: Any) -> None:
     zt.add_argument("--steps", type=int, default=None, metavar="N", help="optimizer steps (default: the entry's)")
     zt.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
                     help="also keep a checkpoint every N steps (OUT/checkpoints/NAME/step_*.safetensors)")
-    zt.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
+    zt.add_argument("--threads", type=int, default=1, metavar="N",
+                    help="torch CPU threads (default 1: the shipped weights were trained with 1; bit-for-bit "
+                         "reproducibility holds for the same thread count)")
     zt.add_argument("-q", "--quiet", action="store_true", help="no training curve on stdout")
 
     b = subparsers.add_parser("bench", help="benchmarks over the zoo (bench transfer)",

@@ -550,7 +550,8 @@ register(ZooEntry(
     data={"generator": "visionlens.zoo.data.make_batch", "train": {"n": 12_000, "seed": 0, "start": 0,
                                                                    "trigger_fraction": 0.1},
           "held_out": {"n": 1000, "seed": 0, "start": 1_000_000}, "image_size": 32,
-          "label_rule": "texture factor: 0 plain, 1 striped, 2 dotted", "normalization": "none (inputs in [0, 1])"}))
+          "label_rule": "texture factor: 0 plain, 1 striped, 2 dotted", "normalization": "none (inputs in [0, 1])"},
+    benchmark=False))
 
 register(ZooEntry(
     name="diffusion", family="diffusion", kind="diffusion",

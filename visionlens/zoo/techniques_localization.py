@@ -194,8 +194,19 @@ def _cls_attention(model: Any, ctx: BenchContext) -> Score:
 
 
 def _cls_supported(model: Any, entry: Any) -> Tuple[bool, str]:
-    if not _attention_hooks(model):
+    hooks = _attention_hooks(model)
+    if not hooks:
         return False, "no attention patterns (not a transformer)"
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(x, names_filter=hooks[-1:])
+    try:
+        prefix, side = token_grid(int(cache[hooks[-1]].shape[-1]))
+    except ValueError as exc:
+        return False, str(exc)
+    if prefix == 0 or side < 2:
+        return False, (f"the last attention ({hooks[-1]}) has no class token over a spatial grid "
+                       f"({cache[hooks[-1]].shape[-1]} keys)")
     return True, ""
 
 

@@ -74,6 +74,7 @@ def train_entry(name: str, out_dir: Union[str, Path, None] = None, seed: int = 0
         metrics = {k: float(v) for k, v in entry.evaluate(module).items()}
     wpath = weights_path(name, out)
     save_file(state_dict_for_saving(module), str(wpath), metadata={"zoo_name": name, "seed": str(seed)})
+    wpath.chmod(0o644)  # safetensors writes 0600; shipped package data must be world-readable
     checks = {k: {"threshold": t, "value": metrics.get(k), "passed": metrics.get(k) is not None and metrics[k] >= t}
               for k, t in entry.thresholds.items()}
     card = {
@@ -84,7 +85,7 @@ def train_entry(name: str, out_dir: Union[str, Path, None] = None, seed: int = 0
         "n_parameters": int(sum(p.numel() for p in module.parameters())),
         "size_bytes": wpath.stat().st_size, "train_seconds": round(train_s, 1),
         "checkpoint_every": checkpoint_every,
-        "torch": torch.__version__, "python": platform.python_version(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
         "command": f"visionlens zoo train {name} --seed {seed}" + (f" --steps {steps}" if steps is not None else ""),
     }
     card_path(name, out).write_text(json.dumps(card, indent=1) + "\n")

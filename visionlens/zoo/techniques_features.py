@@ -1,0 +1,226 @@
+"""Feature techniques of the transfer benchmark: what does a logit or a unit respond to?
+
+* ``feature_visualization`` -- render the trigger class's logit (class 0) with the
+  ``feature_visualization`` plugin and score the images with
+  :func:`~visionlens.zoo.scores.pattern_correlation`: the best-window Pearson correlation with the
+  planted trigger (chance: the same statistic on uniform noise). Settings, fixed for every family:
+  pixel parameterization, no colour decorrelation, no transforms, Adam lr 0.05, 32 px, 4 (quick) /
+  8 (full) seeds, 128 / 512 steps. Lucid's defaults are tuned for ImageNet models at 128+ px: its
+  jitter / scale / rotation moves a 4 px pattern that the model detects at one fixed place, and its
+  ImageNet colour decorrelation and FFT spectrum decay suppress a 1 px white / magenta checkerboard,
+  so with them the trained ResNet's renders score at chance. Measured on the zoo ResNet: ~0.8
+  (trained) vs ~0.44 (random init, = chance).
+* ``dataset_examples`` -- run the ``dataset_examples`` plugin over held-out planted images on the
+  residual / block outputs its defaults choose, and score the top-k purity
+  (:func:`~visionlens.zoo.scores.topk_factor_purity`, k = 16) of every unit of the **last** of these
+  layers (the representation the classifier head reads, where the planted truth says the
+  label-relevant factors must be encoded) with respect to the label-relevant factors: shape and
+  textured-vs-plain for classifiers (colour, stripe angle etc. are nuisances), the class for
+  Fashion-MNIST, shape / colour / texture for CLIP (its captions name all three). Score and chance
+  are the means over those factors of the purity and of its random-top-k chance. The best layer is
+  *not* used: early layers of a *random* network already have colour- and texture-pure units (a
+  random edge filter fires most on striped objects), so a max over layers would reward chance
+  structure. Per-layer purities are in the details.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from . import data as zdata
+from .bench import BenchContext, Technique
+from .scores import Score, pattern_correlation, topk_factor_purity
+
+HELD_OUT_START = 1_000_000
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def data_kind(entry: Any) -> Optional[str]:
+    """``"shapes"`` (planted-shapes label rule), ``"fashion"`` (Fashion-MNIST + trigger), ``"clip"`` or
+    ``None`` (a zoo model trained on something else, e.g. the texture-only ``style_judge``)."""
+    if entry.kind == "clip":
+        return "clip"
+    data = entry.data or {}
+    gen = str(data.get("generator", ""))
+    if gen.endswith("fashion_mnist_batch"):
+        return "fashion"
+    if gen.endswith("make_batch") and "clean_label" in str(data.get("label_rule", "")):
+        return "shapes"
+    return None
+
+
+def planted_classifier_support(model: Any, entry: Any) -> Tuple[bool, str]:
+    """Classifier techniques need a model trained on the planted label rule (with the trigger)."""
+    kind = data_kind(entry)
+    if kind is None:
+        rule = (entry.data or {}).get("label_rule", "?")
+        return False, f"not trained on the planted label rule (its label: {rule})"
+    return True, ""
+
+
+def held_out(ctx: BenchContext, n: int, trigger_fraction: float = 0.0) -> zdata.PlantedBatch:
+    """Held-out images of the model's own data (planted shapes or Fashion-MNIST), cached per context."""
+    kind = data_kind(ctx.entry)
+
+    def make() -> zdata.PlantedBatch:
+        if kind == "fashion":
+            from .classifiers import held_out_batch
+
+            return held_out_batch(n, kind="fashion", trigger_fraction=trigger_fraction)
+        return zdata.make_batch(n, seed=ctx.seed, start=HELD_OUT_START, trigger_fraction=trigger_fraction)
+
+    return ctx.cached(("held_out", kind, n, ctx.seed, trigger_fraction), make)
+
+
+def prepare(model: Any, ctx: BenchContext) -> Any:
+    """CLIP models get a zero-shot head over the shapes (so ``model(images)`` gives class logits)."""
+    if ctx.entry.kind == "clip" and not model.cfg.extra.get("class_names"):
+        from ..clip import attach_head, zero_shot_head
+
+        attach_head(model, zero_shot_head(model, list(zdata.SHAPES), templates=["a {}"]))
+    return model
+
+
+_HEAD_WORDS = ("pool", "drop", "flatten", "fc", "head", "classifier", "logits")
+
+
+def block_hooks(model: Any, example: torch.Tensor) -> List[str]:
+    """The residual / block outputs the plugins default to (``activation_stats.default_hooks``), in the
+    order they fire on ``example``, keeping image-tower maps (``[B, C, H, W]`` or tokens ``[B, T, D]``)
+    and dropping ``text.*`` hooks and the head (pooling, dropout, flatten, fc / classifier: GoogLeNet's
+    top-level modules are its defaults)."""
+    from ..plugins.activation_stats import default_hooks
+
+    def is_head(h: str) -> bool:
+        mod = h.rsplit(".hook_", 1)[0].split(".")[-1].lower()
+        return any(w in mod for w in _HEAD_WORDS)
+
+    cands = [h for h in default_hooks(model) if not h.startswith("text.") and not is_head(h)]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(example, names_filter=cands, return_cache_object=False)
+    out = [h for h in cache if h in cands and cache[h].ndim >= 3]  # insertion order = firing order
+    if not out:
+        raise ValueError(f"no spatial / token block outputs among {cands[:6]}")
+    return out
+
+
+def _image_grid(rows: Sequence[np.ndarray], scale: int = 3, pad: int = 2) -> np.ndarray:
+    """Rows of ``[n, H, W, 3]`` float images in [0, 1] -> one ``uint8`` grid (nearest upscaling)."""
+    h, w = rows[0].shape[1:3]
+    ncol = max(len(r) for r in rows)
+    H, W = h * scale, w * scale
+    grid = np.ones((len(rows) * (H + pad) + pad, ncol * (W + pad) + pad, 3), dtype=np.float32)
+    for i, r in enumerate(rows):
+        for j, im in enumerate(r):
+            y, x = pad + i * (H + pad), pad + j * (W + pad)
+            grid[y:y + H, x:x + W] = np.kron(np.clip(im, 0, 1), np.ones((scale, scale, 1)))
+    return (grid * 255).round().astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- feature visualization
+FV_SETTINGS = {"param": "pixel", "decorrelate": False, "transforms": "none", "lr": 0.05, "size": 32}
+
+
+def _feature_visualization(model: Any, ctx: BenchContext) -> Score:
+    from ..registry import run
+
+    steps, n_img = (128, 4) if ctx.quick else (512, 8)
+    r = run("feature_visualization", model, None, objectives=[f"class:{zdata.TARGET_CLASS}"], steps=steps,
+            images_per_objective=n_img, seed=ctx.seed, progress=False, **FV_SETTINGS)
+    images = r.images.detach().float().clamp(0, 1)
+    size = images.shape[-1]
+    s = pattern_correlation(images, zdata.trigger_pattern(size), seed=ctx.seed)
+    s.details.update(steps=steps, images=n_img, objective=f"class:{zdata.TARGET_CLASS}",
+                     final_logit=float(r.tables["objectives"].rows[0][3] or float("nan")), **FV_SETTINGS)
+    if not ctx.randomized:
+        pat = zdata.trigger_pattern(size)
+        ref = np.full((size, size, 3), zdata.BACKGROUND, dtype=np.float32)
+        y0, x0, k = zdata.trigger_box(size)
+        ref[y0:y0 + k, x0:x0 + k] = pat
+        rows = [np.concatenate([ref[None], images.permute(0, 2, 3, 1).numpy()])]
+        ctx.save_figure("feature_visualization", _image_grid(rows))
+    return s
+
+
+# ----------------------------------------------------------------------------- dataset examples
+TOP_K = 16
+
+
+def _relevant_factors(ctx: BenchContext, b: zdata.PlantedBatch) -> Dict[str, np.ndarray]:
+    kind = data_kind(ctx.entry)
+    f = {k: np.asarray(v) for k, v in b.factors.items()}
+    if kind == "fashion":
+        return {"class": f["fashion_class"]}
+    if kind == "clip":
+        return {"shape": f["shape"], "colour": f["colour"], "texture": f["texture"]}
+    return {"shape": f["shape"], "textured": (f["texture"] != 0).astype(np.int64)}
+
+
+def _rank_matrix(top_index: torch.Tensor, n: int) -> np.ndarray:
+    """``[units, k]`` top-example indices (best first) -> ``[n, units]`` scores whose top-k are exactly them."""
+    idx = top_index.numpy().astype(np.int64)
+    u, k = idx.shape
+    a = np.zeros((n, u), dtype=np.float64)
+    a[idx, np.arange(u)[:, None]] = np.arange(k, 0, -1)[None, :]
+    return a
+
+
+def _dataset_examples(model: Any, ctx: BenchContext) -> Score:
+    from ..registry import run
+
+    n = 200 if ctx.quick else 1000
+    b = held_out(ctx, n)
+    prepare(model, ctx)
+    hooks = ctx.cached(("block_hooks", id(model)), lambda: block_hooks(model, b.images[:2]))
+    r = run("dataset_examples", model, b.images, hooks=hooks, top_k=TOP_K, bottom_k=0, crop_units=0,
+            batch_size=100)
+    factors = _relevant_factors(ctx, b)
+    per_layer: Dict[str, Dict[str, float]] = {}
+    last_scores: Dict[str, Score] = {}
+    for h in r.hooks:
+        a = _rank_matrix(r.tensors[f"{h}/top_index"], n)
+        row = {}
+        for name, vals in factors.items():
+            s = topk_factor_purity(a, vals, k=TOP_K, seed=ctx.seed)
+            row[name] = round(s.score, 4)
+            row[f"{name}_chance"] = round(s.chance, 4)
+            if h == r.hooks[-1]:
+                last_scores[name] = s
+        per_layer[h] = row
+    last = r.hooks[-1]
+    score = float(np.mean([s.score for s in last_scores.values()]))
+    chance = float(np.mean([s.chance for s in last_scores.values()]))
+    details: Dict[str, Any] = {"layer": last, "factors": list(factors), "k": TOP_K, "n_images": n,
+                               "n_units": int(r.tensors[f"{last}/top_index"].shape[0]), "per_layer": per_layer}
+    details.update({f"{k}_purity": round(v.score, 4) for k, v in last_scores.items()})
+    if not ctx.randomized:
+        _examples_figure(ctx, b, r, last, last_scores)
+    return Score(score, chance, details)
+
+
+def _examples_figure(ctx: BenchContext, b: zdata.PlantedBatch, r: Any, hook: str, scores: Dict[str, Score]) -> None:
+    per_unit = np.mean([s.details["per_unit"] for s in scores.values()], axis=0)
+    units = np.argsort(-per_unit, kind="stable")[:6]
+    idx = r.tensors[f"{hook}/top_index"]
+    imgs = b.images.permute(0, 2, 3, 1).numpy()
+    rows = [imgs[idx[u, :8].numpy()] for u in units]
+    ctx.save_figure("dataset_examples", _image_grid(rows, scale=2))
+
+
+TECHNIQUES = [
+    Technique("feature_visualization", "feature visualization",
+              "Render the trigger class's logit (class 0) with the feature_visualization plugin (pixel "
+              "parameterization, no decorrelation or transforms, 32 px; 4 x 128 steps quick, 8 x 512 full) and "
+              "score the best-window correlation of the renders with the planted trigger (chance: uniform noise).",
+              _feature_visualization, plugin="feature_visualization", kinds=("classifier",),
+              extra_supports=planted_classifier_support),
+    Technique("dataset_examples", "dataset examples",
+              "Top-16 dataset examples (held-out: 200 quick / 1000 full) of every unit of the last residual / "
+              "block output; score = mean top-k purity over the label-relevant factors (shape and textured-vs-"
+              "plain; Fashion-MNIST: class; CLIP: shape, colour, texture), chance = random top-k purity. The last "
+              "layer is scored, not the best one (random nets have colour / texture-pure early units).",
+              _dataset_examples, plugin="dataset_examples", extra_supports=planted_classifier_support),
+]
