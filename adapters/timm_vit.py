@@ -167,7 +167,7 @@ class TimmViTAdapter(Adapter):
             family="vit", architecture=dc.get("architecture", type(s).__name__), adapter=self.name,
             n_layers=len(s.blocks), d_model=s.embed_dim, n_heads=blk0.attn.num_heads, d_head=blk0.attn.head_dim,
             d_mlp=blk0.mlp.fc1.out_features, image_size=tuple(pe.img_size) if pe.img_size else None,
-            patch_size=tuple(pe.patch_size), in_chans=pe.proj.in_channels, n_classes=n_classes,
+            patch_size=_effective_patch(pe), in_chans=_in_chans(pe), n_classes=n_classes,
             mean=tuple(dc.get("mean", (0.485, 0.456, 0.406))), std=tuple(dc.get("std", (0.229, 0.224, 0.225))),
             crop_pct=float(dc.get("crop_pct", 0.875)), interpolation=dc.get("interpolation", "bicubic"),
             num_prefix_tokens=s.num_prefix_tokens, pool_type="distilled" if self.distilled else (s.global_pool or ""),
@@ -364,3 +364,20 @@ class TimmViTAdapter(Adapter):
         result = torch.einsum("...hd,ohd->...ho", z, W_O)
         gamma = getattr(self.source.blocks[layer].ls1, "gamma", None)
         return result * gamma if gamma is not None else result
+
+
+def _in_chans(pe: nn.Module) -> int:
+    """Input channels of the patch embedding (a hybrid embedding's conv backbone sees the image first)."""
+    backbone = getattr(pe, "backbone", None)
+    if backbone is not None:
+        first = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
+        if first is not None:
+            return int(first.in_channels)
+    return int(pe.proj.in_channels)
+
+
+def _effective_patch(pe: nn.Module) -> tuple:
+    """Image pixels per token side (hybrid embeddings: the backbone's stride times the projection's patch)."""
+    if getattr(pe, "backbone", None) is not None and pe.img_size and getattr(pe, "grid_size", None):
+        return tuple(int(i) // int(g) for i, g in zip(pe.img_size, pe.grid_size))
+    return tuple(pe.patch_size)
