@@ -19,10 +19,10 @@ def demo_transfer_section(out_dir: Union[str, Path]) -> str:
     """Run the quick transfer table and return an HTML fragment for the demo page."""
     from visionlens.zoo.bench import run_transfer
     from visionlens.zoo.bench_report import _colour, cell_text, headline
-    from visionlens.zoo.catalog import available
+    from visionlens.zoo.catalog import available, get_entry
 
     out = Path(out_dir) / "transfer"
-    names = available()
+    names = [n for n in available() if get_entry(n).benchmark]
     if not names:
         return "<h2>Technique transfer</h2><p class='warn'>No trained zoo models in this install.</p>"
     t0 = time.perf_counter()

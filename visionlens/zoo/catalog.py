@@ -87,9 +87,14 @@ def register(entry: ZooEntry) -> ZooEntry:
     return entry
 
 
+_POPULATED = False
+
+
 def _populate() -> None:
-    if _ENTRIES:
+    global _POPULATED
+    if _POPULATED:
         return
+    _POPULATED = True
     from . import classifiers  # noqa: F401  (registers on import)
 
     for mod in ("clip_model", "diffusion_model"):
