@@ -36,11 +36,14 @@ def cell_text(r: Mapping[str, Any]) -> str:
 
 
 def verdict(r: Mapping[str, Any]) -> str:
-    """``transfers`` (normalized >= 0.5 and passes sanity), ``partial`` (>= 0.2), ``breaks``, ``n/a``."""
+    """``transfers`` (normalized >= 0.5 and passes sanity), ``fails sanity`` (above chance but as high on
+    random weights), ``partial`` (>= 0.2), ``breaks``, ``n/a``."""
     if not r.get("supported") or r.get("score") is None:
         return "n/a"
     n = r["normalized"]
-    if n >= 0.5 and r.get("sanity_passed") is not False:
+    if r.get("sanity_passed") is False and n >= 0.2:
+        return "fails sanity"
+    if n >= 0.5:
         return "transfers"
     if n >= 0.2:
         return "partial"
@@ -111,7 +114,8 @@ def _img(out: Path, rel: str) -> str:
 
 def _colour(r: Mapping[str, Any]) -> str:
     v = verdict(r)
-    return {"transfers": "#c8efc8", "partial": "#fbeeb8", "breaks": "#f6c6c6"}.get(v, "#eeeeee")
+    return {"transfers": "#c8efc8", "partial": "#fbeeb8", "breaks": "#f6c6c6",
+            "fails sanity": "#f3d1a8"}.get(v, "#eeeeee")
 
 
 def write_html(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any], command: str) -> None:
@@ -126,8 +130,9 @@ def write_html(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[s
          "details{margin:4px 0} a{color:#225}",
          "</style></head><body><h1>Technique transfer across image-model families</h1>",
          f"<p>Command: <code>{html.escape(command)}</code>. Cell: normalized score (0 = chance, 1 = planted truth "
-         f"recovered), raw score / chance below, {FLAG} = did not drop on random weights. Green: transfers "
-         "(&ge; 0.5 and passes the sanity check), yellow: partial (&ge; 0.2), red: breaks, grey: not supported.</p>",
+         f"recovered), raw score / chance and the random-weights normalized score below, {FLAG} = did not drop on random "
+         "weights. Green: transfers (&ge; 0.5 and passes the sanity check), orange: fails the sanity check, yellow: "
+         "partial (&ge; 0.2), red: breaks, grey: not supported.</p>",
          "<table><tr><th>technique</th>" + "".join(
              f"<th>{html.escape(m.removeprefix('zoo:'))}<br><span class=s>{html.escape(fam[m])}</span></th>"
              for m in models) + "</tr>"]

@@ -256,13 +256,13 @@ def _classifier(name: str, family: str, build: Callable[[], nn.Module], steps: i
 
 _classifier("resnet", "resnet", build_resnet, 600, build_resnet.__doc__ or "",
             constructor="timm.models.resnet.ResNet(BasicBlock, layers=(1,1,1,1), channels=(16,32,64,128))")
-_classifier("vit", "vit", build_vit, 2400, build_vit.__doc__ or "", lr=1e-3,
+_classifier("vit", "vit", build_vit, 1500, build_vit.__doc__ or "", lr=1e-3,
             constructor="timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=2, embed_dim=64, "
                         "depth=4, num_heads=4, embed_layer=HybridEmbed(conv stem 3x3 s1 -> 3x3 s2))")
 _classifier("convnext", "convnext", build_convnext, 1200, build_convnext.__doc__ or "", lr=2e-3,
             constructor="timm.models.convnext.ConvNeXt(depths=(1,1,2,1), dims=(16,32,64,128), patch_size=1, "
                         "ls_init_value=1.0) + default PyTorch init")
-_classifier("inception", "inception", build_inception, 1000, build_inception.__doc__ or "",
+_classifier("inception", "inception", build_inception, 600, build_inception.__doc__ or "",
             constructor="torchvision.models.GoogLeNet with Inception blocks at 1/8 width")
 _classifier("mobilenet", "mobilenet", build_mobilenet, 1200, build_mobilenet.__doc__ or "",
             constructor="torchvision.models.MobileNetV2(width_mult=0.5)")
