@@ -33,6 +33,9 @@ def test_quick_table_rows_and_files(tmp_path):
     ap = by["activation_patching"]
     assert ap["supported"] and ap["normalized"] > 0.6 and ap["sanity_passed"] is True
     assert ap["sanity_normalized"] < 0.5 * ap["normalized"]
+    # different-image pairs: the corruption no longer gives the answer away, and the trained ResNet still finds it
+    sw = by["activation_patching_swap"]
+    assert sw["normalized"] > 0.3 and sw["sanity_passed"] is True, sw
     saved = json.loads((tmp_path / "results.json").read_text())
     assert len(saved["rows"]) == len(all_rows)
     md = (tmp_path / "results.md").read_text()

@@ -242,6 +242,9 @@ def run_transfer(out_dir: Union[str, Path], families: Optional[Sequence[str]] = 
             rows.append(row)
             flush()
         del model, random_model
+    order_m = {f"zoo:{e.name}": i for i, e in enumerate(zoo)}
+    order_t = {t.name: i for i, t in enumerate(techs)}
+    rows.sort(key=lambda r: (order_m.get(r["model"], 1 << 20), order_t.get(r["technique"], 1 << 20)))
     flush()
     from .bench_report import write_report
 

@@ -218,11 +218,24 @@ def _earliest_resid(model: Any) -> str:
     return hooks[0]
 
 
-def _patching(method: str):
+def _swap_pairs(b: Dict[str, Any]) -> Dict[str, Any]:
+    """Non-minimal pairs: each triggered image (CLIP: each clean image) against a *different* image without
+    the trigger, so clean and corrupted differ almost everywhere and the sweep must find what matters."""
+    sel = np.nonzero(b["triggered"])[0] if b["triggered"].any() else np.arange(len(b["images"]))
+    other = np.roll(sel, -1)
+    pool = b["corrupted"] if b["triggered"].any() else b["images"]
+    out = {k: (v[sel] if hasattr(v, "__getitem__") and len(v) == len(b["images"]) else v) for k, v in b.items()}
+    out["corrupted"] = pool[other]
+    return out
+
+
+def _patching(method: str, pairing: str = "minimal"):
     def scorer(model: Any, ctx: BenchContext) -> Score:
         from ..registry import run
 
         b = localization_batch(ctx)
+        if pairing == "swap":
+            b = _swap_pairs(b)
         prepare(model, ctx)
         hook = ctx.cached(("patch_hook", id(model)), lambda: _earliest_resid(model))
         maps = []
@@ -236,7 +249,8 @@ def _patching(method: str):
             v = r.tensors[key].float().reshape(-1) - float(r.meta["metric"]["corrupted_value"][0])
             prefix, side = token_grid(len(v))
             maps.append(v[prefix:].reshape(side, side))
-        label = "activation_patching" if method == "exact" else "attribution_patching"
+        label = ("activation_patching" if method == "exact" else "attribution_patching") + (
+            "_swap" if pairing == "swap" else "")
         s = score_heatmap(torch.stack(maps), b, ctx, label)
         s.details["hook"] = hook
         return s
@@ -266,6 +280,9 @@ TECHNIQUES = [
               plugin="activation_patching"),
     Technique("attribution_patching", "localization", "Attribution patching (gradient x activation difference) "
               "per position of the same hook.", _patching("attribution"), plugin="activation_patching"),
+    Technique("activation_patching_swap", "localization", "The same sweep with non-minimal pairs: each triggered "
+              "image (CLIP: each image) against a different image without the trigger, so the corruption alone "
+              "does not say where to look.", _patching("exact", "swap"), plugin="activation_patching"),
     Technique("gradient_x_input", "localization", "Saliency baseline: |gradient x input| summed over colour "
               "channels.", _grad_x_input),
 ]
