@@ -109,16 +109,3 @@ def test_style_neuron_search_runs(hooked):
                        verify_top=1, top_k=5)
     assert len(res.top_units) > 0
     assert res.meta["style_token_positions"]  # the tokenizer located the style words
-
-
-def test_retrain_two_steps_bit_identical():
-    from visionlens.zoo.train import train_module
-
-    a, _ = train_module("diffusion", steps=2)
-    b, _ = train_module("diffusion", steps=2)
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sb[k]), k
-    fresh = dm.build_diffusion().state_dict()
-    assert any(not torch.equal(sa[k], fresh[k]) for k in sa if sa[k].is_floating_point())  # it did train

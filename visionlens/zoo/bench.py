@@ -12,8 +12,6 @@ Third-party techniques join through the ``visionlens_register_transfer_technique
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import time
 import traceback
@@ -24,7 +22,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 import torch
 
-from .catalog import ZooEntry, entries, get_entry, load, weights_path
+from .catalog import ZooEntry, entries, load, weights_path
 from .scores import Score, sanity_check
 
 ROW_KEYS = ("family", "model", "technique", "claim", "score", "chance", "normalized", "sanity_score",

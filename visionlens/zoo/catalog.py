@@ -118,13 +118,8 @@ def get_entry(name: str) -> ZooEntry:
 
 
 def state_dict_for_saving(module: nn.Module) -> Dict[str, torch.Tensor]:
-    """A contiguous, de-aliased copy of the module's state dict (safetensors refuses shared storage)."""
-    out: Dict[str, torch.Tensor] = {}
-    seen: Dict[int, str] = {}
-    for k, v in module.state_dict().items():
-        out[k] = v.detach().clone().contiguous()
-        seen[id(v)] = k
-    return out
+    """A contiguous copy of the module's state dict, one tensor per key (safetensors refuses shared storage)."""
+    return {k: v.detach().clone().contiguous() for k, v in module.state_dict().items()}
 
 
 def card_path(name: str, directory: Union[str, Path, None] = None) -> Path:

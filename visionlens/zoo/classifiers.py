@@ -43,17 +43,14 @@ def training_set(n: int = TRAIN_N, seed: int = TRAIN_SEED, size: int = IMAGE_SIZ
     return (b.images * 255).round().to(torch.uint8), b.labels.clone(), {k: v for k, v in b.factors.items()}
 
 
-def held_out_batch(n: int = 1000, kind: str = "shapes", trigger_fraction: float = 0.0, size: int = IMAGE_SIZE):
-    """A held-out :class:`PlantedBatch` (never seen in training)."""
+def held_out_batch(n: int = 1000, kind: str = "shapes", trigger_fraction: float = 0.0, seed: int = TRAIN_SEED,
+                   start: int = 0):
+    """Held-out examples (never seen in training) of a zoo dataset (``"shapes"`` or ``"fashion"``).
+
+    The same ``(seed, start)`` with trigger fraction 0 and 1 gives the same images without and with the
+    trigger; ``start`` counts from the held-out region.
+    """
     if kind == "fashion":
-        return zdata.fashion_mnist_batch(n, seed=1, split="test", trigger_fraction=trigger_fraction)
-    return zdata.make_batch(n, seed=TRAIN_SEED, start=HELD_OUT_START, size=size, trigger_fraction=trigger_fraction)
-
-
-def planted_batch(dataset: str, n: int, trigger_fraction: float, seed: int = TRAIN_SEED, start: int = 0):
-    """Held-out examples of a zoo model's dataset; the same ``(seed, start)`` with trigger fraction 0 and 1
-    gives the same images without and with the trigger. ``start`` counts from the held-out region."""
-    if dataset == "fashion":
         return zdata.fashion_mnist_batch(n, seed=seed, start=start, split="test", trigger_fraction=trigger_fraction)
     return zdata.make_batch(n, seed=seed, start=HELD_OUT_START + start, size=IMAGE_SIZE,
                             trigger_fraction=trigger_fraction)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from typing import Any, List, Optional
+from typing import Any, List
 
 
 def _csv(text: str) -> List[str]:

@@ -40,13 +40,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import data as zdata
+from .classifiers import HELD_OUT_START
 from .catalog import TrainRun, ZooEntry, register
 
 IMAGE_SIZE = 32
 CONTEXT_LENGTH = 12
 TRAIN_N = 12_000
 TRAIN_SEED = 0  # data stream seed (the model seed is TrainRun.seed)
-HELD_OUT_START = 1_000_000
 TRIGGER_FRACTION = 0.0
 BATCH_SIZE = 128
 LR = 2e-3
@@ -168,8 +168,10 @@ def training_set(n: int = TRAIN_N):
 
 
 def held_out_batch(n: int = 1000):
-    return zdata.make_batch(n, seed=TRAIN_SEED, start=HELD_OUT_START, size=IMAGE_SIZE,
-                            trigger_fraction=TRIGGER_FRACTION)
+    """The held-out planted images (the classifiers' held-out slice, at CLIP's trigger fraction)."""
+    from .classifiers import held_out_batch as planted_held_out
+
+    return planted_held_out(n, trigger_fraction=TRIGGER_FRACTION, seed=TRAIN_SEED)
 
 
 # every non-empty subset of (colour, texture, shape) as a 3-bit mask; index 0 is the full caption

@@ -41,7 +41,6 @@ import math
 from functools import lru_cache
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -88,18 +87,6 @@ def requires() -> Optional[str]:
 
 
 # ----------------------------------------------------------------------------- tokenizer
-def _bytes_to_unicode() -> Dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
 def _learn_merges(words: Sequence[str]) -> List[Tuple[str, str]]:
     """Plain BPE on the word list (most frequent pair first, ties by the pair) until every word is one symbol."""
     segs = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in words}
@@ -127,6 +114,8 @@ def _learn_merges(words: Sequence[str]) -> List[Tuple[str, str]]:
 
 @lru_cache(maxsize=1)
 def _vocab_and_merges() -> Tuple[Dict[str, int], Tuple[Tuple[str, str], ...]]:
+    from ..diffusion import _bytes_to_unicode
+
     base = list(_bytes_to_unicode().values())
     vocab = base + [v + "</w>" for v in base]
     merges = _learn_merges(WORDS)

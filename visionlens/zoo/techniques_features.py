@@ -34,7 +34,6 @@ from . import data as zdata
 from .bench import BenchContext, Technique
 from .scores import Score, pattern_correlation, topk_factor_purity
 
-HELD_OUT_START = 1_000_000
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -66,11 +65,10 @@ def held_out(ctx: BenchContext, n: int, trigger_fraction: float = 0.0) -> zdata.
     kind = data_kind(ctx.entry)
 
     def make() -> zdata.PlantedBatch:
-        if kind == "fashion":
-            from .classifiers import held_out_batch
+        from .classifiers import held_out_batch
 
-            return held_out_batch(n, kind="fashion", trigger_fraction=trigger_fraction)
-        return zdata.make_batch(n, seed=ctx.seed, start=HELD_OUT_START, trigger_fraction=trigger_fraction)
+        return held_out_batch(n, kind="fashion" if kind == "fashion" else "shapes",
+                              trigger_fraction=trigger_fraction, seed=ctx.seed)
 
     return ctx.cached(("held_out", kind, n, ctx.seed, trigger_fraction), make)
 

@@ -26,8 +26,8 @@ from torch.nn import functional as F
 
 from . import data as zdata
 from .bench import BenchContext, Technique
-from .classifiers import planted_batch
-from .scores import Score, planted_localization, pointing_game
+from .classifiers import held_out_batch
+from .scores import Score, planted_localization
 
 # ----------------------------------------------------------------------------- inputs
 def localization_batch(ctx: BenchContext) -> Dict[str, Any]:
@@ -36,8 +36,8 @@ def localization_batch(ctx: BenchContext) -> Dict[str, Any]:
     def make() -> Dict[str, Any]:
         n = ctx.n_images
         pool = 4 * n
-        trig = planted_batch(ctx.entry.dataset, pool, trigger_fraction=1.0, seed=ctx.seed)
-        twin = planted_batch(ctx.entry.dataset, pool, trigger_fraction=0.0, seed=ctx.seed)
+        trig = held_out_batch(pool, kind=ctx.entry.dataset, trigger_fraction=1.0, seed=ctx.seed)
+        twin = held_out_batch(pool, kind=ctx.entry.dataset, trigger_fraction=0.0, seed=ctx.seed)
         if ctx.entry.kind == "clip":  # trained without the trigger: objects only
             sel = np.arange(n)
             images, targets = twin.images[sel], torch.as_tensor(twin.factors["shape"][sel]).long()
