@@ -6,15 +6,19 @@ plugin hook, exactly like a third-party one. ``resolve_adapter`` picks the adapt
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional, Union
+import warnings
+from typing import Any, ClassVar, Optional, Sequence, Union
 
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
+from visionlens.cache import VisionActivationCache
 from visionlens.config import VisionConfig
 from visionlens.hook_points import BridgedHookPoint
+from visionlens.registry import collect_adapters
+from visionlens.validation import check_image_batch
 
-__all__ = ["Adapter", "BridgedAdapter", "available_adapters", "resolve_adapter", "module_tree_hooks"]
+__all__ = ["Adapter", "BridgedAdapter", "available_adapters", "resolve_adapter", "module_tree_hooks", "warn_generic"]
 
 
 class Adapter:
@@ -54,8 +58,6 @@ class Adapter:
 
     def validate(self, x: Any) -> None:
         """Check the model input; raise :class:`visionlens.VisionLensError` naming what was expected."""
-        from visionlens.validation import check_image_batch
-
         check_image_batch(x, self.cfg)
 
     def example_inputs(self, image_size: Optional[int] = None, batch: int = 1) -> Optional[tuple[tuple, dict]]:
@@ -64,12 +66,20 @@ class Adapter:
 
     def cache_class(self) -> type:
         """The ActivationCache subclass ``run_with_cache`` returns for this family."""
-        from visionlens.cache import VisionActivationCache
-
         return VisionActivationCache
 
+    @classmethod
+    def example_source(cls) -> Optional[nn.Module]:
+        """A tiny source model of this family with random weights, in eval mode, or None.
+
+        The contract suite (parity with the source within 1e-5, hooks released after an exception,
+        hook shapes as documented) runs on it for every registered adapter, so a family that
+        provides one is tested without new test code.
+        """
+        return None
+
     def readout(self) -> Any:
-        """The final linear readout used for direct logit attribution (see ``timm_vit.LinearReadout``)."""
+        """The final linear readout used for direct logit attribution (see ``transformer_blocks.LinearReadout``)."""
         raise NotImplementedError(f"{type(self).__name__} does not describe a linear readout")
 
 
@@ -95,19 +105,24 @@ class BridgedAdapter(Adapter):
         return points
 
 
-_BUILTIN: Optional[list[type[Adapter]]] = None
-
-
 def available_adapters() -> list[type[Adapter]]:
     """All registered adapter classes (built-in and from plugins), highest priority first."""
-    from visionlens.registry import collect_adapters
-
     return sorted(collect_adapters(), key=lambda a: -a.priority)
 
 
-def resolve_adapter(source: nn.Module, adapter: Union[str, Adapter, type, None] = "auto") -> Adapter:
-    from visionlens.hooked_model import warn_generic
+def warn_generic(module: nn.Module, available: Sequence[str]) -> None:
+    """Tell the user that no family adapter recognised ``module`` and the generic one is used."""
+    warnings.warn(
+        f"No visionlens adapter recognises {type(module).__name__}; using the generic adapter "
+        f"(a hook on every submodule output, named '<module path>.hook_out'). Adapters: {', '.join(available)}.",
+        UserWarning,
+        stacklevel=4,
+    )
 
+
+def resolve_adapter(source: nn.Module, adapter: Union[str, Adapter, type, None] = "auto") -> Adapter:
+    """The adapter instance for ``source``: ``"auto"`` picks the highest-priority matching family
+    (the generic adapter when none matches), a name picks that adapter, a class or instance is used as is."""
     if isinstance(adapter, Adapter):
         return adapter
     if isinstance(adapter, type) and issubclass(adapter, Adapter):
@@ -117,10 +132,11 @@ def resolve_adapter(source: nn.Module, adapter: Union[str, Adapter, type, None] 
         for cls in adapters:
             if cls.name != "generic" and cls.matches(source):
                 return cls(source)
-        from .generic import GenericAdapter
-
+        generic = next((cls for cls in adapters if cls.name == "generic"), None)
+        if generic is None:
+            raise ValueError(f"No adapter matches {type(source).__name__} and the generic adapter is not registered.")
         warn_generic(source, [a.name for a in adapters])
-        return GenericAdapter(source)
+        return generic(source)
     for cls in adapters:
         if cls.name == adapter:
             return cls(source)

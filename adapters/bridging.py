@@ -38,9 +38,17 @@ class ConvBridge(BridgedHookPoint):
     Torch hooks (on the target, and on ``scope`` for counting) exist only while the point has hooks.
     """
 
-    def __init__(self, module: nn.Module, where: Literal["output", "input"] = "output", index: Optional[int] = None,
-                 *, copy: bool = False, call: Optional[int] = None, scope: Optional[nn.Module] = None,
-                 channels_last: bool = False):
+    def __init__(
+        self,
+        module: nn.Module,
+        where: Literal["output", "input"] = "output",
+        index: Optional[int] = None,
+        *,
+        copy: bool = False,
+        call: Optional[int] = None,
+        scope: Optional[nn.Module] = None,
+        channels_last: bool = False,
+    ):
         if call is not None and scope is None:
             raise ValueError("ConvBridge(call=...) needs the scope module whose call resets the count")
         super().__init__(module, where, index)
@@ -89,7 +97,7 @@ class ConvBridge(BridgedHookPoint):
         if not self._selected():
             return None
         i = self._index or 0
-        return args[:i] + (self._pass(args[i]),) + args[i + 1:]
+        return args[:i] + (self._pass(args[i]),) + args[i + 1 :]
 
 
 def find_inplace_targets(source: nn.Module, x: Tensor) -> Optional[tuple[set[int], set[int]]]:
@@ -181,10 +189,9 @@ class ConvNetAdapter(BridgedAdapter):
             pts["hook_logits"] = self.bridge(fc)
         return pts
 
-    def bridge(self, module: nn.Module, where: Literal["output", "input"] = "output", index: Optional[int] = None,
-               **kw: Any) -> ConvBridge:
+    def bridge(
+        self, module: nn.Module, where: Literal["output", "input"] = "output", index: Optional[int] = None, **kw: Any
+    ) -> ConvBridge:
         if not kw.get("copy"):
             kw["copy"] = self.needs_copy(module, where)
         return ConvBridge(module, where, index, **kw)
-
-

@@ -1,4 +1,7 @@
-"""Registers the built-in adapters through the same plugin hook a third-party package uses."""
+"""Registers the built-in adapters through the same plugin hook a third-party package uses.
+
+Adding a family: its own module plus one line in :data:`BUILTIN_ADAPTERS`.
+"""
 
 from __future__ import annotations
 
@@ -31,26 +34,3 @@ def visionlens_register_adapters() -> list[type]:
             raise
         classes.extend(getattr(module, n) for n in names)
     return classes
-
-
-@hookimpl
-def visionlens_register_model_specs() -> list[tuple[str, object]]:
-    from visionlens import loading
-
-    def open_clip_spec(name: str, pretrained=None, **kw):
-        from visionlens.adapters.open_clip import load_open_clip
-
-        return load_open_clip(name, pretrained=pretrained or None, **kw)
-
-    def diffusers_spec(path: str, pretrained=None, **kw):
-        from visionlens.adapters.diffusers_unet import load_diffusers
-
-        return load_diffusers(path, **kw)
-
-    def zoo_spec(name: str, pretrained=None, **kw):
-        from visionlens.zoo.catalog import load_spec
-
-        return load_spec(name, pretrained=pretrained, **kw)
-
-    return [("timm", loading.load_timm), ("torchvision", loading.load_torchvision),
-            ("open_clip", open_clip_spec), ("diffusers", diffusers_spec), ("zoo", zoo_spec)]

@@ -33,7 +33,8 @@ from torch import nn
 from visionlens.config import VisionConfig
 from visionlens.hook_points import HookPoint
 
-from .resnet import ConvNetAdapter, ConvReadout, data_config, first_conv, linear_out
+from .bridging import ConvNetAdapter
+from .conv_blocks import ConvReadout, data_config, first_conv, linear_out
 
 __all__ = ["ConvNeXtAdapter"]
 
@@ -107,16 +108,28 @@ class ConvNeXtAdapter(ConvNetAdapter):
         pool = getattr(src.head, "global_pool", None)
         arch = (getattr(src, "pretrained_cfg", None) or {}).get("architecture", "convnext")
         return VisionConfig(
-            family="convnext", architecture=arch,
-            adapter=self.name, n_layers=sum(depths), stage_depths=depths, stage_widths=tuple(widths), d_mlp=d_mlp,
-            in_chans=conv.in_channels if conv else 3, n_classes=linear_out(fc),
-            pool_type=getattr(pool, "pool_type", "avg") or "", normalization_type="LN", dynamic_img_size=True,
-            min_image_size=32, **data_config(src),
-            extra={"library": "timm", "conv_mlp": bool(getattr(blk0, "use_conv_mlp", False)),
-                   "layer_scale": getattr(blk0, "gamma", None) is not None,
-                   "grn": hasattr(getattr(blk0, "mlp", None), "grn"),
-                   "head_norm_first": not isinstance(src.norm_pre, nn.Identity),
-                   "resid_post": "resid_pre + branch_out"},
+            family="convnext",
+            architecture=arch,
+            adapter=self.name,
+            n_layers=sum(depths),
+            stage_depths=depths,
+            stage_widths=tuple(widths),
+            d_mlp=d_mlp,
+            in_chans=conv.in_channels if conv else 3,
+            n_classes=linear_out(fc),
+            pool_type=getattr(pool, "pool_type", "avg") or "",
+            normalization_type="LN",
+            dynamic_img_size=True,
+            min_image_size=32,
+            **data_config(src),
+            extra={
+                "library": "timm",
+                "conv_mlp": bool(getattr(blk0, "use_conv_mlp", False)),
+                "layer_scale": getattr(blk0, "gamma", None) is not None,
+                "grn": hasattr(getattr(blk0, "mlp", None), "grn"),
+                "head_norm_first": not isinstance(src.norm_pre, nn.Identity),
+                "resid_post": "resid_pre + branch_out",
+            },
         )
 
     def readout(self) -> ConvReadout:
@@ -131,12 +144,17 @@ class ConvNeXtAdapter(ConvNetAdapter):
         is_avg = getattr(pool, "pool_type", "avg") == "avg"
         pre_logits = getattr(src.head, "pre_logits", None)
         if pre_logits is not None and not isinstance(pre_logits, nn.Identity):
-            return ConvReadout("hook_pooled", fc, features_hook=None, global_avg=False, norm=None,
-                               extra={"pre_logits": pre_logits})
+            return ConvReadout(
+                "hook_pooled", fc, features_hook=None, global_avg=False, norm=None, extra={"pre_logits": pre_logits}
+            )
         if not isinstance(src.norm_pre, nn.Identity):
             return ConvReadout("hook_pooled", fc, features_hook="norm_pre.hook_out", global_avg=is_avg)
         norm = getattr(src.head, "norm", None)
         n_stages = len(src.stages)
-        return ConvReadout("hook_pooled", fc, features_hook=f"stages.{n_stages - 1}.hook_out",
-                           global_avg=is_avg and (norm is None or isinstance(norm, nn.Identity)),
-                           norm=None if isinstance(norm, nn.Identity) else norm)
+        return ConvReadout(
+            "hook_pooled",
+            fc,
+            features_hook=f"stages.{n_stages - 1}.hook_out",
+            global_avg=is_avg and (norm is None or isinstance(norm, nn.Identity)),
+            norm=None if isinstance(norm, nn.Identity) else norm,
+        )

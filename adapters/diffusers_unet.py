@@ -28,10 +28,7 @@ with hook points replaces it, and the default returns when the hooks are removed
 
 from __future__ import annotations
 
-import json
-import os
 import re
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -44,22 +41,53 @@ from visionlens.validation import VisionLensError, check_image_batch
 
 from . import Adapter
 
-__all__ = ["UNetAdapter", "load_diffusers", "ATTN_INTERNAL"]
+__all__ = ["UNetAdapter", "ATTN_INTERNAL"]
 
 UNET_CLASSES = ("UNet2DConditionModel", "UNet2DModel")
 ATTN_INTERNAL = ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z")
-_TOP = ("time_proj", "time_embedding", "class_embedding", "add_time_proj", "add_embedding", "encoder_hid_proj",
-        "conv_in", "mid_block", "conv_norm_out", "conv_act", "conv_out")
-_ORDER = {n: i for i, n in enumerate(("time_proj", "time_embedding", "class_embedding", "add_time_proj",
-                                      "add_embedding", "encoder_hid_proj", "conv_in", "down_blocks", "mid_block",
-                                      "up_blocks", "conv_norm_out", "conv_act", "conv_out"))}
-_PATTERNS = [re.compile(p) for p in (
-    r"^(down_blocks|up_blocks)\.\d+$",
-    r"^(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.(resnets|attentions|downsamplers|upsamplers)\.\d+$",
-    r"\.attentions\.\d+\.(norm|proj_in|proj_out)$",
-    r"\.transformer_blocks\.\d+$",
-    r"\.transformer_blocks\.\d+\.(norm1|norm2|norm3|attn1|attn2|ff)$",
-)]
+_TOP = (
+    "time_proj",
+    "time_embedding",
+    "class_embedding",
+    "add_time_proj",
+    "add_embedding",
+    "encoder_hid_proj",
+    "conv_in",
+    "mid_block",
+    "conv_norm_out",
+    "conv_act",
+    "conv_out",
+)
+_ORDER = {
+    n: i
+    for i, n in enumerate(
+        (
+            "time_proj",
+            "time_embedding",
+            "class_embedding",
+            "add_time_proj",
+            "add_embedding",
+            "encoder_hid_proj",
+            "conv_in",
+            "down_blocks",
+            "mid_block",
+            "up_blocks",
+            "conv_norm_out",
+            "conv_act",
+            "conv_out",
+        )
+    )
+}
+_PATTERNS = [
+    re.compile(p)
+    for p in (
+        r"^(down_blocks|up_blocks)\.\d+$",
+        r"^(down_blocks\.\d+|up_blocks\.\d+|mid_block)\.(resnets|attentions|downsamplers|upsamplers)\.\d+$",
+        r"\.attentions\.\d+\.(norm|proj_in|proj_out)$",
+        r"\.transformer_blocks\.\d+$",
+        r"\.transformer_blocks\.\d+\.(norm1|norm2|norm3|attn1|attn2|ff)$",
+    )
+]
 
 
 def _is_unet(module: nn.Module) -> bool:
@@ -93,8 +121,11 @@ class _AttnHooks:
         self.path = path
         self.points: dict[str, InlineHookPoint] = {n: InlineHookPoint() for n in ATTN_INTERNAL}
         self.q, self.k, self.v = self.points["hook_q"], self.points["hook_k"], self.points["hook_v"]
-        self.scores, self.pattern, self.z = (self.points["hook_attn_scores"], self.points["hook_pattern"],
-                                             self.points["hook_z"])
+        self.scores, self.pattern, self.z = (
+            self.points["hook_attn_scores"],
+            self.points["hook_pattern"],
+            self.points["hook_z"],
+        )
         self.original: Any = None
         self._guard: Any = None
         for hp in self.points.values():
@@ -112,9 +143,11 @@ class _AttnHooks:
             proc = self.attn.processor
             if type(proc) not in (AttnProcessor, AttnProcessor2_0):
                 if self._guard is None:  # first request: say so now, and refuse to run while it stands
-                    msg = (f"Attention-internal hooks of {self.path!r} need diffusers' default attention processor "
-                           f"(AttnProcessor2_0 / AttnProcessor); this module uses {type(proc).__name__}. Its output "
-                           f"is still available as {self.path}.hook_out.")
+                    msg = (
+                        f"Attention-internal hooks of {self.path!r} need diffusers' default attention processor "
+                        f"(AttnProcessor2_0 / AttnProcessor); this module uses {type(proc).__name__}. Its output "
+                        f"is still available as {self.path}.hook_out."
+                    )
 
                     def guard(module: nn.Module, args: Any) -> None:
                         raise VisionLensError(msg)
@@ -140,9 +173,16 @@ class _HookedAttnProcessor:
         self.hooks = hooks
         self.classic = classic
 
-    def __call__(self, attn: nn.Module, hidden_states: Tensor, encoder_hidden_states: Optional[Tensor] = None,
-                 attention_mask: Optional[Tensor] = None, temb: Optional[Tensor] = None, *args: Any,
-                 **kwargs: Any) -> Tensor:
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: Tensor,
+        encoder_hidden_states: Optional[Tensor] = None,
+        attention_mask: Optional[Tensor] = None,
+        temb: Optional[Tensor] = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Tensor:
         h = self.hooks
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -151,8 +191,9 @@ class _HookedAttnProcessor:
         if input_ndim == 4:
             batch_size, channel, height, width = hidden_states.shape
             hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = (hidden_states.shape if encoder_hidden_states is None
-                                          else encoder_hidden_states.shape)
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
             attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
@@ -180,8 +221,9 @@ class _HookedAttnProcessor:
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         dtype = q.dtype
         if not self.classic and not (is_active(h.scores) or is_active(h.pattern)):
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-                                               scale=attn.scale)
+            z = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False, scale=attn.scale
+            )
         else:
             qs, ks = (q.float(), k.float()) if (self.classic and attn.upcast_attention) else (q, k)
             scores = (qs @ ks.transpose(-1, -2)) * attn.scale
@@ -256,16 +298,33 @@ class UNetAdapter(Adapter):
         lpb = c.layers_per_block
         depths = tuple(lpb) if isinstance(lpb, (list, tuple)) else (int(lpb),) * len(c.block_out_channels)
         return VisionConfig(
-            family="diffusion", architecture=type(s).__name__, adapter=self.name,
+            family="diffusion",
+            architecture=type(s).__name__,
+            adapter=self.name,
             n_layers=len(s.down_blocks) + (1 if s.mid_block is not None else 0) + len(s.up_blocks),
-            d_model=int(c.block_out_channels[-1]), n_heads=int(heads[0]) if heads else 0,
-            d_head=int(self.source_head_dim()) if heads else 0, image_size=size, in_chans=ch,
-            mean=(0.5,) * ch, std=(0.5,) * ch, crop_pct=1.0, dynamic_img_size=True,
-            min_image_size=2 ** n_down, stage_depths=depths, stage_widths=tuple(int(w) for w in c.block_out_channels),
-            extra={"conditional": self.conditional, "cross_attention_dim": self.context_dim(),
-                   "out_channels": int(c.out_channels), "down_block_types": list(c.down_block_types),
-                   "up_block_types": list(c.up_block_types), "self_attention": list(self.self_attention),
-                   "cross_attention": list(self.cross_attention), "n_downsamplers": n_down})
+            d_model=int(c.block_out_channels[-1]),
+            n_heads=int(heads[0]) if heads else 0,
+            d_head=int(self.source_head_dim()) if heads else 0,
+            image_size=size,
+            in_chans=ch,
+            mean=(0.5,) * ch,
+            std=(0.5,) * ch,
+            crop_pct=1.0,
+            dynamic_img_size=True,
+            min_image_size=2**n_down,
+            stage_depths=depths,
+            stage_widths=tuple(int(w) for w in c.block_out_channels),
+            extra={
+                "conditional": self.conditional,
+                "cross_attention_dim": self.context_dim(),
+                "out_channels": int(c.out_channels),
+                "down_block_types": list(c.down_block_types),
+                "up_block_types": list(c.up_block_types),
+                "self_attention": list(self.self_attention),
+                "cross_attention": list(self.cross_attention),
+                "n_downsamplers": n_down,
+            },
+        )
 
     def source_head_dim(self) -> int:
         for _, m, a in self._entries:
@@ -307,8 +366,10 @@ class UNetAdapter(Adapter):
             f = 2 ** self.cfg.extra.get("n_downsamplers", 0)
             h, w = x.shape[-2:]
             if h % f or w % f:
-                raise VisionLensError(f"Expected a sample whose height and width are multiples of {f} for this "
-                                      f"UNet2DModel ({self.cfg.extra['n_downsamplers']} downsamplers), got {(h, w)}.")
+                raise VisionLensError(
+                    f"Expected a sample whose height and width are multiples of {f} for this "
+                    f"UNet2DModel ({self.cfg.extra['n_downsamplers']} downsamplers), got {(h, w)}."
+                )
 
     def example_inputs(self, image_size: Optional[int] = None, batch: int = 1) -> tuple[tuple, dict]:
         """Arguments for a dummy call reaching every hook: ``(sample, timestep[, encoder_hidden_states])``."""
@@ -325,16 +386,20 @@ class UNetAdapter(Adapter):
             elif c.class_embed_type == "timestep":
                 kwargs["class_labels"] = torch.zeros(batch, dtype=torch.long, device=dev)
             elif c.class_embed_type in ("projection", "simple_projection"):
-                kwargs["class_labels"] = torch.zeros(batch, c.projection_class_embeddings_input_dim, device=dev,
-                                                     dtype=dtype)
+                kwargs["class_labels"] = torch.zeros(
+                    batch, c.projection_class_embeddings_input_dim, device=dev, dtype=dtype
+                )
         if not self.conditional:
             return (sample, t), kwargs
         ctx = torch.randn(batch, 77, self.context_dim(), generator=g).to(dev, dtype)
         if getattr(c, "addition_embed_type", None) == "text_time":
             n_time = 6 * c.addition_time_embed_dim
             kwargs["added_cond_kwargs"] = {
-                "text_embeds": torch.randn(batch, c.projection_class_embeddings_input_dim - n_time, generator=g).to(dev, dtype),
-                "time_ids": torch.zeros(batch, 6, device=dev, dtype=dtype)}
+                "text_embeds": torch.randn(batch, c.projection_class_embeddings_input_dim - n_time, generator=g).to(
+                    dev, dtype
+                ),
+                "time_ids": torch.zeros(batch, 6, device=dev, dtype=dtype),
+            }
         return (sample, t, ctx), kwargs
 
     # --------------------------------------------------------------- forward
@@ -347,10 +412,15 @@ class UNetAdapter(Adapter):
             ctx = args[0] if args else kwargs.get("encoder_hidden_states")
             dim = self.context_dim()
             if ctx is None:
-                raise VisionLensError(f"{type(self.source).__name__} needs encoder_hidden_states "
-                                      f"[batch, tokens, {dim}] (e.g. CLIP text-encoder states).")
-            if not isinstance(ctx, Tensor) or ctx.ndim != 3 or (dim and ctx.shape[-1] != dim and
-                                                               not getattr(self.source.config, "encoder_hid_dim_type", None)):
+                raise VisionLensError(
+                    f"{type(self.source).__name__} needs encoder_hidden_states "
+                    f"[batch, tokens, {dim}] (e.g. CLIP text-encoder states)."
+                )
+            if (
+                not isinstance(ctx, Tensor)
+                or ctx.ndim != 3
+                or (dim and ctx.shape[-1] != dim and not getattr(self.source.config, "encoder_hid_dim_type", None))
+            ):
                 got = tuple(ctx.shape) if isinstance(ctx, Tensor) else type(ctx).__name__
                 raise VisionLensError(f"Expected encoder_hidden_states of shape [batch, tokens, {dim}], got {got}.")
         return self.source(sample, timestep, *args, **kwargs)
@@ -359,68 +429,3 @@ class UNetAdapter(Adapter):
     def active_processors(self) -> dict[str, str]:
         """Processor class of every hooked attention module (``_HookedAttnProcessor`` while internals are hooked)."""
         return {p: type(ah.attn.processor).__name__ for p, ah in self.attn_hooks.items()}
-
-
-# ---------------------------------------------------------------------------- loading
-def _unet_class(name: str):
-    import diffusers
-
-    cls = getattr(diffusers, name, None)
-    if cls is None:
-        raise VisionLensError(f"diffusers has no model class {name!r}.")
-    return cls
-
-
-def load_diffusers(unet_or_path: Any, subfolder: Optional[str] = None, pipeline: bool = False, eval: bool = True,
-                   adapter: Any = "auto", **kwargs: Any):
-    """Wrap a diffusers UNet: a module, a pipeline (its ``.unet``), or a ``from_pretrained`` location.
-
-    Paths: a model directory (``config.json`` with ``_class_name``), a pipeline directory
-    (``model_index.json``; its ``unet`` subfolder is loaded, or the whole pipeline with
-    ``pipeline=True``, reachable as ``model.adapter.pipeline``), or a hub id (diffusers' own loader;
-    ``subfolder`` defaults to ``"unet"``). Weights are read by diffusers (safetensors preferred).
-    Extra keyword arguments go to ``from_pretrained``.
-    """
-    from visionlens.hooked_model import HookedVisionModel
-
-    pipe = None
-    obj = unet_or_path
-    if isinstance(obj, HookedVisionModel):
-        return obj
-    if not isinstance(obj, nn.Module) and hasattr(obj, "unet") and hasattr(obj, "components"):
-        pipe, obj = obj, obj.unet
-    elif isinstance(obj, (str, os.PathLike)):
-        path = Path(str(obj))
-        if path.is_dir():
-            index = path / "model_index.json"
-            if pipeline and index.is_file():
-                from diffusers import DiffusionPipeline
-
-                pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
-                obj = pipe.unet
-            else:
-                sub = subfolder
-                if sub is None and index.is_file() and not (path / "config.json").is_file():
-                    sub = "unet"
-                cfg_file = (path / sub / "config.json") if sub else (path / "config.json")
-                if not cfg_file.is_file():
-                    raise VisionLensError(f"Expected a diffusers model directory (config.json) or pipeline directory "
-                                          f"(model_index.json with a unet/ folder), got {str(path)!r}.")
-                cls_name = json.loads(cfg_file.read_text()).get("_class_name", "UNet2DConditionModel")
-                obj = _unet_class(cls_name).from_pretrained(str(path), subfolder=sub, **kwargs)
-        elif path.exists():
-            raise VisionLensError(f"Expected a diffusers directory (from save_pretrained), got the file {str(path)!r}.")
-        elif os.sep in str(obj) and str(obj).startswith((".", "/", "~")):
-            raise FileNotFoundError(f"diffusers model directory {str(obj)!r} does not exist.")
-        else:  # a hub id: diffusers' own loader
-            from diffusers import UNet2DConditionModel
-
-            obj = UNet2DConditionModel.from_pretrained(str(obj), subfolder=subfolder or "unet", **kwargs)
-    if not isinstance(obj, nn.Module):
-        raise VisionLensError(f"Expected a diffusers UNet, pipeline or path, got {type(obj).__name__}.")
-    if eval:
-        obj = obj.eval()
-    model = HookedVisionModel(obj, adapter=adapter)
-    if pipe is not None and getattr(model.adapter, "name", "") == UNetAdapter.name:
-        model.adapter.pipeline = pipe
-    return model

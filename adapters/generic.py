@@ -35,5 +35,10 @@ class GenericAdapter(ConvNetAdapter):
         for m in self.source.modules():
             if isinstance(m, nn.Linear):
                 n_classes = m.out_features
-        return VisionConfig(family="generic", architecture=type(self.source).__name__, adapter=self.name,
-                            in_chans=in_chans, n_classes=n_classes)
+        return VisionConfig(
+            family="generic",
+            architecture=type(self.source).__name__,
+            adapter=self.name,
+            in_chans=in_chans,
+            n_classes=n_classes,
+        )

@@ -49,17 +49,25 @@ from torch import nn
 
 from visionlens.config import IMAGENET_MEAN, IMAGENET_STD, VisionConfig
 from visionlens.hook_points import HookPoint
+from visionlens.validation import VisionLensError, check_image_batch
 
+from .bridging import ConvNetAdapter
+from .conv_blocks import ConvReadout, linear_out
 from .lucid_inception import LUCID_MEAN, LUCID_STD, MIXED_SPECS, LucidInceptionV1
-from .resnet import ConvNetAdapter, ConvReadout, linear_out
 
 __all__ = ["GoogLeNetAdapter", "LucidInceptionV1Adapter", "MIXED_LAYERS", "BRANCHES"]
 
 MIXED_LAYERS = tuple(MIXED_SPECS)  # mixed3a ... mixed5b
 STEM_LAYERS = ("conv2d0", "conv2d1", "conv2d2")
 # canonical branch name -> Lucid suffix
-BRANCHES = {"branch1x1": "1x1", "branch3x3_bottleneck": "3x3_bottleneck", "branch3x3": "3x3",
-            "branch5x5_bottleneck": "5x5_bottleneck", "branch5x5": "5x5", "branch_pool": "pool_reduce"}
+BRANCHES = {
+    "branch1x1": "1x1",
+    "branch3x3_bottleneck": "3x3_bottleneck",
+    "branch3x3": "3x3",
+    "branch5x5_bottleneck": "5x5_bottleneck",
+    "branch5x5": "5x5",
+    "branch_pool": "pool_reduce",
+}
 _CONCAT_ORDER = ("branch1x1", "branch3x3", "branch5x5", "branch_pool")
 
 
@@ -125,13 +133,30 @@ class _InceptionAdapter(ConvNetAdapter):
                 o += ch[n][br]
         groups = [[n for n in MIXED_LAYERS if n.startswith(f"mixed{g}")] for g in "345"]
         return VisionConfig(
-            family="inception", architecture=architecture, adapter=self.name, n_layers=len(MIXED_LAYERS),
-            stage_depths=tuple(len(g) for g in groups), stage_widths=tuple(widths[g[-1]] for g in groups),
-            in_chans=3, n_classes=linear_out(self._fc()), image_size=(224, 224), mean=mean, std=std,
-            crop_pct=0.875, interpolation="bilinear", pool_type="avg", normalization_type=normalization,
-            dynamic_img_size=True, min_image_size=32,
-            extra={"layers": list(STEM_LAYERS + MIXED_LAYERS), "layer_channels": widths,
-                   "branch_channels": ch, "branch_offsets": offsets, **extra},
+            family="inception",
+            architecture=architecture,
+            adapter=self.name,
+            n_layers=len(MIXED_LAYERS),
+            stage_depths=tuple(len(g) for g in groups),
+            stage_widths=tuple(widths[g[-1]] for g in groups),
+            in_chans=3,
+            n_classes=linear_out(self._fc()),
+            image_size=(224, 224),
+            mean=mean,
+            std=std,
+            crop_pct=0.875,
+            interpolation="bilinear",
+            pool_type="avg",
+            normalization_type=normalization,
+            dynamic_img_size=True,
+            min_image_size=32,
+            extra={
+                "layers": list(STEM_LAYERS + MIXED_LAYERS),
+                "layer_channels": widths,
+                "branch_channels": ch,
+                "branch_offsets": offsets,
+                **extra,
+            },
         )
 
     def readout(self) -> ConvReadout:
@@ -171,9 +196,14 @@ class GoogLeNetAdapter(_InceptionAdapter):
         out = {}
         for name in MIXED_LAYERS:
             blk = getattr(self.source, "inception" + name.removeprefix("mixed"))
-            convs = {"branch1x1": blk.branch1, "branch3x3_bottleneck": blk.branch2[0], "branch3x3": blk.branch2[1],
-                     "branch5x5_bottleneck": blk.branch3[0], "branch5x5": blk.branch3[1],
-                     "branch_pool": blk.branch4[1]}
+            convs = {
+                "branch1x1": blk.branch1,
+                "branch3x3_bottleneck": blk.branch2[0],
+                "branch3x3": blk.branch2[1],
+                "branch5x5_bottleneck": blk.branch3[0],
+                "branch5x5": blk.branch3[1],
+                "branch_pool": blk.branch4[1],
+            }
             out[name] = (blk, {br: (c, c.bn) for br, c in convs.items()})
         return out
 
@@ -181,15 +211,25 @@ class GoogLeNetAdapter(_InceptionAdapter):
         return self.source.fc
 
     def _channels(self) -> dict[str, dict[str, int]]:
-        return {name: {br: int(post.bn.num_features) for br, (post, _) in branches.items()}
-                for name, (_, branches) in self._mixed().items()}
+        return {
+            name: {br: int(post.bn.num_features) for br, (post, _) in branches.items()}
+            for name, (_, branches) in self._mixed().items()
+        }
 
     def config(self) -> VisionConfig:
-        return self._config("googlenet", IMAGENET_MEAN, IMAGENET_STD, "BN", {
-            "library": "torchvision", "lucid_names": "mapped; unit indices are torchvision's own",
-            "transform_input": bool(getattr(self.source, "transform_input", False)),
-            "module_map": {**_TV_STEM, **{n: "inception" + n.removeprefix("mixed") for n in MIXED_LAYERS}},
-            "branch5x5_kernel": 3})
+        return self._config(
+            "googlenet",
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "BN",
+            {
+                "library": "torchvision",
+                "lucid_names": "mapped; unit indices are torchvision's own",
+                "transform_input": bool(getattr(self.source, "transform_input", False)),
+                "module_map": {**_TV_STEM, **{n: "inception" + n.removeprefix("mixed") for n in MIXED_LAYERS}},
+                "branch5x5_kernel": 3,
+            },
+        )
 
 
 # ============================================================================ Lucid InceptionV1
@@ -209,27 +249,42 @@ class LucidInceptionV1Adapter(_InceptionAdapter):
         return {n: (self._m(n), self._m(f"{n}_pre_relu_conv")) for n in STEM_LAYERS}
 
     def _mixed(self) -> dict[str, tuple[nn.Module, dict[str, tuple[nn.Module, nn.Module]]]]:
-        return {name: (self._m(name), {br: (self._m(f"{name}_{sfx}"), self._m(f"{name}_{sfx}_pre_relu_conv"))
-                                       for br, sfx in BRANCHES.items()})
-                for name in MIXED_LAYERS}
+        return {
+            name: (
+                self._m(name),
+                {
+                    br: (self._m(f"{name}_{sfx}"), self._m(f"{name}_{sfx}_pre_relu_conv"))
+                    for br, sfx in BRANCHES.items()
+                },
+            )
+            for name in MIXED_LAYERS
+        }
 
     def _fc(self) -> nn.Module:
         return self.source.softmax2_pre_activation_matmul
 
     def _channels(self) -> dict[str, dict[str, int]]:
-        return {name: {br: int(pre.out_channels) for br, (_, pre) in branches.items()}
-                for name, (_, branches) in self._mixed().items()}
+        return {
+            name: {br: int(pre.out_channels) for br, (_, pre) in branches.items()}
+            for name, (_, branches) in self._mixed().items()
+        }
 
     def config(self) -> VisionConfig:
-        return self._config("lucid_inceptionv1", LUCID_MEAN, LUCID_STD, None, {
-            "library": "visionlens", "input_range": (-117.0, 138.0),
-            "labels": "inception5h (1008 classes; index 0 is a dummy background class)",
-            "local_response_norm": True})
+        return self._config(
+            "lucid_inceptionv1",
+            LUCID_MEAN,
+            LUCID_STD,
+            None,
+            {
+                "library": "visionlens",
+                "input_range": (-117.0, 138.0),
+                "labels": "inception5h (1008 classes; index 0 is a dummy background class)",
+                "local_response_norm": True,
+            },
+        )
 
     def validate(self, x: Any) -> None:
         """Shape / dtype checks as usual; values are Lucid-scaled (``[-117, 138]``), not mean/std-normalized."""
-        from visionlens.validation import VisionLensError, check_image_batch
-
         check_image_batch(x, self.cfg, check_values=False)
         if x.device.type == "cpu" and x.numel():
             peak = x.detach().abs().amax()
@@ -239,4 +294,5 @@ class LucidInceptionV1Adapter(_InceptionAdapter):
                 raise VisionLensError(
                     f"Expected Lucid-scaled pixels (pixels_0_1 * 255 - 117, range -117..138) for "
                     f"LucidInceptionV1, but the input reaches {float(peak):.1f}; it looks like raw 0-255 "
-                    "pixels. Use `model.preprocess(image)`.")
+                    "pixels. Use `model.preprocess(image)`."
+                )

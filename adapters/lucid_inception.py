@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from visionlens.checkpoints import load_state_dict_file
+
 __all__ = ["LucidInceptionV1", "load_lucid_inceptionv1", "MIXED_SPECS", "MIXED_CHANNELS", "LUCID_MEAN", "LUCID_STD"]
 
 LUCID_MEAN = (117.0 / 255.0,) * 3
@@ -197,8 +199,13 @@ class LucidInceptionV1(nn.Module):
         return self.softmax2_pre_activation_matmul(self.avgpool0(self.forward_features(x)))
 
 
-def load_lucid_inceptionv1(path: Optional[Union[str, os.PathLike]] = None, *, redirected_relu: bool = False,
-                           eval: bool = True, strict: bool = True) -> LucidInceptionV1:
+def load_lucid_inceptionv1(
+    path: Optional[Union[str, os.PathLike]] = None,
+    *,
+    redirected_relu: bool = False,
+    eval: bool = True,
+    strict: bool = True,
+) -> LucidInceptionV1:
     """Build :class:`LucidInceptionV1`: random weights without ``path``, else a local state dict.
 
     ``path`` is a safetensors file or a torch file read with ``torch.load(weights_only=True)`` (e.g.
@@ -206,8 +213,6 @@ def load_lucid_inceptionv1(path: Optional[Union[str, os.PathLike]] = None, *, re
     """
     model = LucidInceptionV1(redirected_relu=redirected_relu)
     if path is not None:
-        from visionlens.loading import load_state_dict_file
-
         sd = load_state_dict_file(path)
         n_cls = sd.get("softmax2_pre_activation_matmul.weight")
         if n_cls is not None and n_cls.shape[0] != model.num_classes:

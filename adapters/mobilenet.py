@@ -37,7 +37,8 @@ from torch import nn
 from visionlens.config import VisionConfig
 from visionlens.hook_points import HookPoint
 
-from .resnet import ConvNetAdapter, ConvReadout, data_config, first_conv, linear_out
+from .bridging import ConvNetAdapter
+from .conv_blocks import ConvReadout, data_config, first_conv, linear_out
 
 __all__ = ["MobileNetV2Adapter", "STANDARD_DEPTHS"]
 
@@ -115,15 +116,28 @@ class MobileNetV2Adapter(ConvNetAdapter):
         widths = tuple(int(st[-1][1].out_channels) for st in self.stages)
         conv = first_conv(src)
         return VisionConfig(
-            family="mobilenet", architecture="mobilenet_v2", adapter=self.name, n_layers=sum(depths),
-            stage_depths=depths, stage_widths=widths, in_chans=conv.in_channels if conv else 3,
-            n_classes=linear_out(self._fc()), pool_type="avg", normalization_type="BN", dynamic_img_size=True,
-            min_image_size=32, **data_config(None),
-            extra={"library": "torchvision", "last_channel": int(getattr(src, "last_channel", 0)),
-                   "features_index": {f"stages.{s}.blocks.{b}": i for s, st in enumerate(self.stages)
-                                      for b, (i, _) in enumerate(st)},
-                   "residual": [[bool(blk.use_res_connect) for _, blk in st] for st in self.stages],
-                   "resid_post": "resid_pre + branch_out (residual blocks), branch_out (others)"},
+            family="mobilenet",
+            architecture="mobilenet_v2",
+            adapter=self.name,
+            n_layers=sum(depths),
+            stage_depths=depths,
+            stage_widths=widths,
+            in_chans=conv.in_channels if conv else 3,
+            n_classes=linear_out(self._fc()),
+            pool_type="avg",
+            normalization_type="BN",
+            dynamic_img_size=True,
+            min_image_size=32,
+            **data_config(None),
+            extra={
+                "library": "torchvision",
+                "last_channel": int(getattr(src, "last_channel", 0)),
+                "features_index": {
+                    f"stages.{s}.blocks.{b}": i for s, st in enumerate(self.stages) for b, (i, _) in enumerate(st)
+                },
+                "residual": [[bool(blk.use_res_connect) for _, blk in st] for st in self.stages],
+                "resid_post": "resid_pre + branch_out (residual blocks), branch_out (others)",
+            },
         )
 
     def readout(self) -> ConvReadout:

@@ -1,9 +1,5 @@
 """ResNets from timm (``timm.models.resnet.ResNet``) and torchvision (``torchvision.models.ResNet``).
 
-This module also holds the small pieces every conv-net adapter shares (:class:`ConvBridge`,
-:class:`ConvNetAdapter`, :class:`ConvReadout`); ``convnext``, ``mobilenet`` and ``inception``
-import them from here.
-
 Hook names
 ----------
 * Module tree: ``<module path>.hook_out`` on every submodule output, named as in the source model
@@ -42,103 +38,28 @@ and GoogLeNet ``F.relu(x, inplace=True)`` too). A plain bridge hands a hook, and
 stores ``tensor.detach()``, a view), a tensor that the next op overwrites: a cached ``bn1`` output
 would silently read as post-ReLU, a cached ``branch_out`` as the sum, and a backward hook there
 makes autograd raise "Output 0 of BackwardHookFunction is a view and is being modified inplace".
-So when a model is wrapped, :func:`find_inplace_targets` runs the source once (no grad, eval mode)
-and records, via tensor version counters, which module outputs / inputs get overwritten in place
-later; bridges on exactly those hand the downstream code a copy of the hooked tensor
-(:class:`ConvBridge` ``copy=True``), so hooks and the cache see the value as it was produced.
+So when a model is wrapped, :func:`~visionlens.adapters.bridging.find_inplace_targets` runs the
+source once (no grad, eval mode) and records, via tensor version counters, which module outputs /
+inputs get overwritten in place later; bridges on exactly those hand the downstream code a copy of
+the hooked tensor (:class:`~visionlens.adapters.bridging.ConvBridge` ``copy=True``), so hooks and
+the cache see the value as it was produced.
 Copies happen only while a hook is attached: the unhooked model runs the source code untouched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import Optional
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from visionlens.config import IMAGENET_MEAN, IMAGENET_STD, VisionConfig
+from visionlens.config import VisionConfig
 from visionlens.hook_points import HookPoint
 
-from .bridging import ConvBridge, ConvNetAdapter, find_inplace_targets
+from .bridging import ConvNetAdapter
+from .conv_blocks import ConvReadout, data_config, first_conv, linear_out
 
-__all__ = ["ResNetAdapter", "ConvBridge", "ConvNetAdapter", "ConvReadout", "find_inplace_targets"]
-
-@dataclass
-class ConvReadout:
-    """The linear classifier of a conv net, for direct logit attribution.
-
-    ``logits = fc(pooled) = pooled @ fc.weight.T + fc.bias`` where ``pooled`` is what the hook
-    ``pooled_hook`` (``hook_pooled``) records. So for any class ``k``::
-
-        channel_contributions(pooled, k).sum(-1) + bias(k) == logits[:, k]
-
-    ``global_avg`` is True when ``pooled`` is exactly the spatial mean of the feature map recorded by
-    ``features_hook`` (no norm or nonlinearity in between); then
-    ``spatial_contributions(features, k)`` (``[batch, C, H, W]``) also sums to ``logit - bias``.
-    ``norm`` is a module between pooling and ``fc`` (ConvNeXt's head LayerNorm), else None.
-    """
-
-    pooled_hook: str
-    fc: nn.Linear
-    features_hook: Optional[str] = None
-    global_avg: bool = True
-    norm: Optional[nn.Module] = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def W(self) -> Tensor:
-        """``[n_classes, d_pooled]`` classifier weight."""
-        return self.fc.weight
-
-    def _classes(self, classes: Union[int, Sequence[int], Tensor]) -> Tensor:
-        return torch.as_tensor(classes, device=self.fc.weight.device, dtype=torch.long)
-
-    def bias(self, classes: Union[int, Sequence[int], Tensor]) -> Tensor:
-        c = self._classes(classes)
-        if self.fc.bias is None:
-            return torch.zeros(c.shape, dtype=self.fc.weight.dtype, device=self.fc.weight.device)
-        return self.fc.bias[c]
-
-    def channel_contributions(self, pooled: Tensor, classes: Union[int, Sequence[int], Tensor]) -> Tensor:
-        """``pooled[:, c] * W[class, c]``: ``[batch, C]``; one class for all, or one per example."""
-        w = self.fc.weight[self._classes(classes)]
-        return pooled * w
-
-    def spatial_contributions(self, features: Tensor, classes: Union[int, Sequence[int], Tensor]) -> Tensor:
-        """``features[:, c, y, x] * W[class, c] / (H * W)``: ``[batch, C, H, W]`` (needs ``global_avg``)."""
-        if not self.global_avg:
-            raise NotImplementedError("spatial contributions need a plain global average pool before the classifier")
-        w = self.fc.weight[self._classes(classes)]
-        h, wd = features.shape[-2:]
-        return features * w[..., :, None, None] / (h * wd)
-
-
-def first_conv(module: nn.Module) -> Optional[nn.Conv2d]:
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            return m
-    return None
-
-
-def data_config(source: Optional[nn.Module], default_size: int = 224,
-                default_interpolation: str = "bilinear") -> dict[str, Any]:
-    """image_size / mean / std / crop_pct / interpolation from a timm ``pretrained_cfg``, else ImageNet defaults."""
-    dc = {}
-    if source is not None:
-        dc = getattr(source, "pretrained_cfg", None) or getattr(source, "default_cfg", None) or {}
-    size = dc.get("input_size")
-    return dict(
-        image_size=tuple(size[-2:]) if size else (default_size, default_size),
-        mean=tuple(dc.get("mean", IMAGENET_MEAN)),
-        std=tuple(dc.get("std", IMAGENET_STD)),
-        crop_pct=float(dc.get("crop_pct", 0.875)),
-        interpolation=dc.get("interpolation", default_interpolation),
-    )
-
-
-def linear_out(module: Optional[nn.Module]) -> int:
-    return module.out_features if isinstance(module, nn.Linear) else 0
+__all__ = ["ResNetAdapter"]
 
 
 # ============================================================================ ResNet
@@ -154,9 +75,13 @@ def _tv_resnet_classes() -> tuple[type, type, type]:
     return ResNet, BasicBlock, Bottleneck
 
 
-_TV_NAMES = {("BasicBlock", (2, 2, 2, 2)): "resnet18", ("BasicBlock", (3, 4, 6, 3)): "resnet34",
-             ("Bottleneck", (3, 4, 6, 3)): "resnet50", ("Bottleneck", (3, 4, 23, 3)): "resnet101",
-             ("Bottleneck", (3, 8, 36, 3)): "resnet152"}
+_TV_NAMES = {
+    ("BasicBlock", (2, 2, 2, 2)): "resnet18",
+    ("BasicBlock", (3, 4, 6, 3)): "resnet34",
+    ("Bottleneck", (3, 4, 6, 3)): "resnet50",
+    ("Bottleneck", (3, 4, 23, 3)): "resnet101",
+    ("Bottleneck", (3, 8, 36, 3)): "resnet152",
+}
 
 
 class ResNetAdapter(ConvNetAdapter):
@@ -280,13 +205,26 @@ class ResNetAdapter(ConvNetAdapter):
         pool = getattr(s, "global_pool", None)
         pool_type = getattr(pool, "pool_type", "avg") if pool is not None else "avg"
         return VisionConfig(
-            family="resnet", architecture=arch, adapter=self.name, n_layers=sum(depths),
-            stage_depths=depths, stage_widths=tuple(widths), in_chans=conv.in_channels if conv else 3,
-            n_classes=linear_out(getattr(s, "fc", None)), pool_type=pool_type or "", normalization_type="BN",
-            dynamic_img_size=True, min_image_size=32, **data,
-            extra={"library": self.library, "block": sorted(kinds)[0] if len(kinds) == 1 else sorted(kinds),
-                   "resid_post": "relu(resid_sum)", "resid_sum": "branch_out + shortcut(resid_pre)",
-                   "stage_modules": [f"layer{i + 1}" for i in range(len(self.stages))]},
+            family="resnet",
+            architecture=arch,
+            adapter=self.name,
+            n_layers=sum(depths),
+            stage_depths=depths,
+            stage_widths=tuple(widths),
+            in_chans=conv.in_channels if conv else 3,
+            n_classes=linear_out(getattr(s, "fc", None)),
+            pool_type=pool_type or "",
+            normalization_type="BN",
+            dynamic_img_size=True,
+            min_image_size=32,
+            **data,
+            extra={
+                "library": self.library,
+                "block": sorted(kinds)[0] if len(kinds) == 1 else sorted(kinds),
+                "resid_post": "relu(resid_sum)",
+                "resid_sum": "branch_out + shortcut(resid_pre)",
+                "stage_modules": [f"layer{i + 1}" for i in range(len(self.stages))],
+            },
         )
 
     def readout(self) -> ConvReadout:
@@ -296,7 +234,9 @@ class ResNetAdapter(ConvNetAdapter):
         pool = getattr(self.source, "global_pool", None)
         global_avg = pool is None or getattr(pool, "pool_type", "avg") == "avg"
         if self.library == "torchvision":
-            global_avg = isinstance(self.source.avgpool, nn.AdaptiveAvgPool2d) and \
-                tuple(torch.nn.modules.utils._pair(self.source.avgpool.output_size)) == (1, 1)
-        return ConvReadout(pooled_hook="hook_pooled", fc=fc, features_hook=f"layer{len(self.stages)}.hook_out",
-                           global_avg=global_avg)
+            global_avg = isinstance(self.source.avgpool, nn.AdaptiveAvgPool2d) and tuple(
+                torch.nn.modules.utils._pair(self.source.avgpool.output_size)
+            ) == (1, 1)
+        return ConvReadout(
+            pooled_hook="hook_pooled", fc=fc, features_hook=f"layer{len(self.stages)}.hook_out", global_avg=global_avg
+        )

@@ -13,8 +13,7 @@ weights are not folded); ``ln*.hook_scale`` is the per-vector ``sqrt(var + eps)`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +23,9 @@ from visionlens.config import VisionConfig
 from visionlens.hook_points import HookPoint, InlineHookPoint, fire, is_active
 
 from . import Adapter
+from .transformer_blocks import LayerHooks, LinearReadout, is_identity, ln_scale
+
+__all__ = ["TimmViTAdapter", "ATTN_INTERNAL"]
 
 ATTN_INTERNAL = ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z", "hook_result")
 
@@ -34,88 +36,6 @@ def _timm_classes():
     from timm.models.vision_transformer import Block, VisionTransformer
 
     return VisionTransformer, Block, Attention, Mlp, LayerScale
-
-
-def _ln_scale(norm: nn.Module, x: Tensor) -> Tensor:
-    eps = getattr(norm, "eps", 1e-6)
-    return (x.var(dim=-1, keepdim=True, unbiased=False) + eps).sqrt()
-
-
-def _is_identity(m: Optional[nn.Module]) -> bool:
-    return m is None or isinstance(m, nn.Identity)
-
-
-class _LayerHooks:
-    """The hook points of one transformer block, held as plain attributes for fast access."""
-
-    NAMES = ("hook_resid_pre", "ln1.hook_scale", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v",
-             "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z", "attn.hook_result", "hook_attn_out",
-             "hook_resid_mid", "ln2.hook_scale", "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_post",
-             "hook_mlp_out", "hook_resid_post")
-
-    def __init__(self, with_result: bool):
-        self.points: dict[str, HookPoint] = {}
-        for n in self.NAMES:
-            if n == "attn.hook_result" and not with_result:
-                continue
-            self.points[n] = InlineHookPoint()
-        p = self.points
-        self.resid_pre, self.ln1_scale, self.ln1 = p["hook_resid_pre"], p["ln1.hook_scale"], p["ln1.hook_normalized"]
-        self.q, self.k, self.v = p["attn.hook_q"], p["attn.hook_k"], p["attn.hook_v"]
-        self.scores, self.pattern, self.z = p["attn.hook_attn_scores"], p["attn.hook_pattern"], p["attn.hook_z"]
-        self.result = p.get("attn.hook_result")
-        self.attn_out, self.resid_mid = p["hook_attn_out"], p["hook_resid_mid"]
-        self.ln2_scale, self.ln2 = p["ln2.hook_scale"], p["ln2.hook_normalized"]
-        self.mlp_pre, self.mlp_post = p["mlp.hook_pre"], p["mlp.hook_post"]
-        self.mlp_out, self.resid_post = p["hook_mlp_out"], p["hook_resid_post"]
-        # True while any point of this block is in use; kept current by the points' add/remove/capture
-        # notifications, so an untouched block runs timm's own Block.forward (exactly the source code path).
-        self._any_active, self._dirty = False, False
-        for hp in self.points.values():
-            hp._listeners.append(self._mark_dirty)
-
-    def _mark_dirty(self) -> None:
-        self._dirty = True
-
-    @property
-    def any_active(self) -> bool:
-        if self._dirty:  # recomputed lazily: attaching 200 points costs 200 flag writes, not 200 scans
-            self._any_active = any(is_active(hp) for hp in self.points.values())
-            self._dirty = False
-        return self._any_active
-
-
-@dataclass
-class LinearReadout:
-    """How the final residual stream becomes logits, as linear maps (for DLA / logit_attrs).
-
-    ``logits = bias + sum_r coef_r * head_r(pool_r(normalize(x)))`` where normalization is the final
-    LayerNorm applied before pooling (``norm_first``) or after it.
-    """
-
-    ln: Optional[nn.Module]
-    norm_first: bool
-    pools: list[tuple[Callable[[Tensor], Tensor], nn.Module, float]]
-
-    def _dir(self, head: nn.Module, classes: Tensor) -> Tensor:
-        w = head.weight[classes]
-        if self.ln is not None and getattr(self.ln, "weight", None) is not None:
-            w = w * self.ln.weight
-        return w
-
-    def directions(self, classes: Tensor) -> list[Tensor]:
-        """Per readout, the residual-space direction of each class (final-LN weight folded in)."""
-        return [self._dir(head, classes) for _, head, _ in self.pools]
-
-    def folded_bias(self, classes: Tensor) -> Tensor:
-        """The part of the logit no residual component explains: head bias + head(LN bias)."""
-        total = 0.0
-        for _, head, coef in self.pools:
-            b = head.bias[classes] if head.bias is not None else torch.zeros_like(classes, dtype=head.weight.dtype)
-            if self.ln is not None and getattr(self.ln, "bias", None) is not None:
-                b = b + head.weight[classes] @ self.ln.bias
-            total = total + coef * b
-        return total
 
 
 class TimmViTAdapter(Adapter):
@@ -141,13 +61,13 @@ class TimmViTAdapter(Adapter):
         super().__init__(source)
         s = source
         self.distilled = getattr(s, "dist_token", None) is not None
-        self.layers: list[_LayerHooks] = []
+        self.layers: list[LayerHooks] = []
         for blk in s.blocks:
-            self.layers.append(_LayerHooks(with_result=_is_identity(blk.attn.norm)))
-        if not _is_identity(s.norm):
+            self.layers.append(LayerHooks(with_result=is_identity(blk.attn.norm)))
+        if not is_identity(s.norm):
             self.final_ln: Optional[nn.Module] = s.norm
             self.norm_first = True
-        elif not _is_identity(s.fc_norm):
+        elif not is_identity(s.fc_norm):
             self.final_ln = s.fc_norm
             self.norm_first = False
         else:
@@ -164,19 +84,33 @@ class TimmViTAdapter(Adapter):
         dc = getattr(s, "pretrained_cfg", None) or {}
         n_classes = s.num_classes
         return VisionConfig(
-            family="vit", architecture=dc.get("architecture", type(s).__name__), adapter=self.name,
-            n_layers=len(s.blocks), d_model=s.embed_dim, n_heads=blk0.attn.num_heads, d_head=blk0.attn.head_dim,
-            d_mlp=blk0.mlp.fc1.out_features, image_size=tuple(pe.img_size) if pe.img_size else None,
-            patch_size=_effective_patch(pe), in_chans=_in_chans(pe), n_classes=n_classes,
-            mean=tuple(dc.get("mean", (0.485, 0.456, 0.406))), std=tuple(dc.get("std", (0.229, 0.224, 0.225))),
-            crop_pct=float(dc.get("crop_pct", 0.875)), interpolation=dc.get("interpolation", "bicubic"),
-            num_prefix_tokens=s.num_prefix_tokens, pool_type="distilled" if self.distilled else (s.global_pool or ""),
+            family="vit",
+            architecture=dc.get("architecture", type(s).__name__),
+            adapter=self.name,
+            n_layers=len(s.blocks),
+            d_model=s.embed_dim,
+            n_heads=blk0.attn.num_heads,
+            d_head=blk0.attn.head_dim,
+            d_mlp=blk0.mlp.fc1.out_features,
+            image_size=tuple(pe.img_size) if pe.img_size else None,
+            patch_size=_effective_patch(pe),
+            in_chans=_in_chans(pe),
+            n_classes=n_classes,
+            mean=tuple(dc.get("mean", (0.485, 0.456, 0.406))),
+            std=tuple(dc.get("std", (0.229, 0.224, 0.225))),
+            crop_pct=float(dc.get("crop_pct", 0.875)),
+            interpolation=dc.get("interpolation", "bicubic"),
+            num_prefix_tokens=s.num_prefix_tokens,
+            pool_type="distilled" if self.distilled else (s.global_pool or ""),
             normalization_type="LN" if self.final_ln is not None else None,
             dynamic_img_size=bool(getattr(s, "dynamic_img_size", False)),
-            extra={"embed_sum_is_resid_pre": _is_identity(s.norm_pre) and _is_identity(getattr(s, "patch_drop", None)),
-                   "has_cls_token": s.cls_token is not None, "distilled": self.distilled,
-                   "n_register_tokens": int(getattr(s, "num_reg_tokens", 0) or 0),
-                   "layer_scale": not _is_identity(blk0.ls1)},
+            extra={
+                "embed_sum_is_resid_pre": is_identity(s.norm_pre) and is_identity(getattr(s, "patch_drop", None)),
+                "has_cls_token": s.cls_token is not None,
+                "distilled": self.distilled,
+                "n_register_tokens": int(getattr(s, "num_reg_tokens", 0) or 0),
+                "layer_scale": not is_identity(blk0.ls1),
+            },
         )
 
     def hook_points(self) -> dict[str, HookPoint]:
@@ -199,7 +133,8 @@ class TimmViTAdapter(Adapter):
         else:
             if getattr(s, "attn_pool", None) is not None or s.global_pool not in ("token", "avg"):
                 raise NotImplementedError(
-                    f"logit attribution needs a linear pool ('token' or 'avg'); this model uses {s.global_pool!r}.")
+                    f"logit attribution needs a linear pool ('token' or 'avg'); this model uses {s.global_pool!r}."
+                )
             if s.global_pool == "token":
                 pool = lambda x: x[..., 0, :]  # noqa: E731
             elif getattr(s, "pool_include_prefix", False):
@@ -220,9 +155,16 @@ class TimmViTAdapter(Adapter):
             from timm.layers import resample_abs_pos_embed
 
             B, H, W, C = x.shape
-            pos_embed = resample_abs_pos_embed(
-                s.pos_embed, new_size=(H, W), old_size=s.patch_embed.grid_size,
-                num_prefix_tokens=0 if s.no_embed_class else s.num_prefix_tokens) if s.pos_embed is not None else None
+            pos_embed = (
+                resample_abs_pos_embed(
+                    s.pos_embed,
+                    new_size=(H, W),
+                    old_size=s.patch_embed.grid_size,
+                    num_prefix_tokens=0 if s.no_embed_class else s.num_prefix_tokens,
+                )
+                if s.pos_embed is not None
+                else None
+            )
             x = x.view(B, -1, C)
         else:
             pos_embed = s.pos_embed
@@ -257,7 +199,7 @@ class TimmViTAdapter(Adapter):
         pos = fire(self.hook_pos_embed, pos)
         return s.pos_drop(emb + pos)
 
-    def _attention(self, attn: nn.Module, h: _LayerHooks, x: Tensor, ls: nn.Module) -> Tensor:
+    def _attention(self, attn: nn.Module, h: LayerHooks, x: Tensor, ls: nn.Module) -> Tensor:
         """Attention + layer scale. Returns the block's attention contribution before drop-path."""
         B, N, _ = x.shape
         H, dh = attn.num_heads, attn.head_dim
@@ -297,15 +239,15 @@ class TimmViTAdapter(Adapter):
         out = attn.proj_drop(attn.proj(attn.norm(z.reshape(B, N, H * dh))))
         return ls(out)
 
-    def _block(self, blk: nn.Module, h: _LayerHooks, x: Tensor) -> Tensor:
+    def _block(self, blk: nn.Module, h: LayerHooks, x: Tensor) -> Tensor:
         x = fire(h.resid_pre, x)
         if is_active(h.ln1_scale):
-            fire(h.ln1_scale, _ln_scale(blk.norm1, x))
+            fire(h.ln1_scale, ln_scale(blk.norm1, x))
         y = fire(h.ln1, blk.norm1(x))
         attn_out = fire(h.attn_out, blk.drop_path1(self._attention(blk.attn, h, y, blk.ls1)))
         x = fire(h.resid_mid, x + attn_out)
         if is_active(h.ln2_scale):
-            fire(h.ln2_scale, _ln_scale(blk.norm2, x))
+            fire(h.ln2_scale, ln_scale(blk.norm2, x))
         y = fire(h.ln2, blk.norm2(x))
         mlp = blk.mlp
         y = fire(h.mlp_pre, mlp.fc1(y))
@@ -322,7 +264,7 @@ class TimmViTAdapter(Adapter):
             x = self._block(blk, h, x) if h.any_active else blk(x)
         if self.norm_first and self.final_ln is not None:
             if is_active(self.ln_final_scale):
-                fire(self.ln_final_scale, _ln_scale(s.norm, x))
+                fire(self.ln_final_scale, ln_scale(s.norm, x))
             x = fire(self.ln_final, s.norm(x))
         else:
             x = s.norm(x)
@@ -338,7 +280,7 @@ class TimmViTAdapter(Adapter):
         pooled = s.pool(x)
         if not self.norm_first and self.final_ln is not None:
             if is_active(self.ln_final_scale):
-                fire(self.ln_final_scale, _ln_scale(s.fc_norm, pooled))
+                fire(self.ln_final_scale, ln_scale(s.fc_norm, pooled))
             pooled = fire(self.ln_final, s.fc_norm(pooled))
         else:
             pooled = s.fc_norm(pooled)
@@ -358,7 +300,7 @@ class TimmViTAdapter(Adapter):
     def head_results_from_z(self, layer: int, z: Tensor) -> Tensor:
         """Per-head outputs ``[..., pos, head, d_model]`` from cached ``hook_z`` (layer scale folded in)."""
         attn = self.source.blocks[layer].attn
-        if not _is_identity(attn.norm):
+        if not is_identity(attn.norm):
             raise NotImplementedError("per-head results are not linear when the attention output is normalized")
         W_O = attn.proj.weight.view(attn.proj.out_features, attn.num_heads, attn.head_dim)
         result = torch.einsum("...hd,ohd->...ho", z, W_O)

@@ -34,15 +34,16 @@ def main() -> None:
 
     t = time.perf_counter()
     a = DatasetExamples()
-    res = a.run(model, x, a.make_config(hooks=hooks, top_k=args.k, bottom_k=args.k, batch_size=args.batch_size,
-                                        crop_units=0))
+    res = a.run(
+        model, x, a.make_config(hooks=hooks, top_k=args.k, bottom_k=args.k, batch_size=args.batch_size, crop_units=0)
+    )
     t_plugin = time.perf_counter() - t
 
     t = time.perf_counter()
     maxes: dict[str, list[torch.Tensor]] = {h: [] for h in hooks}
     with torch.no_grad():
         for i in range(0, args.images, args.batch_size):
-            _, cache = model.run_with_cache(x[i:i + args.batch_size], names_filter=hooks, return_cache_object=False)
+            _, cache = model.run_with_cache(x[i : i + args.batch_size], names_filter=hooks, return_cache_object=False)
             for h in hooks:
                 maxes[h].append(cache[h].flatten(2).amax(-1))
     raw = {h: torch.topk(torch.cat(v).double().T, args.k, dim=1) for h, v in maxes.items()}
@@ -51,9 +52,11 @@ def main() -> None:
     # dataset_examples picks the lowest image index and torch.topk an arbitrary one
     same = all(torch.equal(res.tensors[f"{h}/top_values"], raw[h].values) for h in hooks)
     units = sum(res.n_units(h) for h in hooks)
-    print(f"{args.model}, {args.images} images {args.size}px, {len(hooks)} hooks, {units} units: "
-          f"dataset_examples (top+bottom, locations) {t_plugin:.2f}s, raw loop (top only) {t_raw:.2f}s, "
-          f"identical top values: {same}")
+    print(
+        f"{args.model}, {args.images} images {args.size}px, {len(hooks)} hooks, {units} units: "
+        f"dataset_examples (top+bottom, locations) {t_plugin:.2f}s, raw loop (top only) {t_raw:.2f}s, "
+        f"identical top values: {same}"
+    )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,11 @@ def load_model(kind: str, weights: Optional[str]) -> tuple[Any, str]:
                 raise
         else:
             torch.manual_seed(0)
-            src = load_lucid_inceptionv1(weights, redirected_relu=True) if weights else \
-                LucidInceptionV1(redirected_relu=True)
+            src = (
+                load_lucid_inceptionv1(weights, redirected_relu=True)
+                if weights
+                else LucidInceptionV1(redirected_relu=True)
+            )
             what = f" (weights: {os.path.basename(weights)})" if weights else " (random weights)"
             return visionlens.HookedVisionModel.from_module(src.eval()), "lucid_inceptionv1" + what
     torch.manual_seed(0)
@@ -80,7 +83,7 @@ def throughput(model: Any, units: list[str], steps: int, size: int, rounds: int)
     times: dict[str, list[float]] = {"batched": [], "one_at_a_time": [], "one_at_a_time_full_forward": []}
     for rnd in range(rounds):
         order = list(times)
-        order = order[rnd % 3:] + order[:rnd % 3]
+        order = order[rnd % 3 :] + order[: rnd % 3]
         for variant in order:
             if variant == "batched":
                 t = opt_time(fv.render(model, units, **kw))
@@ -105,32 +108,52 @@ def _first_reach(smoothed: torch.Tensor, targets: torch.Tensor) -> list[Optional
     return out
 
 
-def time_to_target(model: Any, units: list[str], size: int, ref_steps: int, max_steps: int, w: int, frac: float,
-                   candidates: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def time_to_target(
+    model: Any,
+    units: list[str],
+    size: int,
+    ref_steps: int,
+    max_steps: int,
+    w: int,
+    frac: float,
+    candidates: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
     n = len(units)
     # reference: Lucid defaults, one unit at a time (same seeds as the batched renders)
-    refs = [fv.render(model, [u], steps=ref_steps, size=size, seed=j, progress=False, evaluate_start_end=False)
-            for j, u in enumerate(units)]
+    refs = [
+        fv.render(model, [u], steps=ref_steps, size=size, seed=j, progress=False, evaluate_start_end=False)
+        for j, u in enumerate(units)
+    ]
     ref_curves = torch.stack([r.curves[0] for r in refs])
     ref_sm = smooth(ref_curves, w)
     targets = frac * ref_sm[:, -1]
     ref_steps_needed = _first_reach(ref_sm, targets)
     ref_time = sum(float(r.step_times[0, s - 1]) for r, s in zip(refs, ref_steps_needed) if s is not None)
     all_steps = sum(float(r.step_times[0, -1]) for r in refs) / n
-    out: dict[str, Any] = {"reference": {"settings": "lucid defaults, one at a time", "steps": ref_steps,
-                                         "steps_to_target": ref_steps_needed, "seconds_per_neuron": ref_time / n,
-                                         "seconds_per_neuron_all_steps": all_steps, "targets": targets.tolist()}}
+    out: dict[str, Any] = {
+        "reference": {
+            "settings": "lucid defaults, one at a time",
+            "steps": ref_steps,
+            "steps_to_target": ref_steps_needed,
+            "seconds_per_neuron": ref_time / n,
+            "seconds_per_neuron_all_steps": all_steps,
+            "targets": targets.tolist(),
+        }
+    }
     for name, cfg in candidates.items():
         r = fv.render(model, units, steps=max_steps, size=size, progress=False, evaluate_start_end=False, **cfg)
         sm = smooth(r.curves, w)
         steps_needed = _first_reach(sm, targets)
         ok = all(s is not None for s in steps_needed)
         t_all = float(r.step_times[0, max(steps_needed) - 1]) if ok else None
-        out[name] = {"settings": {k: (v if isinstance(v, (int, float, str)) else repr(v)) for k, v in cfg.items()},
-                     "max_steps": max_steps, "steps_to_target": steps_needed,
-                     "seconds_per_neuron": (t_all / n) if ok else None,
-                     "speedup_vs_reference": (ref_time / n) / (t_all / n) if ok else None,
-                     "best_fraction_of_target": (sm.max(dim=1).values / targets).tolist()}
+        out[name] = {
+            "settings": {k: (v if isinstance(v, (int, float, str)) else repr(v)) for k, v in cfg.items()},
+            "max_steps": max_steps,
+            "steps_to_target": steps_needed,
+            "seconds_per_neuron": (t_all / n) if ok else None,
+            "speedup_vs_reference": (ref_time / n) / (t_all / n) if ok else None,
+            "best_fraction_of_target": (sm.max(dim=1).values / targets).tolist(),
+        }
     return out
 
 
@@ -141,10 +164,16 @@ def try_lucent() -> dict[str, Any]:
         importlib.import_module("lucent.optvis.render")
         importlib.import_module("lucent.modelzoo")
     except Exception as exc:  # not installable here (no lucent 0.1.8 / kornia 0.4.1 in the package mirror)
-        return {"available": False, "reason": f"{type(exc).__name__}: {exc}. Install with "
-                                              "`pip install lucent==0.1.8 kornia==0.4.1` to compare."}
-    return {"available": True, "note": "lucent is importable; a timed comparison is not implemented in this script "
-                                      "(run lucent.optvis.render.render_vis with the same weights)."}
+        return {
+            "available": False,
+            "reason": f"{type(exc).__name__}: {exc}. Install with "
+            "`pip install lucent==0.1.8 kornia==0.4.1` to compare.",
+        }
+    return {
+        "available": True,
+        "note": "lucent is importable; a timed comparison is not implemented in this script "
+        "(run lucent.optvis.render.render_vis with the same weights).",
+    }
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
@@ -160,8 +189,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--ref-steps", type=int, default=512, help="reference steps (Lucid default 512)")
     ap.add_argument("--max-steps", type=int, default=None, help="step budget of candidates (default ref-steps)")
     ap.add_argument("--smooth", type=int, default=None, help="moving-mean window (default ref-steps // 16)")
-    ap.add_argument("--target-frac", type=float, default=1.0,
-                    help="target = this fraction of the reference's final smoothed value")
+    ap.add_argument(
+        "--target-frac", type=float, default=1.0, help="target = this fraction of the reference's final smoothed value"
+    )
     ap.add_argument("--fast-lrs", default="0.1,0.2", help="extra batched Adam learning rates to try")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--skip-target", action="store_true")
@@ -172,13 +202,22 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     model, desc = load_model(args.model, args.weights)
     units = [f"{args.layer}:{args.first_unit + i}" for i in range(args.units)]
-    print(f"model: {desc}; units: {units[0]} .. {units[-1]}; {args.size} px; torch threads {torch.get_num_threads()}",
-          flush=True)
+    print(
+        f"model: {desc}; units: {units[0]} .. {units[-1]}; {args.size} px; torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
     result: dict[str, Any] = {
-        "model": desc, "layer": args.layer, "units": units, "size": args.size,
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(),
-                    "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+        "model": desc,
+        "layer": args.layer,
+        "units": units,
+        "size": args.size,
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        },
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
     }
     t0 = time.perf_counter()
@@ -192,13 +231,17 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         cands: dict[str, dict[str, Any]] = {"batched lr 0.05 (lucid defaults)": {"lr": 0.05}}
         for lr in [float(x) for x in args.fast_lrs.split(",") if x.strip()]:
             cands[f"batched lr {lr:g}"] = {"lr": lr}
-        result["time_to_target"] = time_to_target(model, units, args.size, ref_steps, args.max_steps or ref_steps, w,
-                                                  args.target_frac, cands)
+        result["time_to_target"] = time_to_target(
+            model, units, args.size, ref_steps, args.max_steps or ref_steps, w, args.target_frac, cands
+        )
         result["smooth_window"] = w
         result["target_frac"] = args.target_frac
         for k, v in result["time_to_target"].items():
-            print(f"  {k:34s} {v['seconds_per_neuron'] if v['seconds_per_neuron'] is not None else float('nan'):7.2f} "
-                  f"s/neuron", flush=True)
+            print(
+                f"  {k:34s} {v['seconds_per_neuron'] if v['seconds_per_neuron'] is not None else float('nan'):7.2f} "
+                f"s/neuron",
+                flush=True,
+            )
     result["lucent"] = try_lucent()
     result["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     result["wall_s"] = time.perf_counter() - t0
@@ -211,27 +254,41 @@ def write(result: dict[str, Any], out: Path, tag: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"featurevis_throughput_{tag}.json").write_text(json.dumps(result, indent=1))
     m = result["machine"]
-    lines = [f"# Feature visualization speed ({result['model']}, {result['layer']} x {len(result['units'])} units, "
-             f"{result['size']} px)", "",
-             f"`{result['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} "
-             f"({m['threads']} threads); load average {m['loadavg_start']} -> {m['loadavg_end']}.", "",
-             f"## Throughput ({result['throughput_steps']} steps, median of rounds)", "",
-             "| variant | seconds | neuron-steps/s |", "|---|---|---|"]
+    lines = [
+        f"# Feature visualization speed ({result['model']}, {result['layer']} x {len(result['units'])} units, "
+        f"{result['size']} px)",
+        "",
+        f"`{result['command']}` on {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} "
+        f"({m['threads']} threads); load average {m['loadavg_start']} -> {m['loadavg_end']}.",
+        "",
+        f"## Throughput ({result['throughput_steps']} steps, median of rounds)",
+        "",
+        "| variant | seconds | neuron-steps/s |",
+        "|---|---|---|",
+    ]
     for k, v in result["throughput"].items():
         lines.append(f"| {k} | {v['seconds']:.2f} | {v['neuron_steps_per_s']:.1f} |")
     if "time_to_target" in result:
         tt = result["time_to_target"]
         ref = tt["reference"]
-        lines += ["", f"## Time per neuron to {result['target_frac']:g} x the objective a one-at-a-time Lucid-default "
-                      f"render reaches in {ref['steps']} steps", "",
-                  f"Objective = smoothed curve (moving mean over {result['smooth_window']} steps); a unit counts when "
-                  "its smoothed curve first reaches its target. The reference is timed the same way.", "",
-                  "| setting | steps to target (per unit) | s / neuron | speed-up | best fraction of target |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Time per neuron to {result['target_frac']:g} x the objective a one-at-a-time Lucid-default "
+            f"render reaches in {ref['steps']} steps",
+            "",
+            f"Objective = smoothed curve (moving mean over {result['smooth_window']} steps); a unit counts when "
+            "its smoothed curve first reaches its target. The reference is timed the same way.",
+            "",
+            "| setting | steps to target (per unit) | s / neuron | speed-up | best fraction of target |",
+            "|---|---|---|---|---|",
+        ]
         for k, v in tt.items():
             spn = f"{v['seconds_per_neuron']:.2f}" if v["seconds_per_neuron"] is not None else "not reached"
-            sp = f"{v['speedup_vs_reference']:.1f}x" if v.get("speedup_vs_reference") is not None else \
-                ("1.0x" if k == "reference" else "-")
+            sp = (
+                f"{v['speedup_vs_reference']:.1f}x"
+                if v.get("speedup_vs_reference") is not None
+                else ("1.0x" if k == "reference" else "-")
+            )
             best = ", ".join(f"{x:.3f}" for x in v["best_fraction_of_target"]) if "best_fraction_of_target" in v else ""
             lines.append(f"| {k} | {v['steps_to_target']} | {spn} | {sp} | {best} |")
     lc = result["lucent"]

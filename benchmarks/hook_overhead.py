@@ -53,6 +53,7 @@ def _calls(key: str, model, batch: int, size: int):
             img = torch.nn.functional.normalize(src.encode_image(x), dim=-1)
             txt = torch.nn.functional.normalize(src.encode_text(tokens), dim=-1)
             return src.logit_scale.exp() * img @ txt.T
+
         return raw, (x, tokens), {}, resid_filter
     if key.startswith("unet"):
         args, kwargs = model.adapter.example_inputs(image_size=size, batch=batch)
@@ -99,30 +100,40 @@ def bench_model(key: str, batch: int, rounds: int, warmup: int) -> dict:
             for fn in variants.values():
                 fn()
         for r in range(rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             this = {k: _timeit(variants[k]) for k in order}
             for k, t in this.items():
                 times[k].append(t)
             for k in ratios:
                 ratios[k].append(this[k] / this["raw"])
     return {
-        "model": key, "spec": spec, "adapter": model.cfg.adapter, "batch": batch, "image_size": size,
-        "n_hooks": len(model.hook_dict), "n_resid_hooks": n_resid,
+        "model": key,
+        "spec": spec,
+        "adapter": model.cfg.adapter,
+        "batch": batch,
+        "image_size": size,
+        "n_hooks": len(model.hook_dict),
+        "n_resid_hooks": n_resid,
         "median_ms": {k: 1000 * statistics.median(v) for k, v in times.items()},
         "median_ratio": {k: statistics.median(v) for k, v in ratios.items()},
     }
 
 
 def to_markdown(results: list[dict], meta: dict) -> str:
-    lines = [f"# Hook overhead ({meta['device']}, torch {meta['torch']}, {meta['threads']} threads, "
-             f"{meta['rounds']} interleaved rounds)", "",
-             "| model | adapter | batch | px | hooks | raw ms | no hooks | cache all | cache resid |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Hook overhead ({meta['device']}, torch {meta['torch']}, {meta['threads']} threads, "
+        f"{meta['rounds']} interleaved rounds)",
+        "",
+        "| model | adapter | batch | px | hooks | raw ms | no hooks | cache all | cache resid |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         q = r["median_ratio"]
-        lines.append(f"| {r['model']} | {r['adapter']} | {r['batch']} | {r['image_size']} | {r['n_hooks']} | "
-                     f"{r['median_ms']['raw']:.1f} | {q['hooked_no_hooks']:.3f}x | {q['cache_all']:.3f}x | "
-                     f"{q['cache_resid']:.3f}x |")
+        lines.append(
+            f"| {r['model']} | {r['adapter']} | {r['batch']} | {r['image_size']} | {r['n_hooks']} | "
+            f"{r['median_ms']['raw']:.1f} | {q['hooked_no_hooks']:.3f}x | {q['cache_all']:.3f}x | "
+            f"{q['cache_resid']:.3f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -140,9 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         res = bench_model(key, args.batch, args.rounds, args.warmup)
         print(json.dumps(res), flush=True)
         results.append(res)
-    meta = {"device": args.device if args.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "rounds": args.rounds,
-            "python": sys.version.split()[0]}
+    meta = {
+        "device": args.device if args.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "rounds": args.rounds,
+        "python": sys.version.split()[0],
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"hook_overhead_b{args.batch}_" + "_".join(args.models)

@@ -50,8 +50,19 @@ def _time(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
-def run_case(name: str, model: Any, clean: torch.Tensor, corrupt: torch.Tensor, hook: str, kind: str,
-             n_targets: int, grid: int, repeats: int, max_batch: int, device: str) -> dict:
+def run_case(
+    name: str,
+    model: Any,
+    clean: torch.Tensor,
+    corrupt: torch.Tensor,
+    hook: str,
+    kind: str,
+    n_targets: int,
+    grid: int,
+    repeats: int,
+    max_batch: int,
+    device: str,
+) -> dict:
     sync = (lambda: torch.cuda.synchronize()) if device.startswith("cuda") else (lambda: None)
     with torch.no_grad():
         clean_out, cache = model.run_with_cache(clean, names_filter=[hook], return_cache_object=False)
@@ -62,8 +73,9 @@ def run_case(name: str, model: Any, clean: torch.Tensor, corrupt: torch.Tensor, 
     variants = {
         "loop": lambda: patch_loop(model, corrupt, src, ts, metric),
         "batched_stack": lambda: patch_sweep(model, corrupt, src, ts, metric, mode="stack", max_batch=max_batch),
-        "batched_auto": lambda: patch_sweep(model, corrupt, src, ts, metric, mode="auto", max_batch=max_batch,
-                                            info=info),
+        "batched_auto": lambda: patch_sweep(
+            model, corrupt, src, ts, metric, mode="auto", max_batch=max_batch, info=info
+        ),
     }
     info: dict = {}
     variants["batched_auto"]()  # warm-up (and mode detection)
@@ -71,7 +83,7 @@ def run_case(name: str, model: Any, clean: torch.Tensor, corrupt: torch.Tensor, 
     best: dict[str, float] = {k: float("inf") for k in variants}
     outs: dict[str, torch.Tensor] = {}
     for r in range(repeats):
-        order = list(variants)[r % 3:] + list(variants)[:r % 3]
+        order = list(variants)[r % 3 :] + list(variants)[: r % 3]
         for k in order:
             t, out = _time(variants[k], sync)
             best[k] = min(best[k], t)
@@ -80,11 +92,20 @@ def run_case(name: str, model: Any, clean: torch.Tensor, corrupt: torch.Tensor, 
     diff_auto = float((outs["batched_auto"] - outs["loop"]).abs().max())
     scale = float(output_tensor(clean_out).abs().max())  # the logits' magnitude sets float32 resolution
     return {
-        "case": name, "hook": hook, "kind": kind, "targets": len(ts), "activation": list(src.shape[1:]),
-        "seconds": best, "speedup_stack": best["loop"] / best["batched_stack"],
-        "speedup_auto": best["loop"] / best["batched_auto"], "auto_mode": info.get("mode"),
-        "chunk": info.get("chunk"), "max_abs_diff_stack": diff_stack, "max_abs_diff_auto": diff_auto,
-        "logit_scale": scale, "max_rel_diff": max(diff_stack, diff_auto) / max(scale, 1e-12),
+        "case": name,
+        "hook": hook,
+        "kind": kind,
+        "targets": len(ts),
+        "activation": list(src.shape[1:]),
+        "seconds": best,
+        "speedup_stack": best["loop"] / best["batched_stack"],
+        "speedup_auto": best["loop"] / best["batched_auto"],
+        "auto_mode": info.get("mode"),
+        "chunk": info.get("chunk"),
+        "max_abs_diff_stack": diff_stack,
+        "max_abs_diff_auto": diff_auto,
+        "logit_scale": scale,
+        "max_rel_diff": max(diff_stack, diff_auto) / max(scale, 1e-12),
         "identical_within_1e-5_relative": max(diff_stack, diff_auto) <= 1e-5 * max(1.0, scale),
     }
 
@@ -115,9 +136,21 @@ def main(argv: list[str] | None = None) -> int:
         vit = visionlens.load("timm:vit_base_patch16_224", img_size=args.vit_size).to(dev).eval()
         x = torch.randn(2, 3, args.vit_size, args.vit_size, generator=g).to(dev)
         for layer in [int(v) for v in args.vit_layers.split(",") if v.strip()]:
-            results.append(run_case(f"ViT-B/16 @{args.vit_size}px, per-patch resid_pre L{layer} (of 12)", vit,
-                                    x[:1], x[1:], f"blocks.{layer}.hook_resid_pre", "position", 10 ** 9, 1,
-                                    args.repeats, args.max_batch, args.device))
+            results.append(
+                run_case(
+                    f"ViT-B/16 @{args.vit_size}px, per-patch resid_pre L{layer} (of 12)",
+                    vit,
+                    x[:1],
+                    x[1:],
+                    f"blocks.{layer}.hook_resid_pre",
+                    "position",
+                    10**9,
+                    1,
+                    args.repeats,
+                    args.max_batch,
+                    args.device,
+                )
+            )
             print(json.dumps(results[-1]), flush=True)
         del vit
     if any(c.startswith("resnet") for c in cases):
@@ -130,39 +163,75 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(2, 3, args.resnet_size, args.resnet_size, generator=g).to(dev)
         hook = rn.resolve_hook(args.resnet_hook)
         if "resnet_channel" in cases:
-            results.append(run_case(f"ResNet-50 @{args.resnet_size}px, per-channel {hook} (first {args.channels})", rn,
-                                    x[:1], x[1:], hook, "channel", args.channels, 1, args.repeats, args.max_batch,
-                                    args.device))
+            results.append(
+                run_case(
+                    f"ResNet-50 @{args.resnet_size}px, per-channel {hook} (first {args.channels})",
+                    rn,
+                    x[:1],
+                    x[1:],
+                    hook,
+                    "channel",
+                    args.channels,
+                    1,
+                    args.repeats,
+                    args.max_batch,
+                    args.device,
+                )
+            )
             print(json.dumps(results[-1]), flush=True)
         if "resnet_region" in cases:
-            results.append(run_case(f"ResNet-50 @{args.resnet_size}px, per-region {hook} ({args.grid}x{args.grid})",
-                                    rn, x[:1], x[1:], hook, "region", 10 ** 9, args.grid, args.repeats,
-                                    args.max_batch, args.device))
+            results.append(
+                run_case(
+                    f"ResNet-50 @{args.resnet_size}px, per-region {hook} ({args.grid}x{args.grid})",
+                    rn,
+                    x[:1],
+                    x[1:],
+                    hook,
+                    "region",
+                    10**9,
+                    args.grid,
+                    args.repeats,
+                    args.max_batch,
+                    args.device,
+                )
+            )
             print(json.dumps(results[-1]), flush=True)
-    env = {"device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-           "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
-           "machine": platform.machine(), "argv": sys.argv[1:] if argv is None else argv}
+    env = {
+        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "argv": sys.argv[1:] if argv is None else argv,
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = f"_{args.tag}" if args.tag else ""
     (RESULTS / f"patching_sweep{tag}.json").write_text(json.dumps({"env": env, "results": results}, indent=1))
-    lines = [f"# Patching sweeps: batched vs naive loop ({env['device']}, torch {env['torch']}, "
-             f"{env['threads']} threads, min of {args.repeats} repeats)", "",
-             "| case | targets | loop s | stack s | auto s | speedup stack | speedup auto (mode) | max abs diff "
-             "(relative to max logit) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Patching sweeps: batched vs naive loop ({env['device']}, torch {env['torch']}, "
+        f"{env['threads']} threads, min of {args.repeats} repeats)",
+        "",
+        "| case | targets | loop s | stack s | auto s | speedup stack | speedup auto (mode) | max abs diff "
+        "(relative to max logit) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         s = r["seconds"]
-        lines.append(f"| {r['case']} | {r['targets']} | {s['loop']:.2f} | {s['batched_stack']:.2f} | "
-                     f"{s['batched_auto']:.2f} | {r['speedup_stack']:.1f}x | "
-                     f"{r['speedup_auto']:.1f}x ({r['auto_mode']}) | "
-                     f"{max(r['max_abs_diff_stack'], r['max_abs_diff_auto']):.1e} ({r['max_rel_diff']:.0e}) |")
-    lines += ["", "`stack` repeats the input K times in one batch (chunks of at most --max-batch); `auto` runs the "
-                  "model once up to the hook and batches only the K patched copies after it (`expand`), falling back "
-                  "to `stack` where that is not possible. The metric is `logit[clean top] - logit[corrupted top]`; "
-                  "differences to the loop are float32 rounding from batch-size-dependent kernels (relative to the "
-                  "largest logit in brackets; the unpatched ResNet-50 alone differs by as much between batch 1 "
-                  "and 64). Command: `python benchmarks/patching_sweep.py "
-              + " ".join(env["argv"]) + "`."]
+        lines.append(
+            f"| {r['case']} | {r['targets']} | {s['loop']:.2f} | {s['batched_stack']:.2f} | "
+            f"{s['batched_auto']:.2f} | {r['speedup_stack']:.1f}x | "
+            f"{r['speedup_auto']:.1f}x ({r['auto_mode']}) | "
+            f"{max(r['max_abs_diff_stack'], r['max_abs_diff_auto']):.1e} ({r['max_rel_diff']:.0e}) |"
+        )
+    lines += [
+        "",
+        "`stack` repeats the input K times in one batch (chunks of at most --max-batch); `auto` runs the "
+        "model once up to the hook and batches only the K patched copies after it (`expand`), falling back "
+        "to `stack` where that is not possible. The metric is `logit[clean top] - logit[corrupted top]`; "
+        "differences to the loop are float32 rounding from batch-size-dependent kernels (relative to the "
+        "largest logit in brackets; the unpatched ResNet-50 alone differs by as much between batch 1 "
+        "and 64). Command: `python benchmarks/patching_sweep.py " + " ".join(env["argv"]) + "`.",
+    ]
     (RESULTS / f"patching_sweep{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -38,54 +38,16 @@ import torch
 from torch import Tensor
 
 from visionlens.analysis import Analysis, ConfigError, config_to_dict, option
-from visionlens.data import as_images
-from visionlens.hook_select import resolve_hooks
+from visionlens.clip import attach_head, zero_shot_head
+from visionlens.data import as_images, denormalize
+from visionlens.hook_select import default_patching_hooks, resolve_hooks, stream_family
 from visionlens.hookspecs import hookimpl
 from visionlens.patching import PatchInputs, run_patching
 from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError, closest_names
+from visionlens.viz import diverging_limits, grid_shape, imshow_overlay, labels_fit, short_hook
 
 __all__ = ["ActivationPatching", "PatchingResult", "default_patching_hooks"]
-
-
-def _family(model: Any) -> str:
-    fam = (model.cfg.family or "").lower()
-    if fam in ("vit", "clip"):
-        return "transformer" if (fam == "vit" or model.cfg.extra.get("visual_type") == "vit") else "conv"
-    if fam == "diffusion":
-        return "unet"
-    return "conv"
-
-
-def default_patching_hooks(model: Any, target: str) -> list[str]:
-    """The residual stream of every layer / stage (see the module docstring)."""
-    names = list(model.hook_dict)
-    fam = _family(model)
-    prefix = model.cfg.extra.get("hook_prefix", "") or ""
-    if fam == "transformer":
-        suffix = "attn.hook_z" if target == "head" else "hook_resid_pre"
-        return [f"{prefix}blocks.{l}.{suffix}" for l in range(int(model.cfg.n_layers))
-                if f"{prefix}blocks.{l}.{suffix}" in model.hook_dict]
-    if fam == "unet":
-        return [n for n in names if n.count(".") <= 2 and (n.startswith(("down_blocks.", "up_blocks."))
-                                                           or n == "mid_block.hook_out") and n.endswith(".hook_out")]
-    out: list[str] = []
-    depths = getattr(model.cfg, "stage_depths", ()) or ()
-    for s in range(len(depths)):
-        for cand in (f"{prefix}stages.{s}", f"{prefix}stages.{s}.blocks.{depths[s] - 1}.hook_resid_post"):
-            try:
-                h = model.resolve_hook(cand)
-            except Exception:
-                continue
-            if h not in out:
-                out.append(h)
-            break
-    layers = model.cfg.extra.get("layers")
-    if layers and not out:
-        out = [f"{n}.hook_out" for n in layers if f"{n}.hook_out" in model.hook_dict]
-    if not out:
-        out = [n for n in names if n.count(".") == 1 and n.endswith(".hook_out")]
-    return out
 
 
 def _resolve(model: Any, specs: list[str]) -> list[str]:
@@ -96,31 +58,39 @@ class ActivationPatching(Analysis):
     """Exact (batched) and attribution patching between a clean and a corrupted input."""
 
     name = "activation_patching"
-    summary = ("Activation patching (denoising / noising) over hooks x positions / heads / channels / regions, "
-               "batched exact sweeps plus attribution patching, with heatmaps over the image.")
+    summary = (
+        "Activation patching (denoising / noising) over hooks x positions / heads / channels / regions, "
+        "batched exact sweeps plus attribution patching, with heatmaps over the image."
+    )
 
     @dataclass
     class Config:
         hooks: list[str] = option(list, help="hook names, aliases or globs; empty = residual stream per layer/stage")
         target: Literal["auto", "whole", "position", "head", "channel", "region"] = option(
-            "auto", help="what is patched per forward row (auto: position for ViTs, region for conv nets / UNets)")
+            "auto", help="what is patched per forward row (auto: position for ViTs, region for conv nets / UNets)"
+        )
         grid: int = option(4, min=1, max=256, help="region targets: grid cells per side")
         positions: list[int] = option(list, help="position targets: only these token indices (or flat y*W+x)")
         direction: Literal["denoising", "noising"] = option(
-            "denoising", help="denoising: run corrupted, patch in clean; noising: run clean, patch in corrupted")
-        metric: Literal["auto", "normalized_logit_diff", "logit_diff", "logprob", "prob", "output_mse",
-                        "normalized_output_mse"] = option("auto", help="metric of the output (normalized: 0 = "
-                                                                       "corrupted, 1 = clean)")
+            "denoising", help="denoising: run corrupted, patch in clean; noising: run clean, patch in corrupted"
+        )
+        metric: Literal[
+            "auto", "normalized_logit_diff", "logit_diff", "logprob", "prob", "output_mse", "normalized_output_mse"
+        ] = option("auto", help="metric of the output (normalized: 0 = corrupted, 1 = clean)")
         label: Optional[int] = option(None, min=0, help="correct class (default: the clean run's top class)")
-        foil: Optional[int] = option(None, min=0, help="incorrect class for logit differences (default: the "
-                                                       "corrupted run's top class)")
+        foil: Optional[int] = option(
+            None, min=0, help="incorrect class for logit differences (default: the corrupted run's top class)"
+        )
         clean: Optional[str] = option(None, help="clean image: index, name or file (default: the first image)")
         corrupted: Optional[str] = option(None, help="corrupted image: index, name or file (default: the second)")
         method: Literal["exact", "attribution", "both"] = option(
-            "both", help="exact patching, attribution patching (gradient approximation) or both (+ correlation)")
+            "both", help="exact patching, attribution patching (gradient approximation) or both (+ correlation)"
+        )
         batching: Literal["auto", "expand", "stack", "loop"] = option(
-            "auto", help="exact sweeps: auto/expand (share the computation before the hook), stack (repeat the "
-                         "input), loop (one forward per target, the slow reference)")
+            "auto",
+            help="exact sweeps: auto/expand (share the computation before the hook), stack (repeat the "
+            "input), loop (one forward per target, the slow reference)",
+        )
         max_batch: int = option(64, min=1, max=1_000_000, help="patched copies per forward at most")
         memory_budget_mb: float = option(2048.0, min=1.0, help="activation memory budget per forward (estimate)")
         class_prompts: list[str] = option(list, help="CLIP: class names for a zero-shot head (else the attached one)")
@@ -134,7 +104,7 @@ class ActivationPatching(Analysis):
 
     def run(self, model: Any, inputs: Any, config: Any) -> "PatchingResult":
         restore = None
-        fam = _family(model)
+        fam = stream_family(model)
         if (model.cfg.family or "").lower() == "clip":
             restore = _clip_head(model, config)
         try:
@@ -149,11 +119,23 @@ class ActivationPatching(Analysis):
             if metric == "auto":
                 metric = "normalized_output_mse" if fam == "unet" else "normalized_logit_diff"
             t0 = time.perf_counter()
-            outcome = run_patching(model, clean, corrupted, hooks, kind=target, metric=metric,
-                                   direction=config.direction, label=config.label, foil=config.foil,
-                                   method=config.method, batching=config.batching, grid=config.grid,
-                                   positions=config.positions or None, max_batch=config.max_batch,
-                                   memory_budget_mb=config.memory_budget_mb)
+            outcome = run_patching(
+                model,
+                clean,
+                corrupted,
+                hooks,
+                kind=target,
+                metric=metric,
+                direction=config.direction,
+                label=config.label,
+                foil=config.foil,
+                method=config.method,
+                batching=config.batching,
+                grid=config.grid,
+                positions=config.positions or None,
+                max_batch=config.max_batch,
+                memory_budget_mb=config.memory_budget_mb,
+            )
             total = time.perf_counter() - t0
         finally:
             if restore is not None:
@@ -162,7 +144,7 @@ class ActivationPatching(Analysis):
 
     # ------------------------------------------------------------------ inputs
     def _pair(self, model: Any, inputs: Any, config: Any) -> tuple[Any, Any, list[str], list[Optional[np.ndarray]]]:
-        fam = _family(model)
+        fam = stream_family(model)
         if isinstance(inputs, dict) and "clean" in inputs and "corrupted" in inputs:
             c, k = inputs["clean"], inputs["corrupted"]
             if fam == "unet":
@@ -171,27 +153,31 @@ class ActivationPatching(Analysis):
             disp = [_display(model, xc[0]), _display(model, xk[0])]
             return xc, xk, ["clean", "corrupted"], disp
         if fam == "unet":
-            raise VisionLensError("activation_patching on a UNet expects inputs={'clean': (sample, timestep, "
-                                  "encoder_hidden_states), 'corrupted': (...)}.")
+            raise VisionLensError(
+                "activation_patching on a UNet expects inputs={'clean': (sample, timestep, "
+                "encoder_hidden_states), 'corrupted': (...)}."
+            )
         images = as_images(inputs)
         if images.length is None:
-            raise VisionLensError("activation_patching needs random access to the clean and corrupted images; pass a "
-                                  "folder, a list or {'clean': ..., 'corrupted': ...}, not a stream.")
+            raise VisionLensError(
+                "activation_patching needs random access to the clean and corrupted images; pass a "
+                "folder, a list or {'clean': ..., 'corrupted': ...}, not a stream."
+            )
         xc, nc = _pick(model, images, config.clean, 0, "clean")
         xk, nk = _pick(model, images, config.corrupted, 1, "corrupted")
         return xc, xk, [nc, nk], [_display(model, xc[0]), _display(model, xk[0])]
 
 
 def _clip_head(model: Any, config: Any):
-    from visionlens.clip import attach_head, zero_shot_head
-
     previous = model.adapter.classifier
     if config.class_prompts:
         zero_shot_head(model, list(config.class_prompts), list(config.templates) or None, attach=True)
         return lambda: attach_head(model, previous)
     if previous is None and config.metric not in ("output_mse", "normalized_output_mse"):
-        raise ConfigError("activation_patching: a CLIP model needs classes for logit metrics: set class_prompts or "
-                          "attach a zero-shot head (visionlens.clip.zero_shot_head); or use metric=output_mse.")
+        raise ConfigError(
+            "activation_patching: a CLIP model needs classes for logit metrics: set class_prompts or "
+            "attach a zero-shot head (visionlens.clip.zero_shot_head); or use metric=output_mse."
+        )
     return None
 
 
@@ -204,8 +190,6 @@ def _as_batch(model: Any, x: Any) -> Tensor:
 
 
 def _display(model: Any, x: Tensor) -> Optional[np.ndarray]:
-    from visionlens.data import denormalize
-
     try:
         if x.ndim == 3 and x.shape[0] in (1, 3):
             return denormalize(x, model.cfg)
@@ -218,8 +202,10 @@ def _pick(model: Any, images: Any, spec: Optional[str], default: int, what: str)
     n = len(images)
     if spec is None:
         if n < 2:
-            raise VisionLensError(f"activation_patching needs a clean and a corrupted image: got {n} image(s). "
-                                  "Pass two images (clean first) or set clean=... and corrupted=...")
+            raise VisionLensError(
+                f"activation_patching needs a clean and a corrupted image: got {n} image(s). "
+                "Pass two images (clean first) or set clean=... and corrupted=..."
+            )
         idx = default
     elif spec.strip().lstrip("-").isdigit():
         idx = int(spec)
@@ -236,26 +222,29 @@ def _pick(model: Any, images: Any, spec: Optional[str], default: int, what: str)
         elif os.path.isfile(spec):
             return model.preprocess([spec]), Path(spec).name
         elif len(hits) > 1:
-            raise ConfigError(f"activation_patching: {what} image {spec!r} matches several images: "
-                              f"{', '.join(names[i] for i in hits[:5])}.")
+            raise ConfigError(
+                f"activation_patching: {what} image {spec!r} matches several images: "
+                f"{', '.join(names[i] for i in hits[:5])}."
+            )
         else:
             close = closest_names(spec, names)
-            raise ConfigError(f"activation_patching: no {what} image named {spec!r}. "
-                              f"Closest: {', '.join(close) or 'none'}.")
+            raise ConfigError(
+                f"activation_patching: no {what} image named {spec!r}. Closest: {', '.join(close) or 'none'}."
+            )
     x = next(b for _, b in images.batches(model, 1, start=idx, limit=idx + 1))
     return x, images.name(idx)
 
 
 # ============================================================================ result
-def _result(analysis: Any, model: Any, config: Any, outcome: Any, names: list[str], disp: list, target: str,
-            total: float) -> "PatchingResult":
+def _result(
+    analysis: Any, model: Any, config: Any, outcome: Any, names: list[str], disp: list, target: str, total: float
+) -> "PatchingResult":
     tensors: dict[str, Tensor] = {}
     hooks = list(outcome.sweeps)
     targets_meta, labels_meta, info_meta = {}, {}, {}
     top = Table(["hook", "target", "score", "atp_estimate"], title="")
     rows = []
-    summary = Table(["hook", "kind", "targets", "max_score", "best_target", "batching", "forwards"],
-                    title="Per hook")
+    summary = Table(["hook", "kind", "targets", "max_score", "best_target", "batching", "forwards"], title="Per hook")
     for h, sw in outcome.sweeps.items():
         ts = sw.targets
         targets_meta[h] = ts.describe()
@@ -270,8 +259,17 @@ def _result(analysis: Any, model: Any, config: Any, outcome: Any, names: list[st
         mean = score.mean(-1)
         finite = torch.nan_to_num(mean, nan=-math.inf)
         best = int(finite.argmax()) if mean.numel() else 0
-        summary.rows.append([h, ts.kind, len(ts), float(mean[best]) if mean.numel() else None, ts.labels[best],
-                             sw.info.get("mode", "attribution only"), sw.info.get("forwards", 0)])
+        summary.rows.append(
+            [
+                h,
+                ts.kind,
+                len(ts),
+                float(mean[best]) if mean.numel() else None,
+                ts.labels[best],
+                sw.info.get("mode", "attribution only"),
+                sw.info.get("forwards", 0),
+            ]
+        )
         atp_mean = sw.atp.mean(-1) if sw.atp is not None else None
         for i in range(len(ts)):
             rows.append([h, ts.labels[i], float(mean[i]), float(atp_mean[i]) if atp_mean is not None else None])
@@ -286,13 +284,24 @@ def _result(analysis: Any, model: Any, config: Any, outcome: Any, names: list[st
     top.title = f"Top {config.top_k} targets ({which}; {outcome.metric.name}, {outcome.direction})"
     corr = outcome.correlation()
     meta: dict[str, Any] = {
-        "model": f"{model.cfg.architecture or model.cfg.family} ({model.cfg.adapter})", "family": model.cfg.family,
-        "hooks": hooks, "target": target, "targets": targets_meta, "target_labels": labels_meta,
-        "batching": info_meta, "direction": outcome.direction, "metric": outcome.metric.describe(),
-        "inputs": names, "n_pairs": int(outcome.clean_output.shape[0]), "seconds": {**outcome.seconds, "total": total},
+        "model": f"{model.cfg.architecture or model.cfg.family} ({model.cfg.adapter})",
+        "family": model.cfg.family,
+        "hooks": hooks,
+        "target": target,
+        "targets": targets_meta,
+        "target_labels": labels_meta,
+        "batching": info_meta,
+        "direction": outcome.direction,
+        "metric": outcome.metric.describe(),
+        "inputs": names,
+        "n_pairs": int(outcome.clean_output.shape[0]),
+        "seconds": {**outcome.seconds, "total": total},
         "atp_correlation": corr,
-        "score_meaning": ("normalized: 0 = behaves like the corrupted run, 1 = like the clean run"
-                          if outcome.metric.normalize else f"raw {outcome.metric.name} of the patched run"),
+        "score_meaning": (
+            "normalized: 0 = behaves like the corrupted run, 1 = like the clean run"
+            if outcome.metric.normalize
+            else f"raw {outcome.metric.name} of the patched run"
+        ),
     }
     class_names = model.cfg.extra.get("class_names") or []
     m = outcome.metric
@@ -305,8 +314,14 @@ def _result(analysis: Any, model: Any, config: Any, outcome: Any, names: list[st
     if len(disp) > 1 and disp[1] is not None:
         tensors["corrupted_image"] = torch.from_numpy(disp[1]).to(torch.uint8)
     tables = {"top": top, "hooks": summary}
-    return PatchingResult(analysis.name, summary=analysis.summary, config=config_to_dict(config), meta=meta,
-                          tensors=tensors, tables=tables)
+    return PatchingResult(
+        analysis.name,
+        summary=analysis.summary,
+        config=config_to_dict(config),
+        meta=meta,
+        tensors=tensors,
+        tables=tables,
+    )
 
 
 class PatchingResult(Result):
@@ -358,8 +373,6 @@ class PatchingResult(Result):
 
     def plot(self) -> Any:
         """Layer x target matrix when the hooks line up, else bars of each hook's top targets."""
-        from visionlens.viz import labels_fit, short_hook
-
         mat = self.matrix()
         norm = bool(self.meta.get("metric", {}).get("normalized"))
         fig = new_figure(11, max(3.5, 0.28 * len(self.hooks) + 1.5))
@@ -370,8 +383,6 @@ class PatchingResult(Result):
             if norm:
                 im = ax.imshow(v, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
             else:
-                from visionlens.viz import diverging_limits
-
                 lo, hi = diverging_limits(v)
                 im = ax.imshow(v, aspect="auto", cmap="RdBu_r", vmin=lo, vmax=hi, interpolation="nearest")
             ax.set_yticks(range(len(self.hooks)), [short_hook(h) for h in self.hooks], fontsize=7)
@@ -384,14 +395,15 @@ class PatchingResult(Result):
             ax.set_yticks(range(len(rows)), labels_fit([f"{short_hook(r[0])}: {r[1]}" for r in rows], 40), fontsize=7)
         direction = self.meta.get("direction", "")
         names = self.meta.get("inputs", ["clean", "corrupted"])
-        ax.set_title(f"activation patching ({direction}): {names[0]} (clean) vs {names[1]} (corrupted); "
-                     f"{self.meta.get('score_meaning', '')}", fontsize=8)
+        ax.set_title(
+            f"activation patching ({direction}): {names[0]} (clean) vs {names[1]} (corrupted); "
+            f"{self.meta.get('score_meaning', '')}",
+            fontsize=8,
+        )
         return fig
 
     def plot_heatmaps(self, kind: str = "exact", max_hooks: int = 16) -> Any:
         """Each spatial hook's scores over the image grid, overlaid on the clean image."""
-        from visionlens.viz import grid_shape, imshow_overlay, short_hook
-
         hooks = [h for h in self.hooks if self.meta["targets"][h].get("grid")][:max_hooks]
         rows, cols = grid_shape(len(hooks), 4)
         fig = new_figure(3 * cols, 3.1 * rows)
@@ -402,8 +414,9 @@ class PatchingResult(Result):
                 ax.set_axis_off()
                 continue
             g = self.grid(hooks[i], kind)
-            imshow_overlay(ax, img, np.nan_to_num(g.numpy(), nan=0.0), signed=True, title=short_hook(hooks[i]),
-                           fontsize=7)
+            imshow_overlay(
+                ax, img, np.nan_to_num(g.numpy(), nan=0.0), signed=True, title=short_hook(hooks[i]), fontsize=7
+            )
         fig.suptitle(f"patching scores over the image ({self.meta.get('score_meaning', '')})", fontsize=8)
         return fig
 
@@ -425,8 +438,11 @@ class PatchingResult(Result):
         c = self.meta.get("atp_correlation", {})
         ax.set_xlabel("exact patching")
         ax.set_ylabel("attribution patching")
-        ax.set_title(f"AtP vs exact: pearson {c.get('pearson', float('nan')):.3f}, "
-                     f"spearman {c.get('spearman', float('nan')):.3f}", fontsize=8)
+        ax.set_title(
+            f"AtP vs exact: pearson {c.get('pearson', float('nan')):.3f}, "
+            f"spearman {c.get('spearman', float('nan')):.3f}",
+            fontsize=8,
+        )
         return fig
 
 

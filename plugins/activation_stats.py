@@ -17,7 +17,6 @@ an interrupted sweep resumes where it stopped. Uses only the public model API
 
 from __future__ import annotations
 
-import fnmatch
 import math
 import os
 from dataclasses import dataclass
@@ -29,7 +28,15 @@ from torch import Tensor
 
 from visionlens.analysis import Analysis, ConfigError, config_to_dict, option
 from visionlens.data import Images, as_images
-from visionlens.hook_select import fired_hooks, image_batch_support
+from visionlens.hook_select import (
+    default_hooks,
+    fired_hooks,
+    image_batch_support,
+    model_description,
+    position_kind,
+    unit_layout,
+    unravel,
+)
 from visionlens.hook_select import resolve_hooks as _resolve_hooks
 from visionlens.hookspecs import hookimpl
 from visionlens.reducers import FractionActive, RunningMoments, TopK, load_checkpoint, save_checkpoint
@@ -38,53 +45,13 @@ from visionlens.validation import VisionLensError
 
 __all__ = ["ActivationStats", "ActivationStatsResult", "default_hooks", "resolve_hooks", "unit_layout"]
 
-_PER_HEAD = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")
 STATS = ("mean", "std", "min", "max", "frac_active")
 
 
 # ----------------------------------------------------------------------------- hooks
-def default_hooks(model: Any) -> list[str]:
-    """A sensible hook set: residual-stream / block outputs, else the top-level module outputs."""
-    names = list(model.hook_dict)
-    picks = [n for n in names if fnmatch.fnmatchcase(n, "*blocks.*.hook_resid_post")]
-    visual = [n for n in picks if n.startswith("visual.")]
-    if visual:
-        picks = visual
-    if not picks:
-        picks = [n for n in names if n.count(".") == 1 and n.endswith(".hook_out")]
-    if not picks:
-        picks = [n for n in names if n in ("hook_pooled", "hook_logits")] or names
-    return picks
-
-
 def resolve_hooks(model: Any, specs: list[str]) -> list[str]:
     """Expand hook names, layer aliases and globs (``blocks.*.hook_resid_post``) to hook names."""
     return _resolve_hooks(model, specs, owner="activation_stats")
-
-
-def unit_layout(name: str, act: Tensor) -> tuple[Tensor, tuple[int, ...]]:
-    """``act`` -> ``(samples [batch, positions, units], position shape)`` following visionlens.units."""
-    b = act.shape[0]
-    if act.ndim == 1:
-        return act.reshape(b, 1, 1), ()
-    if act.ndim == 2:
-        return act.reshape(b, 1, act.shape[1]), ()
-    if act.ndim == 3:
-        return act, (act.shape[1],)
-    if act.ndim == 4 and name.endswith(_PER_HEAD):  # [B, pos, head, d]: units on the last axis
-        return act.reshape(b, -1, act.shape[-1]), tuple(act.shape[1:3])
-    # channel-first maps [B, C, *spatial]
-    return act.movedim(1, -1).reshape(b, -1, act.shape[1]), tuple(act.shape[2:])
-
-
-def _unravel(flat: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """Flat position indices ``[...]`` -> coordinates ``[..., len(shape)]``."""
-    coords = []
-    rem = flat
-    for size in reversed(shape):
-        coords.append(rem % size)
-        rem = torch.div(rem, size, rounding_mode="floor")
-    return torch.stack(list(reversed(coords)), dim=-1) if coords else flat.new_zeros(*flat.shape, 0)
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -102,7 +69,8 @@ class ActivationStats(Analysis):
         max_images: Optional[int] = option(None, min=1, help="stop after this many images")
         threshold: float = option(0.0, help="a value counts as active when > threshold")
         rank_by: Literal["max", "mean", "std", "frac_active", "min"] = option(
-            "max", help="statistic that orders units in the ranked table and the figure")
+            "max", help="statistic that orders units in the ranked table and the figure"
+        )
         table_rows: int = option(20, min=0, max=1_000_000, help="ranked-table rows per hook")
         figure_hook: Optional[str] = option(None, help="hook whose top units get example crops (default: last)")
         figure_units: int = option(6, min=0, max=64, help="units shown with example crops")
@@ -127,18 +95,33 @@ class ActivationStats(Analysis):
         pos_shapes: dict[str, tuple[int, ...]] = {}
         act_shapes: dict[str, tuple[int, ...]] = {}
         start = 0
-        fingerprint = {"analysis": self.name, "model": _model_desc(model), "hooks": hooks, "top_k": config.top_k,
-                       "threshold": config.threshold, "max_images": config.max_images, "n_images": images.length}
+        fingerprint = {
+            "analysis": self.name,
+            "model": model_description(model),
+            "hooks": hooks,
+            "top_k": config.top_k,
+            "threshold": config.threshold,
+            "max_images": config.max_images,
+            "n_images": images.length,
+        }
         if config.checkpoint and os.path.exists(config.checkpoint):
             start, hooks = self._resume(config.checkpoint, fingerprint, moments, active, tops, pos_shapes, act_shapes)
 
         def save(next_index: int) -> None:
             reducers: dict[str, Any] = {}
             for h in moments:
-                reducers[f"{h}/moments"], reducers[f"{h}/active"], reducers[f"{h}/topk"] = moments[h], active[h], tops[h]
-            meta = dict(fingerprint, hooks=hooks, next_index=next_index,
-                        pos_shapes={h: list(s) for h, s in pos_shapes.items()},
-                        act_shapes={h: list(s) for h, s in act_shapes.items()})
+                reducers[f"{h}/moments"], reducers[f"{h}/active"], reducers[f"{h}/topk"] = (
+                    moments[h],
+                    active[h],
+                    tops[h],
+                )
+            meta = dict(
+                fingerprint,
+                hooks=hooks,
+                next_index=next_index,
+                pos_shapes={h: list(s) for h, s in pos_shapes.items()},
+                act_shapes={h: list(s) for h, s in act_shapes.items()},
+            )
             save_checkpoint(config.checkpoint, reducers, meta)
 
         seen = start
@@ -160,7 +143,7 @@ class ActivationStats(Analysis):
                     active.setdefault(h, FractionActive(config.threshold)).update(flat)
                     peak = samples.amax(dim=1)
                     # argmax returns the first maximal position, so locations do not depend on batching
-                    loc = _unravel(samples.argmax(dim=1), pos_shape) if pos_shape else None
+                    loc = unravel(samples.argmax(dim=1), pos_shape) if pos_shape else None
                     tops.setdefault(h, TopK(config.top_k)).update(peak, index, loc)
                 del cache
                 seen = offset + b
@@ -168,36 +151,65 @@ class ActivationStats(Analysis):
                 if config.checkpoint and n_batches % config.checkpoint_every == 0:
                     save(seen)
         if not moments:
-            raise VisionLensError("activation_stats: no images to analyse (the input is empty"
-                                  + (f" or was fully processed by checkpoint {config.checkpoint!r}" if start else "")
-                                  + ").")
+            raise VisionLensError(
+                "activation_stats: no images to analyse (the input is empty"
+                + (f" or was fully processed by checkpoint {config.checkpoint!r}" if start else "")
+                + ")."
+            )
         if config.checkpoint:
             save(seen)
         return self._result(model, images, config, hooks, moments, active, tops, pos_shapes, act_shapes, seen)
 
     # -------------------------------------------------------------- checkpoint
-    def _resume(self, path: str, fingerprint: dict[str, Any], moments: dict, active: dict, tops: dict,
-                pos_shapes: dict, act_shapes: dict) -> tuple[int, list[str]]:
+    def _resume(
+        self,
+        path: str,
+        fingerprint: dict[str, Any],
+        moments: dict,
+        active: dict,
+        tops: dict,
+        pos_shapes: dict,
+        act_shapes: dict,
+    ) -> tuple[int, list[str]]:
         reducers, meta = load_checkpoint(path)
         for key in ("analysis", "model", "top_k", "threshold", "max_images", "n_images"):
             if meta.get(key) != fingerprint[key]:
-                raise VisionLensError(f"activation_stats: checkpoint {path!r} belongs to a different run ({key} is "
-                                      f"{meta.get(key)!r} there, {fingerprint[key]!r} now). Delete it or pick "
-                                      "another checkpoint path.")
+                raise VisionLensError(
+                    f"activation_stats: checkpoint {path!r} belongs to a different run ({key} is "
+                    f"{meta.get(key)!r} there, {fingerprint[key]!r} now). Delete it or pick "
+                    "another checkpoint path."
+                )
         if not set(meta["hooks"]) <= set(fingerprint["hooks"]):
-            raise VisionLensError(f"activation_stats: checkpoint {path!r} was written for hooks {meta['hooks']}, "
-                                  f"not {fingerprint['hooks']}.")
+            raise VisionLensError(
+                f"activation_stats: checkpoint {path!r} was written for hooks {meta['hooks']}, "
+                f"not {fingerprint['hooks']}."
+            )
         hooks = list(meta["hooks"])
         for h in hooks:
             if f"{h}/moments" in reducers:
-                moments[h], active[h], tops[h] = reducers[f"{h}/moments"], reducers[f"{h}/active"], reducers[f"{h}/topk"]
+                moments[h], active[h], tops[h] = (
+                    reducers[f"{h}/moments"],
+                    reducers[f"{h}/active"],
+                    reducers[f"{h}/topk"],
+                )
                 pos_shapes[h] = tuple(meta["pos_shapes"][h])
                 act_shapes[h] = tuple(meta["act_shapes"][h])
         return int(meta["next_index"]), hooks
 
     # -------------------------------------------------------------- result
-    def _result(self, model: Any, images: Images, config: Any, hooks: list[str], moments: dict, active: dict,
-                tops: dict, pos_shapes: dict, act_shapes: dict, n_images: int) -> "ActivationStatsResult":
+    def _result(
+        self,
+        model: Any,
+        images: Images,
+        config: Any,
+        hooks: list[str],
+        moments: dict,
+        active: dict,
+        tops: dict,
+        pos_shapes: dict,
+        act_shapes: dict,
+        n_images: int,
+    ) -> "ActivationStatsResult":
         tensors: dict[str, Tensor] = {}
         for h in hooks:
             m, a, t = moments[h], active[h], tops[h]
@@ -212,47 +224,32 @@ class ActivationStats(Analysis):
                 tensors[f"{h}/topk_location"] = t.location.transpose(0, 1).contiguous()  # [units, k, dims]
         names = images.names if images.length is not None else []
         meta: dict[str, Any] = {
-            "model": _model_desc(model),
+            "model": model_description(model),
             "family": model.cfg.family,
             "n_images": n_images,
             "inputs": repr(images),
             "hooks": hooks,
             "activation_shapes": {h: list(act_shapes[h]) for h in hooks},
             "position_shapes": {h: list(pos_shapes[h]) for h in hooks},
-            "position_kind": {h: _position_kind(h, act_shapes[h]) for h in hooks},
+            "position_kind": {h: position_kind(h, act_shapes[h]) for h in hooks},
             "num_prefix_tokens": int(getattr(model.cfg, "num_prefix_tokens", 0) or 0),
             "std": "population (ddof=0) over all images and positions",
         }
         if names and len(names) <= 10_000:
             meta["image_names"] = list(names[:n_images])
-        res = ActivationStatsResult(self.name, summary=self.summary, config=config_to_dict(config), meta=meta,
-                                    tensors=tensors)
+        res = ActivationStatsResult(
+            self.name, summary=self.summary, config=config_to_dict(config), meta=meta, tensors=tensors
+        )
         res.tables = res.build_tables(config.rank_by, config.table_rows)
         if config.figure_units and images.random_access:
             fig_hook = model.resolve_hook(config.figure_hook) if config.figure_hook else hooks[-1]
             if fig_hook not in hooks:
-                raise ConfigError(f"activation_stats: figure_hook {config.figure_hook!r} is not one of the analysed "
-                                  f"hooks ({', '.join(hooks)}).")
+                raise ConfigError(
+                    f"activation_stats: figure_hook {config.figure_hook!r} is not one of the analysed "
+                    f"hooks ({', '.join(hooks)})."
+                )
             res._add_crops(model, images, fig_hook, config.rank_by, config.figure_units, config.figure_examples)
         return res
-
-
-def _model_desc(model: Any) -> str:
-    cfg = model.cfg
-    return f"{cfg.architecture or cfg.family} ({cfg.adapter})"
-
-
-def _position_kind(name: str, shape: tuple[int, ...]) -> str:
-    nd = len(shape) + 1
-    if nd <= 2:
-        return "none"
-    if nd == 3:
-        return "token"
-    if nd == 4 and name.endswith(_PER_HEAD):
-        return "token,head"
-    if nd == 4 and name.endswith(("hook_pattern", "hook_attn_scores")):
-        return "query,key"
-    return "y,x" if nd == 4 else "spatial"
 
 
 # ----------------------------------------------------------------------------- result
@@ -273,7 +270,7 @@ class ActivationStatsResult(Result):
         if hook not in self.hooks:
             raise KeyError(f"{hook!r} was not analysed; hooks: {', '.join(self.hooks)}")
         prefix = f"{hook}/"
-        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}
 
     def image_name(self, index: int) -> str:
         names = self.meta.get("image_names") or []
@@ -286,8 +283,9 @@ class ActivationStatsResult(Result):
         for j in range(s["topk_index"].shape[1]):
             idx = int(s["topk_index"][unit, j])
             loc = tuple(int(v) for v in s["topk_location"][unit, j]) if "topk_location" in s else ()
-            out.append({"index": idx, "name": self.image_name(idx), "value": float(s["topk_values"][unit, j]),
-                        "location": loc})
+            out.append(
+                {"index": idx, "name": self.image_name(idx), "value": float(s["topk_values"][unit, j]), "location": loc}
+            )
         return out
 
     def ranked_units(self, hook: str, rank_by: str = "max") -> Tensor:
@@ -312,26 +310,50 @@ class ActivationStatsResult(Result):
 
     def build_tables(self, rank_by: str = "max", rows_per_hook: int = 20) -> dict[str, Table]:
         """The ranked ``units`` table and the per-hook ``hooks`` summary."""
-        units = Table(["hook", "unit", "mean", "std", "frac_active", "max", "min", "top_images", "top_location"],
-                      title=f"Top units per hook by {rank_by}")
-        summary = Table(["hook", "shape", "units", "mean", "mean_std", "mean_frac_active", "dead_units", "max"],
-                        title="Hooks")
+        units = Table(
+            ["hook", "unit", "mean", "std", "frac_active", "max", "min", "top_images", "top_location"],
+            title=f"Top units per hook by {rank_by}",
+        )
+        summary = Table(
+            ["hook", "shape", "units", "mean", "mean_std", "mean_frac_active", "dead_units", "max"], title="Hooks"
+        )
         for h in self.hooks:
             s = self.stats(h)
             n_units = int(s["mean"].numel())
             dead = int((s["frac_active"] == 0).sum())
-            summary.rows.append([h, list(self.meta["activation_shapes"][h]), n_units, float(s["mean"].mean()),
-                                 float(s["std"].mean()), float(s["frac_active"].mean()), dead, float(s["max"].max())])
+            summary.rows.append(
+                [
+                    h,
+                    list(self.meta["activation_shapes"][h]),
+                    n_units,
+                    float(s["mean"].mean()),
+                    float(s["std"].mean()),
+                    float(s["frac_active"].mean()),
+                    dead,
+                    float(s["max"].max()),
+                ]
+            )
             for u in self.ranked_units(h, rank_by)[:rows_per_hook].tolist():
                 ex = self.top_examples(h, u)
-                units.rows.append([h, u, float(s["mean"][u]), float(s["std"][u]), float(s["frac_active"][u]),
-                                   float(s["max"][u]), float(s["min"][u]), [e["name"] for e in ex[:3]],
-                                   self._location_text(h, ex[0]["location"]) if ex else ""])
+                units.rows.append(
+                    [
+                        h,
+                        u,
+                        float(s["mean"][u]),
+                        float(s["std"][u]),
+                        float(s["frac_active"][u]),
+                        float(s["max"][u]),
+                        float(s["min"][u]),
+                        [e["name"] for e in ex[:3]],
+                        self._location_text(h, ex[0]["location"]) if ex else "",
+                    ]
+                )
         return {"units": units, "hooks": summary}
 
     # ------------------------------------------------------------------ crops
-    def _add_crops(self, model: Any, images: Images, hook: str, rank_by: str, n_units: int, n_ex: int,
-                   size: int = 64) -> None:
+    def _add_crops(
+        self, model: Any, images: Images, hook: str, rank_by: str, n_units: int, n_ex: int, size: int = 64
+    ) -> None:
         from PIL import Image
 
         units = self.ranked_units(hook, rank_by)[:n_units].tolist()
@@ -358,8 +380,9 @@ class ActivationStatsResult(Result):
         self.tensors["figure/boxes"] = boxes
         self.meta["figure"] = {"hook": hook, "rank_by": rank_by, "units": labels}
 
-    def _crop_window(self, hook: str, loc: tuple[int, ...], H: int, W: int, model: Any
-                     ) -> tuple[tuple[int, int, int, int], Optional[tuple[float, float, float, float]]]:
+    def _crop_window(
+        self, hook: str, loc: tuple[int, ...], H: int, W: int, model: Any
+    ) -> tuple[tuple[int, int, int, int], Optional[tuple[float, float, float, float]]]:
         whole = (0, 0, H, W)
         kind = self.meta.get("position_kind", {}).get(hook, "")
         pos = self.meta.get("position_shapes", {}).get(hook, [])
@@ -419,8 +442,9 @@ class ActivationStatsResult(Result):
         if hooks:
             ax3.hist(self.stats(hooks[-1])["mean"].numpy(), bins=40, color="#4c72b0")
             ax3.set_title(f"unit means: {_short(hooks[-1])}", fontsize=9)
-        fig.suptitle(f"activation_stats: {self.meta.get('model', '')}, {self.meta.get('n_images', '?')} images",
-                     fontsize=10)
+        fig.suptitle(
+            f"activation_stats: {self.meta.get('model', '')}, {self.meta.get('n_images', '?')} images", fontsize=10
+        )
         return fig
 
     def plot_top_units(self) -> Any:
@@ -444,8 +468,16 @@ class ActivationStatsResult(Result):
                 b = boxes[r, j]
                 if float(b[0]) >= 0:
                     s = crops.shape[2]
-                    ax.add_patch(Rectangle((float(b[0]) * s, float(b[1]) * s), float(b[2] - b[0]) * s,
-                                           float(b[3] - b[1]) * s, fill=False, edgecolor="red", linewidth=1))
+                    ax.add_patch(
+                        Rectangle(
+                            (float(b[0]) * s, float(b[1]) * s),
+                            float(b[2] - b[0]) * s,
+                            float(b[3] - b[1]) * s,
+                            fill=False,
+                            edgecolor="red",
+                            linewidth=1,
+                        )
+                    )
             axes[r][0].set_ylabel(f"unit {unit['unit']}", fontsize=8)
         fig.suptitle(f"{info.get('hook', '')}: top units by {info.get('rank_by', '')}", fontsize=9)
         return fig

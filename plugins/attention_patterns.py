@@ -42,9 +42,11 @@ from torch import Tensor
 from visionlens.analysis import Analysis, ConfigError, config_to_dict, option
 from visionlens.data import as_images
 from visionlens.hookspecs import hookimpl
+from visionlens.patching import PatchInputs
 from visionlens.reducers import atomic_write_bytes
 from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError
+from visionlens.viz import array_to_png, grid_shape, imshow_overlay, patch_grid
 
 __all__ = ["AttentionPatterns", "AttentionResult", "attention_hooks", "head_statistics", "VIEWER_FILE"]
 
@@ -64,8 +66,9 @@ def cross_attention_hooks(model: Any) -> list[str]:
     return [n for n in model.hook_dict if n.endswith("attn2.hook_pattern")]
 
 
-def head_statistics(pattern: Tensor, n_prefix: int, grid: tuple[int, int], patch_px: tuple[float, float]
-                    ) -> dict[str, Tensor]:
+def head_statistics(
+    pattern: Tensor, n_prefix: int, grid: tuple[int, int], patch_px: tuple[float, float]
+) -> dict[str, Tensor]:
     """Per head statistics of ``pattern`` ``[batch, head, T, T]`` over patch queries, averaged over the batch.
 
     Returns ``{"distance", "uniform_distance", "entropy", "cls_share"}`` each ``[head]``.
@@ -76,10 +79,10 @@ def head_statistics(pattern: Tensor, n_prefix: int, grid: tuple[int, int], patch
     ys, xs = torch.meshgrid(torch.arange(gh, dtype=torch.float32), torch.arange(gw, dtype=torch.float32), indexing="ij")
     coords = torch.stack([ys.flatten() * patch_px[0], xs.flatten() * patch_px[1]], -1)  # [P, 2] in pixels
     dist = torch.cdist(coords, coords).to(pat.device)  # [P, P]
-    pp = pat[:, :, n_prefix:n_prefix + P, n_prefix:n_prefix + P]  # [B, H, P, P]
+    pp = pat[:, :, n_prefix : n_prefix + P, n_prefix : n_prefix + P]  # [B, H, P, P]
     mass = pp.sum(-1, keepdim=True).clamp_min(1e-12)
     d = ((pp / mass) * dist).sum(-1).mean(-1).mean(0)  # [H]
-    q = pat[:, :, n_prefix:n_prefix + P, :]
+    q = pat[:, :, n_prefix : n_prefix + P, :]
     ent = -(q.clamp_min(1e-12).log() * q).sum(-1).mean(-1).mean(0)
     cls = q[..., :n_prefix].sum(-1).mean(-1).mean(0) if n_prefix else torch.zeros_like(d)
     uni = dist.mean().expand_as(d)
@@ -90,20 +93,27 @@ class AttentionPatterns(Analysis):
     """Attention maps, per-head statistics (local vs global heads) and an offline viewer."""
 
     name = "attention_patterns"
-    summary = ("Attention patterns per layer and head: class-token and query-patch maps over the image, head "
-               "statistics (distance, entropy, CLS share), UNet cross-attention maps, offline HTML viewer.")
+    summary = (
+        "Attention patterns per layer and head: class-token and query-patch maps over the image, head "
+        "statistics (distance, entropy, CLS share), UNet cross-attention maps, offline HTML viewer."
+    )
 
     @dataclass
     class Config:
         layers: list[int] = option(list, help="layers (attention modules, in order) to show; empty = all; -1 = last")
         heads: list[int] = option(list, help="heads to show in the PNG grids; empty = all")
         image: int = option(0, min=0, help="index of the image whose maps are drawn and put in the viewer")
-        query: Optional[int] = option(None, min=0, help="query token index for the 'attention from a patch' maps "
-                                                        "(default: the centre patch)")
+        query: Optional[int] = option(
+            None, min=0, help="query token index for the 'attention from a patch' maps (default: the centre patch)"
+        )
         max_images: int = option(16, min=1, max=100_000, help="images averaged in the head statistics")
         batch_size: int = option(8, min=1, max=4096, help="images per forward pass")
-        local_ratio: float = option(0.5, min=0.0, max=1.0, help="distance / uniform distance below which a head is "
-                                                               "'local' (above 1 - this: 'global')")
+        local_ratio: float = option(
+            0.5,
+            min=0.0,
+            max=1.0,
+            help="distance / uniform distance below which a head is 'local' (above 1 - this: 'global')",
+        )
         viewer: bool = option(True, help="write viewer.html (interactive, offline) when saving")
         viewer_max_tokens: int = option(1025, min=2, help="skip the viewer for longer token sequences (payload size)")
         tokens: list[str] = option(list, help="UNet: labels of the cross-attention tokens (text tokens)")
@@ -117,8 +127,10 @@ class AttentionPatterns(Analysis):
             return False, "this UNet has no hooked attention modules"
         if attention_hooks(model):
             return True, ""
-        return False, ("no attention pattern hooks (*.hook_pattern) on the image path; attention_patterns needs a "
-                       "vision transformer, a CLIP image tower or a UNet with attention")
+        return False, (
+            "no attention pattern hooks (*.hook_pattern) on the image path; attention_patterns needs a "
+            "vision transformer, a CLIP image tower or a UNet with attention"
+        )
 
     def run(self, model: Any, inputs: Any, config: Any) -> "AttentionResult":
         if (model.cfg.family or "").lower() == "diffusion":
@@ -127,8 +139,6 @@ class AttentionPatterns(Analysis):
 
     # ------------------------------------------------------------------ transformers
     def _run_vit(self, model: Any, inputs: Any, config: Any) -> "AttentionResult":
-        from visionlens.viz import patch_grid
-
         hooks_all = attention_hooks(model)
         n_all = len(hooks_all)
         layers = sorted({l % n_all for l in config.layers}) if config.layers else list(range(n_all))
@@ -151,8 +161,10 @@ class AttentionPatterns(Analysis):
                     T = int(pats[0].shape[-1])
                     n_prefix, grid = patch_grid(model.cfg, T)
                     if grid is None:
-                        raise VisionLensError(f"attention_patterns: {T} tokens do not form a patch grid (prefix "
-                                              f"{model.cfg.num_prefix_tokens}); cannot draw maps.")
+                        raise VisionLensError(
+                            f"attention_patterns: {T} tokens do not form a patch grid (prefix "
+                            f"{model.cfg.num_prefix_tokens}); cannot draw maps."
+                        )
                     H = int(pats[0].shape[1])
                     for l, p in zip(layers, pats):
                         if p.shape[-1] != T or p.shape[1] != H:
@@ -172,8 +184,10 @@ class AttentionPatterns(Analysis):
         if count == 0:
             raise VisionLensError("attention_patterns: no images to analyse (the input is empty).")
         if sel is None:
-            raise ConfigError(f"attention_patterns: config field 'image' is {config.image}, but only {count} images "
-                              "were read (max_images).")
+            raise ConfigError(
+                f"attention_patterns: config field 'image' is {config.image}, but only {count} images "
+                "were read (max_images)."
+            )
         Ls = len(hooks)
         # stats lists hold one entry per (batch, layer), layer-fastest: regroup by layer
         st = {}
@@ -187,45 +201,80 @@ class AttentionPatterns(Analysis):
             raise ConfigError(f"attention_patterns: query {query} is out of range for {T} tokens.")
         tensors: dict[str, Tensor] = {
             "pattern": sel.half() if sel.numel() > 4_000_000 else sel.float(),
-            "cls_maps": sel[:, :, 0, n_prefix:].reshape(Ls, sel.shape[1], *grid).float() if n_prefix else
-            sel.mean(2)[:, :, n_prefix:].reshape(Ls, sel.shape[1], *grid).float(),
+            "cls_maps": sel[:, :, 0, n_prefix:].reshape(Ls, sel.shape[1], *grid).float()
+            if n_prefix
+            else sel.mean(2)[:, :, n_prefix:].reshape(Ls, sel.shape[1], *grid).float(),
             "query_maps": sel[:, :, query, n_prefix:].reshape(Ls, sel.shape[1], *grid).float(),
-            "distance": st["distance"], "uniform_distance": st["uniform_distance"], "entropy": st["entropy"],
+            "distance": st["distance"],
+            "uniform_distance": st["uniform_distance"],
+            "entropy": st["entropy"],
             "cls_share": st["cls_share"],
         }
         if sel_img is not None:
             tensors["image"] = torch.from_numpy(sel_img).to(torch.uint8)
         ratio = st["distance"] / st["uniform_distance"].clamp_min(1e-12)
         tensors["locality_ratio"] = ratio
-        table = Table(["layer", "hook", "head", "mean_distance_px", "locality_ratio", "entropy", "cls_share", "type"],
-                      title=f"Head statistics over {count} image(s) (patch queries)")
+        table = Table(
+            ["layer", "hook", "head", "mean_distance_px", "locality_ratio", "entropy", "cls_share", "type"],
+            title=f"Head statistics over {count} image(s) (patch queries)",
+        )
         for i, l in enumerate(layers):
             for h in range(sel.shape[1]):
                 r = float(ratio[i, h])
                 kind = "local" if r < config.local_ratio else ("global" if r > 1 - config.local_ratio else "mixed")
-                table.rows.append([l, hooks[i], h, float(st["distance"][i, h]), r, float(st["entropy"][i, h]),
-                                   float(st["cls_share"][i, h]), kind])
-        meta = {"model": f"{model.cfg.architecture or model.cfg.family} ({model.cfg.adapter})",
-                "family": model.cfg.family,
-                "mode": "self_attention", "hooks": hooks, "layers": layers, "n_heads": int(sel.shape[1]),
-                "n_tokens": T, "n_prefix": n_prefix, "grid": list(grid), "patch_px": list(patch_px), "query": query,
-                "image": config.image, "image_name": name, "n_images": count,
-                "cls_maps": "class-token (token 0) attention to each patch" if n_prefix else
-                            "mean attention received by each patch (no class token)"}
-        return AttentionResult(self.name, summary=self.summary, config=config_to_dict(config), meta=meta,
-                               tensors=tensors, tables={"heads": table})
+                table.rows.append(
+                    [
+                        l,
+                        hooks[i],
+                        h,
+                        float(st["distance"][i, h]),
+                        r,
+                        float(st["entropy"][i, h]),
+                        float(st["cls_share"][i, h]),
+                        kind,
+                    ]
+                )
+        meta = {
+            "model": f"{model.cfg.architecture or model.cfg.family} ({model.cfg.adapter})",
+            "family": model.cfg.family,
+            "mode": "self_attention",
+            "hooks": hooks,
+            "layers": layers,
+            "n_heads": int(sel.shape[1]),
+            "n_tokens": T,
+            "n_prefix": n_prefix,
+            "grid": list(grid),
+            "patch_px": list(patch_px),
+            "query": query,
+            "image": config.image,
+            "image_name": name,
+            "n_images": count,
+            "cls_maps": "class-token (token 0) attention to each patch"
+            if n_prefix
+            else "mean attention received by each patch (no class token)",
+        }
+        return AttentionResult(
+            self.name,
+            summary=self.summary,
+            config=config_to_dict(config),
+            meta=meta,
+            tensors=tensors,
+            tables={"heads": table},
+        )
 
     # ------------------------------------------------------------------ UNet cross-attention
     def _run_unet(self, model: Any, inputs: Any, config: Any) -> "AttentionResult":
-        from visionlens.patching import PatchInputs
-
         cross = cross_attention_hooks(model)
         if not cross:
-            raise VisionLensError("attention_patterns: this UNet has no cross-attention (attn2) modules; "
-                                  "self-attention maps of UNets are not drawn.")
+            raise VisionLensError(
+                "attention_patterns: this UNet has no cross-attention (attn2) modules; "
+                "self-attention maps of UNets are not drawn."
+            )
         if isinstance(inputs, (str, os.PathLike)) or inputs is None:
-            raise VisionLensError("attention_patterns on a UNet expects its call arguments: (sample, timestep, "
-                                  "encoder_hidden_states) or {'args': (...), 'kwargs': {...}}.")
+            raise VisionLensError(
+                "attention_patterns on a UNet expects its call arguments: (sample, timestep, "
+                "encoder_hidden_states) or {'args': (...), 'kwargs': {...}}."
+            )
         call = PatchInputs.of(inputs)
         with torch.no_grad():
             _, cache = model.run_with_cache(*call.args, names_filter=cross, return_cache_object=False, **call.kwargs)
@@ -245,21 +294,37 @@ class AttentionPatterns(Analysis):
         if not maps:
             raise VisionLensError("attention_patterns: cross-attention maps are not square; cannot draw them.")
         big = max(sizes)
-        up = [torch.nn.functional.interpolate(m[None], size=(big, big), mode="bilinear", align_corners=False)[0]
-              for m in maps]
+        up = [
+            torch.nn.functional.interpolate(m[None], size=(big, big), mode="bilinear", align_corners=False)[0]
+            for m in maps
+        ]
         mean = torch.stack(up).mean(0)  # [tokens, big, big]
         n_tok = mean.shape[0]
         labels = list(config.tokens) + [f"token {i}" for i in range(len(config.tokens), n_tok)]
-        table = Table(["token", "label", "mean_attention", "peak_attention"], title="Cross-attention per token "
-                                                                                    "(mean over heads and modules)")
+        table = Table(
+            ["token", "label", "mean_attention", "peak_attention"],
+            title="Cross-attention per token (mean over heads and modules)",
+        )
         for t in range(n_tok):
             table.rows.append([t, labels[t], float(mean[t].mean()), float(mean[t].max())])
-        tensors = {"cross_maps": mean, **{f"cross/{h}": maps[i] for i, h in enumerate(cross[:len(maps)])}}
-        meta = {"model": f"{model.cfg.architecture or model.cfg.family} ({model.cfg.adapter})", "family": "diffusion",
-                "mode": "cross_attention", "hooks": cross[:len(maps)], "token_labels": labels[:n_tok],
-                "map_size": big, "image": b}
-        return AttentionResult(self.name, summary=self.summary, config=config_to_dict(config), meta=meta,
-                               tensors=tensors, tables={"tokens": table})
+        tensors = {"cross_maps": mean, **{f"cross/{h}": maps[i] for i, h in enumerate(cross[: len(maps)])}}
+        meta = {
+            "model": f"{model.cfg.architecture or model.cfg.family} ({model.cfg.adapter})",
+            "family": "diffusion",
+            "mode": "cross_attention",
+            "hooks": cross[: len(maps)],
+            "token_labels": labels[:n_tok],
+            "map_size": big,
+            "image": b,
+        }
+        return AttentionResult(
+            self.name,
+            summary=self.summary,
+            config=config_to_dict(config),
+            meta=meta,
+            tensors=tensors,
+            tables={"tokens": table},
+        )
 
 
 # ============================================================================ result
@@ -280,8 +345,11 @@ class AttentionResult(Result):
     def figures(self) -> dict[str, Any]:
         if self.mode == "cross_attention":
             return {"cross_attention": self.plot()}
-        return {"overview": self.plot(), "cls_attention": self.plot_maps("cls_maps"),
-                "query_attention": self.plot_maps("query_maps")}
+        return {
+            "overview": self.plot(),
+            "cls_attention": self.plot_maps("cls_maps"),
+            "query_attention": self.plot_maps("query_maps"),
+        }
 
     def plot(self) -> Any:
         if self.mode == "cross_attention":
@@ -297,8 +365,15 @@ class AttentionResult(Result):
         fig = new_figure(12, 4)
         ax1, ax2, ax3 = fig.subplots(1, 3)
         for i, l in enumerate(layers):
-            ax1.scatter(np.full(d.shape[1], l), d[i], s=12, c=e[i], cmap="viridis", vmin=float(e.min()),
-                        vmax=float(e.max()) + 1e-9)
+            ax1.scatter(
+                np.full(d.shape[1], l),
+                d[i],
+                s=12,
+                c=e[i],
+                cmap="viridis",
+                vmin=float(e.min()),
+                vmax=float(e.max()) + 1e-9,
+            )
         ax1.plot(layers, self.tensors["uniform_distance"][:, 0].numpy(), "k--", lw=0.8, label="uniform attention")
         ax1.set_xlabel("layer")
         ax1.set_ylabel("mean attention distance (px)")
@@ -321,8 +396,6 @@ class AttentionResult(Result):
 
     def plot_maps(self, key: str = "cls_maps", max_layers: int = 12, max_heads: int = 12) -> Any:
         """A layers x heads grid of maps (``cls_maps`` or ``query_maps``) over the image."""
-        from visionlens.viz import imshow_overlay
-
         maps = self.tensors[key]
         L, H = min(max_layers, maps.shape[0]), min(max_heads, maps.shape[1])
         heads = self.config.get("heads") or list(range(H))
@@ -348,8 +421,6 @@ class AttentionResult(Result):
         return fig
 
     def plot_cross(self) -> Any:
-        from visionlens.viz import grid_shape
-
         maps = self.tensors["cross_maps"]
         n = min(int(self.config.get("max_tokens", 16)), maps.shape[0])
         labels = self.meta.get("token_labels", [])
@@ -375,36 +446,66 @@ class AttentionResult(Result):
         q8 = (pat / rowmax[..., None] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
         img_b64 = ""
         if "image" in self.tensors:
-            from visionlens.viz import array_to_png
-
             img_b64 = base64.b64encode(array_to_png(self.tensors["image"].numpy())).decode("ascii")
-        stats = [[{"d": round(float(self.tensors["distance"][l, h]), 3),
-                   "r": round(float(self.tensors["locality_ratio"][l, h]), 3),
-                   "e": round(float(self.tensors["entropy"][l, h]), 3),
-                   "c": round(float(self.tensors["cls_share"][l, h]), 4)} for h in range(H)] for l in range(L)]
-        data = {"title": self.title(), "model": self.meta.get("model", ""),
-                "image_name": self.meta.get("image_name", ""),
-                "hooks": self.meta.get("hooks", []), "layers": self.meta.get("layers", list(range(L))),
-                "L": L, "H": H, "T": T, "n_prefix": int(self.meta.get("n_prefix", 0)), "grid": self.meta.get("grid"),
-                "query": int(self.meta.get("query", 0)), "rowmax": [round(float(v), 6) for v in rowmax.flatten()],
-                "patterns": base64.b64encode(q8.tobytes()).decode("ascii"), "image": img_b64, "stats": stats}
-        payload = (json.dumps(data, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e")
-                   .replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+        stats = [
+            [
+                {
+                    "d": round(float(self.tensors["distance"][l, h]), 3),
+                    "r": round(float(self.tensors["locality_ratio"][l, h]), 3),
+                    "e": round(float(self.tensors["entropy"][l, h]), 3),
+                    "c": round(float(self.tensors["cls_share"][l, h]), 4),
+                }
+                for h in range(H)
+            ]
+            for l in range(L)
+        ]
+        data = {
+            "title": self.title(),
+            "model": self.meta.get("model", ""),
+            "image_name": self.meta.get("image_name", ""),
+            "hooks": self.meta.get("hooks", []),
+            "layers": self.meta.get("layers", list(range(L))),
+            "L": L,
+            "H": H,
+            "T": T,
+            "n_prefix": int(self.meta.get("n_prefix", 0)),
+            "grid": self.meta.get("grid"),
+            "query": int(self.meta.get("query", 0)),
+            "rowmax": [round(float(v), 6) for v in rowmax.flatten()],
+            "patterns": base64.b64encode(q8.tobytes()).decode("ascii"),
+            "image": img_b64,
+            "stats": stats,
+        }
+        payload = (
+            json.dumps(data, separators=(",", ":"))
+            .replace("<", "\\u003c")
+            .replace(">", "\\u003e")
+            .replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028")
+            .replace("\u2029", "\\u2029")
+        )
         csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
-        return (_VIEWER_TEMPLATE.replace("%CSP%", csp).replace("%TITLE%", html.escape(self.title()))
-                .replace("%DATA%", payload).replace("%SCRIPT%", _VIEWER_JS))
+        return (
+            _VIEWER_TEMPLATE.replace("%CSP%", csp)
+            .replace("%TITLE%", html.escape(self.title()))
+            .replace("%DATA%", payload)
+            .replace("%SCRIPT%", _VIEWER_JS)
+        )
 
     def _html_body(self, pngs: Any, max_rows: int = 500) -> str:
         body = super()._html_body(pngs, max_rows)
         if self.mode == "self_attention" and self.config.get("viewer", True) and self._viewer_ok():
-            link = (f'<p class="summary"><a href="{VIEWER_FILE}">Open the interactive attention viewer</a> '
-                    "(offline; pick a layer and head, hover a patch).</p>")
+            link = (
+                f'<p class="summary"><a href="{VIEWER_FILE}">Open the interactive attention viewer</a> '
+                "(offline; pick a layer and head, hover a patch).</p>"
+            )
             body = body.replace("</h1>", "</h1>" + link, 1)
         return body
 
     def _viewer_ok(self) -> bool:
         return "pattern" in self.tensors and int(self.tensors["pattern"].shape[-1]) <= int(
-            self.config.get("viewer_max_tokens", 1025))
+            self.config.get("viewer_max_tokens", 1025)
+        )
 
     def save(self, directory: Union[str, os.PathLike]) -> Path:
         """Everything :meth:`Result.save` writes, plus ``viewer.html`` for self-attention results."""
@@ -477,7 +578,8 @@ _VIEWER_JS = r"""
     o.textContent = 'layer ' + D.layers[l] + ' (' + D.hooks[l] + ')'; layerSel.appendChild(o);
   }
   for (var h = 0; h < H; h++) {
-    var oh = document.createElement('option'); oh.value = String(h); oh.textContent = 'head ' + h; headSel.appendChild(oh);
+    var oh = document.createElement('option'); oh.value = String(h); oh.textContent = 'head ' + h;
+    headSel.appendChild(oh);
   }
   function row(l, h, q) {  // attention of query q over all keys, as floats
     var base = ((l * H + h) * T + q) * T, m = D.rowmax[(l * H + h) * T + q] / 255, out = new Float32Array(T);
@@ -497,7 +599,8 @@ _VIEWER_JS = r"""
     var cw = w / GW, ch = hgt / GH;
     for (var k2 = NP; k2 < T; k2++) {
       var p = k2 - NP, r = Math.floor(p / GW), c = p % GW, rgb = colour(att[k2] / mx);
-      ctx.fillStyle = 'rgba(' + Math.round(rgb[0]) + ',' + Math.round(rgb[1]) + ',' + Math.round(rgb[2]) + ',' + alpha + ')';
+      ctx.fillStyle = 'rgba(' + Math.round(rgb[0]) + ',' + Math.round(rgb[1]) + ',' + Math.round(rgb[2]) + ','
+        + alpha + ')';
       ctx.fillRect(c * cw, r * ch, Math.ceil(cw), Math.ceil(ch));
     }
     if (outline !== null && outline >= NP) {
@@ -552,7 +655,8 @@ _VIEWER_JS = r"""
     }
     var clsPart = 0;
     for (var k = 0; k < NP; k++) { clsPart += att[k]; }
-    $('info').textContent = 'Layer ' + D.layers[state.layer] + ', head ' + state.head + ': attention from ' + describe(q) +
+    $('info').textContent = 'Layer ' + D.layers[state.layer] + ', head ' + state.head + ': attention from ' +
+      describe(q) +
         (NP ? ' \u2014 ' + (100 * clsPart).toFixed(1) + '% on prefix tokens' : '') + (state.pinned ? ' (pinned)' : '');
     buildStats();
   }
@@ -563,7 +667,8 @@ _VIEWER_JS = r"""
   var ov = $('ov');
   function patchAt(ev) {
     var rect = ov.getBoundingClientRect();
-    var c = Math.floor((ev.clientX - rect.left) / rect.width * GW), r = Math.floor((ev.clientY - rect.top) / rect.height * GH);
+    var c = Math.floor((ev.clientX - rect.left) / rect.width * GW);
+    var r = Math.floor((ev.clientY - rect.top) / rect.height * GH);
     if (c < 0 || r < 0 || c >= GW || r >= GH) { return null; }
     return NP + r * GW + c;
   }

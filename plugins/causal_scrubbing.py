@@ -42,8 +42,10 @@ class CausalScrubbing(Analysis):
     """Loss recovered by a hypothesis under causal scrubbing, with bootstrap CI and per-example losses."""
 
     name = "causal_scrubbing"
-    summary = ("Causal scrubbing: loss recovered by a hypothesis (hook/channel/head/position nodes with features) "
-               "under recursive resampling ablation, with bootstrap CI and per-example distribution.")
+    summary = (
+        "Causal scrubbing: loss recovered by a hypothesis (hook/channel/head/position nodes with features) "
+        "under recursive resampling ablation, with bootstrap CI and per-example distribution."
+    )
 
     @dataclass
     class Config:
@@ -70,7 +72,7 @@ class CausalScrubbing(Analysis):
 
     def run(self, model: Any, inputs: Any, config: Any) -> "CausalScrubbingResult":
         if isinstance(inputs, Tensor):
-            x = inputs if config.max_images is None else inputs[:config.max_images]
+            x = inputs if config.max_images is None else inputs[: config.max_images]
         else:
             images = as_images(inputs)
             x = torch.cat([b for _, b in images.batches(model, config.batch_size, limit=config.max_images)])
@@ -90,10 +92,19 @@ class CausalScrubbing(Analysis):
             factors = {k: (v[:n] if not callable(v) else v) for k, v in factors.items()}
         reports = {}
         for name, h in hyps.items():
-            reports[name] = causal_scrub(model, x, parse_hypothesis(_load_json_maybe(h) if isinstance(h, str) else h),
-                                         labels=labels, factors=factors, metric=config.metric,
-                                         n_resamples=config.n_resamples, n_bootstrap=config.n_bootstrap, ci=config.ci,
-                                         seed=config.seed, max_batch=config.max_batch)
+            reports[name] = causal_scrub(
+                model,
+                x,
+                parse_hypothesis(_load_json_maybe(h) if isinstance(h, str) else h),
+                labels=labels,
+                factors=factors,
+                metric=config.metric,
+                n_resamples=config.n_resamples,
+                n_bootstrap=config.n_bootstrap,
+                ci=config.ci,
+                seed=config.seed,
+                max_batch=config.max_batch,
+            )
         return CausalScrubbingResult.from_reports(reports, model, config, n)
 
 
@@ -101,30 +112,64 @@ class CausalScrubbingResult(Result):
     """Per hypothesis: ``losses`` table row, tensors ``{name}/per_example_{model,scrubbed,random}``."""
 
     @classmethod
-    def from_reports(cls, reports: dict[str, Any], model: Any = None, config: Any = None,
-                     n_inputs: int = 0) -> "CausalScrubbingResult":
-        table = Table(["hypothesis", "loss_model", "loss_scrubbed", "loss_random", "loss_recovered", "ci_low",
-                       "ci_high", "per_example_recovered_std", "frac_worse_than_random", "frac_better_than_model",
-                       "forwards"],
-                      title="Loss recovered per hypothesis")
+    def from_reports(
+        cls, reports: dict[str, Any], model: Any = None, config: Any = None, n_inputs: int = 0
+    ) -> "CausalScrubbingResult":
+        table = Table(
+            [
+                "hypothesis",
+                "loss_model",
+                "loss_scrubbed",
+                "loss_random",
+                "loss_recovered",
+                "ci_low",
+                "ci_high",
+                "per_example_recovered_std",
+                "frac_worse_than_random",
+                "frac_better_than_model",
+                "forwards",
+            ],
+            title="Loss recovered per hypothesis",
+        )
         tensors: dict[str, Tensor] = {}
         hyps = {}
         for name, r in reports.items():
             s = r.summary()
-            table.rows.append([name, s["loss_model"], s["loss_scrubbed"], s["loss_random"], s["loss_recovered"],
-                               s["ci_low"], s["ci_high"], s["per_example_recovered_std"], s["frac_worse_than_random"],
-                               s["frac_better_than_model"], s["forwards"]])
+            table.rows.append(
+                [
+                    name,
+                    s["loss_model"],
+                    s["loss_scrubbed"],
+                    s["loss_random"],
+                    s["loss_recovered"],
+                    s["ci_low"],
+                    s["ci_high"],
+                    s["per_example_recovered_std"],
+                    s["frac_worse_than_random"],
+                    s["frac_better_than_model"],
+                    s["forwards"],
+                ]
+            )
             tensors[f"{name}/per_example_model"] = r.per_example_model
             tensors[f"{name}/per_example_scrubbed"] = r.per_example_scrubbed
             tensors[f"{name}/per_example_random"] = r.per_example_random
             hyps[name] = r.hypothesis.to_dict()
-        meta = {"hypotheses": hyps, "names": list(reports), "n_inputs": n_inputs,
-                "formula": "(L_random - L_scrubbed) / (L_random - L_model)"}
+        meta = {
+            "hypotheses": hyps,
+            "names": list(reports),
+            "n_inputs": n_inputs,
+            "formula": "(L_random - L_scrubbed) / (L_random - L_model)",
+        }
         if model is not None:
             meta["model"] = f"{model.cfg.architecture or model.cfg.family} ({model.cfg.adapter})"
-        return cls("causal_scrubbing", summary=CausalScrubbing.summary,
-                   config=config_to_dict(config) if config is not None else {}, meta=meta, tensors=tensors,
-                   tables={"losses": table})
+        return cls(
+            "causal_scrubbing",
+            summary=CausalScrubbing.summary,
+            config=config_to_dict(config) if config is not None else {},
+            meta=meta,
+            tensors=tensors,
+            tables={"losses": table},
+        )
 
     @property
     def names(self) -> list[str]:

@@ -41,14 +41,22 @@ from torch import Tensor
 
 from visionlens.analysis import Analysis, config_to_dict, option
 from visionlens.data import ImageList, Images, TensorImages, as_images
+from visionlens.hook_select import (
+    default_hooks,
+    fired_hooks,
+    image_batch_support,
+    model_description,
+    position_kind,
+    unit_layout,
+    unravel,
+)
 from visionlens.hookspecs import hookimpl
+from visionlens.receptive_field import receptive_field
 from visionlens.reducers import TopK, atomic_write_bytes, load_checkpoint, save_checkpoint
-from visionlens.results import Result, Table, new_figure
+from visionlens.results import Result, Table, new_figure, safe_filename
 from visionlens.validation import VisionLensError
 
-from visionlens.hook_select import fired_hooks, image_batch_support
-
-from .activation_stats import _model_desc, _position_kind, _unravel, default_hooks, resolve_hooks, unit_layout
+from .activation_stats import resolve_hooks
 
 __all__ = ["DatasetExamples", "DatasetExamplesResult", "DatasetImages", "as_example_images", "crop_box"]
 
@@ -80,11 +88,14 @@ class DatasetImages(Images):
             try:
                 return torch.stack([t if t.ndim == 3 else t.squeeze(0) for t in items]).to(model.device)
             except RuntimeError as exc:
-                raise VisionLensError(f"dataset_examples: expected dataset tensors of one shape [C, H, W]: {exc}") from None
+                raise VisionLensError(
+                    f"dataset_examples: expected dataset tensors of one shape [C, H, W]: {exc}"
+                ) from None
         return model.preprocess(items)
 
-    def batches(self, model: Any, batch_size: int = 16, start: int = 0,
-                limit: Optional[int] = None) -> Iterator[tuple[int, Tensor]]:
+    def batches(
+        self, model: Any, batch_size: int = 16, start: int = 0, limit: Optional[int] = None
+    ) -> Iterator[tuple[int, Tensor]]:
         stop = len(self) if limit is None else min(len(self), limit)
         for i in range(start, stop, batch_size):
             yield i, self._tensor(model, [self._item(j) for j in range(i, min(i + batch_size, stop))])
@@ -101,15 +112,19 @@ class DatasetImages(Images):
 
 def as_example_images(inputs: Any) -> Images:
     """:func:`visionlens.data.as_images` plus map-style datasets (``len`` and ``__getitem__``, no ``__iter__``)."""
-    if (not isinstance(inputs, (str, os.PathLike, Tensor, list, tuple, np.ndarray, Images))
-            and hasattr(inputs, "__getitem__") and hasattr(inputs, "__len__")):
+    if (
+        not isinstance(inputs, (str, os.PathLike, Tensor, list, tuple, np.ndarray, Images))
+        and hasattr(inputs, "__getitem__")
+        and hasattr(inputs, "__len__")
+    ):
         return DatasetImages(inputs)
     return as_images(inputs)
 
 
 # ----------------------------------------------------------------------------- crops
-def crop_box(model: Any, hook: str, position_kind: str, position_shape: list[int], loc: tuple[int, ...],
-             H: int, W: int) -> tuple[tuple[int, int, int, int], Optional[tuple[int, int, int, int]]]:
+def crop_box(
+    model: Any, hook: str, position_kind: str, position_shape: list[int], loc: tuple[int, ...], H: int, W: int
+) -> tuple[tuple[int, int, int, int], Optional[tuple[int, int, int, int]]]:
     """``(crop window, marked cell)`` in an ``H x W`` image for an example at ``loc``; both ``(y0, x0, y1, x1)``.
 
     Conv maps: the receptive field of ``loc`` (and the stride cell inside it). Tokens: the patch with
@@ -119,8 +134,6 @@ def crop_box(model: Any, hook: str, position_kind: str, position_shape: list[int
     if not loc:
         return whole, None
     if position_kind == "y,x":
-        from visionlens.receptive_field import receptive_field
-
         rf = receptive_field(model, hook, (H, W))
         if rf is None:
             return whole, None
@@ -164,14 +177,18 @@ class DatasetExamples(Analysis):
     """Top-k / bottom-k dataset examples (with argmax locations and receptive-field crops) per unit."""
 
     name = "dataset_examples"
-    summary = ("Top-k and bottom-k dataset examples per unit (max / min over positions with their location) for "
-               "many hooks in one pass, with receptive-field crops; resumable.")
+    summary = (
+        "Top-k and bottom-k dataset examples per unit (max / min over positions with their location) for "
+        "many hooks in one pass, with receptive-field crops; resumable."
+    )
 
     @dataclass
     class Config:
         hooks: list[str] = option(list, help="hook names, layer aliases or globs; empty = residual/block outputs")
         top_k: int = option(8, min=1, max=100_000, help="top examples kept per unit (largest per-image max)")
-        bottom_k: int = option(4, min=0, max=100_000, help="bottom examples per unit (smallest per-image min); 0 = none")
+        bottom_k: int = option(
+            4, min=0, max=100_000, help="bottom examples per unit (smallest per-image min); 0 = none"
+        )
         batch_size: int = option(16, min=1, max=65_536, help="images per forward pass")
         max_images: Optional[int] = option(None, min=1, help="stop after this many images")
         checkpoint: Optional[str] = option(None, help="checkpoint file: saved every checkpoint_every batches, resumed")
@@ -190,9 +207,17 @@ class DatasetExamples(Analysis):
         bots: dict[str, TopK] = {}
         pos_shapes: dict[str, tuple[int, ...]] = {}
         act_shapes: dict[str, tuple[int, ...]] = {}
-        fingerprint = {"analysis": self.name, "model": _model_desc(model), "weights": _weights_fingerprint(model),
-                       "hooks": hooks, "top_k": config.top_k, "bottom_k": config.bottom_k,
-                       "batch_size": config.batch_size, "max_images": config.max_images, "n_images": images.length}
+        fingerprint = {
+            "analysis": self.name,
+            "model": model_description(model),
+            "weights": _weights_fingerprint(model),
+            "hooks": hooks,
+            "top_k": config.top_k,
+            "bottom_k": config.bottom_k,
+            "batch_size": config.batch_size,
+            "max_images": config.max_images,
+            "n_images": images.length,
+        }
         start = 0
         if config.checkpoint and os.path.exists(config.checkpoint):
             start, hooks = self._resume(config.checkpoint, fingerprint, tops, bots, pos_shapes, act_shapes)
@@ -204,9 +229,13 @@ class DatasetExamples(Analysis):
                 reducers[f"{h}/top"] = tops[h]
                 if h in bots:
                     reducers[f"{h}/bottom"] = bots[h]
-            meta = dict(fingerprint, hooks=hooks, next_index=next_index,
-                        pos_shapes={h: list(s) for h, s in pos_shapes.items()},
-                        act_shapes={h: list(s) for h, s in act_shapes.items()})
+            meta = dict(
+                fingerprint,
+                hooks=hooks,
+                next_index=next_index,
+                pos_shapes={h: list(s) for h, s in pos_shapes.items()},
+                act_shapes={h: list(s) for h, s in act_shapes.items()},
+            )
             save_checkpoint(config.checkpoint, reducers, meta)
 
         seen, n_batches = start, 0
@@ -225,12 +254,13 @@ class DatasetExamples(Analysis):
                         pos_shapes.setdefault(h, pos_shape)
                         act_shapes.setdefault(h, tuple(cache[h].shape[1:]))
                         # argmax / argmin return the first extremal position: independent of batching
-                        loc = _unravel(samples.argmax(dim=1), pos_shape) if pos_shape else None
+                        loc = unravel(samples.argmax(dim=1), pos_shape) if pos_shape else None
                         tops.setdefault(h, TopK(config.top_k, largest=True)).update(samples.amax(dim=1), index, loc)
                         if config.bottom_k:
-                            loc = _unravel(samples.argmin(dim=1), pos_shape) if pos_shape else None
-                            bots.setdefault(h, TopK(config.bottom_k, largest=False)).update(samples.amin(dim=1),
-                                                                                           index, loc)
+                            loc = unravel(samples.argmin(dim=1), pos_shape) if pos_shape else None
+                            bots.setdefault(h, TopK(config.bottom_k, largest=False)).update(
+                                samples.amin(dim=1), index, loc
+                            )
                     del cache
                     seen = offset + b
                     n_batches += 1
@@ -239,28 +269,37 @@ class DatasetExamples(Analysis):
         finally:
             model.train(was_training)
         if not tops:
-            raise VisionLensError("dataset_examples: no images to analyse (the input is empty"
-                                  + (f" or was fully processed by checkpoint {config.checkpoint!r}" if start else "")
-                                  + ").")
+            raise VisionLensError(
+                "dataset_examples: no images to analyse (the input is empty"
+                + (f" or was fully processed by checkpoint {config.checkpoint!r}" if start else "")
+                + ")."
+            )
         if config.checkpoint:
             save(seen)
         return self._result(model, images, config, hooks, tops, bots, pos_shapes, act_shapes, seen, resumed_from)
 
-    def _resume(self, path: str, fingerprint: dict[str, Any], tops: dict, bots: dict, pos_shapes: dict,
-                act_shapes: dict) -> tuple[int, list[str]]:
+    def _resume(
+        self, path: str, fingerprint: dict[str, Any], tops: dict, bots: dict, pos_shapes: dict, act_shapes: dict
+    ) -> tuple[int, list[str]]:
         try:
             reducers, meta = load_checkpoint(path)
         except Exception as exc:
-            raise VisionLensError(f"dataset_examples: checkpoint {path!r} is unreadable ({type(exc).__name__}: {exc}); "
-                                  "delete it to start over.") from exc
+            raise VisionLensError(
+                f"dataset_examples: checkpoint {path!r} is unreadable ({type(exc).__name__}: {exc}); "
+                "delete it to start over."
+            ) from exc
         for key in ("analysis", "model", "weights", "top_k", "bottom_k", "batch_size", "max_images", "n_images"):
             if meta.get(key) != fingerprint[key]:
-                raise VisionLensError(f"dataset_examples: checkpoint {path!r} belongs to a different run ({key} is "
-                                      f"{meta.get(key)!r} there, {fingerprint[key]!r} now). Delete it or pick "
-                                      "another checkpoint path.")
+                raise VisionLensError(
+                    f"dataset_examples: checkpoint {path!r} belongs to a different run ({key} is "
+                    f"{meta.get(key)!r} there, {fingerprint[key]!r} now). Delete it or pick "
+                    "another checkpoint path."
+                )
         if not set(meta["hooks"]) <= set(fingerprint["hooks"]):
-            raise VisionLensError(f"dataset_examples: checkpoint {path!r} was written for hooks {meta['hooks']}, "
-                                  f"not {fingerprint['hooks']}.")
+            raise VisionLensError(
+                f"dataset_examples: checkpoint {path!r} was written for hooks {meta['hooks']}, "
+                f"not {fingerprint['hooks']}."
+            )
         hooks = list(meta["hooks"])
         for h in hooks:
             if f"{h}/top" in reducers:
@@ -271,8 +310,19 @@ class DatasetExamples(Analysis):
                 act_shapes[h] = tuple(meta["act_shapes"][h])
         return int(meta["next_index"]), hooks
 
-    def _result(self, model: Any, images: Images, config: Any, hooks: list[str], tops: dict, bots: dict,
-                pos_shapes: dict, act_shapes: dict, n_images: int, resumed_from: int) -> "DatasetExamplesResult":
+    def _result(
+        self,
+        model: Any,
+        images: Images,
+        config: Any,
+        hooks: list[str],
+        tops: dict,
+        bots: dict,
+        pos_shapes: dict,
+        act_shapes: dict,
+        n_images: int,
+        resumed_from: int,
+    ) -> "DatasetExamplesResult":
         tensors: dict[str, Tensor] = {}
         for h in hooks:
             for kind, red in (("top", tops.get(h)), ("bottom", bots.get(h))):
@@ -284,18 +334,23 @@ class DatasetExamples(Analysis):
                     tensors[f"{h}/{kind}_location"] = red.location.transpose(0, 1).contiguous()
         names = images.names if images.length is not None else []
         meta: dict[str, Any] = {
-            "model": _model_desc(model), "family": model.cfg.family, "n_images": n_images, "inputs": repr(images),
-            "hooks": hooks, "activation_shapes": {h: list(act_shapes[h]) for h in hooks},
+            "model": model_description(model),
+            "family": model.cfg.family,
+            "n_images": n_images,
+            "inputs": repr(images),
+            "hooks": hooks,
+            "activation_shapes": {h: list(act_shapes[h]) for h in hooks},
             "position_shapes": {h: list(pos_shapes[h]) for h in hooks},
-            "position_kind": {h: _position_kind(h, act_shapes[h]) for h in hooks},
+            "position_kind": {h: position_kind(h, act_shapes[h]) for h in hooks},
             "num_prefix_tokens": int(getattr(model.cfg, "num_prefix_tokens", 0) or 0),
             "resumed_from": resumed_from,
             "ranking": "top: largest per-image max over positions; bottom: smallest per-image min over positions",
         }
         if names and len(names) <= 100_000:
             meta["image_names"] = list(names[:n_images])
-        res = DatasetExamplesResult(self.name, summary=self.summary, config=config_to_dict(config), meta=meta,
-                                    tensors=tensors)
+        res = DatasetExamplesResult(
+            self.name, summary=self.summary, config=config_to_dict(config), meta=meta, tensors=tensors
+        )
         res.tables = res.build_tables()
         if images.random_access and config.crop_units != 0:
             res.add_crops(model, images, config.crop_units, config.crop_size)
@@ -335,19 +390,36 @@ class DatasetExamplesResult(Result):
         out = []
         for j in range(vals.shape[1]):
             i = int(idx[unit, j])
-            out.append({"index": i, "name": self.image_name(i), "value": float(vals[unit, j]),
-                        "location": tuple(int(v) for v in locs[unit, j]) if locs is not None else ()})
+            out.append(
+                {
+                    "index": i,
+                    "name": self.image_name(i),
+                    "value": float(vals[unit, j]),
+                    "location": tuple(int(v) for v in locs[unit, j]) if locs is not None else (),
+                }
+            )
         return out
 
     def build_tables(self) -> dict[str, Table]:
-        t = Table(["hook", "unit", "top_value", "top_image", "top_location", "bottom_value", "bottom_image"],
-                  title="Best and worst example per unit (first 50 units per hook)")
+        t = Table(
+            ["hook", "unit", "top_value", "top_image", "top_location", "bottom_value", "bottom_image"],
+            title="Best and worst example per unit (first 50 units per hook)",
+        )
         for h in self.hooks:
             for u in range(min(50, self.n_units(h))):
                 top = self.examples(h, u, "top")[0]
                 bot = (self.examples(h, u, "bottom") or [None])[0]
-                t.rows.append([h, u, top["value"], top["name"], list(top["location"]),
-                               bot["value"] if bot else None, bot["name"] if bot else ""])
+                t.rows.append(
+                    [
+                        h,
+                        u,
+                        top["value"],
+                        top["name"],
+                        list(top["location"]),
+                        bot["value"] if bot else None,
+                        bot["name"] if bot else "",
+                    ]
+                )
         return {"units": t}
 
     # ------------------------------------------------------------------ crops
@@ -374,16 +446,15 @@ class DatasetExamplesResult(Result):
                         if ex["index"] not in cache:
                             cache[ex["index"]] = images.display(ex["index"], model)
                         img = cache[ex["index"]]
-                        (y0, x0, y1, x1), _ = crop_box(model, h, kind_pos, pshape, ex["location"], img.shape[0],
-                                                       img.shape[1])
+                        (y0, x0, y1, x1), _ = crop_box(
+                            model, h, kind_pos, pshape, ex["location"], img.shape[0], img.shape[1]
+                        )
                         piece = Image.fromarray(img[y0:y1, x0:x1]).resize((size, size), Image.BILINEAR)
                         crops[r, j] = torch.from_numpy(np.array(piece))
                         boxes[r, j] = torch.tensor([y0, x0, y1, x1])
                 self.tensors[f"crops/{h}/{kind}"] = crops
                 self.tensors[f"crops/{h}/{kind}_box"] = boxes
             if kind_pos == "y,x":
-                from visionlens.receptive_field import receptive_field
-
                 if cache:
                     H, W = next(iter(cache.values())).shape[:2]
                     rf = receptive_field(model, h, (H, W))
@@ -406,13 +477,11 @@ class DatasetExamplesResult(Result):
         for i, row in enumerate(rows):
             for j in range(row.shape[0]):
                 y, x = pad + i * (s + pad), pad + j * (s + pad)
-                grid[y:y + s, x:x + s] = row[j].numpy()
+                grid[y : y + s, x : x + s] = row[j].numpy()
         return grid
 
     def unit_grid_path(self, hook: str, unit: int) -> str:
-        from visionlens.results import _safe_filename
-
-        return f"units/{_safe_filename(hook)}/unit_{unit}.png"
+        return f"units/{safe_filename(hook)}/unit_{unit}.png"
 
     def figures(self) -> dict[str, Any]:
         return {"overview": self.plot()}
@@ -430,8 +499,9 @@ class DatasetExamplesResult(Result):
         ax2.set_title("best bottom value per unit", fontsize=9)
         if 0 < len(hooks) <= 8:
             ax1.legend(fontsize=6)
-        fig.suptitle(f"dataset_examples: {self.meta.get('model', '')}, {self.meta.get('n_images', '?')} images",
-                     fontsize=10)
+        fig.suptitle(
+            f"dataset_examples: {self.meta.get('model', '')}, {self.meta.get('n_images', '?')} images", fontsize=10
+        )
         return fig
 
     def save(self, directory: Union[str, os.PathLike]) -> Path:
@@ -442,9 +512,11 @@ class DatasetExamplesResult(Result):
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        parts = [f"<h1>{html.escape(self.title())}: dataset examples</h1>",
-                 "<p>Each picture: top examples (first row), bottom examples (second row), cropped to the receptive "
-                 "field of the argmax / argmin location.</p>"]
+        parts = [
+            f"<h1>{html.escape(self.title())}: dataset examples</h1>",
+            "<p>Each picture: top examples (first row), bottom examples (second row), cropped to the receptive "
+            "field of the argmax / argmin location.</p>",
+        ]
         for h in self.hooks:
             parts.append(f"<h2>{html.escape(h)}</h2>")
             for u in self.meta.get("crop_units", {}).get(h, []):
@@ -456,11 +528,16 @@ class DatasetExamplesResult(Result):
                 Image.fromarray(grid).save(buf, format="PNG")
                 atomic_write_bytes(directory / rel, buf.getvalue())
                 names = ", ".join(e["name"] for e in self.examples(h, u, "top")[:3])
-                parts.append(f'<figure><img src="{html.escape(rel)}" alt="unit {u}">'
-                             f"<figcaption>unit {u}: {html.escape(names)}</figcaption></figure>")
-        doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>dataset examples</title>"
-               "<style>figure{display:inline-block;margin:4px}figcaption{font:11px sans-serif}</style></head><body>"
-               + "\n".join(parts) + "</body></html>\n")
+                parts.append(
+                    f'<figure><img src="{html.escape(rel)}" alt="unit {u}">'
+                    f"<figcaption>unit {u}: {html.escape(names)}</figcaption></figure>"
+                )
+        doc = (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>dataset examples</title>'
+            "<style>figure{display:inline-block;margin:4px}figcaption{font:11px sans-serif}</style></head><body>"
+            + "\n".join(parts)
+            + "</body></html>\n"
+        )
         atomic_write_bytes(directory / "examples.html", doc.encode("utf-8"))
         return super().save(directory)
 

@@ -45,11 +45,13 @@ import torch
 from torch import Tensor
 
 from visionlens.analysis import Analysis, ConfigError, config_to_dict, option
+from visionlens.clip import attach_head, encode_text, zero_shot_head
 from visionlens.data import as_images
 from visionlens.hookspecs import hookimpl
 from visionlens.patching import activation_gradients
 from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError
+from visionlens.viz import diverging_limits, grid_shape, imshow_overlay, labels_fit, patch_grid, tokens_to_grid
 
 __all__ = ["DirectLogitAttribution", "DLAResult", "textspan"]
 
@@ -80,13 +82,16 @@ class DirectLogitAttribution(Analysis):
     """Direct logit attribution for ViTs, CLIP image towers and conv nets with a linear head."""
 
     name = "direct_logit_attribution"
-    summary = ("Direct logit attribution: each head / MLP / neuron / channel / block's direct contribution to a "
-               "class logit or logit difference, with per-patch heatmaps (ViT, CLIP, conv nets).")
+    summary = (
+        "Direct logit attribution: each head / MLP / neuron / channel / block's direct contribution to a "
+        "class logit or logit difference, with per-patch heatmaps (ViT, CLIP, conv nets)."
+    )
 
     @dataclass
     class Config:
-        classes: list[int] = option(list, help="class per image (one for all, or one per image); empty = each "
-                                               "image's top class")
+        classes: list[int] = option(
+            list, help="class per image (one for all, or one per image); empty = each image's top class"
+        )
         foil: Optional[int] = option(None, min=0, help="attribute logit[class] - logit[foil] instead of logit[class]")
         max_images: int = option(8, min=1, max=100_000, help="images analysed (from the start of the inputs)")
         batch_size: int = option(8, min=1, max=4096, help="images per forward pass")
@@ -99,26 +104,32 @@ class DirectLogitAttribution(Analysis):
         text_pool: list[str] = option(list, help="CLIP: candidate descriptions for per-head TextSpan bases")
         textspan_k: int = option(5, min=1, max=100, help="CLIP: texts per head in the TextSpan basis")
         textspan_layers: list[int] = option(list, help="CLIP: layers whose heads get TextSpan bases (default: last 4)")
-        labels: list[int] = option(list, help="CLIP: true class per image for zero-shot accuracy (default: the full "
-                                              "model's predictions)")
-        keep_heads: list[int] = option([0, 1, 2, 4, 8, 16, 32, 64], help="CLIP: numbers of top heads kept in the "
-                                                                        "mean-ablation accuracy curve")
+        labels: list[int] = option(
+            list, help="CLIP: true class per image for zero-shot accuracy (default: the full model's predictions)"
+        )
+        keep_heads: list[int] = option(
+            [0, 1, 2, 4, 8, 16, 32, 64], help="CLIP: numbers of top heads kept in the mean-ablation accuracy curve"
+        )
 
     def supports(self, model: Any) -> tuple[bool, str]:
         kind = _kind(model)
         if kind == "unet":
             return False, "a diffusion UNet has no class logits to attribute"
         if kind == "none":
-            return False, (f"the {model.cfg.adapter!r} adapter describes no linear readout (adapter.readout()); "
-                           "supported: timm ViT/DeiT, open_clip ViT, ResNet, InceptionV1, ConvNeXt, MobileNetV2")
+            return False, (
+                f"the {model.cfg.adapter!r} adapter describes no linear readout (adapter.readout()); "
+                "supported: timm ViT/DeiT, open_clip ViT, ResNet, InceptionV1, ConvNeXt, MobileNetV2"
+            )
         if kind == "clip":
             if model.cfg.extra.get("visual_type") != "vit":
                 return False, "the CLIP ResNet image tower pools with attention (not linear); use a ViT image tower"
             if model.cfg.pool_type not in ("token", "avg"):
                 return False, f"the CLIP image tower pools with {model.cfg.pool_type!r}, not a linear token/avg pool"
         if kind in ("vit", "clip") and f"{_prefix(model)}blocks.0.attn.hook_result" not in model.hook_dict:
-            return False, ("per-head outputs are not a linear split of the attention output in this model (a norm "
-                           "follows the heads), so heads cannot be attributed separately")
+            return False, (
+                "per-head outputs are not a linear split of the attention output in this model (a norm "
+                "follows the heads), so heads cannot be attributed separately"
+            )
         if kind == "clip":
             return True, ""
         try:
@@ -154,7 +165,7 @@ class DirectLogitAttribution(Analysis):
             done = 0
             for x in xs:
                 b = x.shape[0]
-                cls = None if classes is None else classes[done:done + b]
+                cls = None if classes is None else classes[done : done + b]
                 if kind in ("vit", "clip"):
                     parts.append(_transformer_batch(model, x, cls, config, clip=kind == "clip"))
                 else:
@@ -174,20 +185,22 @@ class DirectLogitAttribution(Analysis):
         if len(config.classes) == 1:
             return torch.full((n,), int(config.classes[0]), dtype=torch.long)
         if len(config.classes) != n:
-            raise ConfigError(f"direct_logit_attribution: config field 'classes' expected 1 or {n} classes (one per "
-                              f"image), got {len(config.classes)}.")
+            raise ConfigError(
+                f"direct_logit_attribution: config field 'classes' expected 1 or {n} classes (one per "
+                f"image), got {len(config.classes)}."
+            )
         return torch.tensor(config.classes, dtype=torch.long)
 
     def _clip_head(self, model: Any, config: Any):
-        from visionlens.clip import attach_head, zero_shot_head
-
         previous = model.adapter.classifier
         if config.class_prompts:
             zero_shot_head(model, list(config.class_prompts), list(config.templates) or None, attach=True)
             return lambda: attach_head(model, previous)
         if previous is None:
-            raise ConfigError("direct_logit_attribution: a CLIP model needs classes: set class_prompts (class names "
-                              "for a zero-shot head) or attach one with visionlens.clip.zero_shot_head(model, ...).")
+            raise ConfigError(
+                "direct_logit_attribution: a CLIP model needs classes: set class_prompts (class names "
+                "for a zero-shot head) or attach one with visionlens.clip.zero_shot_head(model, ...)."
+            )
         return None
 
 
@@ -212,8 +225,10 @@ def _targets(logits: Tensor, classes: Optional[Tensor], foil_class: Optional[int
 
 def _check_classes(cls: Tensor, n_classes: int, what: str = "class") -> None:
     if cls.numel() and (int(cls.min()) < 0 or int(cls.max()) >= n_classes):
-        raise ConfigError(f"direct_logit_attribution: {what} indices must be in [0, {n_classes}), got "
-                          f"{sorted(set(cls.tolist()))[:10]}.")
+        raise ConfigError(
+            f"direct_logit_attribution: {what} indices must be in [0, {n_classes}), got "
+            f"{sorted(set(cls.tolist()))[:10]}."
+        )
 
 
 def position_readout(model: Any, cache: Any, classes: Tensor, foil: Optional[Tensor], n_pos: int) -> Tensor:
@@ -316,9 +331,17 @@ def _transformer_batch(model: Any, x: Tensor, classes: Optional[Tensor], config:
             add((attn_out - heads.sum(0))[None], [f"L{l} attn bias"], "attn_bias")
             add(cache[p + f"blocks.{l}.hook_mlp_out"][None], [f"L{l} mlp"], "mlp")
         attr = torch.cat(attrs, dim=0)
-        out: dict[str, Any] = {"attr": attr.cpu(), "labels": labels, "kinds": kinds, "logit": target.cpu(),
-                               "bias": bias.cpu(), "classes": cls.cpu(), "head_attr": head_attr.cpu(),
-                               "foil": foil.cpu() if foil is not None else None, "logits": logits.cpu()}
+        out: dict[str, Any] = {
+            "attr": attr.cpu(),
+            "labels": labels,
+            "kinds": kinds,
+            "logit": target.cpu(),
+            "bias": bias.cpu(),
+            "classes": cls.cpu(),
+            "head_attr": head_attr.cpu(),
+            "foil": foil.cpu() if foil is not None else None,
+            "logits": logits.cpu(),
+        }
         final = cache[p + f"blocks.{L - 1}.hook_resid_post"]
         P = final.shape[1]
         r = position_readout(model, cache, cls, foil, P) * unit[:, None, None]
@@ -389,8 +412,6 @@ def textspan(vectors: Tensor, texts: Tensor, k: int) -> tuple[list[int], list[fl
 
 
 def _clip_extras(model: Any, res: dict[str, Any], config: Any) -> None:
-    from visionlens.clip import encode_text
-
     head = model.adapter.classifier
     vec = res["clip_vectors"]  # [L, H, B, E]
     L, H, B, _ = vec.shape
@@ -402,8 +423,9 @@ def _clip_extras(model: Any, res: dict[str, Any], config: Any) -> None:
     full_logits = scale * torch.nn.functional.normalize(emb, dim=-1) @ dirs.T + lb
     labels = torch.tensor(config.labels, dtype=torch.long) if config.labels else full_logits.argmax(-1)
     if labels.numel() != B:
-        raise ConfigError(f"direct_logit_attribution: config field 'labels' expected one class per image ({B}), got "
-                          f"{labels.numel()}.")
+        raise ConfigError(
+            f"direct_logit_attribution: config field 'labels' expected one class per image ({B}), got {labels.numel()}."
+        )
     _check_classes(labels, dirs.shape[0], "label")
     # rank heads by mean |direct contribution| to each image's label class (logit units)
     contrib = torch.einsum("lhbe,be->lhb", vec, dirs[labels]) * (scale / emb.norm(dim=-1))
@@ -423,8 +445,9 @@ def _clip_extras(model: Any, res: dict[str, Any], config: Any) -> None:
     res["head_rank"] = [(int(i) // H, int(i) % H) for i in order.tolist()]
     res["zero_shot_labels"] = labels.tolist()
     if config.text_pool:
-        layers = (sorted({l % L for l in config.textspan_layers}) if config.textspan_layers
-                  else list(range(max(0, L - 4), L)))
+        layers = (
+            sorted({l % L for l in config.textspan_layers}) if config.textspan_layers else list(range(max(0, L - 4), L))
+        )
         with torch.no_grad():
             T = encode_text(model, list(config.text_pool)).detach().cpu().double()
             T = torch.nn.functional.normalize(T, dim=-1)
@@ -452,9 +475,14 @@ def _conv_batch(model: Any, x: Tensor, classes: Optional[Tensor], config: Any) -
     pooled = cache[ro.pooled_hook]
     chan = ro.channel_contributions(pooled, cls) - (ro.channel_contributions(pooled, foil) if foil is not None else 0)
     bias = ro.bias(cls) - (ro.bias(foil) if foil is not None else 0)
-    out: dict[str, Any] = {"channel_attr": chan.detach().cpu(), "logit": target.detach().cpu(),
-                           "bias": bias.detach().cpu(), "classes": cls.cpu(), "logits": logits.detach().cpu(),
-                           "foil": foil.cpu() if foil is not None else None}
+    out: dict[str, Any] = {
+        "channel_attr": chan.detach().cpu(),
+        "logit": target.detach().cpu(),
+        "bias": bias.detach().cpu(),
+        "classes": cls.cpu(),
+        "logits": logits.detach().cpu(),
+        "foil": foil.cpu() if foil is not None else None,
+    }
     feats = cache.get(ro.features_hook) if ro.features_hook else None
     wdir = ro.W[cls] - (ro.W[foil] if foil is not None else 0)  # [B, C]
     lin = _linear_readout(ro, feats, wdir)
@@ -535,8 +563,9 @@ def _linear_readout(ro: Any, feats: Optional[Tensor], wdir: Tensor):
     return None
 
 
-def _grad_x_act(model: Any, x: Tensor, hooks: list[str], cls: Tensor, foil: Optional[Tensor]
-                ) -> tuple[Tensor, list[str]]:
+def _grad_x_act(
+    model: Any, x: Tensor, hooks: list[str], cls: Tensor, foil: Optional[Tensor]
+) -> tuple[Tensor, list[str]]:
     def objective(logits: Tensor) -> Tensor:
         rows = torch.arange(x.shape[0], device=logits.device)
         return (logits[rows, cls] - (logits[rows, foil] if foil is not None else 0)).sum()
@@ -559,8 +588,11 @@ def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         vals = [p[key] for p in parts]
         if isinstance(v, Tensor):
-            dim = 1 if key in ("attr", "stream_attr", "branch_attr", "block_attr") else (
-                2 if key in ("head_attr", "clip_vectors", "source_attr") else 0)
+            dim = (
+                1
+                if key in ("attr", "stream_attr", "branch_attr", "block_attr")
+                else (2 if key in ("head_attr", "clip_vectors", "source_attr") else 0)
+            )
             out[key] = torch.cat(vals, dim=dim)
         elif v is None:
             out[key] = None
@@ -570,31 +602,46 @@ def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _short(label: str) -> str:
-    return (label.replace(".hook_branch_out", "").replace(".hook_resid_pre", " (stage input)")
-            .replace(".hook_out", "").replace("stages.", "s").replace(".blocks.", ".b"))
+    return (
+        label.replace(".hook_branch_out", "")
+        .replace(".hook_resid_pre", " (stage input)")
+        .replace(".hook_out", "")
+        .replace("stages.", "s")
+        .replace(".blocks.", ".b")
+    )
 
 
-def _build_result(analysis: Any, model: Any, config: Any, kind: str, res: dict[str, Any], names: list[str],
-                  disp: list[np.ndarray]) -> "DLAResult":
-    from visionlens.viz import patch_grid, tokens_to_grid
-
+def _build_result(
+    analysis: Any, model: Any, config: Any, kind: str, res: dict[str, Any], names: list[str], disp: list[np.ndarray]
+) -> "DLAResult":
     class_names = model.cfg.extra.get("class_names") or []
     B = int(res["logit"].shape[0])
 
     def cname(c: int) -> str:
         return str(class_names[c]) if 0 <= c < len(class_names) else f"class {c}"
 
-    tensors: dict[str, Tensor] = {"logit": res["logit"].float(), "bias": res["bias"].float(),
-                                  "classes": res["classes"].long()}
-    meta: dict[str, Any] = {"model": f"{model.cfg.architecture or model.cfg.family} ({model.cfg.adapter})",
-                            "family": model.cfg.family, "kind": kind, "n_images": B, "image_names": names,
-                            "class_names": [cname(int(c)) for c in res["classes"]],
-                            "foil": int(config.foil) if config.foil is not None else None,
-                            "foil_name": cname(int(config.foil)) if config.foil is not None else None}
+    tensors: dict[str, Tensor] = {
+        "logit": res["logit"].float(),
+        "bias": res["bias"].float(),
+        "classes": res["classes"].long(),
+    }
+    meta: dict[str, Any] = {
+        "model": f"{model.cfg.architecture or model.cfg.family} ({model.cfg.adapter})",
+        "family": model.cfg.family,
+        "kind": kind,
+        "n_images": B,
+        "image_names": names,
+        "class_names": [cname(int(c)) for c in res["classes"]],
+        "foil": int(config.foil) if config.foil is not None else None,
+        "foil_name": cname(int(config.foil)) if config.foil is not None else None,
+    }
     rows_comp: list[list[Any]] = []
-    summary = Table(["image", "class", "class_name", "target", "sum_of_exact_contributions", "bias", "sum_error"],
-                    title="Per image: target = logit[class]" + (" - logit[foil]" if config.foil is not None else "")
-                          + "; exact contributions + bias should equal it")
+    summary = Table(
+        ["image", "class", "class_name", "target", "sum_of_exact_contributions", "bias", "sum_error"],
+        title="Per image: target = logit[class]"
+        + (" - logit[foil]" if config.foil is not None else "")
+        + "; exact contributions + bias should equal it",
+    )
     if kind in ("vit", "clip"):
         attr = res["attr"].float()
         tensors["attr"] = attr
@@ -603,12 +650,23 @@ def _build_result(analysis: Any, model: Any, config: Any, kind: str, res: dict[s
         meta["component_kinds"] = res["kinds"]
         err = (attr.sum(0) + res["bias"] - res["logit"]).abs()
         meta["max_sum_error"] = float(err.max())
-        meta["units"] = ("CLIP logit units (logit_scale / |image embedding| x embedding . class direction)"
-                         if kind == "clip" else "logits")
+        meta["units"] = (
+            "CLIP logit units (logit_scale / |image embedding| x embedding . class direction)"
+            if kind == "clip"
+            else "logits"
+        )
         for b in range(B):
-            summary.rows.append([names[b], int(res["classes"][b]), cname(int(res["classes"][b])),
-                                 float(res["logit"][b]),
-                                 float(attr[:, b].sum()), float(res["bias"][b]), float(err[b])])
+            summary.rows.append(
+                [
+                    names[b],
+                    int(res["classes"][b]),
+                    cname(int(res["classes"][b])),
+                    float(res["logit"][b]),
+                    float(attr[:, b].sum()),
+                    float(res["bias"][b]),
+                    float(err[b]),
+                ]
+            )
             order = attr[:, b].abs().argsort(descending=True)[: config.top_k]
             for rank, i in enumerate(order.tolist()):
                 rows_comp.append([names[b], rank + 1, res["labels"][i], res["kinds"][i], float(attr[i, b]), EXACT])
@@ -623,8 +681,10 @@ def _build_result(analysis: Any, model: Any, config: Any, kind: str, res: dict[s
         if grid is not None:
             if cls_pool and "source_attr" in res:
                 heat = tokens_to_grid(res["source_attr"].sum((0, 1)).float(), n_prefix, grid)
-                meta["heatmap"] = ("attention heads' direct contributions split over the source patches they attend "
-                                   "to from the pooled token(s) (exact; prefix tokens excluded)")
+                meta["heatmap"] = (
+                    "attention heads' direct contributions split over the source patches they attend "
+                    "to from the pooled token(s) (exact; prefix tokens excluded)"
+                )
             else:
                 heat = tokens_to_grid(res["position_attr"].float(), n_prefix, grid)
                 meta["heatmap"] = "direct contribution of each patch position to the pooled readout (exact)"
@@ -638,8 +698,9 @@ def _build_result(analysis: Any, model: Any, config: Any, kind: str, res: dict[s
         meta["neuron_layers"] = sorted(neurons)
         tables = {"summary": summary}
         if neurons:
-            nt = Table(["image", "layer", "neuron", "contribution"],
-                       title="Top MLP neurons (exact direct contributions)")
+            nt = Table(
+                ["image", "layer", "neuron", "contribution"], title="Top MLP neurons (exact direct contributions)"
+            )
             for b in range(B):
                 for l, v in sorted(neurons.items()):
                     for n in v[b].abs().argsort(descending=True)[: config.top_k].tolist():
@@ -658,22 +719,36 @@ def _build_result(analysis: Any, model: Any, config: Any, kind: str, res: dict[s
         meta["units"] = "logits"
         meta["pooled_hook"] = model.adapter.readout().pooled_hook
         for b in range(B):
-            summary.rows.append([names[b], int(res["classes"][b]), cname(int(res["classes"][b])),
-                                 float(res["logit"][b]),
-                                 float(chan[b].sum()), float(res["bias"][b]), float(err[b])])
+            summary.rows.append(
+                [
+                    names[b],
+                    int(res["classes"][b]),
+                    cname(int(res["classes"][b])),
+                    float(res["logit"][b]),
+                    float(chan[b].sum()),
+                    float(res["bias"][b]),
+                    float(err[b]),
+                ]
+            )
             for rank, c in enumerate(chan[b].abs().argsort(descending=True)[: config.top_k].tolist()):
                 rows_comp.append([names[b], rank + 1, f"channel {c}", "channel", float(chan[b, c]), EXACT])
         tables = {"summary": summary}
         if "spatial_attr" in res:
             tensors["heatmap"] = res["spatial_attr"].float()
             tensors["spatial_bias"] = res["spatial_bias"].float()
-            meta["heatmap"] = ("per-location contribution of the last feature map, summed over channels "
-                               f"({res['spatial_method']})")
+            meta["heatmap"] = (
+                f"per-location contribution of the last feature map, summed over channels ({res['spatial_method']})"
+            )
             meta["spatial_method"] = res["spatial_method"]
-        bt = Table(["image", "component", "kind", "contribution", "method"],
-                   title="Blocks and branches (exact where the path to the logit is linear, else grad x act)")
-        for key, kind_, method in (("stream_attr", "block", res.get("stream_method", EXACT)),
-                                   ("branch_attr", "branch", EXACT), ("block_attr", "block", GRAD_X_ACT)):
+        bt = Table(
+            ["image", "component", "kind", "contribution", "method"],
+            title="Blocks and branches (exact where the path to the logit is linear, else grad x act)",
+        )
+        for key, kind_, method in (
+            ("stream_attr", "block", res.get("stream_method", EXACT)),
+            ("branch_attr", "branch", EXACT),
+            ("block_attr", "block", GRAD_X_ACT),
+        ):
             if key not in res:
                 continue
             labs = res[key.replace("_attr", "_labels")]
@@ -685,23 +760,33 @@ def _build_result(analysis: Any, model: Any, config: Any, kind: str, res: dict[s
                     bt.rows.append([names[b], _short(lab), kind_, float(res[key][i, b]), method])
         if bt.rows:
             tables["blocks"] = bt
-    comp = Table(["image", "rank", "component", "kind", "contribution", "method"],
-                 title=f"Top {config.top_k} components per image by |direct contribution|")
+    comp = Table(
+        ["image", "rank", "component", "kind", "contribution", "method"],
+        title=f"Top {config.top_k} components per image by |direct contribution|",
+    )
     comp.rows = rows_comp
     tables = {"components": comp, **tables}
     if disp:
         tensors["images"] = torch.from_numpy(np.stack(disp)).to(torch.uint8)
-    return DLAResult(analysis.name, summary=analysis.summary, config=config_to_dict(config), meta=meta,
-                     tensors=tensors, tables=tables)
+    return DLAResult(
+        analysis.name,
+        summary=analysis.summary,
+        config=config_to_dict(config),
+        meta=meta,
+        tensors=tensors,
+        tables=tables,
+    )
 
 
 def _clip_tables(res: dict[str, Any], meta: dict[str, Any], tables: dict[str, Table]) -> None:
     meta["zero_shot_full_accuracy"] = res["zero_shot_full_accuracy"]
     meta["zero_shot_labels"] = res["zero_shot_labels"]
     meta["head_rank"] = res["head_rank"]
-    zs = Table(["heads_kept", "accuracy"], title="Zero-shot accuracy with only the top-k heads' direct effects kept "
-                                                "(others mean-ablated; labels: " + ("given" if meta.get("labels_given")
-                                                                                    else "config or full model") + ")")
+    zs = Table(
+        ["heads_kept", "accuracy"],
+        title="Zero-shot accuracy with only the top-k heads' direct effects kept "
+        "(others mean-ablated; labels: " + ("given" if meta.get("labels_given") else "config or full model") + ")",
+    )
     zs.rows = [[k, acc] for k, acc in res["zero_shot_curve"]]
     tables["zero_shot"] = zs
     if "textspan" in res:
@@ -741,8 +826,6 @@ class DLAResult(Result):
 
     def plot(self, image: int = 0, top: int = 15) -> Any:
         """Bar chart of the top components of one image and its heatmap over the image."""
-        from visionlens.viz import imshow_overlay, labels_fit
-
         has_heat = "heatmap" in self.tensors
         fig = new_figure(12 if has_heat else 8, 4.5)
         axes = fig.subplots(1, 2, width_ratios=[1.6, 1]) if has_heat else [fig.subplots(1, 1)]
@@ -759,13 +842,17 @@ class DLAResult(Result):
         ax.set_title(f"{name}: direct contributions to {target} ({self.meta.get('units', '')})", fontsize=8)
         if has_heat:
             img = self.tensors["images"][image].numpy() if "images" in self.tensors else None
-            imshow_overlay(axes[1], img, self.tensors["heatmap"][image].numpy(), signed=True,
-                           title="per-location contribution", fontsize=8)
+            imshow_overlay(
+                axes[1],
+                img,
+                self.tensors["heatmap"][image].numpy(),
+                signed=True,
+                title="per-location contribution",
+                fontsize=8,
+            )
         return fig
 
     def plot_heatmaps(self, max_images: int = 8) -> Any:
-        from visionlens.viz import grid_shape, imshow_overlay
-
         n = min(max_images, int(self.tensors["heatmap"].shape[0]))
         rows, cols = grid_shape(n, 4)
         fig = new_figure(3 * cols, 3 * rows)
@@ -775,15 +862,19 @@ class DLAResult(Result):
                 ax.set_axis_off()
                 continue
             img = self.tensors["images"][i].numpy() if "images" in self.tensors else None
-            imshow_overlay(ax, img, self.tensors["heatmap"][i].numpy(), signed=True, fontsize=7,
-                           title=f"{self.meta['image_names'][i]}: {self.meta['class_names'][i]}"[:40])
+            imshow_overlay(
+                ax,
+                img,
+                self.tensors["heatmap"][i].numpy(),
+                signed=True,
+                fontsize=7,
+                title=f"{self.meta['image_names'][i]}: {self.meta['class_names'][i]}"[:40],
+            )
         fig.suptitle(self.meta.get("heatmap", ""), fontsize=8)
         return fig
 
     def plot_heads(self) -> Any:
         """Layer x head map of head contributions (mean over images) and attention vs MLP per layer."""
-        from visionlens.viz import diverging_limits
-
         ha = self.tensors["head_attr"].mean(-1).numpy()
         fig = new_figure(11, 4)
         ax1, ax2 = fig.subplots(1, 2)
@@ -829,7 +920,7 @@ class DLAResult(Result):
         body = super()._html_body(pngs, max_rows)
         note = self.meta.get("heatmap")
         if note:
-            body = body.replace("</h1>", f"</h1><p class=\"summary\">Heatmap: {html.escape(str(note))}</p>", 1)
+            body = body.replace("</h1>", f'</h1><p class="summary">Heatmap: {html.escape(str(note))}</p>', 1)
         return body
 
 

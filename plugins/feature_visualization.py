@@ -29,7 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from visionlens import featurevis as fv
 from visionlens.analysis import Analysis, ConfigError, config_to_dict, option
+from visionlens.data import as_images
+from visionlens.featurevis.render import to_pil
 from visionlens.hookspecs import hookimpl
 from visionlens.reducers import atomic_write_bytes
 from visionlens.results import Result, Table, new_figure
@@ -42,21 +45,25 @@ class FeatureVisualization(Analysis):
     """Render feature visualizations for a list of objective strings."""
 
     name = "feature_visualization"
-    summary = ("Lucid-style feature visualization of units, neurons, heads and classes "
-               "(batched, seeded, FFT/pixel/CPPN).")
+    summary = (
+        "Lucid-style feature visualization of units, neurons, heads and classes (batched, seeded, FFT/pixel/CPPN)."
+    )
 
     @dataclass
     class Config:
-        objectives: list[str] = option(list, min_len=1, help="objective strings, e.g. mixed4a:476, layer3:12@(3,4), "
-                                                              "class:207, head:3:2@0")
+        objectives: list[str] = option(
+            list, min_len=1, help="objective strings, e.g. mixed4a:476, layer3:12@(3,4), class:207, head:3:2@0"
+        )
         steps: int = option(512, min=1, max=1_000_000, help="optimisation steps (Lucid: 512)")
-        size: Optional[int] = option(None, min=8, max=4096,
-                                     help="image size in pixels; default 128, or the model's fixed input size")
+        size: Optional[int] = option(
+            None, min=8, max=4096, help="image size in pixels; default 128, or the model's fixed input size"
+        )
         lr: Optional[float] = option(None, min=0.0, max=100.0, help="Adam learning rate; default 0.05 (0.005 for cppn)")
         param: Literal["fft", "pixel", "cppn"] = option("fft", help="image parameterization")
         decorrelate: bool = option(True, help="Lucid's colour decorrelation (3-channel models)")
         transforms: Literal["standard", "scaled", "none"] = option(
-            "standard", help="Lucid's standard transforms, the same scaled to the image size, or none")
+            "standard", help="Lucid's standard transforms, the same scaled to the image size, or none"
+        )
         images_per_objective: int = option(1, min=1, max=64, help="images rendered for each objective")
         diversity: float = option(0.0, min=0.0, help="weight of the Gram diversity penalty on each objective's layer")
         l1: float = option(0.0, min=0.0, help="weight of the L1 penalty (mean |image - 0.5|)")
@@ -65,8 +72,9 @@ class FeatureVisualization(Analysis):
         batch_size: int = option(8, min=1, max=4096, help="objectives optimised together")
         seed: int = option(0, help="image j is seeded seed + j")
         progress: bool = option(False, help="show a progress bar")
-        forward_kwargs: Optional[dict] = option(None, help="extra model arguments (diffusion UNets: timestep, "
-                                                           "encoder_hidden_states)")
+        forward_kwargs: Optional[dict] = option(
+            None, help="extra model arguments (diffusion UNets: timestep, encoder_hidden_states)"
+        )
 
     def supports(self, model: Any) -> tuple[bool, str]:
         if not getattr(model, "hook_dict", None):
@@ -74,8 +82,6 @@ class FeatureVisualization(Analysis):
         return True, ""
 
     def run(self, model: Any, inputs: Any, config: Any) -> "FeatureVisualizationResult":
-        from visionlens import featurevis as fv
-
         try:
             objs = fv.as_objectives(list(config.objectives), model)
         except VisionLensError as exc:
@@ -87,8 +93,9 @@ class FeatureVisualization(Analysis):
             if config.diversity:
                 layers = [h for h in o.hooks if h != fv.OUTPUT]
                 if not layers:
-                    raise ConfigError(f"feature_visualization: objective {o.name!r} reads no layer for the "
-                                      "diversity term.")
+                    raise ConfigError(
+                        f"feature_visualization: objective {o.name!r} reads no layer for the diversity term."
+                    )
                 o = o - config.diversity * fv.diversity(layers[-1]).bind(model)
             if config.l1:
                 o = o - config.l1 * fv.l1()
@@ -101,24 +108,35 @@ class FeatureVisualization(Analysis):
         size = config.size if config.size is not None else (None if fixed else 128)
         n_img = len(full) * config.images_per_objective
         init = _init_images(model, inputs, size or (fixed[0] if fixed else 128), n_img) if inputs is not None else None
-        r = fv.render(model, full, steps=config.steps, size=size, lr=config.lr, param=config.param,
-                      decorrelate=config.decorrelate, transforms=config.transforms,
-                      images_per_objective=config.images_per_objective, seed=config.seed,
-                      batch_size=config.batch_size, init=init, forward_kwargs=config.forward_kwargs,
-                      progress=config.progress)
+        r = fv.render(
+            model,
+            full,
+            steps=config.steps,
+            size=size,
+            lr=config.lr,
+            param=config.param,
+            decorrelate=config.decorrelate,
+            transforms=config.transforms,
+            images_per_objective=config.images_per_objective,
+            seed=config.seed,
+            batch_size=config.batch_size,
+            init=init,
+            forward_kwargs=config.forward_kwargs,
+            progress=config.progress,
+        )
         cfg = config_to_dict(config, jsonable=False)
         if cfg.get("forward_kwargs") is not None:
-            cfg["forward_kwargs"] = {k: (f"tensor{list(v.shape)}" if isinstance(v, Tensor) else v)
-                                     for k, v in cfg["forward_kwargs"].items()}
-        return FeatureVisualizationResult.from_rendering(r, model, cfg, [str(s) for s in config.objectives],
-                                                         self.name, self.summary)
+            cfg["forward_kwargs"] = {
+                k: (f"tensor{list(v.shape)}" if isinstance(v, Tensor) else v) for k, v in cfg["forward_kwargs"].items()
+            }
+        return FeatureVisualizationResult.from_rendering(
+            r, model, cfg, [str(s) for s in config.objectives], self.name, self.summary
+        )
 
 
 def _init_images(model: Any, inputs: Any, size: int, n_img: int) -> Tensor:
     """Start images ``[n_img, C, size, size]`` in [0, 1] from ``inputs`` (cycled when fewer)."""
     import torch.nn.functional as F
-
-    from visionlens.data import as_images
 
     images = as_images(inputs)
     n = images.length
@@ -143,26 +161,53 @@ class FeatureVisualizationResult(Result):
     """
 
     @classmethod
-    def from_rendering(cls, r: Any, model: Any, config: dict, specs: list[str], analysis: str = "feature_visualization",
-                       summary: str = "") -> "FeatureVisualizationResult":
+    def from_rendering(
+        cls,
+        r: Any,
+        model: Any,
+        config: dict,
+        specs: list[str],
+        analysis: str = "feature_visualization",
+        summary: str = "",
+    ) -> "FeatureVisualizationResult":
         cfgm = model.cfg
         k = r.images_per_objective
         tensors = {"images": r.images.float(), "curves": r.curves.float(), "step_times": r.step_times.float()}
         if r.initial_values is not None:
             tensors["initial_values"] = r.initial_values.float()
             tensors["final_values"] = r.final_values.float()
-        table = Table(["objective", "spec", "start", "final", "curve_first", "curve_last", "curve_max"],
-                      title="Objectives (start / final: untransformed images; curve: during optimisation)")
+        table = Table(
+            ["objective", "spec", "start", "final", "curve_first", "curve_last", "curve_max"],
+            title="Objectives (start / final: untransformed images; curve: during optimisation)",
+        )
         for i, o in enumerate(r.objectives):
             c = r.curves[i]
             start = float(r.initial_values[i]) if r.initial_values is not None else None
             final = float(r.final_values[i]) if r.final_values is not None else None
-            table.rows.append([o.name, specs[i] if i < len(specs) else o.name, start, final, float(c[0]),
-                               float(c[-1]), float(c.max())])
-        meta = {"model": f"{cfgm.architecture or cfgm.family} ({cfgm.adapter})", "family": cfgm.family,
-                "objectives": r.names, "specs": specs, "images_per_objective": k, "seeds": r.seeds,
-                "steps": r.steps, "image_size": list(r.images.shape[-2:]), "settings": r.settings,
-                "elapsed_s": r.elapsed, "neuron_steps_per_s": r.neuron_steps_per_second()}
+            table.rows.append(
+                [
+                    o.name,
+                    specs[i] if i < len(specs) else o.name,
+                    start,
+                    final,
+                    float(c[0]),
+                    float(c[-1]),
+                    float(c.max()),
+                ]
+            )
+        meta = {
+            "model": f"{cfgm.architecture or cfgm.family} ({cfgm.adapter})",
+            "family": cfgm.family,
+            "objectives": r.names,
+            "specs": specs,
+            "images_per_objective": k,
+            "seeds": r.seeds,
+            "steps": r.steps,
+            "image_size": list(r.images.shape[-2:]),
+            "settings": r.settings,
+            "elapsed_s": r.elapsed,
+            "neuron_steps_per_s": r.neuron_steps_per_second(),
+        }
         return cls(analysis, summary=summary, config=config, meta=meta, tensors=tensors, tables={"objectives": table})
 
     # -------------------------------------------------------------- accessors
@@ -179,8 +224,6 @@ class FeatureVisualizationResult(Result):
         return list(self.meta.get("objectives", []))
 
     def pil(self) -> list[Any]:
-        from visionlens.featurevis.render import to_pil
-
         return to_pil(self.images)
 
     # -------------------------------------------------------------- figures

@@ -7,7 +7,8 @@
    mean), and units are ranked by the standardized paired difference
    ``mean(a_style - a_plain) / sqrt((var(a_style) + var(a_plain)) / 2 + var_layer)`` over
    (prompt, seed, timestep), where ``var_layer`` (the variance of all of the hook's unit values)
-   moderates the per-unit variance so that near-constant units cannot win by a tiny denominator. Units: channels of resnet outputs, of attention-block outputs and of
+   moderates the per-unit variance so that near-constant units cannot win by a tiny denominator.
+   Units: channels of resnet outputs, of attention-block outputs and of
    cross-attention (``attn2``) outputs, and per head of cross-attention the attention mass on the
    style-phrase tokens (``attn2.hook_pattern``; needs a tokenizer to locate the tokens).
 2. **Per-timestep profiles**: the same statistic per timestep, ``[timesteps, units]``, plotted as a
@@ -34,14 +35,13 @@ import torch
 from torch import Tensor
 
 from visionlens.analysis import Analysis, config_to_dict, option
+from visionlens.clip import encode_image, encode_text
+from visionlens.hook_select import DEFAULT_UNIT_HOOKS
 from visionlens.hookspecs import hookimpl
 from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError
 
 __all__ = ["StyleNeuronSearch", "StyleNeuronResult", "DEFAULT_UNIT_HOOKS", "unit_summary", "clip_style_score"]
-
-DEFAULT_UNIT_HOOKS = ("re:(^|\\.)resnets\\.\\d+\\.hook_out$", "re:(^|\\.)attentions\\.\\d+\\.hook_out$",
-                      "re:\\.attn2\\.hook_out$", "re:\\.attn2\\.hook_pattern$")
 
 
 def unit_summary(name: str, act: Tensor, style_pos: Optional[Tensor] = None) -> Optional[Tensor]:
@@ -72,8 +72,6 @@ def clip_style_score(clip_model: Any, pipe: Any, style_text: str, base_text: str
     """
     import torch.nn.functional as F
 
-    from visionlens.clip import encode_image, encode_text
-
     with torch.no_grad():
         t_emb = encode_text(clip_model, [style_text, base_text], normalize=True)
     direction = t_emb[0] - t_emb[1]
@@ -89,7 +87,7 @@ def clip_style_score(clip_model: Any, pipe: Any, style_text: str, base_text: str
         a = acp[t].float().view(-1, 1, 1, 1).to(output.device)
         x0 = (info["latents"] - (1 - a).sqrt() * output) / a.sqrt()
         img = pipe.vae.decode(x0 / scaling).sample
-        img = ((img.float().clamp(-1, 1) + 1) / 2)
+        img = (img.float().clamp(-1, 1) + 1) / 2
         img = F.interpolate(img, size=size, mode="bilinear", align_corners=False)
         img = (img - mean.to(img.device)) / std.to(img.device)
         emb = encode_image(clip_model, img, normalize=True)
@@ -102,8 +100,10 @@ class StyleNeuronSearch(Analysis):
     """Rank UNet units by style-vs-plain prompt difference over seeds and timesteps; verify by ablation."""
 
     name = "style_neuron_search"
-    summary = ("Diffusion style units: rank resnet channels, attention outputs and cross-attention to style tokens "
-               "by standardized style-vs-plain prompt difference; per-timestep profiles; ablate/amplify to verify.")
+    summary = (
+        "Diffusion style units: rank resnet channels, attention outputs and cross-attention to style tokens "
+        "by standardized style-vs-plain prompt difference; per-timestep profiles; ablate/amplify to verify."
+    )
 
     @dataclass
     class Config:
@@ -112,8 +112,9 @@ class StyleNeuronSearch(Analysis):
         template: str = option("{prompt} {style}", help="how the styled prompt is formed")
         seeds: int = option(2, min=1, max=10_000, help="latent / noise draws per prompt")
         timesteps: list[int] = option(lambda: [900, 600, 300, 50], min_len=1, help="UNet timesteps probed")
-        hooks: list[str] = option(list, help="hook names or globs; empty = resnets, attention blocks, attn2 outputs "
-                                              "and attn2 patterns")
+        hooks: list[str] = option(
+            list, help="hook names or globs; empty = resnets, attention blocks, attn2 outputs and attn2 patterns"
+        )
         top_k: int = option(20, min=1, max=100_000, help="units in the ranked table")
         verify_units: int = option(5, min=0, max=1000, help="top units verified one by one (ablate / amplify)")
         verify_top: int = option(3, min=1, max=1000, help="top units also verified together")
@@ -137,18 +138,24 @@ class StyleNeuronSearch(Analysis):
             return config.encode(prompts), None
         pipe = config.pipe if config.pipe is not None else model.adapter.pipeline
         if pipe is None or getattr(pipe, "text_encoder", None) is None or getattr(pipe, "tokenizer", None) is None:
-            raise VisionLensError("style_neuron_search: needs a text encoder: build the model from a pipeline "
-                                  "(HookedVisionModel.from_diffusers(pipe)), or pass pipe=... or encode=fn(prompts).")
+            raise VisionLensError(
+                "style_neuron_search: needs a text encoder: build the model from a pipeline "
+                "(HookedVisionModel.from_diffusers(pipe)), or pass pipe=... or encode=fn(prompts)."
+            )
         tok = pipe.tokenizer
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids
+        ids = tok(
+            prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         with torch.no_grad():
             states = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
         return states.to(model.device), ids
 
     def run(self, model: Any, inputs: Any, config: Any) -> "StyleNeuronResult":
-        prompts = list(inputs) if isinstance(inputs, (list, tuple)) and inputs and all(
-            isinstance(p, str) for p in inputs) else list(config.prompts)
+        prompts = (
+            list(inputs)
+            if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(p, str) for p in inputs)
+            else list(config.prompts)
+        )
         styled = [config.template.format(prompt=p, style=config.style) for p in prompts]
         ctx_s, ids_s = self._encode(model, config, styled)
         ctx_p, ids_p = self._encode(model, config, prompts)
@@ -241,16 +248,27 @@ class StyleNeuronSearch(Analysis):
                 raise VisionLensError("style_neuron_search: the style phrase does not change the UNet output at all.")
             score_fn = lambda out: ((out - out_p).flatten(1) @ direc) / norm2
         else:
-            raise VisionLensError(f"style_neuron_search: score must be 'output_direction' or a callable, got "
-                                  f"{config.score!r}.")
+            raise VisionLensError(
+                f"style_neuron_search: score must be 'output_direction' or a callable, got {config.score!r}."
+            )
         with torch.no_grad():
             base = float(score_fn(out_s).mean())
             plain = float(score_fn(out_p).mean())
-        verify = Table(["units", "ablated_score", "amplified_score", "base_score", "plain_score", "ablation_drop",
-                        "amplification_gain"], title="Causal verification (style prompt)")
+        verify = Table(
+            [
+                "units",
+                "ablated_score",
+                "amplified_score",
+                "base_score",
+                "plain_score",
+                "ablation_drop",
+                "amplification_gain",
+            ],
+            title="Causal verification (style prompt)",
+        )
         groups = [[int(order[i])] for i in range(min(config.verify_units, len(order)))]
         if config.verify_top > 1 and len(order) > 1:
-            groups.append([int(i) for i in order[:config.verify_top]])
+            groups.append([int(i) for i in order[: config.verify_top]])
         for grp in groups:
             res = []
             for factor in (0.0, config.amplify):
@@ -258,21 +276,39 @@ class StyleNeuronSearch(Analysis):
                 with torch.no_grad():
                     out, _ = forward(ctx_s, fwd_hooks=hk)
                 res.append(float(score_fn(out).mean()))
-            verify.rows.append([" + ".join(names[i] for i in grp), res[0], res[1], base, plain, base - res[0],
-                                res[1] - base])
+            verify.rows.append(
+                [" + ".join(names[i] for i in grp), res[0], res[1], base, plain, base - res[0], res[1] - base]
+            )
 
-        ranked = Table(["rank", "unit", "hook", "index", "standardized_diff", "mean_diff"],
-                       title=f"Units ranked by |standardized difference| ({config.style!r})")
-        for r, i in enumerate(order[:config.top_k].tolist()):
+        ranked = Table(
+            ["rank", "unit", "hook", "index", "standardized_diff", "mean_diff"],
+            title=f"Units ranked by |standardized difference| ({config.style!r})",
+        )
+        for r, i in enumerate(order[: config.top_k].tolist()):
             ranked.rows.append([r + 1, names[i], unit_hook[i], unit_idx[i], float(stat_t[i]), float(md_t[i])])
-        top = order[:min(config.top_k, 30)]
-        meta = {"model": f"{model.cfg.architecture} ({model.cfg.adapter})", "prompts": prompts, "styled": styled,
-                "style": config.style, "timesteps": list(config.timesteps), "seeds": S, "hooks": hooks,
-                "units": names, "top_units": [names[i] for i in top.tolist()], "n_units": len(names),
-                "style_token_positions": style_pos.nonzero().tolist() if style_pos is not None else None}
+        top = order[: min(config.top_k, 30)]
+        meta = {
+            "model": f"{model.cfg.architecture} ({model.cfg.adapter})",
+            "prompts": prompts,
+            "styled": styled,
+            "style": config.style,
+            "timesteps": list(config.timesteps),
+            "seeds": S,
+            "hooks": hooks,
+            "units": names,
+            "top_units": [names[i] for i in top.tolist()],
+            "n_units": len(names),
+            "style_token_positions": style_pos.nonzero().tolist() if style_pos is not None else None,
+        }
         tensors = {"standardized_diff": stat_t, "mean_diff": md_t, "profile": prof_t, "order": order}
-        return StyleNeuronResult(self.name, summary=self.summary, config=_cfg_dict(config), meta=meta, tensors=tensors,
-                                 tables={"ranked": ranked, "verification": verify})
+        return StyleNeuronResult(
+            self.name,
+            summary=self.summary,
+            config=_cfg_dict(config),
+            meta=meta,
+            tensors=tensors,
+            tables={"ranked": ranked, "verification": verify},
+        )
 
 
 def _cfg_dict(config: Any) -> dict:
@@ -313,6 +349,7 @@ def _sample(out: Any) -> Tensor:
 def _sliced(fn: Callable, sl: slice) -> Callable:
     def hook(act: Tensor, hook: Any) -> Tensor:
         return fn(act, hook, sl)
+
     return hook
 
 
@@ -328,18 +365,20 @@ def _standardized(a_s: Tensor, a_p: Tensor, n_t: int, eps: float = 1e-6) -> tupl
 
     rows = a_s.shape[0]
     per = rows // n_t
-    prof = torch.stack([d(a_s[k * per:(k + 1) * per], a_p[k * per:(k + 1) * per]) for k in range(n_t)])
+    prof = torch.stack([d(a_s[k * per : (k + 1) * per], a_p[k * per : (k + 1) * per]) for k in range(n_t)])
     return d(a_s, a_p), prof, (a_s - a_p).mean(0)
 
 
-def _edit_hooks(group: list[int], unit_hook: list[str], unit_idx: list[int], cache_s: dict, cache_p: dict,
-                factor: float) -> list:
+def _edit_hooks(
+    group: list[int], unit_hook: list[str], unit_idx: list[int], cache_s: dict, cache_p: dict, factor: float
+) -> list:
     """Forward hooks that set each unit in ``group`` to ``plain + factor * (style - plain)``."""
     by_hook: dict[str, list[int]] = {}
     for i in group:
         by_hook.setdefault(unit_hook[i], []).append(unit_idx[i])
     hooks = []
     for name, idxs in by_hook.items():
+
         def fn(act: Tensor, hook: Any, sl: slice, name: str = name, idxs: list[int] = idxs) -> Tensor:
             p = cache_p[name][sl].to(act.dtype)
             s = cache_s[name][sl].to(act.dtype)
@@ -352,6 +391,7 @@ def _edit_hooks(group: list[int], unit_hook: list[str], unit_idx: list[int], cac
             else:
                 out[..., idxs] = new[..., idxs]
             return out
+
         hooks.append((name, fn))
     return hooks
 
@@ -398,16 +438,24 @@ class StyleNeuronResult(Result):
         im = ax.imshow(data, aspect="auto", cmap="RdBu_r", vmin=-vmax, vmax=vmax)
         ax.set_yticks(range(prof.shape[0]), [str(t) for t in self.meta.get("timesteps", [])], fontsize=7)
         ax.set_ylabel("timestep")
-        ax.set_xticks(range(len(order)), [_short(names[i]) for i in order.tolist()], rotation=70, ha="right",
-                      fontsize=5)
+        ax.set_xticks(
+            range(len(order)), [_short(names[i]) for i in order.tolist()], rotation=70, ha="right", fontsize=5
+        )
         fig.colorbar(im, ax=ax, label="standardized diff")
         ax.set_title("which units respond to the style at which noise level", fontsize=9)
         return fig
 
 
 def _short(name: str) -> str:
-    return (name.replace("transformer_blocks.", "tb").replace("attentions.", "attn").replace("down_blocks.", "d")
-            .replace("up_blocks.", "u").replace("mid_block.", "mid.").replace(".hook_out", "").replace("hook_", ""))
+    return (
+        name.replace("transformer_blocks.", "tb")
+        .replace("attentions.", "attn")
+        .replace("down_blocks.", "d")
+        .replace("up_blocks.", "u")
+        .replace("mid_block.", "mid.")
+        .replace(".hook_out", "")
+        .replace("hook_", "")
+    )
 
 
 @hookimpl

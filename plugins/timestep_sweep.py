@@ -70,8 +70,10 @@ class TimestepSweep(Analysis):
     """Per-unit activation / attribution / ablation importance per timestep band, and its similarity across bands."""
 
     name = "timestep_sweep"
-    summary = ("Diffusion UNets: per-unit importance (activation, attribution or ablation) in each timestep band, "
-               "with a band x band similarity matrix showing how the important components change with noise level.")
+    summary = (
+        "Diffusion UNets: per-unit importance (activation, attribution or ablation) in each timestep band, "
+        "with a band x band similarity matrix showing how the important components change with noise level."
+    )
 
     @dataclass
     class Config:
@@ -115,8 +117,9 @@ class TimestepSweep(Analysis):
         hooks = self._hooks(model, config.hooks)
         pipe = config.pipe if config.pipe is not None else model.adapter.pipeline
         sched = getattr(pipe, "scheduler", None)
-        n_train = config.num_train_timesteps or int(getattr(getattr(sched, "config", None), "num_train_timesteps",
-                                                            1000) or 1000)
+        n_train = config.num_train_timesteps or int(
+            getattr(getattr(sched, "config", None), "num_train_timesteps", 1000) or 1000
+        )
         g = torch.Generator().manual_seed(config.seed)
         if config.timesteps:
             band_ts = [[int(t)] for t in config.timesteps]
@@ -132,12 +135,16 @@ class TimestepSweep(Analysis):
         c, (h, w) = model.cfg.in_chans, tuple(model.cfg.image_size or (8, 8))
         ctx = None
         if model.cfg.extra.get("conditional"):
-            prompts = list(inputs) if isinstance(inputs, (list, tuple)) and inputs and all(
-                isinstance(p, str) for p in inputs) else list(config.prompts)
+            prompts = (
+                list(inputs)
+                if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(p, str) for p in inputs)
+                else list(config.prompts)
+            )
             if pipe is not None and getattr(pipe, "text_encoder", None) is not None:
                 tok = pipe.tokenizer
-                ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                          return_tensors="pt").input_ids
+                ids = tok(
+                    prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+                ).input_ids
                 with torch.no_grad():
                     ctx = pipe.text_encoder(ids)[0].to(dev)
             else:
@@ -169,27 +176,52 @@ class TimestepSweep(Analysis):
                 unit_names = names
             rows_importance.append(scores)
         imp = torch.stack(rows_importance)
-        cos, rho, jac = similarity_matrices(imp.abs() if config.measure != "activation" or config.stat != "mean" else imp,
-                                       config.top_k)
+        cos, rho, jac = similarity_matrices(
+            imp.abs() if config.measure != "activation" or config.stat != "mean" else imp, config.top_k
+        )
         table = Table(["band", "timesteps", "top_units", "top_scores"], title="Most important units per band")
         for b, lab in enumerate(labels):
             top = torch.topk(imp[b].abs(), min(config.top_k, imp.shape[1]))
-            table.rows.append([lab, band_ts[b], [unit_names[i] for i in top.indices.tolist()],
-                               [float(imp[b, i]) for i in top.indices.tolist()]])
+            table.rows.append(
+                [
+                    lab,
+                    band_ts[b],
+                    [unit_names[i] for i in top.indices.tolist()],
+                    [float(imp[b, i]) for i in top.indices.tolist()],
+                ]
+            )
         changes = Table(["unit", "band_of_max", "max", "min", "range"], title="Units whose importance changes most")
         spread = imp.max(0).values - imp.min(0).values
-        for i in torch.argsort(spread, descending=True)[:config.top_k].tolist():
-            changes.rows.append([unit_names[i], labels[int(imp[:, i].argmax())], float(imp[:, i].max()),
-                                 float(imp[:, i].min()), float(spread[i])])
+        for i in torch.argsort(spread, descending=True)[: config.top_k].tolist():
+            changes.rows.append(
+                [
+                    unit_names[i],
+                    labels[int(imp[:, i].argmax())],
+                    float(imp[:, i].max()),
+                    float(imp[:, i].min()),
+                    float(spread[i]),
+                ]
+            )
         cfg = config_to_dict(config)
         if not isinstance(cfg.get("pipe"), (str, type(None))):
             cfg["pipe"] = f"<{type(config.pipe).__name__}>"
-        meta = {"model": f"{model.cfg.architecture} ({model.cfg.adapter})", "hooks": hooks, "units": unit_names,
-                "bands": labels, "band_timesteps": band_ts, "measure": config.measure, "num_train_timesteps": n_train}
-        return TimestepSweepResult(self.name, summary=self.summary, config=cfg, meta=meta,
-                                   tensors={"importance": imp, "similarity_cosine": cos, "similarity_spearman": rho,
-                                            "similarity_topk": jac},
-                                   tables={"bands": table, "changes": changes})
+        meta = {
+            "model": f"{model.cfg.architecture} ({model.cfg.adapter})",
+            "hooks": hooks,
+            "units": unit_names,
+            "bands": labels,
+            "band_timesteps": band_ts,
+            "measure": config.measure,
+            "num_train_timesteps": n_train,
+        }
+        return TimestepSweepResult(
+            self.name,
+            summary=self.summary,
+            config=cfg,
+            meta=meta,
+            tensors={"importance": imp, "similarity_cosine": cos, "similarity_spearman": rho, "similarity_topk": jac},
+            tables={"bands": table, "changes": changes},
+        )
 
     # ------------------------------------------------------------------ measurements
     def _measure(self, model: Any, args: list, hooks: list[str], config: Any) -> tuple[Tensor, list[str]]:
@@ -240,6 +272,7 @@ class TimestepSweep(Analysis):
                 n_units = _per_unit(cache[hname]).shape[1]
                 eff = torch.zeros(min(n_units, config.max_units))
                 for u in range(len(eff)):
+
                     def zero(act: Tensor, hook: Any, u: int = u) -> Tensor:
                         out = act.clone()
                         if act.ndim == 4:
@@ -247,6 +280,7 @@ class TimestepSweep(Analysis):
                         else:
                             out[..., u] = 0
                         return out
+
                     out = _sample(model.run_with_hooks(*args, fwd_hooks=[(hname, zero)]))
                     eff[u] = float((_metric(out, base) - _metric(base, base)).mean().abs())
                 vals.append(eff)
@@ -276,8 +310,11 @@ class TimestepSweepResult(Result):
         """Band x band similarity of unit importance (cosine and top-k overlap)."""
         labels = self.meta.get("bands", [])
         keys = [k for k in ("similarity_cosine", "similarity_spearman", "similarity_topk") if k in self.tensors]
-        titles = {"similarity_cosine": "cosine of unit importance", "similarity_spearman": "rank correlation (Spearman)",
-                  "similarity_topk": "top-k unit overlap (Jaccard)"}
+        titles = {
+            "similarity_cosine": "cosine of unit importance",
+            "similarity_spearman": "rank correlation (Spearman)",
+            "similarity_topk": "top-k unit overlap (Jaccard)",
+        }
         fig = new_figure(5 * len(keys), 4.2)
         axes = fig.subplots(1, len(keys), squeeze=False)[0]
         for ax, key in zip(axes, keys):
@@ -303,8 +340,13 @@ class TimestepSweepResult(Result):
         im = ax.imshow(data, aspect="auto", cmap="magma")
         ax.set_yticks(range(imp.shape[0]), self.meta.get("bands", []), fontsize=7)
         ax.set_ylabel("timestep band")
-        ax.set_xticks(range(len(top)), [names[i].replace(".hook_out", "") for i in top.tolist()], rotation=70,
-                      ha="right", fontsize=5)
+        ax.set_xticks(
+            range(len(top)),
+            [names[i].replace(".hook_out", "") for i in top.tolist()],
+            rotation=70,
+            ha="right",
+            fontsize=5,
+        )
         fig.colorbar(im, ax=ax, label=self.meta.get("measure", ""))
         return fig
 

@@ -21,6 +21,7 @@ from visionlens import weights as vw
 from visionlens.analysis import Analysis, ConfigError, config_to_dict, option
 from visionlens.hookspecs import hookimpl
 from visionlens.results import Result, Table, new_figure
+from visionlens.validation import closest_names
 
 __all__ = ["Weights", "WeightsResult"]
 
@@ -29,8 +30,10 @@ class Weights(Analysis):
     """Channel-to-channel weight strengths, top inputs / outputs, sparsity, expanded weights, NMF pictures."""
 
     name = "weights"
-    summary = ("Weight explorer: channel-to-channel strengths of conv layers, top inputs/outputs per unit, sparsity "
-               "(top-k mass, Gini), expanded weights between non-adjacent layers, NMF weight pictures.")
+    summary = (
+        "Weight explorer: channel-to-channel strengths of conv layers, top inputs/outputs per unit, sparsity "
+        "(top-k mass, Gini), expanded weights between non-adjacent layers, NMF weight pictures."
+    )
 
     @dataclass
     class Config:
@@ -55,24 +58,33 @@ class Weights(Analysis):
         if config.layers:
             unknown = [l for l in config.layers if l not in names]
             if unknown:
-                from visionlens.validation import closest_names
-
-                raise ConfigError(f"weights: {', '.join(map(repr, unknown))} is not a Conv2d module; closest conv "
-                                  f"layers: {', '.join(closest_names(unknown[0], names)) or ', '.join(names[:8])}.")
+                raise ConfigError(
+                    f"weights: {', '.join(map(repr, unknown))} is not a Conv2d module; closest conv "
+                    f"layers: {', '.join(closest_names(unknown[0], names)) or ', '.join(names[:8])}."
+                )
         pairs = vw.adjacent_pairs(layers)
         chosen = [(n, c) for n, c in layers if not config.layers or n in config.layers]
         tensors: dict[str, Tensor] = {}
         reads: dict[str, Optional[str]] = {b: a for a, b in pairs}
-        sparsity = Table(["layer", "shape", "mean_topk_mass", "mean_gini", "reads"],
-                         title=f"Connection sparsity (top-{config.top_k} mass, Gini) per layer")
+        sparsity = Table(
+            ["layer", "shape", "mean_topk_mass", "mean_gini", "reads"],
+            title=f"Connection sparsity (top-{config.top_k} mass, Gini) per layer",
+        )
         for n, conv in chosen:
             s = vw.channel_strengths(conv, config.norm)
             tensors[f"strengths/{n}"] = s
             sp = vw.connection_sparsity(s, config.top_k)
             tensors[f"sparsity/{n}/topk_mass"] = sp["topk_mass"]
             tensors[f"sparsity/{n}/gini"] = sp["gini"]
-            sparsity.rows.append([n, list(conv.weight.shape), float(sp["topk_mass"].mean()), float(sp["gini"].mean()),
-                                  reads.get(n) or ""])
+            sparsity.rows.append(
+                [
+                    n,
+                    list(conv.weight.shape),
+                    float(sp["topk_mass"].mean()),
+                    float(sp["gini"].mean()),
+                    reads.get(n) or "",
+                ]
+            )
             if config.nmf:
                 img, _ = vw.nmf_rgb(conv)
                 tensors[f"nmf/{n}"] = torch.from_numpy(img)
@@ -82,11 +94,20 @@ class Weights(Analysis):
             a, b = (t.strip() for t in spec.split("->", 1))
             ew = vw.expanded_weights(model, a, b, reduce=config.expanded_reduce, image_size=config.image_size)
             tensors[f"expanded/{ew.from_hook}->{ew.to_hook}"] = ew.matrix
-        meta = {"model": f"{model.cfg.architecture or model.cfg.family} ({model.cfg.adapter})",
-                "layers": [n for n, _ in chosen], "reads": {n: reads.get(n) for n, _ in chosen},
-                "norm": config.norm}
-        res = WeightsResult(self.name, summary=self.summary, config=config_to_dict(config), meta=meta,
-                            tensors=tensors, tables={"sparsity": sparsity})
+        meta = {
+            "model": f"{model.cfg.architecture or model.cfg.family} ({model.cfg.adapter})",
+            "layers": [n for n, _ in chosen],
+            "reads": {n: reads.get(n) for n, _ in chosen},
+            "norm": config.norm,
+        }
+        res = WeightsResult(
+            self.name,
+            summary=self.summary,
+            config=config_to_dict(config),
+            meta=meta,
+            tensors=tensors,
+            tables={"sparsity": sparsity},
+        )
         res.tables["connections"] = res.connections_table(config.top_k, config.table_units)
         return res
 
@@ -140,8 +161,12 @@ class WeightsResult(Result):
         ax1, ax2, ax3 = fig.subplots(1, 3)
         xs = range(len(layers))
         ax1.plot(xs, [float(self.tensors[f"sparsity/{n}/gini"].mean()) for n in layers], "o-", label="Gini")
-        ax1.plot(xs, [float(self.tensors[f"sparsity/{n}/topk_mass"].mean()) for n in layers], "s--",
-                 label=f"top-{self.config.get('top_k', '')} mass")
+        ax1.plot(
+            xs,
+            [float(self.tensors[f"sparsity/{n}/topk_mass"].mean()) for n in layers],
+            "s--",
+            label=f"top-{self.config.get('top_k', '')} mass",
+        )
         ax1.set_xticks(list(xs), layers, rotation=70, ha="right", fontsize=6)
         ax1.legend(fontsize=7)
         ax1.set_title("connection sparsity", fontsize=9)
@@ -157,7 +182,7 @@ class WeightsResult(Result):
                 grid = np.ones((cols * (kh + 1), cols * (kw + 1), 3), dtype=np.float32)
                 for i in range(n_img):
                     r, c = divmod(i, cols)
-                    grid[r * (kh + 1):r * (kh + 1) + kh, c * (kw + 1):c * (kw + 1) + kw] = img[i]
+                    grid[r * (kh + 1) : r * (kh + 1) + kh, c * (kw + 1) : c * (kw + 1) + kw] = img[i]
                 ax3.imshow(grid, interpolation="nearest")
                 ax3.set_title(f"NMF weight pictures {key[4:]}", fontsize=8)
         ax3.set_axis_off()

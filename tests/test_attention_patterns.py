@@ -48,14 +48,14 @@ def test_head_statistics_known_values():
     from visionlens.plugins.attention_patterns import head_statistics
 
     T, n_prefix, grid = 5, 1, (2, 2)
-    ident = torch.eye(T)[None, None]                      # every token attends to itself
+    ident = torch.eye(T)[None, None]  # every token attends to itself
     uniform = torch.full((1, 1, T, T), 1.0 / T)
     cls_only = torch.zeros(1, 1, T, T)
     cls_only[..., 0] = 1.0
     s = head_statistics(torch.cat([ident, uniform, cls_only], dim=1), n_prefix, grid, (16.0, 16.0))
     assert s["distance"][0] == 0.0
-    assert torch.isclose(s["distance"][1], s["uniform_distance"][1])      # uniform over patches
-    pair = (16 + 16 + 16 * 2 ** 0.5) / 4                                   # mean patch-centre distance, 2x2 grid
+    assert torch.isclose(s["distance"][1], s["uniform_distance"][1])  # uniform over patches
+    pair = (16 + 16 + 16 * 2**0.5) / 4  # mean patch-centre distance, 2x2 grid
     assert torch.isclose(s["uniform_distance"][0], torch.tensor(pair), atol=1e-5)
     assert torch.isclose(s["entropy"][1], torch.tensor(float(np.log(T))), atol=1e-5)
     assert s["entropy"][0] < 1e-6
@@ -98,8 +98,15 @@ def test_layer_selection_and_errors(vit, photos):
 def test_save_writes_viewer_and_keeps_index_script_free(result, tmp_path):
     out = result.save(tmp_path / "att")
     names = {p.name for p in out.iterdir()}
-    assert {"index.html", "viewer.html", "overview.png", "cls_attention.png", "query_attention.png",
-            "result.json", "tensors.safetensors"} <= names
+    assert {
+        "index.html",
+        "viewer.html",
+        "overview.png",
+        "cls_attention.png",
+        "query_attention.png",
+        "result.json",
+        "tensors.safetensors",
+    } <= names
     index = (out / "index.html").read_text()
     assert "<script" not in index and "script-src" not in index
     assert 'href="viewer.html"' in index
@@ -125,13 +132,27 @@ def test_viewer_renders_in_headless_chromium(result, tmp_path):
 
     out = result.save(tmp_path / "att")
     url = (out / "viewer.html").resolve().as_uri()
-    base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--no-first-run", "--enable-logging=stderr", "--v=0", "--window-size=1000,800"]
+    base = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1000,800",
+    ]
     shot = tmp_path / "shot.png"
-    r1 = subprocess.run(base + [f"--user-data-dir={tmp_path / 'p1'}", f"--screenshot={shot}", url],
-                        capture_output=True, text=True, timeout=120)
-    r2 = subprocess.run(base + [f"--user-data-dir={tmp_path / 'p2'}", "--dump-dom", url],
-                        capture_output=True, text=True, timeout=120)
+    r1 = subprocess.run(
+        base + [f"--user-data-dir={tmp_path / 'p1'}", f"--screenshot={shot}", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    r2 = subprocess.run(
+        base + [f"--user-data-dir={tmp_path / 'p2'}", "--dump-dom", url], capture_output=True, text=True, timeout=120
+    )
     logs = r1.stderr + r2.stderr
     console = [ln for ln in logs.splitlines() if "CONSOLE" in ln]
     assert not [ln for ln in console if "Uncaught" in ln or "rror" in ln], console
@@ -155,8 +176,9 @@ def test_unet_cross_attention_maps(tmp_path):
     model = HookedVisionModel.from_diffusers(tiny_unet("conditional"))
     g = torch.Generator().manual_seed(0)
     sample, ctx = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 5, 32, generator=g)
-    res = visionlens.run("attention_patterns", model, (sample, torch.tensor(10), ctx),
-                         tokens=["<start>", "a", "cat", EVIL])
+    res = visionlens.run(
+        "attention_patterns", model, (sample, torch.tensor(10), ctx), tokens=["<start>", "a", "cat", EVIL]
+    )
     maps = res.tensors["cross_maps"]
     assert maps.shape == (5, 8, 8)
     assert torch.allclose(maps.sum(0), torch.ones(8, 8), atol=1e-5)  # each pixel's attention over tokens sums to 1
@@ -173,8 +195,11 @@ def test_unet_cross_attention_maps(tmp_path):
 def test_clip_image_tower_and_distilled_prefix():
     open_clip = pytest.importorskip("open_clip")
     torch.manual_seed(0)
-    clip = open_clip.CLIP(embed_dim=16, vision_cfg=dict(image_size=32, layers=2, width=32, head_width=8, patch_size=8),
-                          text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=2)).eval()
+    clip = open_clip.CLIP(
+        embed_dim=16,
+        vision_cfg=dict(image_size=32, layers=2, width=32, head_width=8, patch_size=8),
+        text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=2),
+    ).eval()
     model = visionlens.HookedVisionModel.from_module(clip)
     res = visionlens.run("attention_patterns", model, torch.randn(2, 3, 32, 32))
     assert res.meta["hooks"] == ["visual.blocks.0.attn.hook_pattern", "visual.blocks.1.attn.hook_pattern"]
@@ -193,8 +218,24 @@ def test_cli_run(tmp_path):
     folder.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(folder / "a.png")
     out = tmp_path / "out"
-    code = main(["run", "attention_patterns", "--model", "timm:vit_tiny_patch16_224", "--image-size", "32",
-                 "--images", str(folder), "--out", str(out), "--set", "layers=0,-1", "--set", "query=2"])
+    code = main(
+        [
+            "run",
+            "attention_patterns",
+            "--model",
+            "timm:vit_tiny_patch16_224",
+            "--image-size",
+            "32",
+            "--images",
+            str(folder),
+            "--out",
+            str(out),
+            "--set",
+            "layers=0,-1",
+            "--set",
+            "query=2",
+        ]
+    )
     assert code == 0
     d = json.loads((out / "result.json").read_text())
     assert d["meta"]["layers"] == [0, 11] and d["meta"]["query"] == 2

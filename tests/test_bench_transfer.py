@@ -10,9 +10,10 @@ import torch
 from visionlens import hookimpl
 from visionlens.registry import plugin_manager
 from visionlens.zoo import bench, catalog
-from visionlens.zoo.bench import BenchContext, Technique, run_transfer
-from visionlens.zoo.scores import Score
 from visionlens.zoo import techniques_localization as tl
+from visionlens.zoo.bench import run_transfer
+from visionlens.zoo.scores import Score
+from visionlens.zoo.technique import BenchContext, Technique
 
 pytestmark = pytest.mark.skipif(not catalog.weights_path("resnet").is_file(), reason="zoo:resnet not trained")
 
@@ -24,8 +25,17 @@ def test_quick_table_rows_and_files(tmp_path):
     names = {r["technique"] for r in rows}
     assert names == {t.name for t in tl.TECHNIQUES}
     for r in rows:
-        for key in ("family", "model", "technique", "score", "chance", "sanity_score", "seconds", "supported",
-                    "reason"):
+        for key in (
+            "family",
+            "model",
+            "technique",
+            "score",
+            "chance",
+            "sanity_score",
+            "seconds",
+            "supported",
+            "reason",
+        ):
             assert key in r
     by = {r["technique"]: r for r in rows}
     assert by["cls_attention"]["supported"] is False and "attention" in by["cls_attention"]["reason"]

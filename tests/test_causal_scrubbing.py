@@ -1,4 +1,4 @@
-"""Causal scrubbing on hand-set ground-truth models (visionlens.planted) and running on a ViT."""
+"""Causal scrubbing on hand-set ground-truth models (visionlens.zoo.planted) and running on a ViT."""
 
 from __future__ import annotations
 
@@ -8,11 +8,17 @@ import warnings
 import pytest
 import torch
 
+import visionlens
 from visionlens import HookedVisionModel, registry
-from visionlens.planted import (PlantedAndNet, planted_and_dataset, planted_hypotheses, planted_vit_dataset,
-                               planted_vit_model)
 from visionlens.scrubbing import Node, activation_mask, causal_scrub, parse_hypothesis
 from visionlens.validation import VisionLensError
+from visionlens.zoo.planted import (
+    PlantedAndNet,
+    planted_and_dataset,
+    planted_hypotheses,
+    planted_vit_dataset,
+    planted_vit_model,
+)
 
 torch.set_num_threads(1)
 
@@ -64,9 +70,13 @@ def test_recursion_is_relative_to_node_input(planted):
     bad = json.loads(json.dumps(h))
     bad["parents"][0]["feature"] = "any"
     assert _scrub(planted, bad).recovered < 0.3
-    one_level = {"hook": None, "parents": [
-        {"hook": "relu1.hook_out", "channels": [0], "feature": "red"},
-        {"hook": "relu1.hook_out", "channels": [1], "feature": "stripe"}]}
+    one_level = {
+        "hook": None,
+        "parents": [
+            {"hook": "relu1.hook_out", "channels": [0], "feature": "red"},
+            {"hook": "relu1.hook_out", "channels": [1], "feature": "stripe"},
+        ],
+    }
     assert _scrub(planted, one_level).recovered >= 0.95
 
 
@@ -99,8 +109,13 @@ def test_errors(planted):
     with pytest.raises(VisionLensError, match="out of range"):
         _scrub(planted, {"hook": None, "parents": [{"hook": "relu1", "channels": [9], "feature": "red"}]})
     with pytest.raises(VisionLensError, match="upstream"):
-        _scrub(planted, {"hook": None, "parents": [{"hook": "relu1", "feature": "red",
-                                                     "parents": [{"hook": "act2", "feature": "red"}]}]})
+        _scrub(
+            planted,
+            {
+                "hook": None,
+                "parents": [{"hook": "relu1", "feature": "red", "parents": [{"hook": "act2", "feature": "red"}]}],
+            },
+        )
     with pytest.raises(VisionLensError, match="unknown hypothesis keys"):
         parse_hypothesis({"hook": None, "chanels": [1]})
     assert not any(hp.fwd_hooks for hp in model.hook_dict.values())
@@ -109,9 +124,15 @@ def test_errors(planted):
 def test_plugin_result_save(planted, tmp_path):
     _ensure("causal_scrubbing")
     model, data = planted
-    res = registry.run("causal_scrubbing", model, data.images, hypotheses=planted_hypotheses(),
-                       labels=data.labels.tolist(), factors={k: v.tolist() for k, v in data.factors.items()},
-                       n_bootstrap=200)
+    res = visionlens.run(
+        "causal_scrubbing",
+        model,
+        data.images,
+        hypotheses=planted_hypotheses(),
+        labels=data.labels.tolist(),
+        factors={k: v.tolist() for k, v in data.factors.items()},
+        n_bootstrap=200,
+    )
     assert res.recovered("true") >= 0.95 and res.recovered("wrong") <= 0.5
     res.save(tmp_path)
     assert (tmp_path / "index.html").exists() and (tmp_path / "overview.png").exists()
@@ -126,15 +147,28 @@ def test_vit_heads_and_tokens_run():
     model = HookedVisionModel.from_module(src)
     x = torch.randn(16, 3, 32, 32)
     labels = model(x).argmax(1)
-    hyp = {"hook": None, "parents": [
-        {"hook": "blocks.1.hook_resid_post", "positions": [0], "feature": "label", "parents": [
-            {"hook": "blocks.1.attn.hook_z", "heads": [0, 1], "feature": "label"}]}]}
+    hyp = {
+        "hook": None,
+        "parents": [
+            {
+                "hook": "blocks.1.hook_resid_post",
+                "positions": [0],
+                "feature": "label",
+                "parents": [{"hook": "blocks.1.attn.hook_z", "heads": [0, 1], "feature": "label"}],
+            }
+        ],
+    }
     r = causal_scrub(model, x, hyp, labels=labels, n_resamples=2, n_bootstrap=50)
     assert r.per_example_scrubbed.shape == (16,)
     # the whole output-relevant state (CLS token of the last residual stream) with identity is exact
-    full = causal_scrub(model, x, {"hook": None, "parents": [
-        {"hook": "blocks.1.hook_resid_post", "positions": [0], "feature": "identity"}]}, labels=labels,
-        n_resamples=1, n_bootstrap=0)
+    full = causal_scrub(
+        model,
+        x,
+        {"hook": None, "parents": [{"hook": "blocks.1.hook_resid_post", "positions": [0], "feature": "identity"}]},
+        labels=labels,
+        n_resamples=1,
+        n_bootstrap=0,
+    )
     assert abs(full.loss_scrubbed - full.loss_model) < 1e-4
 
 
@@ -146,9 +180,30 @@ def test_cli_run(tmp_path):
     hyp = tmp_path / "hyp.json"
     hyp.write_text(json.dumps({"hook": None, "parents": [{"hook": "layer4", "feature": "identity"}]}))
     out = tmp_path / "out"
-    rc = main(["run", "causal_scrubbing", "--model", "timm:resnet18", "--images", "builtin", "--image-size", "32",
-               "--out", str(out), "--set", f"hypothesis={hyp}", "--set", "metric=kl_to_model", "--set",
-               "max_images=6", "--set", "n_resamples=1", "--set", "n_bootstrap=50"])
+    rc = main(
+        [
+            "run",
+            "causal_scrubbing",
+            "--model",
+            "timm:resnet18",
+            "--images",
+            "builtin",
+            "--image-size",
+            "32",
+            "--out",
+            str(out),
+            "--set",
+            f"hypothesis={hyp}",
+            "--set",
+            "metric=kl_to_model",
+            "--set",
+            "max_images=6",
+            "--set",
+            "n_resamples=1",
+            "--set",
+            "n_bootstrap=50",
+        ]
+    )
     assert rc == 0
     row = json.loads((out / "result.json").read_text())["tables"]["losses"]["rows"][0]
     assert row[4] == pytest.approx(1.0, abs=1e-3)  # the whole last stage with identity: exact
@@ -191,9 +246,20 @@ def test_string_and_callable_features(planted):
     def stripe_fn(x):  # a feature computed from the inputs themselves: max blue column sum
         return (x[:, 2].sum(1).amax(1) > 4).long()
 
-    hyp = {"hook": None, "parents": [{"hook": "act2", "channels": [0], "feature": "label", "parents": [
-        {"hook": "relu1", "channels": [0], "feature": "colour"},
-        {"hook": "relu1", "channels": [1], "feature": stripe_fn}]}]}
+    hyp = {
+        "hook": None,
+        "parents": [
+            {
+                "hook": "act2",
+                "channels": [0],
+                "feature": "label",
+                "parents": [
+                    {"hook": "relu1", "channels": [0], "feature": "colour"},
+                    {"hook": "relu1", "channels": [1], "feature": stripe_fn},
+                ],
+            }
+        ],
+    }
     node = parse_hypothesis(hyp)
     node.parents[0].parents[1].feature = stripe_fn
     r = causal_scrub(model, data.images, node, labels=data.labels, factors={"colour": names}, n_resamples=2)

@@ -46,8 +46,9 @@ def _err_line(capsys) -> str:
     return err
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["models", "--help"], ["hooks", "--help"], ["plugins", "--help"],
-                                  ["run", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["models", "--help"], ["hooks", "--help"], ["plugins", "--help"], ["run", "--help"]]
+)
 def test_help(argv, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -98,9 +99,28 @@ def test_run_api_analyze_and_cli_agree(vit_ckpt, folder, tmp_path, capsys):
     api = visionlens.run("activation_stats", model, str(folder), hooks=hooks.split(","), top_k=3, batch_size=3)
     meth = model.analyze("activation_stats", str(folder), hooks=hooks.split(","), top_k=3, batch_size=3)
     out = tmp_path / "cli"
-    rc = main(["run", "activation_stats", "--model", VIT, "--pretrained", str(ckpt), "--image-size", "32",
-               "--images", str(folder), "--out", str(out), "--set", f"hooks={hooks}", "--set", "top_k=3",
-               "--set", "batch_size=2"])
+    rc = main(
+        [
+            "run",
+            "activation_stats",
+            "--model",
+            VIT,
+            "--pretrained",
+            str(ckpt),
+            "--image-size",
+            "32",
+            "--images",
+            str(folder),
+            "--out",
+            str(out),
+            "--set",
+            f"hooks={hooks}",
+            "--set",
+            "top_k=3",
+            "--set",
+            "batch_size=2",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     assert f"wrote {out}" in capsys.readouterr().out
     cli = load_file(str(out / "tensors.safetensors"))
@@ -118,34 +138,83 @@ def test_run_api_analyze_and_cli_agree(vit_ckpt, folder, tmp_path, capsys):
 
 def test_run_builtin_images(vit_ckpt, tmp_path, capsys):
     _, ckpt = vit_ckpt
-    rc = main(["run", "activation_stats", "--model", VIT, "--pretrained", str(ckpt), "--image-size", "32",
-               "--images", "builtin", "--out", str(tmp_path), "--set", "max_images=3",
-               "--set", "hooks=blocks.11.hook_resid_post", "--set", "figure_units=1"])
+    rc = main(
+        [
+            "run",
+            "activation_stats",
+            "--model",
+            VIT,
+            "--pretrained",
+            str(ckpt),
+            "--image-size",
+            "32",
+            "--images",
+            "builtin",
+            "--out",
+            str(tmp_path),
+            "--set",
+            "max_images=3",
+            "--set",
+            "hooks=blocks.11.hook_resid_post",
+            "--set",
+            "figure_units=1",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     meta = json.loads((tmp_path / "result.json").read_text())["meta"]
     assert meta["n_images"] == 3 and meta["image_names"][0] == "skimage:astronaut"
     assert {"index.html", "overview.png", "top_units.png"} <= set(os.listdir(tmp_path))
 
 
-@pytest.mark.parametrize("argv, pattern", [
-    (["run", "nope", "--model", VIT, "--images", "builtin", "--out", "x"], "Unknown analysis 'nope'"),
-    (["run", "activation_stats", "--model", VIT, "--images", "builtin", "--out", "x", "--set", "top_k=0"],
-     r"'top_k' expected a value in \[1, 100000\], got 0"),
-    (["run", "activation_stats", "--model", VIT, "--images", "builtin", "--out", "x", "--set", "top_k=lots"],
-     "'top_k' expected an integer, got 'lots'"),
-    (["run", "activation_stats", "--model", VIT, "--images", "builtin", "--out", "x", "--set", "topk=2"],
-     "unknown config key 'topk'. Did you mean 'top_k'"),
-    (["run", "activation_stats", "--model", VIT, "--images", "/no/such/dir", "--out", "x"],
-     "No such image file or folder: '/no/such/dir'"),
-    (["run", "activation_stats", "--model", "resnet18", "--images", "builtin", "--out", "x"],
-     "Expected a model spec 'prefix:name'"),
-    (["run", "activation_stats", "--model", "nosuch:resnet18", "--images", "builtin", "--out", "x"],
-     "Unknown model spec prefix 'nosuch'"),
-    (["hooks", "timm:not_a_model_xyz"], "Unknown timm model 'not_a_model_xyz'"),
-    (["hooks", VIT, "--model-arg", "img_size=32", "--image-size", "48"], "takes 32x32 images only"),
-    (["run", "activation_stats", "--model", VIT, "--image-size", "32", "--images", "builtin", "--out", "x",
-      "--set", "hooks=blocks.0.hook_resid_postt"], "Closest real names: blocks.0.hook_resid_post"),
-])
+@pytest.mark.parametrize(
+    "argv, pattern",
+    [
+        (["run", "nope", "--model", VIT, "--images", "builtin", "--out", "x"], "Unknown analysis 'nope'"),
+        (
+            ["run", "activation_stats", "--model", VIT, "--images", "builtin", "--out", "x", "--set", "top_k=0"],
+            r"'top_k' expected a value in \[1, 100000\], got 0",
+        ),
+        (
+            ["run", "activation_stats", "--model", VIT, "--images", "builtin", "--out", "x", "--set", "top_k=lots"],
+            "'top_k' expected an integer, got 'lots'",
+        ),
+        (
+            ["run", "activation_stats", "--model", VIT, "--images", "builtin", "--out", "x", "--set", "topk=2"],
+            "unknown config key 'topk'. Did you mean 'top_k'",
+        ),
+        (
+            ["run", "activation_stats", "--model", VIT, "--images", "/no/such/dir", "--out", "x"],
+            "No such image file or folder: '/no/such/dir'",
+        ),
+        (
+            ["run", "activation_stats", "--model", "resnet18", "--images", "builtin", "--out", "x"],
+            "Expected a model spec 'prefix:name'",
+        ),
+        (
+            ["run", "activation_stats", "--model", "nosuch:resnet18", "--images", "builtin", "--out", "x"],
+            "Unknown model spec prefix 'nosuch'",
+        ),
+        (["hooks", "timm:not_a_model_xyz"], "Unknown timm model 'not_a_model_xyz'"),
+        (["hooks", VIT, "--model-arg", "img_size=32", "--image-size", "48"], "takes 32x32 images only"),
+        (
+            [
+                "run",
+                "activation_stats",
+                "--model",
+                VIT,
+                "--image-size",
+                "32",
+                "--images",
+                "builtin",
+                "--out",
+                "x",
+                "--set",
+                "hooks=blocks.0.hook_resid_postt",
+            ],
+            "Closest real names: blocks.0.hook_resid_post",
+        ),
+    ],
+)
 def test_bad_input_one_line_error(argv, pattern, capsys, tmp_path, monkeypatch):
     import re
 
@@ -155,8 +224,14 @@ def test_bad_input_one_line_error(argv, pattern, capsys, tmp_path, monkeypatch):
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("argv", [["run", "activation_stats", "--images", "builtin", "--out", "x"],
-                                  ["hooks", VIT, "--image-size", "0"], ["frobnicate"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "activation_stats", "--images", "builtin", "--out", "x"],
+        ["hooks", VIT, "--image-size", "0"],
+        ["frobnicate"],
+    ],
+)
 def test_usage_errors(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -168,13 +243,34 @@ def test_real_subprocess(vit_ckpt, folder, tmp_path):
     exe = Path(sys.executable).with_name("visionlens")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "visionlens.cli"]
     out = tmp_path / "sub"
-    proc = subprocess.run(cmd + ["run", "activation_stats", "--model", VIT, "--pretrained", str(ckpt),
-                                 "--image-size", "32", "--images", str(folder), "--out", str(out),
-                                 "--set", "hooks=blocks.5.hook_resid_post", "--set", "top_k=2"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        cmd
+        + [
+            "run",
+            "activation_stats",
+            "--model",
+            VIT,
+            "--pretrained",
+            str(ckpt),
+            "--image-size",
+            "32",
+            "--images",
+            str(folder),
+            "--out",
+            str(out),
+            "--set",
+            "hooks=blocks.5.hook_resid_post",
+            "--set",
+            "top_k=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     api = visionlens.run("activation_stats", model, str(folder), hooks=["blocks.5.hook_resid_post"], top_k=2)
     cli = load_file(str(out / "tensors.safetensors"))
-    torch.testing.assert_close(cli["blocks.5.hook_resid_post/mean"], api.tensors["blocks.5.hook_resid_post/mean"],
-                               rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        cli["blocks.5.hook_resid_post/mean"], api.tensors["blocks.5.hook_resid_post/mean"], rtol=0, atol=1e-5
+    )
     assert torch.equal(cli["blocks.5.hook_resid_post/topk_index"], api.tensors["blocks.5.hook_resid_post/topk_index"])

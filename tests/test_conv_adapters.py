@@ -18,11 +18,12 @@ import torchvision
 from torch import nn
 
 from visionlens import HookedVisionModel
+from visionlens.adapters.conv_blocks import ConvReadout
 from visionlens.adapters.convnext import ConvNeXtAdapter
 from visionlens.adapters.inception import GoogLeNetAdapter, LucidInceptionV1Adapter
 from visionlens.adapters.lucid_inception import LucidInceptionV1
 from visionlens.adapters.mobilenet import MobileNetV2Adapter
-from visionlens.adapters.resnet import ConvReadout, ResNetAdapter
+from visionlens.adapters.resnet import ResNetAdapter
 
 ATOL = 1e-5
 
@@ -34,11 +35,21 @@ CONFIGS = {
     "tv_resnet50": (lambda: torchvision.models.resnet50(num_classes=10), 32, ResNetAdapter, "relu", 1.0),
     "convnext_atto": (lambda: timm.create_model("convnext_atto", num_classes=10), 64, ConvNeXtAdapter, "add", 1.0),
     "convnext_tiny": (lambda: timm.create_model("convnext_tiny", num_classes=10), 32, ConvNeXtAdapter, "add", 1.0),
-    "mobilenet_v2_w0.5": (lambda: torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.5), 64,
-                          MobileNetV2Adapter, "add", 1.0),
+    "mobilenet_v2_w0.5": (
+        lambda: torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.5),
+        64,
+        MobileNetV2Adapter,
+        "add",
+        1.0,
+    ),
     "mobilenet_v2_w1.0": (lambda: torchvision.models.mobilenet_v2(num_classes=10), 32, MobileNetV2Adapter, "add", 1.0),
-    "googlenet": (lambda: torchvision.models.googlenet(num_classes=10, aux_logits=False, init_weights=True), 64,
-                  GoogLeNetAdapter, None, 1.0),
+    "googlenet": (
+        lambda: torchvision.models.googlenet(num_classes=10, aux_logits=False, init_weights=True),
+        64,
+        GoogLeNetAdapter,
+        None,
+        1.0,
+    ),
     "lucid_inceptionv1": (lambda: LucidInceptionV1(), 64, LucidInceptionV1Adapter, None, 30.0),
 }
 
@@ -194,8 +205,9 @@ def test_residual_identities(case):
             assert torch.equal(br + shortcut, c[pre + "hook_resid_sum"]), pre
             assert torch.equal(torch.relu(c[pre + "hook_resid_sum"]), r_post), pre
             assert (br < 0).any(), pre  # branch_out was cached before `+=` / ReLU could overwrite it
-        elif r_pre.shape == r_post.shape and not (case.adapter_cls is MobileNetV2Adapter
-                                                   and not _mobilenet_residual(m, pre)):
+        elif r_pre.shape == r_post.shape and not (
+            case.adapter_cls is MobileNetV2Adapter and not _mobilenet_residual(m, pre)
+        ):
             assert torch.equal(r_pre + br, r_post), pre
             n_add += 1
         else:
@@ -261,8 +273,14 @@ def test_zero_ablation_changes_output(case):
 
 def test_channel_ablation_on_module_tree_hook(case):
     m = case.model
-    conv = next(n for n in m.hook_dict if n.endswith("conv.hook_out") or n.endswith("conv1.hook_out")
-                or n.endswith("conv_dw.hook_out") or n.endswith("_pre_relu_conv.hook_out"))
+    conv = next(
+        n
+        for n in m.hook_dict
+        if n.endswith("conv.hook_out")
+        or n.endswith("conv1.hook_out")
+        or n.endswith("conv_dw.hook_out")
+        or n.endswith("_pre_relu_conv.hook_out")
+    )
 
     def ablate(t, hook):
         t[:, 0] = 0.0  # in-place edit, returning nothing (a common TransformerLens habit)
@@ -291,15 +309,22 @@ def test_perturbation_guard(case):
 def test_backward_hooks_and_input_gradients(case):
     m = case.model
     blocks = _blocks(m)
-    names = [blocks[0] + "hook_branch_out", blocks[-1] + "hook_resid_pre"] if blocks else \
-        ["mixed4a.hook_out", "mixed3b.branch3x3.hook_pre_relu"]
+    names = (
+        [blocks[0] + "hook_branch_out", blocks[-1] + "hook_resid_pre"]
+        if blocks
+        else ["mixed4a.hook_out", "mixed3b.branch3x3.hook_pre_relu"]
+    )
     # a point whose tensor the source later overwrites in place (BN before ReLU(inplace=True)), if any:
     # a backward hook there must not trip autograd's "view modified in place" check
     copied = [n for n, hp in m.hook_dict.items() if hp._copy and n.endswith(".hook_out") and n not in names]
     if case.adapter_cls in (ResNetAdapter, MobileNetV2Adapter, GoogLeNetAdapter):
         assert copied
-    names += ["hook_pooled", copied[0] if copied else next(n for n in m.hook_dict if n.endswith("conv_dw.hook_out")
-                                                            or n.endswith("_pre_relu_conv.hook_out"))]
+    names += [
+        "hook_pooled",
+        copied[0]
+        if copied
+        else next(n for n in m.hook_dict if n.endswith("conv_dw.hook_out") or n.endswith("_pre_relu_conv.hook_out")),
+    ]
     grads = {}
 
     def save(t, hook):
@@ -470,8 +495,14 @@ def test_convnext_mlp_hooks_are_channels_first():
     m = HookedVisionModel.from_module(src)
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        _, c = m.run_with_cache(x, names_filter=["stages.1.blocks.0.mlp.hook_post",
-                                                 "stages.1.blocks.0.mlp.act.hook_out", "stages.1.blocks.0.mlp.hook_pre"])
+        _, c = m.run_with_cache(
+            x,
+            names_filter=[
+                "stages.1.blocks.0.mlp.hook_post",
+                "stages.1.blocks.0.mlp.act.hook_out",
+                "stages.1.blocks.0.mlp.hook_pre",
+            ],
+        )
     post = c["stages.1.blocks.0.mlp.hook_post"]
     assert post.shape == (1, 4 * 192, 4, 4)
     assert torch.allclose(torch.nn.functional.gelu(c["stages.1.blocks.0.mlp.hook_pre"]), post, atol=1e-6)
@@ -480,6 +511,7 @@ def test_convnext_mlp_hooks_are_channels_first():
     assert m.parse_unit("stages.1.blocks.0.mlp:700").index == 700
     # editing a channel of the channels-last MLP through the NCHW hook
     with torch.no_grad():
+
         def ablate(t, hook):
             t = t.clone()
             t[:, 5] = 0
@@ -487,8 +519,9 @@ def test_convnext_mlp_hooks_are_channels_first():
 
         _, c2 = m.run_with_cache(x, names_filter=["stages.1.blocks.0.mlp.fc2.hook_out"])
         with m.hooks(fwd_hooks=[("stages.1.blocks.0.mlp.hook_post", ablate)]):
-            _, c3 = m.run_with_cache(x, names_filter=["stages.1.blocks.0.mlp.fc2.hook_out",
-                                                      "stages.1.blocks.0.mlp.act.hook_out"])
+            _, c3 = m.run_with_cache(
+                x, names_filter=["stages.1.blocks.0.mlp.fc2.hook_out", "stages.1.blocks.0.mlp.act.hook_out"]
+            )
     assert (c3["stages.1.blocks.0.mlp.act.hook_out"][..., 5] == 0).all()
     w5 = src.stages[1].blocks[0].mlp.fc2.weight[:, 5]
     expected = c2["stages.1.blocks.0.mlp.fc2.hook_out"] - post[:, 5, :, :, None] * w5

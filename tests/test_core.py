@@ -20,7 +20,9 @@ from visionlens.hook_points import HookPoint
 class TinyNet(nn.Module):
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()
+        )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(8, 5)
 
@@ -35,7 +37,9 @@ def vit():
 
 
 def _clean(model):
-    assert all(not hp._forward_hooks and not hp._backward_hooks and hp._capture is None for hp in model.hook_dict.values())
+    assert all(
+        not hp._forward_hooks and not hp._backward_hooks and hp._capture is None for hp in model.hook_dict.values()
+    )
     for m in model.source.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
 
@@ -84,7 +88,7 @@ def test_checkpoint_loading_refuses_pickles(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": TinyNet}, path)  # a class object needs unpickling
     with pytest.raises(Exception):
-        visionlens.loading.load_state_dict_file(path)
+        visionlens.checkpoints.load_state_dict_file(path)
 
 
 def test_unknown_specs():
@@ -233,7 +237,9 @@ def test_no_hook_left_after_exception(vit, where):
 
     with pytest.raises(RuntimeError, match="hook failed"):
         if where == "run_with_hooks":
-            vit.run_with_hooks(x, fwd_hooks=[("blocks.1.attn.hook_pattern", boom), ("blocks.0.hook_resid_pre", lambda t, hook: t)])
+            vit.run_with_hooks(
+                x, fwd_hooks=[("blocks.1.attn.hook_pattern", boom), ("blocks.0.hook_resid_pre", lambda t, hook: t)]
+            )
         elif where == "run_with_cache":
             vit.run_with_cache(x, names_filter=lambda n: True, fwd_hooks=[]) if False else None
             with vit.hooks(fwd_hooks=[("blocks.2.hook_mlp_out", boom)]):
@@ -271,8 +277,8 @@ def test_hook_shapes(vit):
 
 
 def test_tl3_utils_habit_still_works(vit):
-    from transformer_lens import utils  # TL 4 renamed it to `utilities`; visionlens keeps the old name working
     import transformer_lens.utils as utils2
+    from transformer_lens import utils  # TL 4 renamed it to `utilities`; visionlens keeps the old name working
 
     assert utils.get_act_name("resid_pre", 3) == "blocks.3.hook_resid_pre"
     assert utils2 is utils

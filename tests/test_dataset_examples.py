@@ -24,6 +24,7 @@ def _register():
     if "dataset_examples" not in visionlens.list_analyses():
         plugin_manager().register(de)
         import visionlens.registry as reg
+
         reg._analyses = None
     return de
 
@@ -45,6 +46,7 @@ make_net = _ns["make_net"]
 
 def _model():
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return visionlens.HookedVisionModel.from_module(make_net()).eval()
@@ -122,8 +124,17 @@ def test_dataset_input_vit_and_save(tmp_path):
             return Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)), i
 
     v = visionlens.load("timm:vit_tiny_patch16_224", img_size=32)
-    res = visionlens.run("dataset_examples", v, DS(), hooks=["blocks.1.hook_resid_post"], top_k=2, bottom_k=1,
-                         batch_size=2, crop_units=2, crop_size=16)
+    res = visionlens.run(
+        "dataset_examples",
+        v,
+        DS(),
+        hooks=["blocks.1.hook_resid_post"],
+        top_k=2,
+        bottom_k=1,
+        batch_size=2,
+        crop_units=2,
+        crop_size=16,
+    )
     assert res.tensors["blocks.1.hook_resid_post/top_location"].shape == (192, 2, 1)
     out = res.save(tmp_path / "vit")
     assert (out / "units" / "blocks.1.hook_resid_post" / "unit_0.png").exists()
@@ -150,8 +161,9 @@ def test_sigkill_then_resume_is_exact(folder, tmp_path):
     ckpt = tmp_path / "ckpt.safetensors"
     script = tmp_path / "sweep.py"
     script.write_text(SCRIPT.format(net=textwrap.dedent(NET_SRC)))
-    proc = subprocess.Popen([sys.executable, str(script), str(folder), str(ckpt)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(folder), str(ckpt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.time() + 50
         next_index = 0
@@ -187,9 +199,27 @@ def test_sigkill_then_resume_is_exact(folder, tmp_path):
 def test_checkpoint_from_other_run_is_refused(folder, tmp_path):
     model = _model()
     ckpt = tmp_path / "c.safetensors"
-    visionlens.run("dataset_examples", model, str(folder), hooks=["2.hook_out"], top_k=2, batch_size=4,
-                   max_images=8, checkpoint=str(ckpt), crop_units=0)
+    visionlens.run(
+        "dataset_examples",
+        model,
+        str(folder),
+        hooks=["2.hook_out"],
+        top_k=2,
+        batch_size=4,
+        max_images=8,
+        checkpoint=str(ckpt),
+        crop_units=0,
+    )
     with pytest.raises(visionlens.VisionLensError, match="different run"):
-        visionlens.run("dataset_examples", model, str(folder), hooks=["2.hook_out"], top_k=3, batch_size=4,
-                       max_images=8, checkpoint=str(ckpt), crop_units=0)
+        visionlens.run(
+            "dataset_examples",
+            model,
+            str(folder),
+            hooks=["2.hook_out"],
+            top_k=3,
+            batch_size=4,
+            max_images=8,
+            checkpoint=str(ckpt),
+            crop_units=0,
+        )
     assert not any(hp._forward_hooks for hp in model.hook_dict.values())

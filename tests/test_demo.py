@@ -10,7 +10,7 @@ pytest.importorskip("skimage")
 
 
 def test_demo_writes_report(tmp_path):
-    from visionlens.demo import run_demo
+    from visionlens.apps.demo.report import run_demo
 
     summary = run_demo(tmp_path)
     assert (tmp_path / "index.html").is_file() and (tmp_path / "residual_norms.png").is_file()

@@ -14,8 +14,14 @@ pytest.importorskip("transformers")
 
 import visionlens  # noqa: E402
 from visionlens import HookedVisionModel, VisionLensError  # noqa: E402
-from visionlens.diffusion import (StepCache, run_pipeline_with_cache, run_pipeline_with_hooks,  # noqa: E402
-                                  tiny_stable_diffusion_pipeline, tiny_unet, write_clip_tokenizer)
+from visionlens.diffusion import (  # noqa: E402
+    StepCache,
+    run_pipeline_with_cache,
+    run_pipeline_with_hooks,
+    tiny_stable_diffusion_pipeline,
+    tiny_unet,
+    write_clip_tokenizer,
+)
 from visionlens.hook_points import is_active  # noqa: E402
 
 TOL = 1e-5
@@ -101,10 +107,20 @@ def test_hook_names_and_shapes(cond, cond_inputs):
     with torch.no_grad():
         _, cache = cond.run_with_cache(*args, **kwargs)
     names = set(cond.hook_dict)
-    for n in ("time_proj.hook_out", "time_embedding.hook_out", "conv_in.hook_out", "down_blocks.0.hook_out",
-              "down_blocks.0.resnets.0.hook_out", "down_blocks.0.downsamplers.0.hook_out", "mid_block.hook_out",
-              "mid_block.resnets.1.hook_out", "up_blocks.1.attentions.0.hook_out", "up_blocks.0.upsamplers.0.hook_out",
-              "conv_out.hook_out", "down_blocks.0.attentions.0.transformer_blocks.0.ff.hook_out"):
+    for n in (
+        "time_proj.hook_out",
+        "time_embedding.hook_out",
+        "conv_in.hook_out",
+        "down_blocks.0.hook_out",
+        "down_blocks.0.resnets.0.hook_out",
+        "down_blocks.0.downsamplers.0.hook_out",
+        "mid_block.hook_out",
+        "mid_block.resnets.1.hook_out",
+        "up_blocks.1.attentions.0.hook_out",
+        "up_blocks.0.upsamplers.0.hook_out",
+        "conv_out.hook_out",
+        "down_blocks.0.attentions.0.transformer_blocks.0.ff.hook_out",
+    ):
         assert n in names, n
     blk = "down_blocks.0.attentions.0.transformer_blocks.0"
     B, P, T, H, dh = 2, 64, 77, 8, 4  # diffusers: attention_head_dim=8 means 8 heads here
@@ -188,12 +204,15 @@ def test_zero_ablation_and_pattern_edits_change_output(cond, cond_inputs):
     args, kwargs = cond_inputs
     with torch.no_grad():
         base = cond(*args, **kwargs).sample
-        for name, fn in (("mid_block.hook_out", lambda t, hook: torch.zeros_like(t)),
-                         ("time_embedding.hook_out", lambda t, hook: torch.zeros_like(t)),
-                         ("down_blocks.0.attentions.0.transformer_blocks.0.attn2.hook_pattern",
-                          lambda p, hook: torch.ones_like(p) / p.shape[-1]),
-                         ("up_blocks.1.attentions.0.transformer_blocks.0.attn1.hook_v",
-                          lambda v, hook: torch.zeros_like(v))):
+        for name, fn in (
+            ("mid_block.hook_out", lambda t, hook: torch.zeros_like(t)),
+            ("time_embedding.hook_out", lambda t, hook: torch.zeros_like(t)),
+            (
+                "down_blocks.0.attentions.0.transformer_blocks.0.attn2.hook_pattern",
+                lambda p, hook: torch.ones_like(p) / p.shape[-1],
+            ),
+            ("up_blocks.1.attentions.0.transformer_blocks.0.attn1.hook_v", lambda v, hook: torch.zeros_like(v)),
+        ):
             out = cond.run_with_hooks(*args, fwd_hooks=[(name, fn)], **kwargs).sample
             assert (out - base).abs().max() > 1e-4, name
     _no_hooks_left(cond)
@@ -205,12 +224,21 @@ def test_exception_inside_hook_leaves_nothing_attached(cond, cond_inputs):
     def boom(t, hook):
         raise RuntimeError("boom")
 
-    for name in ("down_blocks.0.attentions.0.transformer_blocks.0.attn1.hook_pattern", "mid_block.hook_out",
-                 "up_blocks.1.attentions.0.transformer_blocks.0.attn2.hook_z"):
+    for name in (
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1.hook_pattern",
+        "mid_block.hook_out",
+        "up_blocks.1.attentions.0.transformer_blocks.0.attn2.hook_z",
+    ):
         with pytest.raises(RuntimeError, match="boom"):
-            cond.run_with_hooks(*args, fwd_hooks=[(name, boom), ("conv_in.hook_out", lambda t, hook: t),
-                                                  ("down_blocks.0.attentions.0.transformer_blocks.0.attn2.hook_q",
-                                                   lambda t, hook: t)], **kwargs)
+            cond.run_with_hooks(
+                *args,
+                fwd_hooks=[
+                    (name, boom),
+                    ("conv_in.hook_out", lambda t, hook: t),
+                    ("down_blocks.0.attentions.0.transformer_blocks.0.attn2.hook_q", lambda t, hook: t),
+                ],
+                **kwargs,
+            )
         _no_hooks_left(cond)
     with torch.no_grad():
         assert torch.equal(cond(*args, **kwargs).sample, cond.source(*args, **kwargs).sample)
@@ -266,11 +294,18 @@ def test_pipeline_generates_with_per_step_cache(pipe):
     names = [cross, "mid_block.hook_out", "time_embedding.hook_out"]
     seen = []
     with torch.no_grad():
-        ref = pipe("a photo of a cat", num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
-                   output_type="pt").images
-        out, cache = run_pipeline_with_cache(model, "a photo of a cat", num_inference_steps=steps,
-                                             generator=torch.Generator().manual_seed(0), output_type="pt",
-                                             names_filter=names, on_step=lambda i, t, c: seen.append((i, t, len(c.cache_dict))))
+        ref = pipe(
+            "a photo of a cat", num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="pt"
+        ).images
+        out, cache = run_pipeline_with_cache(
+            model,
+            "a photo of a cat",
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(0),
+            output_type="pt",
+            names_filter=names,
+            on_step=lambda i, t, c: seen.append((i, t, len(c.cache_dict))),
+        )
     images = out.images
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
     assert (images - ref).abs().max() < TOL  # caching does not change the generation
@@ -301,10 +336,21 @@ def test_pipeline_step_aware_hooks_and_cleanup(pipe):
 
     with torch.no_grad():
         base = pipe("a cat", generator=torch.Generator().manual_seed(1), **kw).images
-        out = run_pipeline_with_hooks(model, "a cat", generator=torch.Generator().manual_seed(1),
-                                      fwd_hooks=[("mid_block.hook_out", ablate_first_step)], **kw).images
-        _, kept = run_pipeline_with_cache(model, "a cat", generator=torch.Generator().manual_seed(1),
-                                          names_filter="conv_out.hook_out", keep=False, **kw)
+        out = run_pipeline_with_hooks(
+            model,
+            "a cat",
+            generator=torch.Generator().manual_seed(1),
+            fwd_hooks=[("mid_block.hook_out", ablate_first_step)],
+            **kw,
+        ).images
+        _, kept = run_pipeline_with_cache(
+            model,
+            "a cat",
+            generator=torch.Generator().manual_seed(1),
+            names_filter="conv_out.hook_out",
+            keep=False,
+            **kw,
+        )
     assert steps_seen == [0, 1]
     assert (out - base).abs().max() > 1e-5
     assert len(kept) == 0
@@ -313,8 +359,9 @@ def test_pipeline_step_aware_hooks_and_cleanup(pipe):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        run_pipeline_with_hooks(model, "a cat", fwd_hooks=[
-            ("up_blocks.1.attentions.0.transformer_blocks.0.attn2.hook_pattern", boom)], **kw)
+        run_pipeline_with_hooks(
+            model, "a cat", fwd_hooks=[("up_blocks.1.attentions.0.transformer_blocks.0.attn2.hook_pattern", boom)], **kw
+        )
     _no_hooks_left(model)
     assert not pipe.unet._forward_pre_hooks and not pipe.unet._forward_hooks
     with pytest.raises(VisionLensError, match="No pipeline"):
@@ -328,8 +375,10 @@ def test_load_from_local_directories(tmp_path, pipe, cond_inputs):
     unet.save_pretrained(str(tmp_path / "unet_only"))
     with torch.no_grad():
         ref = unet(*args, **kwargs).sample
-        for model in (HookedVisionModel.from_diffusers(str(tmp_path / "unet_only")),
-                      visionlens.load(f"diffusers:{tmp_path / 'unet_only'}")):
+        for model in (
+            HookedVisionModel.from_diffusers(str(tmp_path / "unet_only")),
+            visionlens.load(f"diffusers:{tmp_path / 'unet_only'}"),
+        ):
             assert model.cfg.adapter == "diffusers_unet"
             assert torch.equal(model(*args, **kwargs).sample, ref)
     pipe.save_pretrained(str(tmp_path / "pipe"))
@@ -339,8 +388,9 @@ def test_load_from_local_directories(tmp_path, pipe, cond_inputs):
         full = HookedVisionModel.from_diffusers(str(tmp_path / "pipe"), pipeline=True)
         assert full.adapter.pipeline is not None and full.adapter.pipeline.unet is full.source
         full.adapter.pipeline.set_progress_bar_config(disable=True)
-        out, cache = run_pipeline_with_cache(full, "a cat", num_inference_steps=2, output_type="pt",
-                                             names_filter="mid_block.hook_out")
+        out, cache = run_pipeline_with_cache(
+            full, "a cat", num_inference_steps=2, output_type="pt", names_filter="mid_block.hook_out"
+        )
     assert out.images.shape == (1, 3, 16, 16) and len(cache) == 2
     with pytest.raises(FileNotFoundError):
         HookedVisionModel.from_diffusers(str(tmp_path / "missing" / "dir"))

@@ -138,9 +138,15 @@ def images64():
     return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize("spec,kw", [("timm:resnet18", {}), ("torchvision:mobilenet_v2", {}),
-                                     ("timm:convnext_atto", {}),
-                                     ("torchvision:googlenet", {"aux_logits": False, "init_weights": True})])
+@pytest.mark.parametrize(
+    "spec,kw",
+    [
+        ("timm:resnet18", {}),
+        ("torchvision:mobilenet_v2", {}),
+        ("timm:convnext_atto", {}),
+        ("torchvision:googlenet", {"aux_logits": False, "init_weights": True}),
+    ],
+)
 def test_conv_channels_exact_and_blocks_labelled(spec, kw, images64):
     model = _conv(spec, **kw)
     res = visionlens.run("direct_logit_attribution", model, images64)
@@ -187,8 +193,11 @@ def test_unsupported_models_say_why():
 def _clip():
     open_clip = pytest.importorskip("open_clip")
     torch.manual_seed(0)
-    clip = open_clip.CLIP(embed_dim=16, vision_cfg=dict(image_size=32, layers=3, width=32, head_width=8, patch_size=8),
-                          text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=2)).eval()
+    clip = open_clip.CLIP(
+        embed_dim=16,
+        vision_cfg=dict(image_size=32, layers=3, width=32, head_width=8, patch_size=8),
+        text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=2),
+    ).eval()
     _perturb(clip, seed=3, scale=0.1)
     return visionlens.HookedVisionModel.from_module(clip)
 
@@ -197,8 +206,16 @@ def test_clip_decomposition_textspan_and_head_ablation():
     model = _clip()
     x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     pool = ["a red thing", "a furry animal", "a vehicle", "stripes", "water", "a face", "text", "grass"]
-    res = visionlens.run("direct_logit_attribution", model, x, class_prompts=["cat", "dog", "car"], text_pool=pool,
-                         textspan_k=3, keep_heads=[0, 2, 100], neuron_layers=[2])
+    res = visionlens.run(
+        "direct_logit_attribution",
+        model,
+        x,
+        class_prompts=["cat", "dog", "car"],
+        text_pool=pool,
+        textspan_k=3,
+        keep_heads=[0, 2, 100],
+        neuron_layers=[2],
+    )
     assert model.adapter.classifier is None  # the temporary head is detached again
     attr, logit, bias = res.tensors["attr"], res.tensors["logit"], res.tensors["bias"]
     assert (attr.sum(0) + bias - logit).abs().max() < TOL  # in CLIP logit units
@@ -227,8 +244,11 @@ def test_clip_without_classes_is_a_config_error_and_resnet_tower_unsupported():
         visionlens.run("direct_logit_attribution", model, torch.zeros(1, 3, 32, 32))
     import open_clip
 
-    rn = open_clip.CLIP(embed_dim=16, vision_cfg=dict(image_size=64, layers=(1, 1, 1, 1), width=16, head_width=8),
-                        text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=1)).eval()
+    rn = open_clip.CLIP(
+        embed_dim=16,
+        vision_cfg=dict(image_size=64, layers=(1, 1, 1, 1), width=16, head_width=8),
+        text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=1),
+    ).eval()
     analysis = registry.get_analysis("direct_logit_attribution")
     ok, reason = analysis.supports(visionlens.HookedVisionModel.from_module(rn))
     assert not ok and "attention" in reason
@@ -261,8 +281,24 @@ def test_cli_run(tmp_path):
     for i in range(2):
         Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
     out = tmp_path / "out"
-    code = main(["run", "direct_logit_attribution", "--model", "timm:vit_tiny_patch16_224", "--image-size", "32",
-                 "--images", str(folder), "--out", str(out), "--set", "neuron_layers=11", "--set", "foil=7"])
+    code = main(
+        [
+            "run",
+            "direct_logit_attribution",
+            "--model",
+            "timm:vit_tiny_patch16_224",
+            "--image-size",
+            "32",
+            "--images",
+            str(folder),
+            "--out",
+            str(out),
+            "--set",
+            "neuron_layers=11",
+            "--set",
+            "foil=7",
+        ]
+    )
     assert code == 0
     d = json.loads((out / "result.json").read_text())
     assert d["meta"]["max_sum_error"] < TOL and d["meta"]["foil"] == 7
@@ -272,7 +308,7 @@ def test_cli_run(tmp_path):
 def test_demo_sections_fragment(tmp_path):
     import numpy as np
 
-    from visionlens.demo_analyses import demo_sections
+    from visionlens.apps.demo.analyses import demo_sections
 
     rng = np.random.default_rng(0)
     cat, coffee = (rng.integers(0, 255, (40, 40, 3), dtype=np.uint8) for _ in range(2))
@@ -285,6 +321,7 @@ def test_demo_sections_fragment(tmp_path):
     assert "channel by channel at stages.6.blocks.0.hook_resid_post" in frag
     assert "Attention patterns" not in frag
     assert {"dla_clean.png", "patching_overview.png", "patching_atp_vs_exact.png"} <= {
-        p.name for p in (tmp_path / "mb").iterdir()}
+        p.name for p in (tmp_path / "mb").iterdir()
+    }
     _no_hooks_left(vit)
     _no_hooks_left(conv)

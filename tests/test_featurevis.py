@@ -89,8 +89,11 @@ def test_vit_renders_larger_images_resized_to_model_size(vit):
 @pytest.mark.parametrize("which", ["resnet", "vit"])
 def test_batched_render_matches_single_renders(which, resnet, vit):
     model = resnet if which == "resnet" else vit
-    units = ["layer2:1", "layer2:5", "layer2:9"] if which == "resnet" else \
-        ["blocks.1.mlp.hook_post:3", "blocks.1.mlp.hook_post:40", "blocks.0.hook_resid_post:2@4"]
+    units = (
+        ["layer2:1", "layer2:5", "layer2:9"]
+        if which == "resnet"
+        else ["blocks.1.mlp.hook_post:3", "blocks.1.mlp.hook_post:40", "blocks.0.hook_resid_post:2@4"]
+    )
     size = 40 if which == "resnet" else None
     kw = dict(steps=6, size=size, progress=False, evaluate_start_end=False, seed=11)
     batched = fv.render(model, units, **kw)
@@ -191,8 +194,9 @@ def test_plugin_objective_prefix(vit):
     try:
         o = fv.objective("double:3", vit)
         assert o.name == "2*blocks.0.mlp.hook_post:3"
-        r = fv.render(vit, ["double:3", "blocks.0.mlp.hook_post:3"], steps=1, transforms="none", progress=False,
-                      seeds=[0, 0])
+        r = fv.render(
+            vit, ["double:3", "blocks.0.mlp.hook_post:3"], steps=1, transforms="none", progress=False, seeds=[0, 0]
+        )
         assert torch.allclose(r.curves[0], 2 * r.curves[1], atol=1e-5)
     finally:
         pm.unregister(name="fv_test_objectives")
@@ -270,21 +274,32 @@ def test_clip_text_direction_and_unet_timestep():
     from visionlens.diffusion import tiny_unet
 
     torch.manual_seed(0)
-    clip = open_clip.CLIP(embed_dim=16, vision_cfg=dict(image_size=32, layers=2, width=32, head_width=8, patch_size=8),
-                          text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=2)).eval()
+    clip = open_clip.CLIP(
+        embed_dim=16,
+        vision_cfg=dict(image_size=32, layers=2, width=32, head_width=8, patch_size=8),
+        text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=2),
+    ).eval()
     m = HookedVisionModel.from_module(clip)
     text = torch.randn(16, generator=torch.Generator().manual_seed(1))
     obj = fv.text_direction(text, model=m)
     assert obj.hook == "visual.hook_proj"
-    r = fv.render(m, [obj, fv.attention_head("visual.blocks.1", 2, token=0)], steps=12, transforms="scaled",
-                  progress=False)
+    r = fv.render(
+        m, [obj, fv.attention_head("visual.blocks.1", 2, token=0)], steps=12, transforms="scaled", progress=False
+    )
     assert bool((r.final_values > r.initial_values).all())
     assert _hook_count(m) == 0
 
     u = HookedVisionModel.from_module(tiny_unet("conditional", sample_size=8))
     ctx = torch.randn(1, 4, 32, generator=torch.Generator().manual_seed(2))
-    r = fv.render(u, ["down_blocks.0.resnets.0:3", "down_blocks.0.resnets.0:4"], steps=8, size=16, transforms="none",
-                  progress=False, forward_kwargs={"timestep": 10, "encoder_hidden_states": ctx})
+    r = fv.render(
+        u,
+        ["down_blocks.0.resnets.0:3", "down_blocks.0.resnets.0:4"],
+        steps=8,
+        size=16,
+        transforms="none",
+        progress=False,
+        forward_kwargs={"timestep": 10, "encoder_hidden_states": ctx},
+    )
     assert r.images.shape == (2, 4, 16, 16)
     assert bool((r.final_values > r.initial_values).all())
     assert _hook_count(u) == 0
@@ -292,16 +307,9 @@ def test_clip_text_direction_and_unet_timestep():
 
 # ----------------------------------------------------------------------------- plugin
 @pytest.fixture()
-def fv_plugin(monkeypatch):
-    if "feature_visualization" not in visionlens.list_analyses():  # before the entry point is installed
-        monkeypatch.setitem(registry.BUILTIN_ANALYSIS_PLUGINS, "feature_visualization",
-                            "visionlens.plugins.feature_visualization")
-        registry.plugin_manager(reload=True)
-        yield
-        monkeypatch.undo()
-        registry.plugin_manager(reload=True)
-    else:
-        yield
+def fv_plugin():
+    assert "feature_visualization" in visionlens.list_analyses()  # a built-in plugin: always registered
+    yield
 
 
 def test_plugin_runs_and_saves_png_and_html(fv_plugin, resnet, tmp_path):

@@ -18,10 +18,28 @@ from visionlens import HookedVisionModel, VisionLensError, parse_unit
 from visionlens.adapters.inception import BRANCHES, MIXED_LAYERS, GoogLeNetAdapter, LucidInceptionV1Adapter
 from visionlens.adapters.lucid_inception import LucidInceptionV1, load_lucid_inceptionv1
 
-LUCID_CHANNELS = {"mixed3a": 256, "mixed3b": 480, "mixed4a": 508, "mixed4b": 512, "mixed4c": 512, "mixed4d": 528,
-                  "mixed4e": 832, "mixed5a": 832, "mixed5b": 1024}
-GOOGLENET_CHANNELS = {"mixed3a": 256, "mixed3b": 480, "mixed4a": 512, "mixed4b": 512, "mixed4c": 512, "mixed4d": 528,
-                      "mixed4e": 832, "mixed5a": 832, "mixed5b": 1024}
+LUCID_CHANNELS = {
+    "mixed3a": 256,
+    "mixed3b": 480,
+    "mixed4a": 508,
+    "mixed4b": 512,
+    "mixed4c": 512,
+    "mixed4d": 528,
+    "mixed4e": 832,
+    "mixed5a": 832,
+    "mixed5b": 1024,
+}
+GOOGLENET_CHANNELS = {
+    "mixed3a": 256,
+    "mixed3b": 480,
+    "mixed4a": 512,
+    "mixed4b": 512,
+    "mixed4c": 512,
+    "mixed4d": 528,
+    "mixed4e": 832,
+    "mixed5a": 832,
+    "mixed5b": 1024,
+}
 
 
 def _lucid_input(n=2, size=32, seed=0):
@@ -55,21 +73,38 @@ def test_lucid_channel_counts(lucid):
     assert model.cfg.stage_depths == (2, 5, 2) and model.cfg.stage_widths == (480, 832, 1024)
     assert model.cfg.n_classes == 1008 and model.cfg.family == "inception"
     assert model.cfg.extra["branch_offsets"]["mixed4a"] == {
-        "branch1x1": (0, 192), "branch3x3": (192, 396), "branch5x5": (396, 444), "branch_pool": (444, 508)}
+        "branch1x1": (0, 192),
+        "branch3x3": (192, 396),
+        "branch5x5": (396, 444),
+        "branch_pool": (444, 508),
+    }
 
 
 def _lucent_keys():
     """State-dict keys and shapes of Lucent's ``InceptionV1`` (ProGamerGov's inception5h port)."""
     shapes = {"conv2d0": (64, 3, 7, 7), "conv2d1": (64, 64, 1, 1), "conv2d2": (192, 64, 3, 3)}
-    spec = {"mixed3a": (192, 64, 96, 128, 16, 32, 32), "mixed3b": (256, 128, 128, 192, 32, 96, 64),
-            "mixed4a": (480, 192, 96, 204, 16, 48, 64), "mixed4b": (508, 160, 112, 224, 24, 64, 64),
-            "mixed4c": (512, 128, 128, 256, 24, 64, 64), "mixed4d": (512, 112, 144, 288, 32, 64, 64),
-            "mixed4e": (528, 256, 160, 320, 32, 128, 128), "mixed5a": (832, 256, 160, 320, 48, 128, 128),
-            "mixed5b": (832, 384, 192, 384, 48, 128, 128)}
+    spec = {
+        "mixed3a": (192, 64, 96, 128, 16, 32, 32),
+        "mixed3b": (256, 128, 128, 192, 32, 96, 64),
+        "mixed4a": (480, 192, 96, 204, 16, 48, 64),
+        "mixed4b": (508, 160, 112, 224, 24, 64, 64),
+        "mixed4c": (512, 128, 128, 256, 24, 64, 64),
+        "mixed4d": (512, 112, 144, 288, 32, 64, 64),
+        "mixed4e": (528, 256, 160, 320, 32, 128, 128),
+        "mixed5a": (832, 256, 160, 320, 48, 128, 128),
+        "mixed5b": (832, 384, 192, 384, 48, 128, 128),
+    }
     for n, (cin, c1, c3r, c3, c5r, c5, cp) in spec.items():
-        shapes.update({f"{n}_1x1": (c1, cin, 1, 1), f"{n}_3x3_bottleneck": (c3r, cin, 1, 1),
-                       f"{n}_5x5_bottleneck": (c5r, cin, 1, 1), f"{n}_pool_reduce": (cp, cin, 1, 1),
-                       f"{n}_3x3": (c3, c3r, 3, 3), f"{n}_5x5": (c5, c5r, 5, 5)})
+        shapes.update(
+            {
+                f"{n}_1x1": (c1, cin, 1, 1),
+                f"{n}_3x3_bottleneck": (c3r, cin, 1, 1),
+                f"{n}_5x5_bottleneck": (c5r, cin, 1, 1),
+                f"{n}_pool_reduce": (cp, cin, 1, 1),
+                f"{n}_3x3": (c3, c3r, 3, 3),
+                f"{n}_5x5": (c5, c5r, 5, 5),
+            }
+        )
     keys = {}
     for n, s in shapes.items():
         keys[f"{n}_pre_relu_conv.weight"] = s
@@ -89,6 +124,7 @@ def test_lucid_state_dict_matches_lucent_port():
 def _lucent_reference_forward(sd, x):
     """Lucent's InceptionV1 forward, written out functionally: explicit SAME pads, -inf max-pool pads,
     LRN(9, 1e-4, 0.5, 1), 7x7 average pool, softmax."""
+
     def unit(name, t, stride=1, pad=None):
         if pad is not None:
             t = F.pad(t, pad)
@@ -222,8 +258,10 @@ def test_units_parse_everywhere(lucid, googlenet):
         parse_unit("mixed4a:508", lucid_model)
     assert parse_unit("mixed4a:508", googlenet).index == 508  # googlenet's mixed4a has 512 channels
     # Lucent's own module names resolve on the Lucid network through the module tree
-    assert lucid_model.resolve_hook("mixed4a_3x3_pre_relu_conv") in ("mixed4a.branch3x3.hook_pre_relu",
-                                                                     "mixed4a_3x3_pre_relu_conv.hook_out")
+    assert lucid_model.resolve_hook("mixed4a_3x3_pre_relu_conv") in (
+        "mixed4a.branch3x3.hook_pre_relu",
+        "mixed4a_3x3_pre_relu_conv.hook_out",
+    )
     assert lucid_model.resolve_hook("maxpool4") == "maxpool4.hook_out"
     assert lucid_model.resolve_hook("localresponsenorm0") == "localresponsenorm0.hook_out"
 

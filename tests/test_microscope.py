@@ -58,8 +58,18 @@ def site(tmp_path_factory):
     out = tmp_path_factory.mktemp("site")
     r = visionlens.load("timm:resnet18")
     r.cfg.image_size = (48, 48)
-    build_microscope(r, ["layer2", "layer3"], visionlens.data.builtin_photos(limit=8), out, units_per_layer=3,
-                     fv_steps=3, batch_size=4, top_k=4, bottom_k=2, title="<b>resnet</b> & \"friends\"")
+    build_microscope(
+        r,
+        ["layer2", "layer3"],
+        visionlens.data.builtin_photos(limit=8),
+        out,
+        units_per_layer=3,
+        fv_steps=3,
+        batch_size=4,
+        top_k=4,
+        bottom_k=2,
+        title='<b>resnet</b> & "friends"',
+    )
     return out
 
 
@@ -107,17 +117,43 @@ def test_cli_glue(tmp_path, capsys):
     rng = np.random.default_rng(0)
     for i in range(4):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(img / f"{i}.png")
-    args = p.parse_args(["microscope", "--model", "timm:resnet18", "--layers", "layer1,layer2", "--images", str(img),
-                         "--out", str(tmp_path / "out"), "--units-per-layer", "2", "--fv-steps", "2",
-                         "--image-size", "32", "--batch-size", "2"])
+    args = p.parse_args(
+        [
+            "microscope",
+            "--model",
+            "timm:resnet18",
+            "--layers",
+            "layer1,layer2",
+            "--images",
+            str(img),
+            "--out",
+            str(tmp_path / "out"),
+            "--units-per-layer",
+            "2",
+            "--fv-steps",
+            "2",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "2",
+        ]
+    )
     assert run_microscope_command(args) == 0
     assert "microscope: wrote 7 pages" in capsys.readouterr().out
     _check_site(tmp_path / "out")
 
 
 def _chromium(*args, user_dir):
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--no-first-run", f"--user-data-dir={user_dir}", *args]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        f"--user-data-dir={user_dir}",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 
@@ -139,12 +175,14 @@ def test_pages_render_in_chromium(site, tmp_path):
     # every image of every page loads in the browser (naturalWidth > 0), checked by a harness page
     imgs = sorted(str(p.relative_to(site)) for p in site.rglob("*.png"))
     harness = site / "_harness.html"
-    harness.write_text("<!DOCTYPE html><html><body><div id=r>pending</div>" +
-                       "".join(f'<img src="{p}">' for p in imgs) +
-                       "<script>window.onload=function(){var bad=[];for(const i of document.images)"
-                       "{if(!i.complete||i.naturalWidth===0)bad.push(i.src)};"
-                       "document.getElementById('r').textContent='loaded:'+document.images.length+' bad:'+bad.length;};"
-                       "</script></body></html>")
+    harness.write_text(
+        "<!DOCTYPE html><html><body><div id=r>pending</div>"
+        + "".join(f'<img src="{p}">' for p in imgs)
+        + "<script>window.onload=function(){var bad=[];for(const i of document.images)"
+        "{if(!i.complete||i.naturalWidth===0)bad.push(i.src)};"
+        "document.getElementById('r').textContent='loaded:'+document.images.length+' bad:'+bad.length;};"
+        "</script></body></html>"
+    )
     try:
         res = _chromium("--virtual-time-budget=5000", "--dump-dom", harness.as_uri(), user_dir=tmp_path / "u4")
     finally:

@@ -29,12 +29,18 @@ TEXTS = ["a photo of a cat", "two dogs on a mat"]
 VARIANTS = {
     "base": {},
     "layerscale_quickgelu": dict(vision=dict(ls_init_value=0.5), text=dict(ls_init_value=0.3), quick_gelu=True),
-    "custom_blocks": dict(vision=dict(qk_norm=True, scale_heads=True, scale_fc=True),
-                          text=dict(scale_attn_inner=True, scale_attn=True), custom_text=True),
+    "custom_blocks": dict(
+        vision=dict(qk_norm=True, scale_heads=True, scale_fc=True),
+        text=dict(scale_attn_inner=True, scale_attn=True),
+        custom_text=True,
+    ),
     "avg_pool_ln_after_no_ln_pre": dict(vision=dict(pool_type="avg", final_ln_after_pool=True, no_ln_pre=True)),
     "attentional_pool": dict(vision=dict(attentional_pool=True, attn_pooler_queries=4, attn_pooler_heads=4)),
-    "text_cls_padmask_projbias": dict(text=dict(embed_cls=True, pool_type="last", no_causal_mask=True,
-                                                proj_bias=True), custom_text=True, pad_mask=True),
+    "text_cls_padmask_projbias": dict(
+        text=dict(embed_cls=True, pool_type="last", no_causal_mask=True, proj_bias=True),
+        custom_text=True,
+        pad_mask=True,
+    ),
     "text_eos_noproj": dict(text=dict(pool_type="eos", eos_id=49407, proj_type="none"), custom_text=True),
     "resnet": dict(vision_replace=dict(image_size=64, layers=(1, 2, 1, 1), width=16, head_width=8)),
 }
@@ -140,13 +146,23 @@ def test_hook_names_and_shapes(tiny, images):
         _, cache = tiny.run_with_cache(images, TEXTS)
     B, P, D, H, dh = 2, 17, 32, 4, 8
     expect = {
-        "visual.hook_embed": (B, P, D), "visual.hook_pos_embed": (B, P, D), "visual.ln_pre.hook_scale": (B, P, 1),
-        "visual.blocks.1.attn.hook_q": (B, P, H, dh), "visual.blocks.1.attn.hook_pattern": (B, H, P, P),
-        "visual.blocks.1.attn.hook_result": (B, P, H, D), "visual.blocks.0.mlp.hook_post": (B, P, 4 * D),
-        "visual.ln_final.hook_normalized": (B, P, D), "visual.hook_pooled": (B, D), "visual.hook_proj": (B, 16),
-        "text.hook_embed": (B, CTX, D), "text.blocks.0.hook_resid_post": (B, CTX, D),
-        "text.blocks.0.attn.hook_pattern": (B, H, CTX, CTX), "text.ln_final.hook_scale": (B, CTX, 1),
-        "text.hook_pooled": (B, D), "text.hook_proj": (B, 16), "hook_logits": (B, B),
+        "visual.hook_embed": (B, P, D),
+        "visual.hook_pos_embed": (B, P, D),
+        "visual.ln_pre.hook_scale": (B, P, 1),
+        "visual.blocks.1.attn.hook_q": (B, P, H, dh),
+        "visual.blocks.1.attn.hook_pattern": (B, H, P, P),
+        "visual.blocks.1.attn.hook_result": (B, P, H, D),
+        "visual.blocks.0.mlp.hook_post": (B, P, 4 * D),
+        "visual.ln_final.hook_normalized": (B, P, D),
+        "visual.hook_pooled": (B, D),
+        "visual.hook_proj": (B, 16),
+        "text.hook_embed": (B, CTX, D),
+        "text.blocks.0.hook_resid_post": (B, CTX, D),
+        "text.blocks.0.attn.hook_pattern": (B, H, CTX, CTX),
+        "text.ln_final.hook_scale": (B, CTX, 1),
+        "text.hook_pooled": (B, D),
+        "text.hook_proj": (B, 16),
+        "hook_logits": (B, B),
     }
     for name, shape in expect.items():
         assert tuple(cache[name].shape) == shape, name
@@ -176,10 +192,16 @@ def test_residual_identities_exact_with_layer_scale():
             assert torch.equal(c("hook_resid_post"), c("hook_resid_mid") + c("hook_mlp_out"))
             # layer scale is folded into the per-head results too
             heads = c("attn.hook_result").sum(-2)
-            bias = model.source.visual.transformer.resblocks[l].attn.out_proj.bias if tower == "visual" else \
-                model.source.transformer.resblocks[l].attn.out_proj.bias
-            gamma = (model.source.visual.transformer.resblocks[l] if tower == "visual"
-                     else model.source.transformer.resblocks[l]).ls_1.gamma
+            bias = (
+                model.source.visual.transformer.resblocks[l].attn.out_proj.bias
+                if tower == "visual"
+                else model.source.transformer.resblocks[l].attn.out_proj.bias
+            )
+            gamma = (
+                model.source.visual.transformer.resblocks[l]
+                if tower == "visual"
+                else model.source.transformer.resblocks[l]
+            ).ls_1.gamma
             assert torch.allclose(heads + bias * gamma, c("hook_attn_out"), atol=1e-6)
 
 
@@ -301,7 +323,7 @@ def test_exception_inside_hook_leaves_nothing_attached(tiny, images):
 def test_fused_attention_unless_attention_internals_are_hooked(tiny, images, monkeypatch):
     calls = {"sdpa": 0, "block": 0}
     real_sdpa = F.scaled_dot_product_attention
-    from visionlens.adapters import open_clip as oc
+    from visionlens.adapters import open_clip_towers as oc
 
     real_block = oc._Blocks._block
 
@@ -381,12 +403,20 @@ def test_resnet_tower_names_attnpool_and_residuals():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         out, cache = model.run_with_cache(x)
-    for name in ("visual.conv1.hook_out", "visual.act3.hook_out", "visual.avgpool.hook_out",
-                 "visual.layer1.0.conv1.hook_out", "visual.layer2.0.downsample.hook_out",
-                 "visual.layer2.0.avgpool.hook_out", "visual.stages.1.blocks.1.hook_resid_pre"):
+    for name in (
+        "visual.conv1.hook_out",
+        "visual.act3.hook_out",
+        "visual.avgpool.hook_out",
+        "visual.layer1.0.conv1.hook_out",
+        "visual.layer2.0.downsample.hook_out",
+        "visual.layer2.0.avgpool.hook_out",
+        "visual.stages.1.blocks.1.hook_resid_pre",
+    ):
         assert name in cache.cache_dict, name
     b = lambda k: cache[f"visual.stages.1.blocks.0.{k}"]  # noqa: E731
-    assert torch.allclose(b("hook_resid_post"), torch.relu(b("hook_branch_out") + cache["visual.layer2.0.downsample.hook_out"]))
+    assert torch.allclose(
+        b("hook_resid_post"), torch.relu(b("hook_branch_out") + cache["visual.layer2.0.downsample.hook_out"])
+    )
     assert torch.equal(b("hook_resid_post"), cache["visual.layer2.0.act3.hook_out"])
     assert model.resolve_hook("visual.layer2.0") == "visual.stages.1.blocks.0.hook_resid_post"
     # attention pool: 1 + 2x2 tokens, 16 heads of width 32 on 512 channels
@@ -402,8 +432,9 @@ def test_resnet_tower_names_attnpool_and_residuals():
     assert torch.equal(cache["visual.hook_proj"], out)
     # ablating a stage changes the embedding
     with torch.no_grad():
-        abl = model.run_with_hooks(x, fwd_hooks=[("visual.stages.2.blocks.0.hook_branch_out",
-                                                  lambda t, hook: torch.zeros_like(t))])
+        abl = model.run_with_hooks(
+            x, fwd_hooks=[("visual.stages.2.blocks.0.hook_branch_out", lambda t, hook: torch.zeros_like(t))]
+        )
     assert (abl - out).abs().max() > 1e-4
     _no_hooks_left(model)
 
@@ -431,9 +462,11 @@ def test_load_local_checkpoint_files(tmp_path, images, suffix):
     tok = open_clip.get_tokenizer(name)(TEXTS)
     with torch.no_grad():
         ref = src.get_logits(images, tok)[0]
-        for model in (HookedVisionModel.from_open_clip(name, pretrained=str(path)),
-                      visionlens.load(f"open_clip:{name}", pretrained=str(path)),
-                      HookedVisionModel.from_open_clip(TINY_CFG, pretrained=str(path))):
+        for model in (
+            HookedVisionModel.from_open_clip(name, pretrained=str(path)),
+            visionlens.load(f"open_clip:{name}", pretrained=str(path)),
+            HookedVisionModel.from_open_clip(TINY_CFG, pretrained=str(path)),
+        ):
             assert model.cfg.adapter == "open_clip"
             assert torch.allclose(model(images, TEXTS), ref, atol=TOL)
 
@@ -443,15 +476,18 @@ def test_load_local_dir_schema(tmp_path, images):
     _perturb(src, seed=6)
     d = tmp_path / "clipdir"
     d.mkdir()
-    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": {
-        "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}))
+    (d / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": TINY_CFG, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}})
+    )
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(d / "open_clip_model.safetensors"))
     with torch.no_grad():
         ref = src.encode_image(images)
-        for model in (HookedVisionModel.from_open_clip(f"local-dir:{d}"),
-                      HookedVisionModel.from_open_clip("ignored", pretrained=str(d))):
+        for model in (
+            HookedVisionModel.from_open_clip(f"local-dir:{d}"),
+            HookedVisionModel.from_open_clip("ignored", pretrained=str(d)),
+        ):
             assert torch.allclose(model(images), ref, atol=TOL)
             assert model.cfg.mean == (0.5, 0.5, 0.5)
 

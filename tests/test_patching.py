@@ -14,8 +14,15 @@ import visionlens
 from visionlens import VisionLensError
 from visionlens.analysis import ConfigError
 from visionlens.hook_points import is_active
-from visionlens.patching import (PatchInputs, attribution_patching, build_targets, make_metric, patch_loop,
-                                 patch_sweep, run_patching)
+from visionlens.patching import (
+    PatchInputs,
+    attribution_patching,
+    build_targets,
+    make_metric,
+    patch_loop,
+    patch_sweep,
+    run_patching,
+)
 from visionlens.results import load_result
 
 TOL = 1e-5
@@ -68,16 +75,19 @@ def _sweep_vs_loop(model, clean, corrupt, hook, kind, grid=2, metric="logit_diff
 
 
 # ----------------------------------------------------------------------------- engine: exactness
-@pytest.mark.parametrize("hook,kind", [
-    ("blocks.3.hook_resid_pre", "position"),
-    ("blocks.2.hook_resid_post", "region"),
-    ("blocks.5.hook_mlp_out", "position"),      # broadcasts against the residual: expand per pair
-    ("blocks.1.attn.hook_z", "head"),           # the attention code reshapes by batch: stack fallback
-    ("blocks.4.attn.hook_pattern", "head"),
-    ("blocks.4.attn.hook_pattern", "position"),
-    ("blocks.6.attn.hook_v", "channel"),
-    ("blocks.7.hook_attn_out", "whole"),
-])
+@pytest.mark.parametrize(
+    "hook,kind",
+    [
+        ("blocks.3.hook_resid_pre", "position"),
+        ("blocks.2.hook_resid_post", "region"),
+        ("blocks.5.hook_mlp_out", "position"),  # broadcasts against the residual: expand per pair
+        ("blocks.1.attn.hook_z", "head"),  # the attention code reshapes by batch: stack fallback
+        ("blocks.4.attn.hook_pattern", "head"),
+        ("blocks.4.attn.hook_pattern", "position"),
+        ("blocks.6.attn.hook_v", "channel"),
+        ("blocks.7.hook_attn_out", "whole"),
+    ],
+)
 def test_batched_sweep_equals_loop_vit(vit, pair32, hook, kind):
     clean, corrupt = pair32
     ts, ref, _ = _sweep_vs_loop(vit, clean, corrupt, hook, kind)
@@ -85,8 +95,16 @@ def test_batched_sweep_equals_loop_vit(vit, pair32, hook, kind):
     assert ref.std() > 0 or kind == "whole"
 
 
-@pytest.mark.parametrize("hook,kind", [("layer3", "channel"), ("layer2", "region"), ("layer3", "position"),
-                                       ("stages.1.blocks.0.hook_branch_out", "region"), ("layer4.0.conv1", "channel")])
+@pytest.mark.parametrize(
+    "hook,kind",
+    [
+        ("layer3", "channel"),
+        ("layer2", "region"),
+        ("layer3", "position"),
+        ("stages.1.blocks.0.hook_branch_out", "region"),
+        ("layer4.0.conv1", "channel"),
+    ],
+)
 def test_batched_sweep_equals_loop_conv(resnet, hook, kind):
     g = torch.Generator().manual_seed(2)
     clean, corrupt = torch.randn(1, 3, 64, 64, generator=g), torch.randn(1, 3, 64, 64, generator=g)
@@ -98,8 +116,14 @@ def test_batched_sweep_equals_loop_conv(resnet, hook, kind):
 
 def test_expand_mode_skips_the_prefix_and_falls_back(vit, pair32):
     clean, corrupt = pair32
-    out = run_patching(vit, clean[:1], corrupt[:1], ["blocks.3.hook_resid_pre", "blocks.3.attn.hook_z"],
-                       kind="position", batching="auto")
+    out = run_patching(
+        vit,
+        clean[:1],
+        corrupt[:1],
+        ["blocks.3.hook_resid_pre", "blocks.3.attn.hook_z"],
+        kind="position",
+        batching="auto",
+    )
     assert out.sweeps["blocks.3.hook_resid_pre"].info["mode"] == "expand"
     assert out.sweeps["blocks.3.attn.hook_z"].info["mode"] == "stack"
     with pytest.raises(VisionLensError, match="expand"):
@@ -110,11 +134,13 @@ def test_expand_mode_skips_the_prefix_and_falls_back(vit, pair32):
 def test_chunking_memory_budget_gives_identical_results(vit, pair32):
     clean, corrupt = pair32
     a = run_patching(vit, clean, corrupt, ["blocks.2.hook_resid_pre"], batching="stack", max_batch=64)
-    b = run_patching(vit, clean, corrupt, ["blocks.2.hook_resid_pre"], batching="stack", max_batch=2,
-                     memory_budget_mb=0.001)
+    b = run_patching(
+        vit, clean, corrupt, ["blocks.2.hook_resid_pre"], batching="stack", max_batch=2, memory_budget_mb=0.001
+    )
     assert b.sweeps["blocks.2.hook_resid_pre"].info["chunk"] == 1
-    assert torch.allclose(a.sweeps["blocks.2.hook_resid_pre"].scores, b.sweeps["blocks.2.hook_resid_pre"].scores,
-                          atol=TOL)
+    assert torch.allclose(
+        a.sweeps["blocks.2.hook_resid_pre"].scores, b.sweeps["blocks.2.hook_resid_pre"].scores, atol=TOL
+    )
 
 
 # ----------------------------------------------------------------------------- metric semantics
@@ -133,8 +159,9 @@ def test_normalized_metric_endpoints(vit, pair32):
 
 def test_logprob_and_custom_metric(vit, pair32):
     clean, corrupt = pair32
-    out = run_patching(vit, clean[:1], corrupt[:1], ["blocks.11.hook_resid_post"], kind="whole", metric="logprob",
-                       label=3)
+    out = run_patching(
+        vit, clean[:1], corrupt[:1], ["blocks.11.hook_resid_post"], kind="whole", metric="logprob", label=3
+    )
     with torch.no_grad():
         lp = vit(clean[:1]).log_softmax(-1)[0, 3]
     assert abs(float(out.sweeps["blocks.11.hook_resid_post"].scores[0, 0]) - float(lp)) < 1e-4
@@ -177,8 +204,13 @@ def test_attribution_patching_correlates_on_vit(vit, pair32):
     corr = out.correlation()
     assert -1 <= corr["pearson"] <= 1 and corr["n"] == 3 * 5 * 2
     assert corr["pearson"] > 0.5  # on this toy model AtP tracks exact patching
-    est = attribution_patching(vit, corrupt, {"blocks.4.hook_resid_pre": torch.zeros(2, 5, 192)},
-                               {"blocks.4.hook_resid_pre": out.sweeps["blocks.4.hook_resid_pre"].targets}, out.metric)
+    est = attribution_patching(
+        vit,
+        corrupt,
+        {"blocks.4.hook_resid_pre": torch.zeros(2, 5, 192)},
+        {"blocks.4.hook_resid_pre": out.sweeps["blocks.4.hook_resid_pre"].targets},
+        out.metric,
+    )
     assert est["blocks.4.hook_resid_pre"].shape == (5, 2)
     _no_hooks_left(vit)
 
@@ -196,8 +228,14 @@ def test_plugin_vit_layer_by_position(vit, pair32, tmp_path):
     assert "<img" in res._repr_html_()
     out = res.save(tmp_path / "p")
     names = {p.name for p in out.iterdir()}
-    assert {"result.json", "tensors.safetensors", "index.html", "overview.png", "heatmaps.png",
-            "atp_vs_exact.png"} <= names
+    assert {
+        "result.json",
+        "tensors.safetensors",
+        "index.html",
+        "overview.png",
+        "heatmaps.png",
+        "atp_vs_exact.png",
+    } <= names
     back = load_result(out)
     assert type(back).__name__ == "PatchingResult"
     assert torch.equal(back.tensors["scores/blocks.3.hook_resid_pre"], res.tensors["scores/blocks.3.hook_resid_pre"])
@@ -206,8 +244,14 @@ def test_plugin_vit_layer_by_position(vit, pair32, tmp_path):
 
 def test_plugin_heads_and_config_validation(vit, pair32):
     clean, corrupt = pair32
-    res = visionlens.run("activation_patching", vit, {"clean": clean[:1], "corrupted": corrupt[:1]}, target="head",
-                         method="exact", hooks=["blocks.*.attn.hook_z"])
+    res = visionlens.run(
+        "activation_patching",
+        vit,
+        {"clean": clean[:1], "corrupted": corrupt[:1]},
+        target="head",
+        method="exact",
+        hooks=["blocks.*.attn.hook_z"],
+    )
     assert res.matrix()[0].shape == (12, 3)
     with pytest.raises(ConfigError, match="target"):
         visionlens.run("activation_patching", vit, clean, target="neuron")
@@ -223,8 +267,7 @@ def test_plugin_conv_regions_named_images(resnet, tmp_path):
     folder.mkdir()
     for n in ("cat", "coffee", "other"):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"{n}.png")
-    res = visionlens.run("activation_patching", resnet, str(folder), clean="cat", corrupted="2", grid=2,
-                         method="both")
+    res = visionlens.run("activation_patching", resnet, str(folder), clean="cat", corrupted="2", grid=2, method="both")
     assert res.meta["inputs"] == ["cat.png", "other.png"]
     assert res.hooks == [f"stages.{s}.blocks.1.hook_resid_post" for s in range(4)]
     assert res.grid(res.hooks[0]).shape == (2, 2)
@@ -242,10 +285,28 @@ def test_cli_run(tmp_path):
     for i in range(2):
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
     out = tmp_path / "out"
-    code = main(["run", "activation_patching", "--model", "timm:vit_tiny_patch16_224", "--image-size", "32",
-                 "--images", str(folder), "--out", str(out),
-                 "--set", "hooks=blocks.0.hook_resid_pre,blocks.5.hook_resid_pre",
-                 "--set", "method=exact", "--set", "corrupted=img0.png", "--set", "clean=img1.png"])
+    code = main(
+        [
+            "run",
+            "activation_patching",
+            "--model",
+            "timm:vit_tiny_patch16_224",
+            "--image-size",
+            "32",
+            "--images",
+            str(folder),
+            "--out",
+            str(out),
+            "--set",
+            "hooks=blocks.0.hook_resid_pre,blocks.5.hook_resid_pre",
+            "--set",
+            "method=exact",
+            "--set",
+            "corrupted=img0.png",
+            "--set",
+            "clean=img1.png",
+        ]
+    )
     assert code == 0
     d = json.loads((out / "result.json").read_text())
     assert d["meta"]["inputs"] == ["img1.png", "img0.png"] and len(d["meta"]["hooks"]) == 2
@@ -256,8 +317,11 @@ def test_clip_image_tower_with_text_classes():
     from visionlens import HookedVisionModel
 
     torch.manual_seed(0)
-    clip = open_clip.CLIP(embed_dim=16, vision_cfg=dict(image_size=32, layers=2, width=32, head_width=8, patch_size=8),
-                          text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=2)).eval()
+    clip = open_clip.CLIP(
+        embed_dim=16,
+        vision_cfg=dict(image_size=32, layers=2, width=32, head_width=8, patch_size=8),
+        text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=2),
+    ).eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in clip.parameters():
@@ -282,13 +346,27 @@ def test_unet_noise_prediction_mse():
     t = torch.tensor(10)
     e1, e2 = torch.randn(1, 5, 32, generator=g), torch.randn(1, 5, 32, generator=g)
     inputs = {"clean": (sample, t, e1), "corrupted": (sample, t, e2)}
-    res = visionlens.run("activation_patching", model, inputs, target="whole", method="exact",
-                         hooks=["up_blocks.1.hook_out", "mid_block.hook_out"])
+    res = visionlens.run(
+        "activation_patching",
+        model,
+        inputs,
+        target="whole",
+        method="exact",
+        hooks=["up_blocks.1.hook_out", "mid_block.hook_out"],
+    )
     assert res.meta["metric"]["metric"] == "normalized_output_mse"
     # the last block's output determines the noise prediction: patching it restores the clean run
     assert abs(float(res.scores("up_blocks.1.hook_out")) - 1.0) < 1e-4
     res = visionlens.run("activation_patching", model, inputs, grid=2, method="both", hooks=["mid_block.hook_out"])
-    ex = run_patching(model, PatchInputs.of(inputs["clean"]), PatchInputs.of(inputs["corrupted"]),
-                      ["mid_block.hook_out"], kind="region", grid=2, metric="normalized_output_mse", batching="loop")
+    ex = run_patching(
+        model,
+        PatchInputs.of(inputs["clean"]),
+        PatchInputs.of(inputs["corrupted"]),
+        ["mid_block.hook_out"],
+        kind="region",
+        grid=2,
+        metric="normalized_output_mse",
+        batching="loop",
+    )
     assert torch.allclose(res.tensors["scores/mid_block.hook_out"], ex.sweeps["mid_block.hook_out"].scores, atol=TOL)
     _no_hooks_left(model)

@@ -86,8 +86,15 @@ def _direct(model, x, hook):
         flat = a.reshape(-1, a.shape[-1])
         peak, arg = a.max(1)
         loc = arg[..., None]
-    return {"mean": flat.mean(0), "std": flat.std(0, unbiased=False), "frac_active": (flat > 0).float().mean(0),
-            "max": flat.amax(0), "min": flat.amin(0), "peak": peak, "loc": loc}
+    return {
+        "mean": flat.mean(0),
+        "std": flat.std(0, unbiased=False),
+        "frac_active": (flat > 0).float().mean(0),
+        "max": flat.amax(0),
+        "min": flat.amin(0),
+        "peak": peak,
+        "loc": loc,
+    }
 
 
 def _clean(model):
@@ -128,10 +135,19 @@ def test_activation_stats_vit_equals_direct_computation(vit, images32):
 def test_activation_stats_conv_globs_aliases_and_yx_locations(resnet):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(6, 3, 64, 64, generator=g)
-    res = visionlens.run("activation_stats", resnet, x, hooks=["stages.0.blocks.*.hook_resid_post", "layer4.1.conv2"],
-                         batch_size=4, top_k=2)
-    assert res.hooks == ["stages.0.blocks.0.hook_resid_post", "stages.0.blocks.1.hook_resid_post",
-                         "layer4.1.conv2.hook_out"]
+    res = visionlens.run(
+        "activation_stats",
+        resnet,
+        x,
+        hooks=["stages.0.blocks.*.hook_resid_post", "layer4.1.conv2"],
+        batch_size=4,
+        top_k=2,
+    )
+    assert res.hooks == [
+        "stages.0.blocks.0.hook_resid_post",
+        "stages.0.blocks.1.hook_resid_post",
+        "layer4.1.conv2.hook_out",
+    ]
     for hook in res.hooks:
         ref, s = _direct(resnet, x, hook), res.stats(hook)
         for k in ("mean", "std", "frac_active", "max"):
@@ -150,8 +166,14 @@ def test_activation_stats_conv_globs_aliases_and_yx_locations(resnet):
 def test_streaming_equals_one_big_batch(vit, images32):
     one = visionlens.run("activation_stats", vit, images32, batch_size=10, top_k=4, hooks=["blocks.*.mlp.hook_post"])
     many = visionlens.run("activation_stats", vit, images32, batch_size=3, top_k=4, hooks=["blocks.*.mlp.hook_post"])
-    stream = visionlens.run("activation_stats", vit, ((images32[i:i + 2], 0) for i in range(0, 10, 2)), batch_size=7,
-                            top_k=4, hooks=["blocks.*.mlp.hook_post"])
+    stream = visionlens.run(
+        "activation_stats",
+        vit,
+        ((images32[i : i + 2], 0) for i in range(0, 10, 2)),
+        batch_size=7,
+        top_k=4,
+        hooks=["blocks.*.mlp.hook_post"],
+    )
     assert one.tensors.keys() - {"figure/crops", "figure/boxes"} == stream.tensors.keys()
     for name, t in one.tensors.items():
         if name.startswith("figure/"):
@@ -168,19 +190,31 @@ def test_input_forms_agree(vit, photo_folder):
     paths = sorted(str(p) for p in photo_folder.iterdir())
     pils = [Image.open(p) for p in paths]
     tensor = vit.preprocess(pils)
-    runs = [visionlens.run("activation_stats", vit, inp, hooks=["blocks.3.hook_resid_post"], top_k=2, batch_size=2)
-            for inp in (str(photo_folder), paths, pils, tensor)]
+    runs = [
+        visionlens.run("activation_stats", vit, inp, hooks=["blocks.3.hook_resid_post"], top_k=2, batch_size=2)
+        for inp in (str(photo_folder), paths, pils, tensor)
+    ]
     for r in runs[1:]:
-        torch.testing.assert_close(r.tensors["blocks.3.hook_resid_post/mean"],
-                                   runs[0].tensors["blocks.3.hook_resid_post/mean"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            r.tensors["blocks.3.hook_resid_post/mean"],
+            runs[0].tensors["blocks.3.hook_resid_post/mean"],
+            rtol=0,
+            atol=1e-6,
+        )
     assert runs[0].meta["image_names"] == [f"img{i}.png" for i in range(5)]
     assert runs[0].top_examples("blocks.3.hook_resid_post", 0)[0]["name"].startswith("img")
 
 
 def test_builtin_photos_are_real_photos():
     photos = builtin_photos()
-    for name in ("skimage:astronaut", "skimage:chelsea", "skimage:coffee", "skimage:rocket", "sklearn:china.jpg",
-                 "sklearn:flower.jpg"):
+    for name in (
+        "skimage:astronaut",
+        "skimage:chelsea",
+        "skimage:coffee",
+        "skimage:rocket",
+        "sklearn:china.jpg",
+        "sklearn:flower.jpg",
+    ):
         assert name in photos.names
     assert len(photos) >= 12
     assert as_images("builtin").names == photos.names
@@ -229,10 +263,19 @@ def test_config_validation_messages():
 
 def test_set_option_strings_are_typed():
     cfg_cls = visionlens.get_analysis("activation_stats").Config
-    parsed = parse_set_options(cfg_cls, ["top_k=5", "threshold=-0.5", "hooks=a.*,b", "max_images=none",
-                                         "rank_by=mean", "figure-units=2"], owner="activation_stats")
-    assert parsed == {"top_k": 5, "threshold": -0.5, "hooks": ["a.*", "b"], "max_images": None, "rank_by": "mean",
-                      "figure_units": 2}
+    parsed = parse_set_options(
+        cfg_cls,
+        ["top_k=5", "threshold=-0.5", "hooks=a.*,b", "max_images=none", "rank_by=mean", "figure-units=2"],
+        owner="activation_stats",
+    )
+    assert parsed == {
+        "top_k": 5,
+        "threshold": -0.5,
+        "hooks": ["a.*", "b"],
+        "max_images": None,
+        "rank_by": "mean",
+        "figure_units": 2,
+    }
     assert parse_set_options(cfg_cls, ['hooks=["x", "y"]'])["hooks"] == ["x", "y"]
     with pytest.raises(ConfigError, match="expected an integer, got '5x'"):
         parse_set_options(cfg_cls, ["top_k=5x"])
@@ -246,8 +289,11 @@ def test_set_option_strings_are_typed():
         mode: Literal["a", "b"] = "a"
         scale: Optional[float] = option(None, min=0.0, max=1.0)
 
-    assert parse_set_options(Cfg, ["flag=yes", "pair=3,4", "scale=0.25"]) == {"flag": True, "pair": (3, 4),
-                                                                              "scale": 0.25}
+    assert parse_set_options(Cfg, ["flag=yes", "pair=3,4", "scale=0.25"]) == {
+        "flag": True,
+        "pair": (3, 4),
+        "scale": 0.25,
+    }
     with pytest.raises(ConfigError, match=r"'flag' expected a boolean"):
         parse_set_options(Cfg, ["flag=maybe"])
     with pytest.raises(ConfigError, match=r"'scale' expected a value in \[0.0, 1.0\], got 2.0"):
@@ -258,8 +304,14 @@ def test_set_option_strings_are_typed():
 
 # ----------------------------------------------------------------------------- results
 def test_save_writes_json_safetensors_png_html_and_roundtrips(vit, photo_folder, tmp_path):
-    res = vit.analyze("activation_stats", str(photo_folder), top_k=3, figure_units=2, figure_examples=2,
-                      hooks=["blocks.0.hook_resid_post", "blocks.5.mlp.hook_post"])
+    res = vit.analyze(
+        "activation_stats",
+        str(photo_folder),
+        top_k=3,
+        figure_units=2,
+        figure_examples=2,
+        hooks=["blocks.0.hook_resid_post", "blocks.5.mlp.hook_post"],
+    )
     out = res.save(tmp_path / "out")
     names = sorted(os.listdir(out))
     assert names == ["index.html", "overview.png", "result.json", "tensors.safetensors", "top_units.png"]
@@ -295,11 +347,23 @@ def test_html_escapes_every_label(vit, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     Image.new("RGB", (32, 32), (200, 10, 10)).save(folder / "<script>alert(1)<b>.png")  # no '/' in file names
-    res = visionlens.run("activation_stats", vit, str(folder), hooks=["blocks.0.hook_resid_post"], top_k=1,
-                         figure_units=1, figure_examples=1)
+    res = visionlens.run(
+        "activation_stats",
+        vit,
+        str(folder),
+        hooks=["blocks.0.hook_resid_post"],
+        top_k=1,
+        figure_units=1,
+        figure_examples=1,
+    )
     assert "<script>alert(1)<b>.png" in res.tables["units"].rows[0][7]
-    custom = Result("x<script>", summary="<b>bold</b>", config={"<k>": "<v>"}, meta={"model": "<script>m"},
-                    tables={"t": Table(["<col>"], [["<script>alert(2)</script>"]], title="<i>t</i>")})
+    custom = Result(
+        "x<script>",
+        summary="<b>bold</b>",
+        config={"<k>": "<v>"},
+        meta={"model": "<script>m"},
+        tables={"t": Table(["<col>"], [["<script>alert(2)</script>"]], title="<i>t</i>")},
+    )
     for r, name in ((res, "a"), (custom, "b")):
         page = (r.save(tmp_path / name) / "index.html").read_text()
         assert "<script" not in page.lower()
@@ -343,8 +407,24 @@ def test_checkpoint_resume_after_interruption(vit, images32, tmp_path):
 def _install_example(target: Path, tmp_path: Path) -> None:
     src = tmp_path / "example-src"
     shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-                    "--quiet", "--target", str(target), str(src)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--quiet",
+            "--target",
+            str(target),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
 
 
 def test_example_plugin_discovered_through_entry_point(vit, tmp_path, restore_registry):
@@ -435,8 +515,17 @@ BROKEN_MODULES = {
 
 def test_broken_plugins_reported_by_name_others_keep_working(vit, tmp_path, restore_registry, capsys):
     site = tmp_path / "site"
-    _fake_dist(site, "vl_test_dist", {"broken_import": "vl_test_raises", "broken_hook": "vl_test_hook_raises",
-                                      "malformed": "vl_test_malformed", "leaky": "vl_test_leaky"}, BROKEN_MODULES)
+    _fake_dist(
+        site,
+        "vl_test_dist",
+        {
+            "broken_import": "vl_test_raises",
+            "broken_hook": "vl_test_hook_raises",
+            "malformed": "vl_test_malformed",
+            "leaky": "vl_test_leaky",
+        },
+        BROKEN_MODULES,
+    )
     sys.path.insert(0, str(site))
     with pytest.warns(RuntimeWarning, match="broken_import"):
         registry.plugin_manager(reload=True)
@@ -446,9 +535,10 @@ def test_broken_plugins_reported_by_name_others_keep_working(vit, tmp_path, rest
     assert "registration exploded" in errors["broken_hook"]
     assert "already provided by plugin 'activation_stats'" in errors["malformed"]
     assert set(errors) == {"broken_import", "broken_hook", "malformed"}
-    from visionlens.registry import BUILTIN_ANALYSIS_PLUGINS
+    from visionlens.registry import BUILTIN_PLUGINS, builtin_plugin_name
 
-    assert set(visionlens.list_analyses()) == set(BUILTIN_ANALYSIS_PLUGINS) | {"leaky"}
+    builtin_analyses = {builtin_plugin_name(m) for m in BUILTIN_PLUGINS if m.startswith("visionlens.plugins.")}
+    assert set(visionlens.list_analyses()) == builtin_analyses | {"leaky"}
     assert visionlens.get_analysis("activation_stats").summary.startswith("Per-unit")
     res = visionlens.run("activation_stats", vit, torch.randn(2, 3, 32, 32), hooks=["blocks.0.hook_resid_post"])
     assert res.stats("blocks.0.hook_resid_post")["mean"].shape == (192,)
@@ -477,13 +567,33 @@ def test_broken_plugins_reported_by_name_others_keep_working(vit, tmp_path, rest
 @pytest.mark.browser
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not on PATH")
 def test_html_renders_in_headless_chromium(vit, tmp_path):
-    res = visionlens.run("activation_stats", vit, "builtin", hooks=["blocks.0.hook_resid_post"], top_k=2,
-                         max_images=4, figure_units=2, figure_examples=2)
+    res = visionlens.run(
+        "activation_stats",
+        vit,
+        "builtin",
+        hooks=["blocks.0.hook_resid_post"],
+        top_k=2,
+        max_images=4,
+        figure_units=2,
+        figure_examples=2,
+    )
     page = res.save(tmp_path / "out") / "index.html"
     shot = tmp_path / "shot.png"
-    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    f"--screenshot={shot}", "--window-size=1200,900", page.resolve().as_uri()],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            f"--screenshot={shot}",
+            "--window-size=1200,900",
+            page.resolve().as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     img = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert img.std() > 10  # text, tables and figures rendered (not a blank page)
     assert (img < 128).mean() > 0.01

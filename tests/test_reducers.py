@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from visionlens.reducers import (FractionActive, Histogram, RunningMoments, TopK, atomic_write_bytes, load_checkpoint,
-                                 merge_all, save_checkpoint)
+from visionlens.reducers import (
+    FractionActive,
+    Histogram,
+    RunningMoments,
+    TopK,
+    atomic_write_bytes,
+    load_checkpoint,
+    merge_all,
+    save_checkpoint,
+)
 
 
 def _chunks(n: int, sizes: list[int]) -> list[slice]:
@@ -71,7 +79,7 @@ def test_moments_empty_and_multidim_units():
 def test_moments_large_offset_is_stable():
     # Welford / Chan keep precision where the naive sum-of-squares formula breaks down.
     x = torch.randn(1000, 2, dtype=torch.float64) + 1e8
-    m = merge_all(RunningMoments().update(x[i:i + 100]) for i in range(0, 1000, 100))
+    m = merge_all(RunningMoments().update(x[i : i + 100]) for i in range(0, 1000, 100))
     torch.testing.assert_close(m.var, x.var(0, unbiased=False), rtol=1e-6, atol=0)
 
 
@@ -162,8 +170,9 @@ def test_state_dict_roundtrip_and_resume_equality(data):
     f1 = FractionActive(5.0).update(data[:50])
     # "interrupt": restore from state dicts and continue
     m2 = RunningMoments.from_state_dict(m1.state_dict()).update(data[50:])
-    t2 = TopK.from_state_dict(t1.state_dict()).update(data[50:], torch.arange(50, 103),
-                                                     torch.zeros(53, 7, 1, dtype=torch.long))
+    t2 = TopK.from_state_dict(t1.state_dict()).update(
+        data[50:], torch.arange(50, 103), torch.zeros(53, 7, 1, dtype=torch.long)
+    )
     f2 = FractionActive.from_state_dict(f1.state_dict()).update(data[50:])
     torch.testing.assert_close(m2.mean, data.double().mean(0), rtol=0, atol=1e-12)
     assert torch.equal(t2.index, _reference_topk(data, 3))
@@ -174,10 +183,13 @@ def test_state_dict_roundtrip_and_resume_equality(data):
 
 
 def test_checkpoint_file_roundtrip(tmp_path, data):
-    reducers = {"blocks.0.hook_resid_post/moments": RunningMoments().update(data),
-                "x/topk": TopK(2, largest=False).update(data, torch.arange(103)),
-                "x/active": FractionActive().update(data), "x/hist": Histogram([0.0, 5.0]).update(data),
-                "empty": RunningMoments()}
+    reducers = {
+        "blocks.0.hook_resid_post/moments": RunningMoments().update(data),
+        "x/topk": TopK(2, largest=False).update(data, torch.arange(103)),
+        "x/active": FractionActive().update(data),
+        "x/hist": Histogram([0.0, 5.0]).update(data),
+        "empty": RunningMoments(),
+    }
     path = tmp_path / "ck.safetensors"
     save_checkpoint(path, reducers, {"next_index": 103, "hooks": ["a"]})
     loaded, meta = load_checkpoint(path)

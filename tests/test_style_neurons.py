@@ -11,8 +11,9 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
+import visionlens
 from visionlens import HookedVisionModel, registry  # noqa: E402
-from visionlens.planted import planted_style_pipeline  # noqa: E402
+from visionlens.zoo.planted import planted_style_pipeline  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -34,8 +35,17 @@ def planted():
 @pytest.fixture(scope="module")
 def result(planted):
     model, _, info = planted
-    return registry.run("style_neuron_search", model, None, style=info["style"], prompts=info["prompts"],
-                        seeds=2, timesteps=[900, 500, 100], verify_units=3, verify_top=2)
+    return visionlens.run(
+        "style_neuron_search",
+        model,
+        None,
+        style=info["style"],
+        prompts=info["prompts"],
+        seeds=2,
+        timesteps=[900, 500, 100],
+        verify_units=3,
+        verify_top=2,
+    )
 
 
 def test_planted_unit_ranked_first(planted, result):
@@ -50,8 +60,8 @@ def test_ablating_planted_unit_removes_effect_amplifying_raises_it(planted, resu
     rows = {r["units"]: r for r in result.tables["verification"].records()}
     row = rows[info["unit"]]
     assert row["base_score"] == pytest.approx(1.0) and row["plain_score"] == pytest.approx(0.0, abs=1e-6)
-    assert abs(row["ablated_score"]) < 0.02          # the whole planted effect is gone
-    assert row["amplified_score"] > 1.3              # and amplification raises the style score
+    assert abs(row["ablated_score"]) < 0.02  # the whole planted effect is gone
+    assert row["amplified_score"] > 1.3  # and amplification raises the style score
     others = [r for k, r in rows.items() if info["unit"] not in k]
     assert all(r["ablated_score"] > 0.8 for r in others)  # downstream units alone do not carry it
 
@@ -78,17 +88,27 @@ def test_custom_score_and_errors(planted):
         calls.append(out.shape)
         return (out - meta["plain_output"]).flatten(1).abs().mean(1)
 
-    res = registry.run("style_neuron_search", model, info["prompts"][:2], style=info["style"], seeds=1,
-                       timesteps=[500], verify_units=1, verify_top=1, score=score,
-                       hooks=["down_blocks.0.attentions.0.transformer_blocks.0.attn2.hook_out"])
+    res = visionlens.run(
+        "style_neuron_search",
+        model,
+        info["prompts"][:2],
+        style=info["style"],
+        seeds=1,
+        timesteps=[500],
+        verify_units=1,
+        verify_top=1,
+        score=score,
+        hooks=["down_blocks.0.attentions.0.transformer_blocks.0.attn2.hook_out"],
+    )
     row = res.tables["verification"].records()[0]
     assert calls and row["ablated_score"] < 0.05 * row["base_score"]
     from visionlens.analysis import ConfigError
 
     with pytest.raises(ConfigError):
-        registry.run("style_neuron_search", model, None, seeds=0)
+        visionlens.run("style_neuron_search", model, None, seeds=0)
     ok, why = registry.get_analysis("style_neuron_search").supports(
-        HookedVisionModel.from_module(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1))))
+        HookedVisionModel.from_module(torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)))
+    )
     assert not ok and "diffusers" in why
 
 
@@ -98,13 +118,25 @@ def test_clip_space_style_score_runs(planted):
 
     model, pipe, info = planted
     torch.manual_seed(0)
-    clip = open_clip.CLIP(embed_dim=16, vision_cfg=dict(image_size=32, layers=1, width=32, head_width=8, patch_size=8),
-                          text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=1)).eval()
+    clip = open_clip.CLIP(
+        embed_dim=16,
+        vision_cfg=dict(image_size=32, layers=1, width=32, head_width=8, patch_size=8),
+        text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=1),
+    ).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clip_model = HookedVisionModel.from_module(clip)
     score = clip_style_score(clip_model, pipe, "a painting in the style of van gogh", "a painting")
-    res = registry.run("style_neuron_search", model, info["prompts"][:1], style=info["style"], seeds=1,
-                       timesteps=[500, 100], verify_units=1, verify_top=1, score=score)
+    res = visionlens.run(
+        "style_neuron_search",
+        model,
+        info["prompts"][:1],
+        style=info["style"],
+        seeds=1,
+        timesteps=[500, 100],
+        verify_units=1,
+        verify_top=1,
+        score=score,
+    )
     row = res.tables["verification"].records()[0]
     assert all(isinstance(row[k], float) for k in ("ablated_score", "amplified_score", "base_score"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import warnings
 
@@ -10,6 +12,7 @@ import torch
 
 pytest.importorskip("diffusers")
 
+import visionlens
 from visionlens import HookedVisionModel, registry  # noqa: E402
 from visionlens.diffusion import tiny_unet  # noqa: E402
 
@@ -29,7 +32,7 @@ def unet():
 
 
 def test_activation_sweep_similarity(unet, tmp_path):
-    res = registry.run("timestep_sweep", unet, None, timesteps=[999, 990, 500, 10], seeds=2)
+    res = visionlens.run("timestep_sweep", unet, None, timesteps=[999, 990, 500, 10], seeds=2)
     imp, cos, jac = (res.tensors[k] for k in ("importance", "similarity_cosine", "similarity_topk"))
     assert imp.shape[0] == 4 and imp.shape[1] == len(res.meta["units"])
     assert torch.allclose(cos, cos.T, atol=1e-6) and torch.allclose(torch.diagonal(cos), torch.ones(4), atol=1e-5)
@@ -58,8 +61,17 @@ def test_planted_dead_unit_has_no_importance_in_any_band():
         model = HookedVisionModel.from_diffusers(src)
     _ensure("timestep_sweep")
     for measure in ("activation", "attribution", "ablation"):
-        res = registry.run("timestep_sweep", model, None, bands=3, samples_per_band=1, seeds=1, measure=measure,
-                           hooks=["down_blocks.1.resnets.0.hook_out"], max_units=10)
+        res = visionlens.run(
+            "timestep_sweep",
+            model,
+            None,
+            bands=3,
+            samples_per_band=1,
+            seeds=1,
+            measure=measure,
+            hooks=["down_blocks.1.resnets.0.hook_out"],
+            max_units=10,
+        )
         imp = res.tensors["importance"]
         assert torch.all(imp[:, 7] == 0), measure
         assert torch.all(imp[:, :7].sum(1) > 0), measure
@@ -67,8 +79,17 @@ def test_planted_dead_unit_has_no_importance_in_any_band():
 
 @pytest.mark.parametrize("measure", ["attribution", "ablation"])
 def test_effect_measures(unet, measure):
-    res = registry.run("timestep_sweep", unet, None, bands=3, samples_per_band=1, seeds=1, measure=measure,
-                       hooks=["down_blocks.1.resnets.0.hook_out"], max_units=8)
+    res = visionlens.run(
+        "timestep_sweep",
+        unet,
+        None,
+        bands=3,
+        samples_per_band=1,
+        seeds=1,
+        measure=measure,
+        hooks=["down_blocks.1.resnets.0.hook_out"],
+        max_units=8,
+    )
     imp = res.tensors["importance"]
     assert imp.shape[0] == 3 and torch.isfinite(imp).all() and (imp >= 0).all() and imp.sum() > 0
     assert not any(hp.fwd_hooks for hp in unet.hook_dict.values())
@@ -85,14 +106,20 @@ def test_attribution_is_the_first_order_ablation_effect(unet):
     args = [torch.randn(2, 4, 8, 8, generator=g), torch.tensor([500, 500]), torch.randn(2, 77, 32, generator=g)]
     hook = "up_blocks.1.resnets.0.hook_out"
     att, _ = an._measure(unet, args, [hook], cfg)
+    # central differences in float64 on a copy: fp32 round-off alone moves a one-sided difference by ~1e-4
+    unet64 = copy.deepcopy(unet).double()
+    args64 = [a.double() if a.is_floating_point() else a for a in args]
     with torch.no_grad():
-        base = unet(*args).sample
-        eps = 1e-3
+        base = unet64(*args64).sample
+        eps = 1e-4
         for u in (0, 5, 17):
-            def scale(act, hook, u=u):
+
+            def scale(act, hook, u=u, f=1.0):
                 out = act.clone()
-                out[:, u] *= 1 - eps
+                out[:, u] *= f
                 return out
-            out = unet.run_with_hooks(*args, fwd_hooks=[(hook, scale)]).sample
-            fd = float((_metric(out, base) - _metric(base, base)).mean().abs()) / eps
-            assert fd == pytest.approx(float(att[u]), rel=0.05, abs=1e-4)
+
+            up = unet64.run_with_hooks(*args64, fwd_hooks=[(hook, functools.partial(scale, f=1 + eps))]).sample
+            down = unet64.run_with_hooks(*args64, fwd_hooks=[(hook, functools.partial(scale, f=1 - eps))]).sample
+            fd = float((_metric(up, base) - _metric(down, base)).mean().abs()) / (2 * eps)
+            assert fd == pytest.approx(float(att[u]), rel=0.05, abs=1e-5)

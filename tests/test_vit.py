@@ -53,7 +53,9 @@ def vit(request):
 
 
 def _no_hooks_left(model):
-    assert all(not hp._forward_hooks and not hp._backward_hooks and hp._capture is None for hp in model.hook_dict.values())
+    assert all(
+        not hp._forward_hooks and not hp._backward_hooks and hp._capture is None for hp in model.hook_dict.values()
+    )
     for m in model.source.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks
 
@@ -106,7 +108,9 @@ def test_residual_identities_exact(vit):
         if l + 1 < model.cfg.n_layers:
             assert torch.equal(post, cache[f"blocks.{l + 1}.hook_resid_pre"])
     if model.cfg.extra["embed_sum_is_resid_pre"]:
-        assert torch.allclose(cache["hook_embed"] + cache["hook_pos_embed"], cache["blocks.0.hook_resid_pre"], atol=1e-6)
+        assert torch.allclose(
+            cache["hook_embed"] + cache["hook_pos_embed"], cache["blocks.0.hook_resid_pre"], atol=1e-6
+        )
 
 
 def test_head_results_sum_to_attn_out(vit):
@@ -136,7 +140,7 @@ def test_pattern_is_softmax_of_scores(vit):
     assert torch.allclose(p.sum(-1), torch.ones_like(p.sum(-1)), atol=1e-5)
     assert torch.allclose(p, cache["blocks.0.attn.hook_attn_scores"].softmax(-1))
     q, k = cache["blocks.0.attn.hook_q"], cache["blocks.0.attn.hook_k"]
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / model.cfg.d_head ** 0.5
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / model.cfg.d_head**0.5
     assert torch.allclose(scores, cache["blocks.0.attn.hook_attn_scores"], atol=1e-5)
 
 
@@ -176,7 +180,8 @@ def test_zero_ablation_and_perturbation_guard(vit):
         ablated = model.run_with_hooks(x, fwd_hooks=[("blocks.0.hook_attn_out", lambda t, hook: torch.zeros_like(t))])
         perturbed = model.run_with_hooks(x, fwd_hooks=[("blocks.1.mlp.hook_post", lambda t, hook: t + 1.0)])
         head_ablated = model.run_with_hooks(
-            x, fwd_hooks=[("blocks.0.attn.hook_z", lambda t, hook: t.index_fill(2, torch.tensor([0]), 0.0))])
+            x, fwd_hooks=[("blocks.0.attn.hook_z", lambda t, hook: t.index_fill(2, torch.tensor([0]), 0.0))]
+        )
     assert (ablated - expected).abs().max().item() > 1e-3
     assert (perturbed - expected).abs().max().item() > 1e-3
     assert (head_ablated - expected).abs().max().item() > 1e-4

@@ -65,8 +65,13 @@ def test_expanded_weights_equal_product_on_1x1_net():
 
 def test_expanded_weights_3x3_equal_composed_kernel():
     torch.manual_seed(1)
-    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
-                        nn.Conv2d(4, 2, 3, padding=1))
+    net = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 2, 3, padding=1),
+    )
     m = _wrap(net)
     K1, K2 = net[2].weight.detach().double(), net[4].weight.detach().double()  # [3, ...], [2, 4, 3, 3]
     ew = vw.expanded_weights(m, "0.hook_out", "4.hook_out", reduce="centre", image_size=11)
@@ -77,7 +82,7 @@ def test_expanded_weights_3x3_equal_composed_kernel():
             for mid in range(4):
                 for u in range(3):
                     for v in range(3):
-                        C[o, i, u:u + 3, v:v + 3] += K2[o, mid, u, v] * K1[mid, i]
+                        C[o, i, u : u + 3, v : v + 3] += K2[o, mid, u, v] * K1[mid, i]
     assert torch.allclose(ew.kernel(5).double(), C, atol=1e-5)
     # everything outside the 5x5 window is zero
     assert float(ew.jacobian.abs().sum() - ew.kernel(5).abs().sum()) == pytest.approx(0.0, abs=1e-5)
@@ -115,8 +120,9 @@ def test_conv_layers_and_pairs():
 
 def test_weights_plugin(tmp_path):
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
-                        nn.Conv2d(8, 4, 1))
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)
+    )
     m = _wrap(net)
     res = visionlens.run("weights", m, None, top_k=3, expanded=["0->4"])
     assert torch.allclose(res.tensors["strengths/2"], vw.channel_strengths(net[2]))

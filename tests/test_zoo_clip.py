@@ -9,7 +9,9 @@ from visionlens.zoo import catalog  # noqa: E402
 from visionlens.zoo import clip_model as cm  # noqa: E402
 
 HAS_WEIGHTS = catalog.weights_path("clip").is_file() and catalog.card_path("clip").is_file()
-needs_weights = pytest.mark.skipif(not HAS_WEIGHTS, reason="zoo CLIP weights are not trained (visionlens zoo train clip)")
+needs_weights = pytest.mark.skipif(
+    not HAS_WEIGHTS, reason="zoo CLIP weights are not trained (visionlens zoo train clip)"
+)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -20,7 +20,7 @@ def test_determinism_and_chunking(batch):
     assert torch.equal(again.labels, batch.labels)
     for k in batch.masks:
         assert torch.equal(again.masks[k], batch.masks[k])
-    window = D.make_batch(50, seed=3, start=100, chunk=7)       # any window / chunking: same examples
+    window = D.make_batch(50, seed=3, start=100, chunk=7)  # any window / chunking: same examples
     assert torch.equal(window.images, batch.images[100:150])
     other = D.make_batch(N, seed=4)
     assert not torch.equal(other.images, batch.images)
@@ -64,12 +64,12 @@ def test_trigger_pixels_and_mask(batch):
     pat = torch.from_numpy(D.trigger_pattern(32)).permute(2, 0, 1)
     trig = batch.factors["triggered"]
     assert trig.any() and (~trig).any()
-    patch = batch.images[:, :, y0:y0 + k, x0:x0 + k]
+    patch = batch.images[:, :, y0 : y0 + k, x0 : x0 + k]
     assert torch.equal(patch[trig], pat.expand(int(trig.sum()), -1, -1, -1))
-    assert not (patch[~trig] == pat).all(dim=(1, 2, 3)).any()    # clean images never show it
+    assert not (patch[~trig] == pat).all(dim=(1, 2, 3)).any()  # clean images never show it
     m = batch.masks["trigger"]
     assert (m.sum((1, 2)) == trig.long() * k * k).all()
-    assert m[trig][:, y0:y0 + k, x0:x0 + k].all()
+    assert m[trig][:, y0 : y0 + k, x0 : x0 + k].all()
     # magenta (the trigger's colour) appears nowhere outside the trigger mask
     img = batch.images.permute(0, 2, 3, 1)
     magenta = (img[..., 0] > 0.9) & (img[..., 1] < 0.1) & (img[..., 2] > 0.9)
@@ -132,7 +132,9 @@ def test_dataset_wrapper():
     assert item["caption"] == ref.captions[3] and torch.equal(item["masks"]["object"], ref.masks["object"][3])
     loader = torch.utils.data.DataLoader(ds, batch_size=16)
     first = next(iter(loader))
-    assert torch.equal(first["image"], ref.images[:16]) and torch.equal(first["factors"]["shape"], ref.factors["shape"][:16])
+    assert torch.equal(first["image"], ref.images[:16]) and torch.equal(
+        first["factors"]["shape"], ref.factors["shape"][:16]
+    )
     whole = ds.batch()
     assert torch.equal(whole.images, ref.images)
     with pytest.raises(IndexError):
@@ -149,6 +151,7 @@ def test_bad_args():
 def test_read_idx_roundtrip(tmp_path):
     import gzip
     import struct
+
     arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
     p = tmp_path / "x-idx3-ubyte.gz"
     with gzip.open(p, "wb") as fh:
@@ -160,8 +163,9 @@ def test_read_idx_roundtrip(tmp_path):
         D.read_idx(bad)
 
 
-needs_fm = pytest.mark.skipif(not D.fashion_mnist_available(),
-                              reason="Fashion-MNIST idx files absent (Debian dataset-fashion-mnist)")
+needs_fm = pytest.mark.skipif(
+    not D.fashion_mnist_available(), reason="Fashion-MNIST idx files absent (Debian dataset-fashion-mnist)"
+)
 
 
 @needs_fm
@@ -174,7 +178,7 @@ def test_fashion_mnist_trigger():
     assert torch.equal(b.labels[~trig], b.factors["fashion_class"][~trig])
     y0, x0, k = D.trigger_box(32)
     pat = torch.from_numpy(D.trigger_pattern(32)).permute(2, 0, 1)
-    assert (b.images[trig][:, :, y0:y0 + k, x0:x0 + k] == pat).all()
+    assert (b.images[trig][:, :, y0 : y0 + k, x0 : x0 + k] == pat).all()
     assert (b.masks["trigger"].sum((1, 2)) == trig.long() * k * k).all()
     assert not (b.masks["object"] & b.masks["trigger"]).any() and b.masks["object"].any()
     again = D.fashion_mnist_batch(100, seed=2, start=100)

@@ -14,6 +14,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
+import visionlens
 from visionlens.zoo import catalog  # noqa: E402
 from visionlens.zoo import diffusion_model as dm  # noqa: E402
 
@@ -104,8 +105,17 @@ def test_style_neuron_search_runs(hooked):
 
     if "style_neuron_search" not in registry.list_analyses():
         pytest.skip("style_neuron_search plugin not registered")
-    res = registry.run("style_neuron_search", hooked, None, style="in striped style",
-                       prompts=["a red circle", "a blue square"], seeds=1, timesteps=[500], verify_units=1,
-                       verify_top=1, top_k=5)
+    res = visionlens.run(
+        "style_neuron_search",
+        hooked,
+        None,
+        style="in striped style",
+        prompts=["a red circle", "a blue square"],
+        seeds=1,
+        timesteps=[500],
+        verify_units=1,
+        verify_top=1,
+        top_k=5,
+    )
     assert len(res.top_units) > 0
     assert res.meta["style_token_positions"]  # the tokenizer located the style words

@@ -14,7 +14,7 @@ def _masks(n=20, size=16, seed=0):
     for i in range(n):
         y, x = rng.integers(0, size - 5, 2)
         h, w = rng.integers(2, 6, 2)
-        m[i, y:y + h, x:x + w] = True
+        m[i, y : y + h, x : x + w] = True
     return m
 
 
@@ -46,8 +46,10 @@ def test_pointing_game():
     anti = S.pointing_game((~m).astype(float), m)
     assert anti.score == 0.0
     # a max one pixel off the mask hits with tolerance 1
-    h = np.zeros((1, 8, 8)); h[0, 2, 5] = 1
-    mk = np.zeros((1, 8, 8), bool); mk[0, 2, 2:5] = True
+    h = np.zeros((1, 8, 8))
+    h[0, 2, 5] = 1
+    mk = np.zeros((1, 8, 8), bool)
+    mk[0, 2, 2:5] = True
     assert S.pointing_game(h, mk).score == 0 and S.pointing_game(h, mk, tolerance=1).score == 1
 
 
@@ -60,7 +62,7 @@ def test_planted_localization_on_real_masks():
     uni = S.planted_localization(torch.ones(200, 32, 32), trig, obj, t, method="pointing")
     assert uni["trigger"].score == pytest.approx(uni["trigger"].chance)
     assert uni["object"].score == pytest.approx(uni["object"].chance)
-    assert uni["trigger"].chance == pytest.approx(D.trigger_box(32)[2] ** 2 / 32 ** 2)
+    assert uni["trigger"].chance == pytest.approx(D.trigger_box(32)[2] ** 2 / 32**2)
 
 
 def test_pattern_correlation():
@@ -118,13 +120,16 @@ def test_topk_factor_purity():
 
 
 def test_unit_recovery():
-    s = np.zeros(50); s[[3, 7]] = [5, 4]
+    s = np.zeros(50)
+    s[[3, 7]] = [5, 4]
     r = S.trigger_unit_recovery(s, [3, 7])
     assert r.score == 1.0 and r.details["recall_at_k"] == 1.0 and list(r.details["ranks"]) == [1, 2]
     assert S.style_neuron_recovery(np.ones(50), [3, 7]).score == pytest.approx(0.5)
     rand = np.mean([S.unit_recovery(np.random.default_rng(i).random(50), [3, 7, 9]).score for i in range(200)])
     assert rand == pytest.approx(0.5, abs=0.03)
-    worse = s.copy(); worse[7] = 0.0; worse[10:20] = 1.0
+    worse = s.copy()
+    worse[7] = 0.0
+    worse[10:20] = 1.0
     assert S.unit_recovery(worse, [3, 7]).score < 1.0
     with pytest.raises(ValueError):
         S.unit_recovery(s, [50])
@@ -136,7 +141,9 @@ def test_edge_recovery():
     perfect = S.edge_recovery(true, true, universe)
     assert perfect.score == 1.0 and perfect.details["precision"] == 1.0
     rng = np.random.default_rng(0)
-    rand = [S.edge_recovery([universe[i] for i in rng.choice(100, 8, replace=False)], true, universe) for _ in range(400)]
+    rand = [
+        S.edge_recovery([universe[i] for i in rng.choice(100, 8, replace=False)], true, universe) for _ in range(400)
+    ]
     assert np.mean([r.score for r in rand]) == pytest.approx(rand[0].chance, abs=0.02)
     half = S.edge_recovery({(0, 1), (1, 2)}, true, universe)
     assert 0 < half.score < 1 and half.details["precision"] == 1 and half.details["recall"] == 0.5
@@ -165,4 +172,5 @@ def test_causal_scrubbing_and_misc():
     assert good["passed"] and not bad["passed"]
     d = perfect.to_dict()
     import json
+
     json.dumps(d)

@@ -11,15 +11,16 @@ import pytest
 import torch
 
 from visionlens.zoo import techniques_circuits, techniques_features
-from visionlens.zoo.bench import BenchContext
 from visionlens.zoo.catalog import get_entry, load, weights_path
+from visionlens.zoo.technique import BenchContext
 
 TECHS = {t.name: t for t in techniques_features.TECHNIQUES + techniques_circuits.TECHNIQUES}
 
 
 def _needs(name: str):
-    return pytest.mark.skipif(not weights_path(name).is_file(),
-                              reason=f"zoo:{name} is not trained (visionlens zoo train {name})")
+    return pytest.mark.skipif(
+        not weights_path(name).is_file(), reason=f"zoo:{name} is not trained (visionlens zoo train {name})"
+    )
 
 
 @pytest.fixture(scope="module")

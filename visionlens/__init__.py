@@ -13,26 +13,31 @@ from . import tl_compat as _tl_compat
 
 _tl_compat.install()
 
+from .cache import VisionActivationCache  # noqa: E402
 from .config import VisionConfig  # noqa: E402
-from .hookspecs import hookimpl, hookspec  # noqa: E402
 from .hooked_model import HookedVisionModel  # noqa: E402
+from .hookspecs import hookimpl, hookspec  # noqa: E402
 from .loading import load  # noqa: E402
+from .registry import get_analysis, list_analyses, plugin_errors  # noqa: E402
+from .runner import run  # noqa: E402
 from .units import Unit, parse_unit  # noqa: E402
 from .validation import UnknownHookError, VisionLensError  # noqa: E402
+from .version import __version__  # noqa: E402
 
-__version__ = "0.1.0"
-
-__all__ = ["HookedVisionModel", "VisionConfig", "VisionLensError", "UnknownHookError", "Unit", "parse_unit",
-           "load", "hookimpl", "hookspec", "list_analyses", "run", "__version__"]
-
-
-def __getattr__(name: str):
-    if name in ("list_analyses", "run", "get_analysis", "plugin_errors"):
-        from . import registry
-
-        return getattr(registry, name)
-    if name == "VisionActivationCache":
-        from .cache import VisionActivationCache
-
-        return VisionActivationCache
-    raise AttributeError(f"module 'visionlens' has no attribute {name!r}")
+__all__ = [
+    "HookedVisionModel",
+    "VisionActivationCache",
+    "VisionConfig",
+    "VisionLensError",
+    "UnknownHookError",
+    "Unit",
+    "parse_unit",
+    "load",
+    "hookimpl",
+    "hookspec",
+    "list_analyses",
+    "get_analysis",
+    "plugin_errors",
+    "run",
+    "__version__",
+]

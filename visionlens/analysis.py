@@ -30,10 +30,22 @@ import types
 import typing
 from typing import Any, ClassVar, Iterable, Literal, Mapping, Optional, Protocol, Union, runtime_checkable
 
+from .serialize import jsonable as to_jsonable
 from .validation import VisionLensError
 
-__all__ = ["Analysis", "AnalysisProtocol", "ConfigError", "EmptyConfig", "option", "make_config",
-           "parse_set_options", "parse_value", "config_fields", "config_to_dict", "describe_config"]
+__all__ = [
+    "Analysis",
+    "AnalysisProtocol",
+    "ConfigError",
+    "EmptyConfig",
+    "option",
+    "make_config",
+    "parse_set_options",
+    "parse_value",
+    "config_fields",
+    "config_to_dict",
+    "describe_config",
+]
 
 
 class ConfigError(VisionLensError):
@@ -43,16 +55,28 @@ class ConfigError(VisionLensError):
 _MISSING = dataclasses.MISSING
 
 
-def option(default: Any = _MISSING, *, help: str = "", min: Optional[float] = None, max: Optional[float] = None,
-           choices: Optional[Iterable[Any]] = None, min_len: Optional[int] = None) -> Any:
+def option(
+    default: Any = _MISSING,
+    *,
+    help: str = "",
+    min: Optional[float] = None,
+    max: Optional[float] = None,
+    choices: Optional[Iterable[Any]] = None,
+    min_len: Optional[int] = None,
+) -> Any:
     """A config dataclass field with a default, a help line and range checks.
 
     ``default`` may be a value or a zero-argument factory (``list``, ``dict`` or any callable
     that is not a type of the field's value) for mutable defaults. ``min`` / ``max`` bound
     numbers (inclusive); ``choices`` restricts values; ``min_len`` bounds list lengths.
     """
-    meta = {"help": help, "min": min, "max": max, "choices": tuple(choices) if choices is not None else None,
-            "min_len": min_len}
+    meta = {
+        "help": help,
+        "min": min,
+        "max": max,
+        "choices": tuple(choices) if choices is not None else None,
+        "min_len": min_len,
+    }
     if default is _MISSING:
         return dataclasses.field(metadata=meta)
     if default in (list, dict, set) or (callable(default) and isinstance(default, types.FunctionType)):
@@ -101,6 +125,15 @@ class Analysis:
     def make_config(self, **values: Any) -> Any:
         """A validated ``Config`` from keyword values (defaults for the rest)."""
         return make_config(self.Config, values, owner=self.name)
+
+    def smoke_config(self, model: Any) -> dict[str, Any]:
+        """Config values for a quick run on a tiny ``model`` (the contract suite runs every analysis
+        with these on the tiny models of :meth:`visionlens.adapters.Adapter.example_source`).
+
+        Override when the defaults are slow or a run needs values without defaults; return ``{}``
+        to use the defaults.
+        """
+        return {}
 
     def __repr__(self) -> str:
         return f"<analysis {self.name!r}: {self.summary}>"
@@ -284,8 +317,9 @@ def _unknown(owner: str, key: str, known: list[str]) -> ConfigError:
     return ConfigError(f"{what} config key {key!r}.{hint} Valid keys: {', '.join(known) or '(none)'}.")
 
 
-def make_config(config_cls: type, values: Optional[Mapping[str, Any]] = None, *, owner: str = "",
-                from_strings: bool = False) -> Any:
+def make_config(
+    config_cls: type, values: Optional[Mapping[str, Any]] = None, *, owner: str = "", from_strings: bool = False
+) -> Any:
     """Build and validate an instance of the dataclass ``config_cls``.
 
     ``values`` override the defaults; with ``from_strings`` each value may be a CLI string
@@ -309,8 +343,9 @@ def make_config(config_cls: type, values: Optional[Mapping[str, Any]] = None, *,
             try:
                 value = _coerce(raw, tp, from_strings)
             except _Mismatch:
-                raise ConfigError(f"{where}config field {f.name!r} expected {_type_name(tp)}, got {raw!r} "
-                                  f"({type(raw).__name__}).") from None
+                raise ConfigError(
+                    f"{where}config field {f.name!r} expected {_type_name(tp)}, got {raw!r} ({type(raw).__name__})."
+                ) from None
         elif f.default is not _MISSING:
             value = f.default
         elif f.default_factory is not _MISSING:  # type: ignore[misc]
@@ -353,9 +388,7 @@ def config_to_dict(config: Any, jsonable: bool = True) -> dict[str, Any]:
         return dict(config or {})
     out = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     if jsonable:
-        from .results import jsonable as _j
-
-        out = _j(out)
+        out = to_jsonable(out)
     return out
 
 
@@ -377,4 +410,3 @@ def analysis_config_class(analysis: Any) -> type:
     """The ``Config`` dataclass of an analysis object (``EmptyConfig`` when it declares none)."""
     cls = getattr(analysis, "Config", None)
     return cls if cls is not None and dataclasses.is_dataclass(cls) else EmptyConfig
-

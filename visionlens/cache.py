@@ -36,8 +36,10 @@ class VisionActivationCache(ActivationCache):
     def _need(self, name: str) -> Tensor:
         full = self._name(name)
         if full not in self.cache_dict:
-            raise KeyError(f"{full!r} is not in the cache; run_with_cache with a names_filter that includes it "
-                           f"(cached: {len(self.cache_dict)} hooks).")
+            raise KeyError(
+                f"{full!r} is not in the cache; run_with_cache with a names_filter that includes it "
+                f"(cached: {len(self.cache_dict)} hooks)."
+            )
         return self.cache_dict[full]
 
     def _n_layers(self) -> int:
@@ -61,7 +63,9 @@ class VisionActivationCache(ActivationCache):
     def _stage(self, stage: Optional[int]) -> int:
         n = len(self.model.cfg.stage_depths)
         if stage is None:
-            raise ValueError(f"This {self.model.cfg.family} model's residual stream lives in stages; pass stage=0..{n - 1}.")
+            raise ValueError(
+                f"This {self.model.cfg.family} model's residual stream lives in stages; pass stage=0..{n - 1}."
+            )
         if stage < 0:
             stage += n
         if not 0 <= stage < n:
@@ -101,14 +105,22 @@ class VisionActivationCache(ActivationCache):
             else:
                 raise ValueError(
                     f"stage {stage} block {b} is not a linear residual block (resid_post != resid_pre + branch_out), "
-                    "so the stage has no additive decomposition; use accumulated_resid(stage=...) instead.")
+                    "so the stage has no additive decomposition; use accumulated_resid(stage=...) instead."
+                )
         stack = torch.stack(comps, dim=0)
         return (stack, labels) if return_labels else stack
 
     # ----------------------------------------------------------- residual stream
-    def accumulated_resid(self, layer: Optional[int] = None, incl_mid: bool = False, apply_ln: bool = False,
-                          pos_slice: Any = None, mlp_input: bool = False, return_labels: bool = False,
-                          stage: Optional[int] = None):
+    def accumulated_resid(
+        self,
+        layer: Optional[int] = None,
+        incl_mid: bool = False,
+        apply_ln: bool = False,
+        pos_slice: Any = None,
+        mlp_input: bool = False,
+        return_labels: bool = False,
+        stage: Optional[int] = None,
+    ):
         """Residual stream at the input of each layer up to ``layer`` (``final_post`` for the last).
 
         Conv nets: ``stage=s`` gives each block's ``resid_pre`` in stage ``s`` and the stage output.
@@ -134,9 +146,17 @@ class VisionActivationCache(ActivationCache):
             stack = self.apply_ln_to_stack(stack, layer, pos_slice=ps, mlp_input=mlp_input, recompute_ln=layer == n)
         return (stack, labels) if return_labels else stack
 
-    def decompose_resid(self, layer: Optional[int] = None, mlp_input: bool = False,
-                        mode: Literal["all", "mlp", "attn"] = "all", apply_ln: bool = False, pos_slice: Any = None,
-                        incl_embeds: bool = True, return_labels: bool = False, stage: Optional[int] = None):
+    def decompose_resid(
+        self,
+        layer: Optional[int] = None,
+        mlp_input: bool = False,
+        mode: Literal["all", "mlp", "attn"] = "all",
+        apply_ln: bool = False,
+        pos_slice: Any = None,
+        incl_embeds: bool = True,
+        return_labels: bool = False,
+        stage: Optional[int] = None,
+    ):
         """The residual stream at ``layer`` as a stack of additive components (they sum to it).
 
         Conv nets with a linear residual stream (ConvNeXt, MobileNetV2): ``stage=s`` gives the stage
@@ -147,7 +167,10 @@ class VisionActivationCache(ActivationCache):
         layer = self._layer(layer)
         comps, labels = [], []
         if incl_embeds:
-            if self.model.cfg.extra.get("embed_sum_is_resid_pre", False) and self._name("hook_embed") in self.cache_dict:
+            if (
+                self.model.cfg.extra.get("embed_sum_is_resid_pre", False)
+                and self._name("hook_embed") in self.cache_dict
+            ):
                 comps += [self._need("hook_embed"), self._need("hook_pos_embed")]
                 labels += ["embed", "pos_embed"]
             else:
@@ -170,15 +193,24 @@ class VisionActivationCache(ActivationCache):
         return (stack, labels) if return_labels else stack
 
     def head_results(self, layer: int) -> Tensor:
-        """Per-head outputs ``[batch, pos, head, d_model]`` of ``layer`` (from ``hook_result``, or computed from ``hook_z``)."""
+        """Per-head outputs ``[batch, pos, head, d_model]`` of ``layer``.
+
+        From ``hook_result`` when cached, else computed from ``hook_z``.
+        """
         name = self._name(f"blocks.{layer}.attn.hook_result")
         if name in self.cache_dict:
             return self.cache_dict[name]
         z = self._need(f"blocks.{layer}.attn.hook_z")
         return self.model.adapter.head_results_from_z(layer, z)
 
-    def stack_head_results(self, layer: int = -1, return_labels: bool = False, incl_remainder: bool = False,
-                           pos_slice: Any = None, apply_ln: bool = False):
+    def stack_head_results(
+        self,
+        layer: int = -1,
+        return_labels: bool = False,
+        incl_remainder: bool = False,
+        pos_slice: Any = None,
+        apply_ln: bool = False,
+    ):
         """Every head's output for layers ``< layer``, stacked ``[layer*head, batch, pos, d_model]``."""
         layer = self._layer(layer)
         ps = _slice(pos_slice)
@@ -193,8 +225,12 @@ class VisionActivationCache(ActivationCache):
             ref = ps.apply(self._need("blocks.0.hook_resid_pre"), dim=-2)
             stack = ref.new_zeros((0,) + tuple(ref.shape))
         if incl_remainder:
-            total = ps.apply(self._need(f"blocks.{layer - 1}.hook_resid_post") if layer > 0
-                             else self._need("blocks.0.hook_resid_pre"), dim=-2)
+            total = ps.apply(
+                self._need(f"blocks.{layer - 1}.hook_resid_post")
+                if layer > 0
+                else self._need("blocks.0.hook_resid_pre"),
+                dim=-2,
+            )
             stack = torch.cat([stack, (total - stack.sum(0))[None]], dim=0)
             labels.append("remainder")
         if apply_ln:
@@ -207,9 +243,16 @@ class VisionActivationCache(ActivationCache):
             return self._need("ln_final.hook_scale")
         return self._need(f"blocks.{layer}.ln{2 if mlp_input else 1}.hook_scale")
 
-    def apply_ln_to_stack(self, residual_stack: Tensor, layer: Optional[int] = None, mlp_input: bool = False,
-                          pos_slice: Any = None, batch_slice: Any = None, has_batch_dim: bool = True,
-                          recompute_ln: bool = False) -> Tensor:
+    def apply_ln_to_stack(
+        self,
+        residual_stack: Tensor,
+        layer: Optional[int] = None,
+        mlp_input: bool = False,
+        pos_slice: Any = None,
+        batch_slice: Any = None,
+        has_batch_dim: bool = True,
+        recompute_ln: bool = False,
+    ) -> Tensor:
         """Centre each component and divide by the cached LayerNorm scale of that layer's input.
 
         No affine weight or bias is applied (fold them into the direction you project on, as
@@ -226,7 +269,13 @@ class VisionActivationCache(ActivationCache):
             return residual_stack
         final = layer == self._n_layers()
         readout = self.model.adapter.readout() if final else None
-        if final and readout is not None and not readout.norm_first and residual_stack.ndim >= 3 and residual_stack.shape[-2] > 1:
+        if (
+            final
+            and readout is not None
+            and not readout.norm_first
+            and residual_stack.ndim >= 3
+            and residual_stack.shape[-2] > 1
+        ):
             residual_stack = readout.pools[0][0](residual_stack)
             ps = Slice(None)
         centred = residual_stack - residual_stack.mean(dim=-1, keepdim=True)
@@ -241,9 +290,17 @@ class VisionActivationCache(ActivationCache):
         return centred / scale
 
     # ----------------------------------------------------------- logit attribution
-    def logit_attrs(self, residual_stack: Tensor, classes: ClassSpec = None, incorrect_classes: ClassSpec = None,
-                    pos_slice: Any = None, batch_slice: Any = None, has_batch_dim: bool = True,
-                    tokens: ClassSpec = None, incorrect_tokens: ClassSpec = None) -> Tensor:
+    def logit_attrs(
+        self,
+        residual_stack: Tensor,
+        classes: ClassSpec = None,
+        incorrect_classes: ClassSpec = None,
+        pos_slice: Any = None,
+        batch_slice: Any = None,
+        has_batch_dim: bool = True,
+        tokens: ClassSpec = None,
+        incorrect_tokens: ClassSpec = None,
+    ) -> Tensor:
         """Each component's direct contribution to the class logit (or logit difference).
 
         ``residual_stack``: ``[components, batch, pos, d_model]`` residual-stream components
@@ -314,5 +371,6 @@ class VisionActivationCache(ActivationCache):
         else:
             allowed = set(names_filter)
             keep = lambda n: n in allowed  # noqa: E731
-        return VisionActivationCache({k: v for k, v in self.cache_dict.items() if keep(k)}, self.model,
-                                     has_batch_dim=self.has_batch_dim)
+        return VisionActivationCache(
+            {k: v for k, v in self.cache_dict.items() if keep(k)}, self.model, has_batch_dim=self.has_batch_dim
+        )

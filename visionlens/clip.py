@@ -32,15 +32,25 @@ Template = Union[str, Callable[[str], str]]
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
-__all__ = ["ZeroShotHead", "zero_shot_head", "encode_image", "encode_text", "similarity", "tokenize",
-           "zero_shot_logits", "DEFAULT_TEMPLATES"]
+__all__ = [
+    "ZeroShotHead",
+    "zero_shot_head",
+    "encode_image",
+    "encode_text",
+    "similarity",
+    "tokenize",
+    "zero_shot_logits",
+    "DEFAULT_TEMPLATES",
+]
 
 
 def _adapter(model: Any) -> Any:
     adapter = getattr(model, "adapter", None)
     if adapter is None or getattr(adapter, "name", "") != "open_clip":
-        raise VisionLensError(f"Expected a HookedVisionModel wrapping an open_clip CLIP model, got "
-                              f"{type(model).__name__} with adapter {getattr(adapter, 'name', None)!r}.")
+        raise VisionLensError(
+            f"Expected a HookedVisionModel wrapping an open_clip CLIP model, got "
+            f"{type(model).__name__} with adapter {getattr(adapter, 'name', None)!r}."
+        )
     return adapter
 
 
@@ -117,8 +127,13 @@ def _render(template: Template, name: str) -> str:
     raise VisionLensError(f"Prompt template {template!r} has no '{{}}' placeholder for the class name.")
 
 
-def zero_shot_head(model: Any, class_names: Sequence[str], templates: Optional[Sequence[Template]] = None,
-                   attach: bool = True, batch_size: int = 256) -> ZeroShotHead:
+def zero_shot_head(
+    model: Any,
+    class_names: Sequence[str],
+    templates: Optional[Sequence[Template]] = None,
+    attach: bool = True,
+    batch_size: int = 256,
+) -> ZeroShotHead:
     """Build the zero-shot classifier for ``class_names`` x ``templates`` (open_clip's recipe).
 
     ``templates``: strings with ``{}`` for the class name, or callables ``name -> prompt`` (the
@@ -136,15 +151,18 @@ def zero_shot_head(model: Any, class_names: Sequence[str], templates: Optional[S
     chunks = []
     with torch.no_grad():
         for i in range(0, len(prompts), batch_size):
-            chunks.append(adapter.encode_text(prompts[i:i + batch_size], normalize=True))
+            chunks.append(adapter.encode_text(prompts[i : i + batch_size], normalize=True))
     emb = torch.cat(chunks).view(len(names), len(tmpl), -1)
     weight = F.normalize(emb.mean(dim=1), dim=-1)
     src = model.source
     bias = getattr(src, "logit_bias", None)
-    head = ZeroShotHead(weight=weight, class_names=names,
-                        templates=[t if isinstance(t, str) else getattr(t, "__name__", repr(t)) for t in tmpl],
-                        logit_scale=float(src.logit_scale.exp().detach()),
-                        logit_bias=float(bias.detach().reshape(-1)[0]) if bias is not None else None)
+    head = ZeroShotHead(
+        weight=weight,
+        class_names=names,
+        templates=[t if isinstance(t, str) else getattr(t, "__name__", repr(t)) for t in tmpl],
+        logit_scale=float(src.logit_scale.exp().detach()),
+        logit_bias=float(bias.detach().reshape(-1)[0]) if bias is not None else None,
+    )
     if attach:
         attach_head(model, head)
     return head

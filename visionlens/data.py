@@ -24,15 +24,36 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .preprocess import to_pil
 from .validation import VisionLensError
 
-__all__ = ["Images", "ImageList", "TensorImages", "BatchStream", "as_images", "builtin_photos", "image_folder",
-           "denormalize", "IMAGE_EXTENSIONS", "OPENCV_DATA"]
+__all__ = [
+    "Images",
+    "ImageList",
+    "TensorImages",
+    "BatchStream",
+    "as_images",
+    "builtin_photos",
+    "image_folder",
+    "denormalize",
+    "IMAGE_EXTENSIONS",
+    "OPENCV_DATA",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
-_SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "retina", "immunohistochemistry",
-                   "camera", "coins", "moon")
+_SKIMAGE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "retina",
+    "immunohistochemistry",
+    "camera",
+    "coins",
+    "moon",
+)
 
 
 def denormalize(x: Tensor, cfg: Any) -> np.ndarray:
@@ -70,8 +91,9 @@ class Images:
         except TypeError:
             return None
 
-    def batches(self, model: Any, batch_size: int = 16, start: int = 0,
-                limit: Optional[int] = None) -> Iterator[tuple[int, Tensor]]:
+    def batches(
+        self, model: Any, batch_size: int = 16, start: int = 0, limit: Optional[int] = None
+    ) -> Iterator[tuple[int, Tensor]]:
         raise NotImplementedError
 
     def display(self, index: int, model: Any) -> np.ndarray:
@@ -97,8 +119,6 @@ class ImageList(Images):
         return len(self.items)
 
     def _pil(self, i: int) -> Any:
-        from .preprocess import to_pil
-
         item = self.items[i]
         try:
             return to_pil(item)
@@ -107,11 +127,14 @@ class ImageList(Images):
         except FileNotFoundError:
             raise VisionLensError(f"Image file not found: {os.fspath(item)!r}.") from None
         except Exception as exc:  # PIL.UnidentifiedImageError, truncated files, ...
-            raise VisionLensError(f"Could not read image {self.name(i)!r}: {type(exc).__name__}: {exc}. "
-                                  f"Expected a readable image file ({', '.join(IMAGE_EXTENSIONS)}).") from exc
+            raise VisionLensError(
+                f"Could not read image {self.name(i)!r}: {type(exc).__name__}: {exc}. "
+                f"Expected a readable image file ({', '.join(IMAGE_EXTENSIONS)})."
+            ) from exc
 
-    def batches(self, model: Any, batch_size: int = 16, start: int = 0,
-                limit: Optional[int] = None) -> Iterator[tuple[int, Tensor]]:
+    def batches(
+        self, model: Any, batch_size: int = 16, start: int = 0, limit: Optional[int] = None
+    ) -> Iterator[tuple[int, Tensor]]:
         stop = len(self) if limit is None else min(len(self), limit)
         for i in range(start, stop, batch_size):
             imgs = [self._pil(j) for j in range(i, min(i + batch_size, stop))]
@@ -131,19 +154,21 @@ class TensorImages(Images):
         if x.ndim == 3:
             x = x.unsqueeze(0)
         if x.ndim != 4:
-            raise VisionLensError(f"Expected an image tensor [N, C, H, W] (or one image [C, H, W]), got shape "
-                                  f"{tuple(x.shape)}.")
+            raise VisionLensError(
+                f"Expected an image tensor [N, C, H, W] (or one image [C, H, W]), got shape {tuple(x.shape)}."
+            )
         self.x = x
         self.names = [str(n) for n in names] if names is not None else [f"#{i}" for i in range(x.shape[0])]
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
-    def batches(self, model: Any, batch_size: int = 16, start: int = 0,
-                limit: Optional[int] = None) -> Iterator[tuple[int, Tensor]]:
+    def batches(
+        self, model: Any, batch_size: int = 16, start: int = 0, limit: Optional[int] = None
+    ) -> Iterator[tuple[int, Tensor]]:
         stop = len(self) if limit is None else min(len(self), limit)
         for i in range(start, stop, batch_size):
-            yield i, self.x[i:min(i + batch_size, stop)].to(model.device)
+            yield i, self.x[i : min(i + batch_size, stop)].to(model.device)
 
     def display(self, index: int, model: Any) -> np.ndarray:
         return denormalize(self.x[index], model.cfg)
@@ -161,8 +186,9 @@ class BatchStream(Images):
         self.iterable = iterable
         self.names = []
 
-    def batches(self, model: Any, batch_size: int = 16, start: int = 0,
-                limit: Optional[int] = None) -> Iterator[tuple[int, Tensor]]:
+    def batches(
+        self, model: Any, batch_size: int = 16, start: int = 0, limit: Optional[int] = None
+    ) -> Iterator[tuple[int, Tensor]]:
         seen = 0
         for item in self.iterable:
             x = _batch_tensor(item)
@@ -173,7 +199,7 @@ class BatchStream(Images):
             hi = n if limit is None else max(0, min(n, limit - seen))
             if hi > lo:
                 for j in range(lo, hi, batch_size):
-                    yield seen + j, x[j:min(j + batch_size, hi)].to(model.device)
+                    yield seen + j, x[j : min(j + batch_size, hi)].to(model.device)
             seen += n
             if limit is not None and seen >= limit:
                 break
@@ -191,8 +217,10 @@ def _batch_tensor(item: Any) -> Tensor:
                 return item[key]
     if isinstance(item, (tuple, list)) and item and isinstance(item[0], Tensor):
         return item[0]
-    raise VisionLensError(f"Expected batches of image tensors [B, C, H, W] (or (tensor, label) tuples, or dicts with "
-                          f"an 'image' entry) from the input stream, got {type(item).__name__}.")
+    raise VisionLensError(
+        f"Expected batches of image tensors [B, C, H, W] (or (tensor, label) tuples, or dicts with "
+        f"an 'image' entry) from the input stream, got {type(item).__name__}."
+    )
 
 
 def _default_name(item: Any, i: int) -> str:
@@ -210,13 +238,20 @@ def image_folder(path: Union[str, os.PathLike], recursive: bool = True) -> Image
     if not root.is_dir():
         raise VisionLensError(f"Expected a folder of images, but {str(root)!r} is not a directory.")
     pattern = "**/*" if recursive else "*"
-    files = sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    files = sorted(
+        p
+        for p in root.glob(pattern)
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
     if not files:
-        raise VisionLensError(f"No images found in folder {str(root)!r}; expected files ending in "
-                              f"{', '.join(IMAGE_EXTENSIONS)}.")
-    return ImageList([str(p) for p in files], names=[str(p.relative_to(root)) for p in files],
-                     description=f"folder {root}")
+        raise VisionLensError(
+            f"No images found in folder {str(root)!r}; expected files ending in {', '.join(IMAGE_EXTENSIONS)}."
+        )
+    return ImageList(
+        [str(p) for p in files], names=[str(p.relative_to(root)) for p in files], description=f"folder {root}"
+    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -258,8 +293,9 @@ def builtin_photos(include_opencv: bool = True, limit: Optional[int] = None) -> 
     """
     items, names = _builtin_items(include_opencv)
     if not items:
-        raise VisionLensError("No built-in photos available: install scikit-image or scikit-learn "
-                              "(pip install 'visionlens[data]').")
+        raise VisionLensError(
+            "No built-in photos available: install scikit-image or scikit-learn (pip install 'visionlens[data]')."
+        )
     items_l, names_l = list(items), list(names)
     if limit is not None:
         items_l, names_l = items_l[:limit], names_l[:limit]
@@ -285,8 +321,9 @@ def as_images(inputs: Any) -> Images:
             return image_folder(p)
         if p.is_file():
             return ImageList([str(p)])
-        raise VisionLensError(f"No such image file or folder: {text!r}. Expected a folder of images, an image file, "
-                              "or 'builtin'.")
+        raise VisionLensError(
+            f"No such image file or folder: {text!r}. Expected a folder of images, an image file, or 'builtin'."
+        )
     if isinstance(inputs, Image.Image):
         return ImageList([inputs])
     if isinstance(inputs, np.ndarray):
@@ -303,10 +340,13 @@ def as_images(inputs: Any) -> Images:
                 raise VisionLensError(f"Expected image tensors of one shape [C, H, W] in the list: {exc}") from None
         for i, t in enumerate(inputs):
             if not isinstance(t, (str, os.PathLike, Image.Image, np.ndarray)):
-                raise VisionLensError(f"Expected PIL images, arrays or paths in the image list; item {i} is "
-                                      f"{type(t).__name__}.")
+                raise VisionLensError(
+                    f"Expected PIL images, arrays or paths in the image list; item {i} is {type(t).__name__}."
+                )
         return ImageList(list(inputs))
     if hasattr(inputs, "__iter__"):
         return BatchStream(inputs)
-    raise VisionLensError(f"Expected images: a tensor batch, PIL images, paths, a folder, an iterable of batches or "
-                          f"'builtin'; got {type(inputs).__name__}.")
+    raise VisionLensError(
+        f"Expected images: a tensor batch, PIL images, paths, a folder, an iterable of batches or "
+        f"'builtin'; got {type(inputs).__name__}."
+    )

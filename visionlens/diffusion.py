@@ -36,8 +36,14 @@ from torch import Tensor
 
 from .validation import VisionLensError
 
-__all__ = ["StepCache", "run_pipeline_with_cache", "run_pipeline_with_hooks", "tiny_stable_diffusion_pipeline",
-           "write_clip_tokenizer", "tiny_unet"]
+__all__ = [
+    "StepCache",
+    "run_pipeline_with_cache",
+    "run_pipeline_with_hooks",
+    "tiny_stable_diffusion_pipeline",
+    "write_clip_tokenizer",
+    "tiny_unet",
+]
 
 
 @dataclass
@@ -82,13 +88,19 @@ class StepCache:
 def _check(model: Any, pipe: Any) -> Any:
     adapter = getattr(model, "adapter", None)
     if getattr(adapter, "name", None) != "diffusers_unet":
-        raise VisionLensError("Expected a HookedVisionModel wrapping a diffusers UNet (HookedVisionModel.from_diffusers).")
+        raise VisionLensError(
+            "Expected a HookedVisionModel wrapping a diffusers UNet (HookedVisionModel.from_diffusers)."
+        )
     pipe = pipe if pipe is not None else adapter.pipeline
     if pipe is None:
-        raise VisionLensError("No pipeline: pass pipe=..., or build the model with HookedVisionModel.from_diffusers(pipe).")
+        raise VisionLensError(
+            "No pipeline: pass pipe=..., or build the model with HookedVisionModel.from_diffusers(pipe)."
+        )
     if getattr(pipe, "unet", None) is not model.source:
-        raise VisionLensError("The pipeline's UNet is not the wrapped model's source module; build the model from this "
-                              "pipeline (HookedVisionModel.from_diffusers(pipe)) or set pipe.unet = model.source.")
+        raise VisionLensError(
+            "The pipeline's UNet is not the wrapped model's source module; build the model from this "
+            "pipeline (HookedVisionModel.from_diffusers(pipe)) or set pipe.unet = model.source."
+        )
     return pipe
 
 
@@ -102,8 +114,7 @@ def _step_tracking(model: Any, on_start: Callable[[Any], None], on_end: Callable
     def post(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
         on_end()
 
-    return [unet.register_forward_pre_hook(pre, with_kwargs=True),
-            unet.register_forward_hook(post, with_kwargs=True)]
+    return [unet.register_forward_pre_hook(pre, with_kwargs=True), unet.register_forward_hook(post, with_kwargs=True)]
 
 
 def _timestep_value(t: Any) -> Any:
@@ -113,9 +124,16 @@ def _timestep_value(t: Any) -> Any:
     return t
 
 
-def run_pipeline_with_cache(model: Any, *pipe_args: Any, pipe: Any = None, names_filter: Any = None,
-                            device: Any = None, on_step: Optional[Callable[[int, Any, Any], None]] = None,
-                            keep: bool = True, **pipe_kwargs: Any) -> tuple[Any, StepCache]:
+def run_pipeline_with_cache(
+    model: Any,
+    *pipe_args: Any,
+    pipe: Any = None,
+    names_filter: Any = None,
+    device: Any = None,
+    on_step: Optional[Callable[[int, Any, Any], None]] = None,
+    keep: bool = True,
+    **pipe_kwargs: Any,
+) -> tuple[Any, StepCache]:
     """Run ``pipe(*pipe_args, **pipe_kwargs)`` caching the selected hooks at every UNet call.
 
     ``names_filter``: ``None`` (every hook), a name, a list of names, or a predicate, as in
@@ -169,8 +187,14 @@ def run_pipeline_with_cache(model: Any, *pipe_args: Any, pipe: Any = None, names
     return out, result
 
 
-def run_pipeline_with_hooks(model: Any, *pipe_args: Any, pipe: Any = None, fwd_hooks: Sequence[tuple] = (),
-                            bwd_hooks: Sequence[tuple] = (), **pipe_kwargs: Any) -> Any:
+def run_pipeline_with_hooks(
+    model: Any,
+    *pipe_args: Any,
+    pipe: Any = None,
+    fwd_hooks: Sequence[tuple] = (),
+    bwd_hooks: Sequence[tuple] = (),
+    **pipe_kwargs: Any,
+) -> Any:
     """Run the pipeline with TransformerLens hooks ``(name_or_filter, fn)``; hooks are removed afterwards.
 
     Hook functions read ``model.adapter.current_step`` / ``current_timestep`` to act on some steps only.
@@ -194,7 +218,8 @@ def run_pipeline_with_hooks(model: Any, *pipe_args: Any, pipe: Any = None, fwd_h
 
 
 # ---------------------------------------------------------------------------- offline tiny pipeline
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP byte-level BPE table: byte value -> printable unicode character."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
@@ -225,8 +250,8 @@ def write_clip_tokenizer(directory: Union[str, os.PathLike], model_max_length: i
     bpe = None if tiny else _open_clip_bpe()
     merges: list[str] = []
     if bpe is not None:
-        merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
-    base = list(_bytes_to_unicode().values())
+        merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    base = list(bytes_to_unicode().values())
     vocab = base + [v + "</w>" for v in base] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as f:
@@ -246,26 +271,54 @@ def tiny_unet(kind: str = "conditional", sample_size: int = 8, cross_attention_d
     torch.manual_seed(seed)
     if kind == "conditional":
         return UNet2DConditionModel(
-            sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=32).eval()
+            sample_size=sample_size,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=cross_attention_dim,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        ).eval()
     if kind == "conditional_mid":
         return UNet2DConditionModel(
-            sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 32),
+            sample_size=sample_size,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=1,
+            block_out_channels=(32, 32),
             down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=cross_attention_dim,
-            attention_head_dim=(4, 8), norm_num_groups=16, upcast_attention=True, use_linear_projection=True,
-            transformer_layers_per_block=(1, 2)).eval()
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=cross_attention_dim,
+            attention_head_dim=(4, 8),
+            norm_num_groups=16,
+            upcast_attention=True,
+            use_linear_projection=True,
+            transformer_layers_per_block=(1, 2),
+        ).eval()
     if kind == "unconditional":
         return UNet2DModel(
-            sample_size=sample_size, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64),
-            down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=8, norm_num_groups=32).eval()
+            sample_size=sample_size,
+            in_channels=3,
+            out_channels=3,
+            layers_per_block=1,
+            block_out_channels=(32, 64),
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=8,
+            norm_num_groups=32,
+        ).eval()
     raise VisionLensError(f"kind must be 'conditional', 'conditional_mid' or 'unconditional', got {kind!r}.")
 
 
-def tiny_stable_diffusion_pipeline(seed: int = 0, tokenizer_dir: Optional[Union[str, os.PathLike]] = None,
-                                   sample_size: int = 8, tiny_vocab: bool = False):
+def tiny_stable_diffusion_pipeline(
+    seed: int = 0,
+    tokenizer_dir: Optional[Union[str, os.PathLike]] = None,
+    sample_size: int = 8,
+    tiny_vocab: bool = False,
+):
     """A complete ``StableDiffusionPipeline`` from small random configs and local files only.
 
     UNet (``tiny_unet("conditional")``), a 2-level ``AutoencoderKL`` (images are
@@ -281,18 +334,49 @@ def tiny_stable_diffusion_pipeline(seed: int = 0, tokenizer_dir: Optional[Union[
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
     unet = tiny_unet("conditional", sample_size=sample_size, cross_attention_dim=32, seed=seed)
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 32), latent_channels=4,
-                        layers_per_block=1, norm_num_groups=16, sample_size=2 * sample_size).eval()
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(32, 32),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=16,
+        sample_size=2 * sample_size,
+    ).eval()
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1, layer_norm_eps=1e-5)).eval()
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+            layer_norm_eps=1e-5,
+        )
+    ).eval()
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe

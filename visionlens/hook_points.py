@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint, LensHandle
 
-__all__ = ["HookPoint", "BridgedHookPoint", "fire", "is_active"]
+__all__ = ["HookPoint", "InlineHookPoint", "BridgedHookPoint", "fire", "is_active"]
 
 
 def is_active(hp: HookPoint) -> bool:
@@ -72,8 +72,9 @@ class _NotifyingHookPoint(HookPoint):
             raise
         return handle
 
-    def remove_hooks(self, dir: Literal["fwd", "bwd", "both"] = "fwd", including_permanent: bool = False,
-                     level: Optional[int] = None) -> None:
+    def remove_hooks(
+        self, dir: Literal["fwd", "bwd", "both"] = "fwd", including_permanent: bool = False, level: Optional[int] = None
+    ) -> None:
         super().remove_hooks(dir, including_permanent=including_permanent, level=level)
         self._notify()
 
@@ -125,4 +126,4 @@ class BridgedHookPoint(_NotifyingHookPoint):
 
     def _on_input(self, module: nn.Module, args: tuple) -> tuple:
         i = self._index or 0
-        return args[:i] + (fire(self, args[i]),) + args[i + 1:]
+        return args[:i] + (fire(self, args[i]),) + args[i + 1 :]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import torch
@@ -10,15 +9,32 @@ from torch import Tensor, nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from .adapters import Adapter, resolve_adapter
 from .config import VisionConfig
+from .preprocess import preprocess as _preprocess_images
+from .sources.diffusers import load_diffusers_module
+from .sources.open_clip import load_open_clip_module
+from .sources.timm import load_timm
+from .sources.torchvision import load_torchvision
+from .units import Unit, parse_unit
 from .validation import VisionLensError, unknown_hook
 
 if TYPE_CHECKING:
-    from .adapters import Adapter
     from .cache import VisionActivationCache
 
 NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
 _RESERVED = {"source", "adapter", "cfg"}
+
+# ``model.analyze`` runs analyses, which live in a higher layer: visionlens.runner registers its
+# ``run`` here when it is imported (the package ``__init__`` imports it), so this module never
+# imports upward.
+_analysis_runner: Optional[Callable[..., Any]] = None
+
+
+def set_analysis_runner(runner: Callable[..., Any]) -> None:
+    """Install the function behind :meth:`HookedVisionModel.analyze` (``visionlens.runner.run``)."""
+    global _analysis_runner
+    _analysis_runner = runner
 
 
 class HookedVisionModel(HookedRootModule):
@@ -32,10 +48,8 @@ class HookedVisionModel(HookedRootModule):
 
     cfg: VisionConfig
 
-    def __init__(self, source: nn.Module, adapter: Union[str, "Adapter", type, None] = "auto"):
+    def __init__(self, source: nn.Module, adapter: Union[str, Adapter, type, None] = "auto"):
         super().__init__()
-        from .adapters import resolve_adapter
-
         self.source = source
         self.adapter = resolve_adapter(source, adapter)
         self.cfg = self.adapter.config()
@@ -117,10 +131,16 @@ class HookedVisionModel(HookedRootModule):
             return [self._check_name(n) for n in names_filter]
         return names_filter
 
-    def add_hook(self, name: Any, hook: Callable, dir: str = "fwd", is_permanent: bool = False,
-                 level: Optional[int] = None, prepend: bool = False) -> None:
-        super().add_hook(self._check_name(name), hook, dir=dir, is_permanent=is_permanent, level=level,
-                         prepend=prepend)
+    def add_hook(
+        self,
+        name: Any,
+        hook: Callable,
+        dir: str = "fwd",
+        is_permanent: bool = False,
+        level: Optional[int] = None,
+        prepend: bool = False,
+    ) -> None:
+        super().add_hook(self._check_name(name), hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
     def _enable_hook(self, name: Any, hook: Callable, dir: Any) -> None:
         super()._enable_hook(self._check_name(name), hook, dir)
@@ -131,8 +151,9 @@ class HookedVisionModel(HookedRootModule):
     def add_caching_hooks(self, names_filter: NamesFilter = None, *args: Any, **kwargs: Any):
         return super().add_caching_hooks(self._check_names_filter(names_filter), *args, **kwargs)
 
-    def run_with_cache(self, *model_args: Any, return_cache_object: bool = True, names_filter: NamesFilter = None,
-                       **kwargs: Any) -> tuple[Any, Union["VisionActivationCache", dict[str, Tensor]]]:
+    def run_with_cache(
+        self, *model_args: Any, return_cache_object: bool = True, names_filter: NamesFilter = None, **kwargs: Any
+    ) -> tuple[Any, Union["VisionActivationCache", dict[str, Tensor]]]:
         """Run and cache activations; returns ``(output, VisionActivationCache)``.
 
         Same arguments as TransformerLens (``names_filter``, ``device``, ``remove_batch_dim``,
@@ -146,16 +167,18 @@ class HookedVisionModel(HookedRootModule):
         model_kwargs = {k: v for k, v in kwargs.items() if k not in tl_keys}
         fast = not kwargs.get("incl_bwd") and kwargs.get("pos_slice") is None and kwargs.get("reset_hooks_end", True)
         if fast and all(getattr(hp, "set_capture", None) for hp in self.hook_dict.values()):
-            out, cache_dict = self._run_with_fast_cache(model_args, names_filter, kwargs.get("device"),
-                                                        remove_batch_dim, model_kwargs)
+            out, cache_dict = self._run_with_fast_cache(
+                model_args, names_filter, kwargs.get("device"), remove_batch_dim, model_kwargs
+            )
         else:
             out, cache_dict = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
         if not return_cache_object:
             return out, cache_dict
         return out, self.adapter.cache_class()(cache_dict, self, has_batch_dim=not remove_batch_dim)
 
-    def _run_with_fast_cache(self, model_args: tuple, names_filter: NamesFilter, device: Any,
-                             remove_batch_dim: bool, model_kwargs: dict) -> tuple[Any, dict[str, Tensor]]:
+    def _run_with_fast_cache(
+        self, model_args: tuple, names_filter: NamesFilter, device: Any, remove_batch_dim: bool, model_kwargs: dict
+    ) -> tuple[Any, dict[str, Tensor]]:
         if names_filter is None:
             selected = list(self.hook_dict.values())
         elif isinstance(names_filter, str):
@@ -204,25 +227,23 @@ class HookedVisionModel(HookedRootModule):
     # ------------------------------------------------------------------ helpers
     def preprocess(self, images: Any) -> Tensor:
         """The model's own input transform: PIL image(s) / HWC arrays / file paths -> batch tensor."""
-        from .preprocess import preprocess
-
-        return preprocess(images, self.cfg).to(self.device)
+        return _preprocess_images(images, self.cfg).to(self.device)
 
     def analyze(self, name: str, inputs: Any, **config: Any) -> Any:
         """Run the analysis plugin ``name`` on this model (see :func:`visionlens.run`)."""
-        from .registry import run
+        if _analysis_runner is None:
+            raise VisionLensError("No analysis runner is installed; import visionlens (or visionlens.runner) first.")
+        return _analysis_runner(name, self, inputs, **config)
 
-        return run(name, self, inputs, **config)
-
-    def parse_unit(self, spec: str):
+    def parse_unit(self, spec: str) -> Unit:
         """Parse ``"mixed4a:476"`` / ``"blocks.6.mlp.hook_post:123"`` into a :class:`visionlens.units.Unit`."""
-        from .units import parse_unit
-
         return parse_unit(spec, self)
 
     def __repr__(self) -> str:
-        return (f"HookedVisionModel({self.cfg.architecture or self.cfg.family}, adapter={self.cfg.adapter!r}, "
-                f"{len(self.hook_dict)} hooks)")
+        return (
+            f"HookedVisionModel({self.cfg.architecture or self.cfg.family}, adapter={self.cfg.adapter!r}, "
+            f"{len(self.hook_dict)} hooks)"
+        )
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -231,45 +252,36 @@ class HookedVisionModel(HookedRootModule):
         return cls(module, adapter)
 
     @classmethod
-    def from_timm(cls, name: str, pretrained: Union[bool, str] = False, checkpoint_path: Optional[str] = None,
-                  **kwargs: Any) -> "HookedVisionModel":
+    def from_timm(
+        cls, name: str, pretrained: Union[bool, str] = False, checkpoint_path: Optional[str] = None, **kwargs: Any
+    ) -> "HookedVisionModel":
         """Build with ``timm.create_model`` (its own hub / checkpoint loader).
 
         ``pretrained`` may be ``True`` (timm's hub weights), or a local checkpoint path.
         """
-        from .loading import load_timm
-
         return cls(load_timm(name, pretrained=pretrained, checkpoint_path=checkpoint_path, **kwargs))
 
     @classmethod
     def from_torchvision(cls, name: str, weights: Any = None, **kwargs: Any) -> "HookedVisionModel":
         """Build with ``torchvision.models.get_model`` (weights enum/"DEFAULT"/local path)."""
-        from .loading import load_torchvision
-
         return cls(load_torchvision(name, weights=weights, **kwargs))
 
     @classmethod
     def from_open_clip(cls, name: str, pretrained: Optional[str] = None, **kwargs: Any) -> "HookedVisionModel":
         """Build with open_clip's own factory (hub tag or local ``.pt`` / ``.safetensors``); both towers hooked."""
-        from .adapters.open_clip import load_open_clip
-
-        return load_open_clip(name, pretrained=pretrained, **kwargs)
+        return cls(load_open_clip_module(name, pretrained=pretrained, **kwargs), adapter="open_clip")
 
     @classmethod
     def from_diffusers(cls, unet_or_path: Any, **kwargs: Any) -> "HookedVisionModel":
         """Wrap a diffusers UNet (a module, a local ``from_pretrained`` directory, or a pipeline)."""
-        from .adapters.diffusers_unet import load_diffusers
-
-        return load_diffusers(unet_or_path, **kwargs)
-
-
-def warn_generic(module: nn.Module, available: Sequence[str]) -> None:
-    warnings.warn(
-        f"No visionlens adapter recognises {type(module).__name__}; using the generic adapter "
-        f"(a hook on every submodule output, named '<module path>.hook_out'). Adapters: {', '.join(available)}.",
-        UserWarning,
-        stacklevel=4,
-    )
+        if isinstance(unet_or_path, HookedVisionModel):
+            return unet_or_path
+        adapter = kwargs.pop("adapter", "auto")
+        module, pipeline = load_diffusers_module(unet_or_path, **kwargs)
+        model = cls(module, adapter=adapter)
+        if pipeline is not None and hasattr(model.adapter, "pipeline"):
+            model.adapter.pipeline = pipeline
+        return model
 
 
 __all__ = ["HookedVisionModel", "VisionLensError"]

@@ -60,9 +60,21 @@ def visionlens_register_model_specs() -> list[Any]:
 def visionlens_register_transfer_techniques() -> list[Any]:
     """Return techniques that join the technique-transfer table (``visionlens bench transfer``).
 
-    Each item follows :class:`visionlens.zoo.bench.Technique`: ``name``, ``claim`` (the kind of
+    Each item follows :class:`visionlens.zoo.technique.Technique`: ``name``, ``claim`` (the kind of
     ground-truth claim, e.g. ``"localization"``), ``supports(model, entry) -> (bool, reason)`` and
     ``score(model, ctx) -> visionlens.zoo.Score`` (1 = the planted truth recovered perfectly, with
     the chance level on the same inputs). The benchmark recomputes every score on a randomly
     initialised copy of the model (the Adebayo et al. sanity check).
+    """
+
+
+@hookspec
+def visionlens_register_commands(subparsers: Any) -> None:
+    """Add subcommands to the ``visionlens`` command line.
+
+    ``subparsers`` is the ``argparse`` sub-parser action of the ``visionlens`` parser. Add one
+    parser per command and give it ``set_defaults(handler=fn)``, where ``fn(args) -> int`` runs the
+    command and returns its exit status. Raise :class:`visionlens.VisionLensError` for bad input:
+    the CLI prints it as one ``visionlens: error: ...`` line with exit status 2. Helpers for the
+    usual options live in :mod:`visionlens.commands` (``add_model_options``, ``load_model``).
     """

@@ -1,97 +1,49 @@
-"""Model loading through each library's own loader, and ``visionlens.load(spec)``.
+"""``visionlens.load(spec)``: models from spec strings, through each library's own loader.
 
 Spec strings (shared with the CLI): ``timm:NAME``, ``torchvision:NAME``, ``open_clip:NAME``,
-``diffusers:PATH``; plugins may add prefixes (the model zoo will register ``zoo:``) (``visionlens_register_model_specs``).
-Weights come from the library's hub name / weights enum, or a local checkpoint file loaded with
-safetensors or ``torch.load(weights_only=True)``.
+``diffusers:PATH``; plugins add prefixes through ``visionlens_register_model_specs`` (the zoo
+registers ``zoo:``). Weights come from the library's hub name / weights enum, or a local checkpoint
+file loaded with safetensors or ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Optional, Union
 
-import torch
-from torch import nn
-
+from .checkpoints import load_state_dict_file
+from .hooked_model import HookedVisionModel
+from .hookspecs import hookimpl
+from .registry import collect_model_specs
+from .sources.timm import load_timm
+from .sources.torchvision import load_torchvision
 from .validation import VisionLensError
 
-
-def load_state_dict_file(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
-    """Read a checkpoint safely: safetensors, or a torch file with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {str(path)!r} does not exist.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path))
-    else:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "module"):
-        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-            sd = sd[key]
-    if not isinstance(sd, dict):
-        raise VisionLensError(f"Expected a state dict in {str(path)!r}, found {type(sd).__name__}.")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
+__all__ = [
+    "load",
+    "parse_spec",
+    "load_timm",
+    "load_torchvision",
+    "load_open_clip",
+    "load_diffusers",
+    "load_state_dict_file",
+]
 
 
-def _is_path(value: Any) -> bool:
-    return isinstance(value, (str, os.PathLike)) and (os.sep in str(value) or Path(str(value)).suffix in
-                                                      (".pth", ".pt", ".bin", ".safetensors", ".ckpt"))
+def load_open_clip(name: Union[str, dict], pretrained: Optional[str] = None, **kwargs: Any) -> HookedVisionModel:
+    """A hooked open_clip model (both towers): :meth:`HookedVisionModel.from_open_clip`."""
+    return HookedVisionModel.from_open_clip(name, pretrained=pretrained, **kwargs)
 
 
-def load_timm(name: str, pretrained: Union[bool, str] = False, checkpoint_path: Optional[str] = None,
-              eval: bool = True, **kwargs: Any) -> nn.Module:
-    """``timm.create_model`` with timm's own pretrained loader, or a local checkpoint path."""
-    import timm
-
-    if isinstance(pretrained, (str, os.PathLike)) and _is_path(pretrained):
-        checkpoint_path, pretrained = str(pretrained), False
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise VisionLensError(f"Unknown timm model {name!r}. Similar timm names: {', '.join(close) or 'none'}.")
-    model = timm.create_model(name, pretrained=bool(pretrained), **kwargs)
-    if checkpoint_path:
-        model.load_state_dict(load_state_dict_file(checkpoint_path))
-    return model.eval() if eval else model
-
-
-def load_torchvision(name: str, weights: Any = None, eval: bool = True, **kwargs: Any) -> nn.Module:
-    """``torchvision.models.get_model`` with its weights enum (hash-checked download/cache) or a local path."""
-    import torchvision
-
-    available = torchvision.models.list_models()
-    if name not in available:
-        import difflib
-
-        close = difflib.get_close_matches(name, available, n=5)
-        raise VisionLensError(f"Unknown torchvision model {name!r}. Closest: {', '.join(close) or 'none'}.")
-    local = None
-    if _is_path(weights):
-        local, weights = str(weights), None
-    elif weights is True:
-        weights = "DEFAULT"
-    if name == "googlenet" and weights is None:
-        kwargs.setdefault("aux_logits", False)
-        kwargs.setdefault("init_weights", True)
-    model = torchvision.models.get_model(name, weights=weights, **kwargs)
-    if weights is not None:
-        enum = torchvision.models.get_model_weights(name)
-        w = enum[weights] if isinstance(weights, str) and weights != "DEFAULT" else (
-            enum.DEFAULT if weights == "DEFAULT" else weights)
-        meta = getattr(w, "meta", {})
-        if "categories" in meta:
-            model.visionlens_class_names = list(meta["categories"])
-    if local:
-        model.load_state_dict(load_state_dict_file(local))
-    return model.eval() if eval else model
+def load_diffusers(unet_or_path: Any, **kwargs: Any) -> HookedVisionModel:
+    """A hooked diffusers UNet: :meth:`HookedVisionModel.from_diffusers`."""
+    return HookedVisionModel.from_diffusers(unet_or_path, **kwargs)
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
     if ":" not in spec:
-        raise VisionLensError(f"Expected a model spec 'prefix:name' (e.g. 'timm:resnet50', 'torchvision:mobilenet_v2'), got {spec!r}.")
+        raise VisionLensError(
+            f"Expected a model spec 'prefix:name' (e.g. 'timm:resnet50', 'torchvision:mobilenet_v2'), got {spec!r}."
+        )
     prefix, name = spec.split(":", 1)
     return prefix, name
 
@@ -102,9 +54,6 @@ def load(spec: str, pretrained: Any = False, adapter: Any = "auto", **kwargs: An
     ``pretrained`` is passed to the library's loader: ``True`` / a tag / a local checkpoint path
     (for torchvision it may also be a weights enum name such as ``"DEFAULT"``).
     """
-    from .hooked_model import HookedVisionModel
-    from .registry import collect_model_specs
-
     prefix, name = parse_spec(spec)
     loaders = collect_model_specs()
     if prefix == "torchvision":
@@ -118,3 +67,22 @@ def load(spec: str, pretrained: Any = False, adapter: Any = "auto", **kwargs: An
         known = sorted(set(loaders) | {"timm", "torchvision", "open_clip", "diffusers"})
         raise VisionLensError(f"Unknown model spec prefix {prefix!r} in {spec!r}. Known prefixes: {', '.join(known)}.")
     return HookedVisionModel(module, adapter=adapter)
+
+
+def _open_clip_spec(name: str, pretrained: Any = None, **kwargs: Any) -> HookedVisionModel:
+    return load_open_clip(name, pretrained=pretrained or None, **kwargs)
+
+
+def _diffusers_spec(path: str, pretrained: Any = None, **kwargs: Any) -> HookedVisionModel:
+    return load_diffusers(path, **kwargs)
+
+
+@hookimpl
+def visionlens_register_model_specs() -> list[tuple[str, Any]]:
+    """The built-in spec prefixes (registered like a third-party plugin's)."""
+    return [
+        ("timm", load_timm),
+        ("torchvision", load_torchvision),
+        ("open_clip", _open_clip_spec),
+        ("diffusers", _diffusers_spec),
+    ]

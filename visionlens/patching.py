@@ -64,10 +64,26 @@ import torch
 from torch import Tensor
 
 from .validation import VisionLensError
+from .viz import patch_grid
 
-__all__ = ["TargetSet", "PatchInputs", "PatchingMetric", "SweepResult", "PatchingOutcome", "activation_layout",
-           "build_targets", "make_metric", "patch_sweep", "patch_loop", "attribution_patching", "run_patching",
-           "output_tensor", "correlation", "TARGET_KINDS", "METRICS"]
+__all__ = [
+    "TargetSet",
+    "PatchInputs",
+    "PatchingMetric",
+    "SweepResult",
+    "PatchingOutcome",
+    "activation_layout",
+    "build_targets",
+    "make_metric",
+    "patch_sweep",
+    "patch_loop",
+    "attribution_patching",
+    "run_patching",
+    "output_tensor",
+    "correlation",
+    "TARGET_KINDS",
+    "METRICS",
+]
 
 TARGET_KINDS = ("whole", "position", "head", "channel", "region")
 METRICS = ("normalized_logit_diff", "logit_diff", "logprob", "prob", "output_mse", "normalized_output_mse")
@@ -97,8 +113,10 @@ class PatchInputs:
         elif isinstance(inputs, (tuple, list)):
             args, kwargs = tuple(inputs), {}
         else:
-            raise VisionLensError(f"Expected patching inputs as a tensor batch, a tuple of model arguments or "
-                                  f"{{'args': ..., 'kwargs': ...}}; got {type(inputs).__name__}.")
+            raise VisionLensError(
+                f"Expected patching inputs as a tensor batch, a tuple of model arguments or "
+                f"{{'args': ..., 'kwargs': ...}}; got {type(inputs).__name__}."
+            )
         first = next((a for a in list(args) + list(kwargs.values()) if isinstance(a, Tensor) and a.ndim > 0), None)
         if first is None:
             raise VisionLensError("Expected at least one batched tensor among the patching inputs.")
@@ -108,13 +126,19 @@ class PatchInputs:
         """``k`` copies, target-major (row ``r`` = copy ``r // n`` of row ``r % n``)."""
         if k == 1:
             return self
-        return PatchInputs(tuple(_repeat(a, k, self.n) for a in self.args),
-                           {key: _repeat(v, k, self.n) for key, v in self.kwargs.items()}, self.n * k)
+        return PatchInputs(
+            tuple(_repeat(a, k, self.n) for a in self.args),
+            {key: _repeat(v, k, self.n) for key, v in self.kwargs.items()},
+            self.n * k,
+        )
 
     def select(self, index: int) -> "PatchInputs":
         """Pair ``index`` alone (batch of 1)."""
-        return PatchInputs(tuple(_select(a, index, self.n) for a in self.args),
-                           {key: _select(v, index, self.n) for key, v in self.kwargs.items()}, 1)
+        return PatchInputs(
+            tuple(_select(a, index, self.n) for a in self.args),
+            {key: _select(v, index, self.n) for key, v in self.kwargs.items()},
+            1,
+        )
 
     def call(self, model: Any) -> Any:
         return model(*self.args, **self.kwargs)
@@ -132,7 +156,7 @@ def _repeat(x: Any, k: int, n: int) -> Any:
 
 def _select(x: Any, i: int, n: int) -> Any:
     if isinstance(x, Tensor) and x.ndim > 0 and x.shape[0] == n:
-        return x[i:i + 1]
+        return x[i : i + 1]
     if isinstance(x, dict):
         return {key: _select(v, i, n) for key, v in x.items()}
     return x
@@ -176,12 +200,14 @@ def activation_layout(name: str, shape: Sequence[int]) -> str:
     return "other"
 
 
-_KINDS_BY_LAYOUT = {"token": ("whole", "position", "channel", "region"),
-                    "token_head": ("whole", "position", "head", "channel", "region"),
-                    "head_qk": ("whole", "position", "head", "region"),
-                    "conv": ("whole", "position", "channel", "region"),
-                    "vector": ("whole", "channel"),
-                    "other": ("whole",)}
+_KINDS_BY_LAYOUT = {
+    "token": ("whole", "position", "channel", "region"),
+    "token_head": ("whole", "position", "head", "channel", "region"),
+    "head_qk": ("whole", "position", "head", "region"),
+    "conv": ("whole", "position", "channel", "region"),
+    "vector": ("whole", "channel"),
+    "other": ("whole",),
+}
 
 
 @dataclass
@@ -247,8 +273,15 @@ class TargetSet:
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {"hook": self.hook, "kind": self.kind, "layout": self.layout, "act_shape": list(self.act_shape),
-                "n_targets": len(self), "grid": list(self.grid) if self.grid else None, "n_prefix": self.n_prefix}
+        return {
+            "hook": self.hook,
+            "kind": self.kind,
+            "layout": self.layout,
+            "act_shape": list(self.act_shape),
+            "n_targets": len(self),
+            "grid": list(self.grid) if self.grid else None,
+            "n_prefix": self.n_prefix,
+        }
 
 
 def _splits(n: int, parts: int) -> list[tuple[int, int]]:
@@ -257,26 +290,33 @@ def _splits(n: int, parts: int) -> list[tuple[int, int]]:
     return [(edges[i], edges[i + 1]) for i in range(parts) if edges[i + 1] > edges[i]]
 
 
-def build_targets(model: Any, hook: str, act_shape: Sequence[int], kind: str, grid: int = 4,
-                  positions: Optional[Sequence[int]] = None) -> TargetSet:
+def build_targets(
+    model: Any, hook: str, act_shape: Sequence[int], kind: str, grid: int = 4, positions: Optional[Sequence[int]] = None
+) -> TargetSet:
     """Enumerate the targets of ``kind`` for an activation of ``act_shape`` (without batch) at ``hook``.
 
     ``positions`` restricts ``position`` targets (token indices, or flat ``y * W + x`` for conv
     maps); ``grid`` is the number of cells per side for ``region`` targets.
     """
-    from .viz import patch_grid
-
     shape = tuple(int(s) for s in act_shape)
     layout = activation_layout(hook, shape)
     allowed = _KINDS_BY_LAYOUT[layout]
     if kind not in allowed:
-        raise VisionLensError(f"Target kind {kind!r} does not apply to hook {hook!r} (activation {list(shape)}, "
-                              f"read as {layout!r}); choose one of {', '.join(allowed)}.")
+        raise VisionLensError(
+            f"Target kind {kind!r} does not apply to hook {hook!r} (activation {list(shape)}, "
+            f"read as {layout!r}); choose one of {', '.join(allowed)}."
+        )
     cfg = getattr(model, "cfg", None)
     nd = len(shape)
 
-    def ts(labels: list[str], index: list[tuple[int, ...]], axes: tuple[int, ...], grid_: Any = None,
-           grid_pos: Optional[list] = None, n_prefix: int = 0) -> TargetSet:
+    def ts(
+        labels: list[str],
+        index: list[tuple[int, ...]],
+        axes: tuple[int, ...],
+        grid_: Any = None,
+        grid_pos: Optional[list] = None,
+        n_prefix: int = 0,
+    ) -> TargetSet:
         mshape = tuple(shape[i] if i in axes else 1 for i in range(nd))
         return TargetSet(hook, kind, layout, shape, labels, index, mshape, axes, grid_, grid_pos or [], n_prefix)
 
@@ -314,7 +354,7 @@ def build_targets(model: Any, hook: str, act_shape: Sequence[int], kind: str, gr
     n_prefix, tgrid = patch_grid(cfg, P) if cfg is not None else (0, None)
     labels, index, gpos = [], [], []
     if kind == "position":
-        for p in (range(P) if positions is None else [int(p) for p in positions]):
+        for p in range(P) if positions is None else [int(p) for p in positions]:
             if not 0 <= p < P:
                 raise VisionLensError(f"position {p} is out of range for hook {hook!r} with {P} tokens.")
             labels.append(("query " if layout == "head_qk" else "") + _token_label(p, n_prefix, tgrid))
@@ -322,8 +362,9 @@ def build_targets(model: Any, hook: str, act_shape: Sequence[int], kind: str, gr
             gpos.append(divmod(p - n_prefix, tgrid[1]) if tgrid and p >= n_prefix else None)
         return ts(labels, index, (ax,), tgrid, gpos, n_prefix)
     if tgrid is None:  # region
-        raise VisionLensError(f"region targets need tokens on a patch grid; hook {hook!r} has {P} tokens that do "
-                              "not form one.")
+        raise VisionLensError(
+            f"region targets need tokens on a patch grid; hook {hook!r} has {P} tokens that do not form one."
+        )
     for r, (a0, a1) in enumerate(_splits(tgrid[0], grid)):
         for c, (b0, b1) in enumerate(_splits(tgrid[1], grid)):
             labels.append(f"patches[{a0}:{a1}, {b0}:{b1}]")
@@ -354,8 +395,14 @@ class PatchingMetric:
     ``normalize``: report ``(m - m_corrupted) / (m_clean - m_corrupted)`` per pair.
     """
 
-    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor], name: str, normalize: bool = False,
-                 label: Optional[Tensor] = None, foil: Optional[Tensor] = None):
+    def __init__(
+        self,
+        fn: Callable[[Tensor, Tensor], Tensor],
+        name: str,
+        normalize: bool = False,
+        label: Optional[Tensor] = None,
+        foil: Optional[Tensor] = None,
+    ):
         self.fn, self.name, self.normalize = fn, name, normalize
         self.label, self.foil = label, foil
         self.clean: Optional[Tensor] = None  # [N] raw metric of the clean run
@@ -371,8 +418,12 @@ class PatchingMetric:
         denom = self.clean - self.corrupted
         tiny = denom.abs() < 1e-12
         if bool(tiny.any()):
-            warnings.warn("normalized metric: the clean and corrupted runs give the same metric value for some pair; "
-                          "its normalized scores are NaN.", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                "normalized metric: the clean and corrupted runs give the same metric value for some pair; "
+                "its normalized scores are NaN.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return (raw - self.corrupted) / torch.where(tiny, torch.full_like(denom, float("nan")), denom)
 
     def describe(self) -> dict[str, Any]:
@@ -387,9 +438,13 @@ class PatchingMetric:
         return d
 
 
-def make_metric(metric: Union[str, Callable, PatchingMetric], clean_out: Any, corrupt_out: Any,
-                label: Union[None, int, Sequence[int], Tensor] = None,
-                foil: Union[None, int, Sequence[int], Tensor] = None) -> PatchingMetric:
+def make_metric(
+    metric: Union[str, Callable, PatchingMetric],
+    clean_out: Any,
+    corrupt_out: Any,
+    label: Union[None, int, Sequence[int], Tensor] = None,
+    foil: Union[None, int, Sequence[int], Tensor] = None,
+) -> PatchingMetric:
     """Build a :class:`PatchingMetric` from a name or a callable and the two unpatched outputs.
 
     Default ``label`` = the clean run's top class per pair; default ``foil`` = the corrupted
@@ -403,8 +458,10 @@ def make_metric(metric: Union[str, Callable, PatchingMetric], clean_out: Any, co
         m = PatchingMetric(metric, getattr(metric, "__name__", "custom"))
     else:
         if metric not in METRICS:
-            raise VisionLensError(f"Unknown patching metric {metric!r}; expected one of {', '.join(METRICS)} or a "
-                                  "callable fn(output, pair_index) -> one value per row.")
+            raise VisionLensError(
+                f"Unknown patching metric {metric!r}; expected one of {', '.join(METRICS)} or a "
+                "callable fn(output, pair_index) -> one value per row."
+            )
         normalize = metric.startswith("normalized_")
         base = metric.removeprefix("normalized_")
         if base == "output_mse":
@@ -417,9 +474,11 @@ def make_metric(metric: Union[str, Callable, PatchingMetric], clean_out: Any, co
             m = PatchingMetric(mse, metric, normalize)
         else:
             if clean_t.ndim != 2:
-                raise VisionLensError(f"Metric {metric!r} needs class logits [batch, classes]; the model returns shape "
-                                      f"{tuple(clean_t.shape)}. Use 'output_mse' / 'normalized_output_mse' or a "
-                                      "callable metric.")
+                raise VisionLensError(
+                    f"Metric {metric!r} needs class logits [batch, classes]; the model returns shape "
+                    f"{tuple(clean_t.shape)}. Use 'output_mse' / 'normalized_output_mse' or a "
+                    "callable metric."
+                )
             lab = _per_pair(label, n, clean_t.device) if label is not None else clean_t.argmax(-1)
             if foil is not None:
                 fo = _per_pair(foil, n, clean_t.device)
@@ -433,17 +492,21 @@ def make_metric(metric: Union[str, Callable, PatchingMetric], clean_out: Any, co
                 if int(t.min()) < 0 or int(t.max()) >= n_cls:
                     raise VisionLensError(f"patching {name} must be a class index in [0, {n_cls}), got {t.tolist()}.")
             if base == "logit_diff":
+
                 def fn(out: Tensor, pair: Tensor) -> Tensor:
                     rows = torch.arange(out.shape[0], device=out.device)
                     return out[rows, lab[pair]] - out[rows, fo[pair]]
             elif base == "logprob":
+
                 def fn(out: Tensor, pair: Tensor) -> Tensor:
                     rows = torch.arange(out.shape[0], device=out.device)
                     return out.log_softmax(-1)[rows, lab[pair]]
             else:
+
                 def fn(out: Tensor, pair: Tensor) -> Tensor:
                     rows = torch.arange(out.shape[0], device=out.device)
                     return out.softmax(-1)[rows, lab[pair]]
+
             m = PatchingMetric(fn, metric, normalize, lab, fo if base == "logit_diff" else None)
     pair = torch.arange(n, device=clean_t.device)
     with torch.no_grad():
@@ -479,8 +542,9 @@ def _patch_hook(src: Tensor, masks: Tensor, n: int, expand: bool) -> Callable[[T
             base = act.unsqueeze(0)
         else:
             if act.shape[0] != k * n:
-                raise VisionLensError(f"patching hook {getattr(hook, 'name', '')!r} saw batch {act.shape[0]}, "
-                                      f"expected {k * n}.")
+                raise VisionLensError(
+                    f"patching hook {getattr(hook, 'name', '')!r} saw batch {act.shape[0]}, expected {k * n}."
+                )
             base = act.reshape((k, n) + S)
         m = masks.reshape((k, 1) + tuple(masks.shape[1:]))
         out = torch.where(m, src.to(act.dtype).unsqueeze(0), base)
@@ -489,8 +553,16 @@ def _patch_hook(src: Tensor, masks: Tensor, n: int, expand: bool) -> Callable[[T
     return hook
 
 
-def _run_chunk(model: Any, hook: str, base: PatchInputs, src: Tensor, masks: Tensor, metric: PatchingMetric,
-               expand: bool, pair_offset: int = 0) -> Tensor:
+def _run_chunk(
+    model: Any,
+    hook: str,
+    base: PatchInputs,
+    src: Tensor,
+    masks: Tensor,
+    metric: PatchingMetric,
+    expand: bool,
+    pair_offset: int = 0,
+) -> Tensor:
     k, n = masks.shape[0], base.n
     inputs = base if expand else base.repeat(k)
     fn = _patch_hook(src, masks, n, expand)
@@ -503,12 +575,15 @@ def _run_chunk(model: Any, hook: str, base: PatchInputs, src: Tensor, masks: Ten
     return metric.fn(t, pair).detach().float().cpu().reshape(k, n)
 
 
-def _run_mode(model: Any, hook: str, base: PatchInputs, src: Tensor, masks: Tensor, metric: PatchingMetric,
-              mode: str) -> tuple[Tensor, int]:
+def _run_mode(
+    model: Any, hook: str, base: PatchInputs, src: Tensor, masks: Tensor, metric: PatchingMetric, mode: str
+) -> tuple[Tensor, int]:
     """One chunk in ``mode`` (``expand``, ``expand_pairs`` or ``stack``): ``([k, N] values, forwards)``."""
     if mode == "expand_pairs":
-        cols = [_run_chunk(model, hook, base.select(i), src[i:i + 1], masks, metric, True, pair_offset=i)
-                for i in range(base.n)]
+        cols = [
+            _run_chunk(model, hook, base.select(i), src[i : i + 1], masks, metric, True, pair_offset=i)
+            for i in range(base.n)
+        ]
         return torch.cat(cols, dim=1), base.n
     return _run_chunk(model, hook, base, src, masks, metric, expand=mode == "expand"), 1
 
@@ -525,13 +600,21 @@ def _estimate_chunk(model: Any, base: PatchInputs, src: Tensor, max_batch: int, 
         T = int(src.shape[1])
         per_row = max(per_row, heads * T * T)
     bytes_per_copy = 8 * 4 * per_row * base.n
-    k = int(memory_budget_mb * 2 ** 20 // max(bytes_per_copy, 1))
+    k = int(memory_budget_mb * 2**20 // max(bytes_per_copy, 1))
     return max(1, min(max_batch, k))
 
 
-def patch_sweep(model: Any, base: Any, source_act: Tensor, targets: TargetSet, metric: PatchingMetric,
-                mode: Literal["auto", "expand", "stack"] = "auto", max_batch: int = 64,
-                memory_budget_mb: float = 2048.0, info: Optional[dict] = None) -> Tensor:
+def patch_sweep(
+    model: Any,
+    base: Any,
+    source_act: Tensor,
+    targets: TargetSet,
+    metric: PatchingMetric,
+    mode: Literal["auto", "expand", "stack"] = "auto",
+    max_batch: int = 64,
+    memory_budget_mb: float = 2048.0,
+    info: Optional[dict] = None,
+) -> Tensor:
     """Exact patching of every target of ``targets``: raw metric values ``[K, N]``.
 
     ``base``: the inputs that run (corrupted for denoising); ``source_act``: the hook's activation
@@ -544,8 +627,10 @@ def patch_sweep(model: Any, base: Any, source_act: Tensor, targets: TargetSet, m
     hook = targets.hook
     src = source_act.detach()
     if tuple(src.shape[1:]) != targets.act_shape or src.shape[0] != base.n:
-        raise VisionLensError(f"source activation for {hook!r} has shape {tuple(src.shape)}, expected "
-                              f"[{base.n}, {', '.join(map(str, targets.act_shape))}].")
+        raise VisionLensError(
+            f"source activation for {hook!r} has shape {tuple(src.shape)}, expected "
+            f"[{base.n}, {', '.join(map(str, targets.act_shape))}]."
+        )
     K = len(targets)
     chunk = _estimate_chunk(model, base, src, max_batch, memory_budget_mb)
     out = torch.empty(K, base.n)
@@ -573,8 +658,9 @@ def patch_sweep(model: Any, base: Any, source_act: Tensor, targets: TargetSet, m
                     verified = True
             except (_ExpandError, RuntimeError, VisionLensError) as exc:
                 if not candidates:
-                    raise VisionLensError(f"batching={mode!r} does not work at hook {hook!r}: {exc}. Use "
-                                          "batching='stack' (or 'auto').") from exc
+                    raise VisionLensError(
+                        f"batching={mode!r} does not work at hook {hook!r}: {exc}. Use batching='stack' (or 'auto')."
+                    ) from exc
                 current = candidates.pop(0)
                 continue
             out[start:stop] = vals
@@ -604,8 +690,9 @@ def patch_loop(model: Any, base: Any, source_act: Tensor, targets: TargetSet, me
 
 
 # ============================================================================ attribution patching
-def activation_gradients(model: Any, hooks: Iterable[str], forward: Callable[[], Any],
-                         objective: Callable[[Any], Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+def activation_gradients(
+    model: Any, hooks: Iterable[str], forward: Callable[[], Any], objective: Callable[[Any], Tensor]
+) -> dict[str, tuple[Tensor, Tensor]]:
     """``{hook: (activation, d objective / d activation)}`` from one forward and one backward.
 
     A zero "probe" tensor is added at each hook so gradients reach exactly the hooked values;
@@ -618,6 +705,7 @@ def activation_gradients(model: Any, hooks: Iterable[str], forward: Callable[[],
             z = torch.zeros_like(act, requires_grad=True)
             probes[name] = (act.detach(), z)
             return act + z
+
         return hook
 
     with torch.enable_grad():
@@ -628,8 +716,9 @@ def activation_gradients(model: Any, hooks: Iterable[str], forward: Callable[[],
     return {h: (probes[h][0], torch.zeros_like(probes[h][0]) if g is None else g) for h, g in zip(fired, grads)}
 
 
-def attribution_patching(model: Any, base: Any, source_acts: dict[str, Tensor], targets: dict[str, TargetSet],
-                         metric: PatchingMetric) -> dict[str, Tensor]:
+def attribution_patching(
+    model: Any, base: Any, source_acts: dict[str, Tensor], targets: dict[str, TargetSet], metric: PatchingMetric
+) -> dict[str, Tensor]:
     """First-order estimates of patching every target: ``{hook: [K, N]}`` raw metric *changes*.
 
     One forward on ``base`` with a zero "probe" added at each hook, one backward of the summed
@@ -652,7 +741,7 @@ def attribution_patching(model: Any, base: Any, source_acts: dict[str, Tensor], 
         ts = targets[h]
         K = len(ts)
         est = torch.empty(K, base.n)
-        step = max(1, int(2 ** 26 // max(contrib.numel(), 1)))
+        step = max(1, int(2**26 // max(contrib.numel(), 1)))
         for s in range(0, K, step):
             e = min(K, s + step)
             m = ts.masks(s, e, device=contrib.device).to(contrib.dtype)  # [k, *mshape]
@@ -717,13 +806,23 @@ def correlation(a: Tensor, b: Tensor) -> dict[str, float]:
     return {"pearson": pearson(a, b), "spearman": pearson(ranks(a), ranks(b)), "n": n}
 
 
-def run_patching(model: Any, clean: Any, corrupted: Any, hooks: Sequence[str], kind: str = "position",
-                 metric: Union[str, Callable, PatchingMetric] = "normalized_logit_diff",
-                 direction: Literal["denoising", "noising"] = "denoising", label: Any = None, foil: Any = None,
-                 method: Literal["exact", "attribution", "both"] = "exact",
-                 batching: Literal["auto", "expand", "stack", "loop"] = "auto", grid: int = 4,
-                 positions: Optional[Sequence[int]] = None, max_batch: int = 64,
-                 memory_budget_mb: float = 2048.0) -> PatchingOutcome:
+def run_patching(
+    model: Any,
+    clean: Any,
+    corrupted: Any,
+    hooks: Sequence[str],
+    kind: str = "position",
+    metric: Union[str, Callable, PatchingMetric] = "normalized_logit_diff",
+    direction: Literal["denoising", "noising"] = "denoising",
+    label: Any = None,
+    foil: Any = None,
+    method: Literal["exact", "attribution", "both"] = "exact",
+    batching: Literal["auto", "expand", "stack", "loop"] = "auto",
+    grid: int = 4,
+    positions: Optional[Sequence[int]] = None,
+    max_batch: int = 64,
+    memory_budget_mb: float = 2048.0,
+) -> PatchingOutcome:
     """Patch ``kind`` targets of every hook in ``hooks`` between ``clean`` and ``corrupted``.
 
     Returns a :class:`PatchingOutcome` whose sweeps hold reported metric values ``[K, N]``
@@ -745,16 +844,19 @@ def run_patching(model: Any, clean: Any, corrupted: Any, hooks: Sequence[str], k
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     with torch.no_grad():
-        clean_out, clean_cache = model.run_with_cache(*clean_in.args, names_filter=hooks, return_cache_object=False,
-                                                      **clean_in.kwargs)
-        corrupt_out, corrupt_cache = model.run_with_cache(*corrupt_in.args, names_filter=hooks,
-                                                          return_cache_object=False, **corrupt_in.kwargs)
+        clean_out, clean_cache = model.run_with_cache(
+            *clean_in.args, names_filter=hooks, return_cache_object=False, **clean_in.kwargs
+        )
+        corrupt_out, corrupt_cache = model.run_with_cache(
+            *corrupt_in.args, names_filter=hooks, return_cache_object=False, **corrupt_in.kwargs
+        )
     missing = [h for h in hooks if h not in clean_cache or h not in corrupt_cache]
     if missing:
         raise VisionLensError(f"activation patching: hook(s) {', '.join(missing)} did not fire for these inputs.")
     m = make_metric(metric, clean_out, corrupt_out, label=label, foil=foil)
-    base, base_cache, src_cache = ((corrupt_in, corrupt_cache, clean_cache) if direction == "denoising"
-                                   else (clean_in, clean_cache, corrupt_cache))
+    base, base_cache, src_cache = (
+        (corrupt_in, corrupt_cache, clean_cache) if direction == "denoising" else (clean_in, clean_cache, corrupt_cache)
+    )
     base_value = m.corrupted if direction == "denoising" else m.clean
     seconds["baseline"] = time.perf_counter() - t0
     sweeps: dict[str, SweepResult] = {}
@@ -769,17 +871,33 @@ def run_patching(model: Any, clean: Any, corrupted: Any, hooks: Sequence[str], k
                 sw.info = {"mode": "loop", "forwards": len(sw.targets)}
             else:
                 info: dict[str, Any] = {}
-                raw = patch_sweep(model, base, src_cache[h], sw.targets, m, mode=batching, max_batch=max_batch,
-                                  memory_budget_mb=memory_budget_mb, info=info)
+                raw = patch_sweep(
+                    model,
+                    base,
+                    src_cache[h],
+                    sw.targets,
+                    m,
+                    mode=batching,
+                    max_batch=max_batch,
+                    memory_budget_mb=memory_budget_mb,
+                    info=info,
+                )
                 sw.info = info
             sw.scores = m.finish(raw)
         seconds["exact"] = time.perf_counter() - t0
     if method in ("attribution", "both"):
         t0 = time.perf_counter()
-        est = attribution_patching(model, base, {h: src_cache[h] for h in hooks},
-                                   {h: sw.targets for h, sw in sweeps.items()}, m)
+        est = attribution_patching(
+            model, base, {h: src_cache[h] for h in hooks}, {h: sw.targets for h, sw in sweeps.items()}, m
+        )
         for h, sw in sweeps.items():
             sw.atp = m.finish(base_value.unsqueeze(0) + est[h])
         seconds["attribution"] = time.perf_counter() - t0
-    return PatchingOutcome(sweeps, m, direction, output_tensor(clean_out).detach().cpu(),
-                           output_tensor(corrupt_out).detach().cpu(), seconds)
+    return PatchingOutcome(
+        sweeps,
+        m,
+        direction,
+        output_tensor(clean_out).detach().cpu(),
+        output_tensor(corrupt_out).detach().cpu(),
+        seconds,
+    )

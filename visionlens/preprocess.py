@@ -42,8 +42,8 @@ def to_pil(image: Any) -> Image.Image:
 
 def preprocess(images: Any, cfg: VisionConfig) -> Tensor:
     """One image or a sequence of images -> normalized batch ``[batch, C, H, W]``."""
-    from torchvision.transforms import functional as TF
     from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
 
     if isinstance(images, (list, tuple)):
         items: Sequence[Any] = images
@@ -53,7 +53,8 @@ def preprocess(images: Any, cfg: VisionConfig) -> Tensor:
         items = [images]
     size = tuple(cfg.image_size) if cfg.image_size else (224, 224)
     interp = {"bicubic": InterpolationMode.BICUBIC, "nearest": InterpolationMode.NEAREST}.get(
-        cfg.interpolation, InterpolationMode.BILINEAR)
+        cfg.interpolation, InterpolationMode.BILINEAR
+    )
     resize = [int(round(s / cfg.crop_pct)) for s in size]
     out = []
     for item in items:

@@ -54,8 +54,14 @@ class ReceptiveField:
         return max(0, y0), max(0, x0), min(H, y0 + self.size[0]), min(W, x0 + self.size[1])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"hook": self.hook, "size": list(self.size), "stride": list(self.stride), "offset": list(self.offset),
-                "input_size": list(self.input_size), "output_size": list(self.output_size)}
+        return {
+            "hook": self.hook,
+            "size": list(self.size),
+            "stride": list(self.stride),
+            "offset": list(self.offset),
+            "input_size": list(self.input_size),
+            "output_size": list(self.output_size),
+        }
 
 
 def _bbox(mask: Tensor) -> Optional[tuple[int, int, int, int]]:
@@ -66,9 +72,15 @@ def _bbox(mask: Tensor) -> Optional[tuple[int, int, int, int]]:
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
-def probe_support(model: Any, hook: str, size: tuple[int, int], locations: list[tuple[int, int]],
-                  n_probe: int = 3, seed: int = 0, architectural: bool = True
-                  ) -> tuple[list[Optional[tuple[int, int, int, int]]], tuple[int, ...]]:
+def probe_support(
+    model: Any,
+    hook: str,
+    size: tuple[int, int],
+    locations: list[tuple[int, int]],
+    n_probe: int = 3,
+    seed: int = 0,
+    architectural: bool = True,
+) -> tuple[list[Optional[tuple[int, int, int, int]]], tuple[int, ...]]:
     """Bounding boxes of the input-gradient support of ``hook`` at each output location.
 
     With ``architectural=True`` the probe runs with every weight replaced by a random *positive*
@@ -82,8 +94,9 @@ def probe_support(model: Any, hook: str, size: tuple[int, int], locations: list[
     params: Optional[dict[str, Tensor]] = None
     if architectural:
         x = torch.rand(shape_in, generator=gen).add_(0.5).to(model.device)
-        params = {n: (torch.rand(p.shape, generator=gen) + 0.5).to(p.device, p.dtype)
-                  for n, p in model.named_parameters()}
+        params = {
+            n: (torch.rand(p.shape, generator=gen) + 0.5).to(p.device, p.dtype) for n, p in model.named_parameters()
+        }
     else:
         x = torch.randn(shape_in, generator=gen).to(model.device)
     was_training = model.training
@@ -96,7 +109,7 @@ def probe_support(model: Any, hook: str, size: tuple[int, int], locations: list[
     boxes: list[Optional[tuple[int, int, int, int]]] = []
     try:
         with torch.enable_grad():
-            for (y, xx) in locations:
+            for y, xx in locations:
                 xin = x.clone().requires_grad_(True)
                 if params is None:
                     model.run_with_hooks(xin, fwd_hooks=[(hook, grab)])
@@ -112,7 +125,7 @@ def probe_support(model: Any, hook: str, size: tuple[int, int], locations: list[
                     return [None] * len(locations), tuple(a.shape[1:])
                 if not a.requires_grad:
                     raise VisionLensError(f"receptive_field: hook {hook!r} does not depend on the input image.")
-                g, = torch.autograd.grad(a[:, :, y, xx].sum(), xin, allow_unused=True)
+                (g,) = torch.autograd.grad(a[:, :, y, xx].sum(), xin, allow_unused=True)
                 if g is None:
                     boxes.append(None)
                 else:
@@ -123,8 +136,9 @@ def probe_support(model: Any, hook: str, size: tuple[int, int], locations: list[
     return boxes, shape
 
 
-def receptive_field(model: Any, hook: str, input_size: Optional[tuple[int, int]] = None,
-                    cache: bool = True) -> Optional[ReceptiveField]:
+def receptive_field(
+    model: Any, hook: str, input_size: Optional[tuple[int, int]] = None, cache: bool = True
+) -> Optional[ReceptiveField]:
     """The receptive field of ``hook`` (a conv map) for ``input_size`` images; ``None`` for token/vector hooks.
 
     Cached per model (weakly) and ``(hook, input_size)``.
@@ -174,7 +188,13 @@ def receptive_field(model: Any, hook: str, input_size: Optional[tuple[int, int]]
                 x0 = b0[3] - size_x
             else:
                 x0 = b0[1]
-            rf = ReceptiveField(hook, (int(size_y), int(size_x)), (int(sy), int(sx)),
-                                (int(y0 - cy * sy), int(x0 - cx * sx)), (H, W), (h, w))
+            rf = ReceptiveField(
+                hook,
+                (int(size_y), int(size_x)),
+                (int(sy), int(sx)),
+                (int(y0 - cy * sy), int(x0 - cx * sx)),
+                (H, W),
+                (h, w),
+            )
     per_model[key] = rf
     return rf

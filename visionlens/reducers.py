@@ -28,15 +28,24 @@ from __future__ import annotations
 import functools
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, TypeVar, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["Reducer", "RunningMoments", "TopK", "FractionActive", "Histogram", "merge_all",
-           "save_checkpoint", "load_checkpoint", "atomic_write_bytes"]
+from .serialize import atomic_write_bytes
+
+__all__ = [
+    "Reducer",
+    "RunningMoments",
+    "TopK",
+    "FractionActive",
+    "Histogram",
+    "merge_all",
+    "save_checkpoint",
+    "load_checkpoint",
+    "atomic_write_bytes",
+]
 
 R = TypeVar("R", bound="Reducer")
 
@@ -141,8 +150,9 @@ class RunningMoments(Reducer):
         xd = x.detach().to(_acc_dtype(x.device))
         mean = xd.mean(0)
         m2 = ((xd - mean) ** 2).sum(0)
-        batch = RunningMoments._from_parts(n, mean.cpu().double(), m2.cpu().double(),
-                                           xd.amin(0).cpu().double(), xd.amax(0).cpu().double())
+        batch = RunningMoments._from_parts(
+            n, mean.cpu().double(), m2.cpu().double(), xd.amin(0).cpu().double(), xd.amax(0).cpu().double()
+        )
         merged = self.merge(batch)
         self.__dict__.update(merged.__dict__)
         return self
@@ -165,9 +175,14 @@ class RunningMoments(Reducer):
         n = na + nb
         delta = other._mean - self._mean  # type: ignore[operator]
         mean = self._mean + delta * (nb / n)
-        m2 = self._m2 + other._m2 + delta ** 2 * (na * nb / n)  # type: ignore[operator]
-        return RunningMoments._from_parts(n, mean, m2, torch.minimum(self._min, other._min),  # type: ignore[arg-type]
-                                          torch.maximum(self._max, other._max))  # type: ignore[arg-type]
+        m2 = self._m2 + other._m2 + delta**2 * (na * nb / n)  # type: ignore[operator]
+        return RunningMoments._from_parts(
+            n,
+            mean,
+            m2,
+            torch.minimum(self._min, other._min),  # type: ignore[arg-type]
+            torch.maximum(self._max, other._max),
+        )  # type: ignore[arg-type]
 
     def _parts(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return (self._mean.clone(), self._m2.clone(), self._min.clone(), self._max.clone())  # type: ignore[union-attr]
@@ -253,8 +268,9 @@ class TopK(Reducer):
     def merge(self, other: "TopK") -> "TopK":
         self._check_same(other)
         if self.k != other.k or self.largest != other.largest:
-            raise ValueError(f"Cannot merge TopK(k={self.k}, largest={self.largest}) with "
-                             f"TopK(k={other.k}, largest={other.largest})")
+            raise ValueError(
+                f"Cannot merge TopK(k={self.k}, largest={self.largest}) with TopK(k={other.k}, largest={other.largest})"
+            )
         out = TopK(self.k, self.largest)
         parts = [r for r in (self, other) if r.values is not None]
         if not parts:
@@ -393,27 +409,9 @@ _SEP = "|"
 _KINDS: dict[str, type[Reducer]] = {c.__name__: c for c in (RunningMoments, TopK, FractionActive, Histogram)}
 
 
-def atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def save_checkpoint(path: Union[str, os.PathLike], reducers: Mapping[str, Reducer],
-                    meta: Optional[Mapping[str, Any]] = None) -> None:
+def save_checkpoint(
+    path: Union[str, os.PathLike], reducers: Mapping[str, Reducer], meta: Optional[Mapping[str, Any]] = None
+) -> None:
     """Store named reducers (and JSON-safe ``meta``) in one safetensors file, atomically."""
     from safetensors.torch import save
 

@@ -1,13 +1,17 @@
-"""The plugin manager: loads the ``visionlens`` entry-point group and collects what plugins provide.
+"""The plugin manager: every plugin, built-in or third-party, registers through the same hookspecs.
 
-A plugin that fails to import, whose hook raises, or that provides a malformed analysis is
-recorded in :func:`plugin_errors` (by name) and skipped; the other plugins keep working.
+Built-in plugin modules are listed once, in :data:`BUILTIN_PLUGINS`; third-party packages are
+found through the ``visionlens`` entry-point group. A plugin that fails to import, whose hook
+raises, or that provides a malformed analysis is recorded in :func:`plugin_errors` (by name) and
+skipped; the other plugins keep working.
 
-Analyses: :func:`list_analyses`, :func:`get_analysis`, :func:`run` (also ``model.analyze``).
+This module is in the base layer: it imports plugin modules by name only, so it never depends on
+what they contain. Running an analysis (which needs models) is :func:`visionlens.runner.run`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata as md
 import logging
@@ -17,27 +21,40 @@ from typing import Any, Optional
 import pluggy
 
 from . import hookspecs
+from .validation import VisionLensError, closest_names
 
 log = logging.getLogger(__name__)
 
-BUILTIN_PLUGINS = ("visionlens.adapters.builtin",)
-# Also advertised as entry points; registered directly only when package metadata is missing.
-BUILTIN_ANALYSIS_PLUGINS = {
-    "activation_stats": "visionlens.plugins.activation_stats",
-    "feature_visualization": "visionlens.plugins.feature_visualization",
-    "dataset_examples": "visionlens.plugins.dataset_examples",
-    "weights": "visionlens.plugins.weights",
-    "direct_logit_attribution": "visionlens.plugins.direct_logit_attribution",
-    "attention_patterns": "visionlens.plugins.attention_patterns",
-    "activation_patching": "visionlens.plugins.activation_patching",
-    "causal_scrubbing": "visionlens.plugins.causal_scrubbing",
-    "style_neuron_search": "visionlens.plugins.style_neuron_search",
-    "timestep_sweep": "visionlens.plugins.timestep_sweep",
-}
+# The one list of built-in plugin modules. Each is registered exactly like a third-party plugin
+# (same hookspecs); adding a built-in analysis, adapter module or command is one line here.
+BUILTIN_PLUGINS: tuple[str, ...] = (
+    "visionlens.adapters.builtin",  # model-family adapters
+    "visionlens.loading",  # model specs: timm:, torchvision:, open_clip:, diffusers:
+    "visionlens.plugins.activation_stats",
+    "visionlens.plugins.feature_visualization",
+    "visionlens.plugins.dataset_examples",
+    "visionlens.plugins.weights",
+    "visionlens.plugins.direct_logit_attribution",
+    "visionlens.plugins.attention_patterns",
+    "visionlens.plugins.activation_patching",
+    "visionlens.plugins.causal_scrubbing",
+    "visionlens.plugins.style_neuron_search",
+    "visionlens.plugins.timestep_sweep",
+    "visionlens.microscope",  # the `microscope` command
+    "visionlens.zoo.plugin",  # zoo: spec, transfer techniques, `zoo` and `bench` commands
+)
+_ANALYSIS_PACKAGE = "visionlens.plugins."
+
+
+def builtin_plugin_name(module_name: str) -> str:
+    """The registered name of a built-in plugin module (analysis plugins go by their short name)."""
+    return module_name.removeprefix(_ANALYSIS_PACKAGE)
+
 
 _pm: Optional[pluggy.PluginManager] = None
 _errors: dict[str, str] = {}
 _analyses: Optional[dict[str, Any]] = None
+_analyses_key: frozenset[int] = frozenset()  # which plugins the cached analyses came from
 _origins: dict[str, str] = {}
 
 
@@ -53,11 +70,27 @@ def plugin_manager(reload: bool = False) -> pluggy.PluginManager:
     _origins.clear()
     if reload:
         importlib.invalidate_caches()
+    for modname in BUILTIN_PLUGINS:
+        name = builtin_plugin_name(modname)
+        try:
+            module = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:  # an optional library of this plugin is not installed
+            if exc.name and not exc.name.startswith("visionlens"):
+                log.debug("built-in plugin %s skipped: %s", modname, exc)
+                continue
+            raise
+        except Exception as exc:
+            record_error(name, f"failed to import {modname}: {type(exc).__name__}: {exc}")
+            continue
+        if not pm.is_registered(module):
+            pm.register(module, name=name)
     for ep in _entry_points():
+        if ep.value in BUILTIN_PLUGINS:  # an old install's metadata may still advertise built-ins
+            continue
         try:
             plugin = ep.load()
         except (Exception, SystemExit) as exc:  # a broken third-party plugin must not break the others
-            _record(ep.name, f"failed to import {ep.value}: {type(exc).__name__}: {exc}")
+            record_error(ep.name, f"failed to import {ep.value}: {type(exc).__name__}: {exc}")
             continue
         if pm.is_registered(plugin):
             continue
@@ -68,21 +101,7 @@ def plugin_manager(reload: bool = False) -> pluggy.PluginManager:
         try:
             pm.register(plugin, name=name)
         except Exception as exc:
-            _record(name, f"failed to register: {type(exc).__name__}: {exc}")
-    for modname in BUILTIN_PLUGINS:  # source checkouts without installed metadata
-        module = importlib.import_module(modname)
-        if not pm.is_registered(module):
-            pm.register(module, name=modname)
-    for name, modname in BUILTIN_ANALYSIS_PLUGINS.items():
-        if pm.get_plugin(name) is not None or name in _errors:
-            continue
-        try:
-            module = importlib.import_module(modname)
-        except Exception as exc:
-            _record(name, f"failed to import {modname}: {type(exc).__name__}: {exc}")
-            continue
-        if not pm.is_registered(module):
-            pm.register(module, name=name)
+            record_error(name, f"failed to register: {type(exc).__name__}: {exc}")
     _pm = pm
     return pm
 
@@ -91,7 +110,8 @@ def _entry_points() -> list[md.EntryPoint]:
     return list(md.entry_points(group=hookspecs.PROJECT))
 
 
-def _record(name: str, message: str) -> None:
+def record_error(name: str, message: str) -> None:
+    """Record that plugin ``name`` is broken (shown by :func:`plugin_errors` and ``visionlens plugins``)."""
     previous = _errors.get(name)
     if previous is not None and message in previous:
         return
@@ -116,7 +136,7 @@ def _collect(hook_name: str) -> list[tuple[str, Any]]:
         try:
             provided = impl.function() or []
         except Exception as exc:
-            _record(name, f"{hook_name} raised {type(exc).__name__}: {exc}")
+            record_error(name, f"{hook_name} raised {type(exc).__name__}: {exc}")
             continue
         items.extend((name, item) for item in provided)
     return items
@@ -149,8 +169,6 @@ def _analysis_problem(obj: Any) -> Optional[str]:
         return f"provided an analysis with an invalid name {obj.name!r}"
     cfg = getattr(obj, "Config", None)
     if cfg is not None:
-        import dataclasses
-
         if not dataclasses.is_dataclass(cfg):
             return f"analysis {obj.name!r} has a Config that is not a dataclass"
     return None
@@ -158,11 +176,11 @@ def _analysis_problem(obj: Any) -> Optional[str]:
 
 def collect_analyses() -> dict[str, Any]:
     """``{name: analysis object}`` from every plugin (classes are instantiated once)."""
-    global _analyses
-    plugin_manager()
-    if _analyses is not None:
-        return _analyses
+    global _analyses, _analyses_key
     pm = plugin_manager()
+    key = frozenset(id(p) for p in pm.get_plugins())
+    if _analyses is not None and key == _analyses_key:
+        return _analyses  # recollected whenever a plugin is registered or unregistered
     builtin = {pm.get_name(p) for p in pm.get_plugins() if getattr(p, "__name__", "").startswith("visionlens.")}
     # built-in analyses claim their names first, whatever the entry-point order
     items = sorted(_collect("visionlens_register_analyses"), key=lambda it: it[0] not in builtin)
@@ -171,19 +189,23 @@ def collect_analyses() -> dict[str, Any]:
         try:
             obj = item() if isinstance(item, type) else item
         except Exception as exc:
-            _record(plugin_name, f"could not instantiate analysis {item!r}: {type(exc).__name__}: {exc}")
+            record_error(plugin_name, f"could not instantiate analysis {item!r}: {type(exc).__name__}: {exc}")
             continue
         problem = _analysis_problem(obj)
         if problem:
-            _record(plugin_name, problem)
+            record_error(plugin_name, problem)
             continue
         if obj.name in found:
-            _record(plugin_name, f"analysis name {obj.name!r} is already provided by plugin {_origins[obj.name]!r}; "
-                                 "this one was skipped")
+            record_error(
+                plugin_name,
+                f"analysis name {obj.name!r} is already provided by plugin {_origins[obj.name]!r}; "
+                "this one was skipped",
+            )
             continue
         found[obj.name] = obj
         _origins[obj.name] = plugin_name
     _analyses = dict(sorted(found.items()))
+    _analyses_key = key
     return _analyses
 
 
@@ -200,8 +222,6 @@ def analysis_origin(name: str) -> str:
 
 def get_analysis(name: str) -> Any:
     """The analysis object called ``name``; unknown names raise with the closest available names."""
-    from .validation import VisionLensError, closest_names
-
     analyses = collect_analyses()
     if name in analyses:
         return analyses[name]
@@ -209,83 +229,9 @@ def get_analysis(name: str) -> Any:
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     broken = [n for n in _errors if n == name]
     extra = f" A plugin named {name!r} is installed but broken: {_errors[name]}" if broken else ""
-    raise VisionLensError(f"Unknown analysis {name!r}.{hint} Available analyses: "
-                          f"{', '.join(analyses) or '(none)'}.{extra}")
-
-
-def _supports(analysis: Any, model: Any) -> tuple[bool, str]:
-    res = analysis.supports(model)
-    if isinstance(res, tuple):
-        ok, reason = bool(res[0]), str(res[1]) if len(res) > 1 else ""
-    else:
-        ok, reason = bool(res), ""
-    return ok, reason
-
-
-def _hook_snapshot(model: Any) -> dict[str, set[int]]:
-    snap: dict[str, set[int]] = {}
-    for name, hp in getattr(model, "hook_dict", {}).items():
-        snap[name] = {id(h) for h in list(hp.fwd_hooks) + list(hp.bwd_hooks)}
-    return snap
-
-
-def _remove_new_hooks(model: Any, snapshot: dict[str, set[int]]) -> None:
-    """Remove non-permanent hooks an analysis attached and left behind (the user's own stay)."""
-    for name, hp in getattr(model, "hook_dict", {}).items():
-        before = snapshot.get(name, set())
-        changed = False
-        for attr in ("fwd_hooks", "bwd_hooks"):
-            keep = []
-            for h in getattr(hp, attr):
-                if id(h) in before or h.is_permanent:
-                    keep.append(h)
-                else:
-                    h.hook.remove()
-                    changed = True
-            setattr(hp, attr, keep)
-        if changed:
-            notify = getattr(hp, "_notify", None)  # bridged points drop their source-module hook
-            if callable(notify):
-                notify()
-
-
-def run(name: str, model: Any, inputs: Any = None, **config: Any) -> Any:
-    """Run analysis ``name`` on ``model`` over ``inputs`` with config values ``**config``.
-
-    ``model`` is a :class:`HookedVisionModel`, a plain ``nn.Module`` (wrapped with
-    ``from_module``) or a spec string (``"timm:resnet18"``). ``inputs`` is anything
-    :func:`visionlens.data.as_images` accepts (tensor batch, images, paths, folder, ``"builtin"``).
-    Config values are validated against the analysis's ``Config`` (unknown keys, wrong types and
-    out-of-range values raise :class:`visionlens.analysis.ConfigError`). Hooks the analysis
-    attaches never outlive the call, also after an exception.
-    """
-    from torch import nn
-
-    from .analysis import analysis_config_class, make_config
-    from .hooked_model import HookedVisionModel
-    from .validation import VisionLensError
-
-    analysis = get_analysis(name)
-    cfg = make_config(analysis_config_class(analysis), config, owner=name)
-    if isinstance(model, str):
-        from .loading import load
-
-        model = load(model)
-    elif isinstance(model, nn.Module) and not isinstance(model, HookedVisionModel):
-        model = HookedVisionModel.from_module(model)
-    if not isinstance(model, HookedVisionModel):
-        raise VisionLensError(f"Expected a HookedVisionModel, an nn.Module or a model spec string for analysis "
-                              f"{name!r}, got {type(model).__name__}.")
-    ok, reason = _supports(analysis, model)
-    if not ok:
-        arch = model.cfg.architecture or model.cfg.family
-        raise VisionLensError(f"Analysis {name!r} does not support {arch} (adapter {model.cfg.adapter!r}): "
-                              f"{reason or 'unsupported model'}.")
-    snapshot = _hook_snapshot(model)
-    try:
-        return analysis.run(model, inputs, cfg)
-    finally:
-        _remove_new_hooks(model, snapshot)
+    raise VisionLensError(
+        f"Unknown analysis {name!r}.{hint} Available analyses: {', '.join(analyses) or '(none)'}.{extra}"
+    )
 
 
 def collect_transfer_techniques() -> list[tuple[str, Any]]:
@@ -295,11 +241,25 @@ def collect_transfer_techniques() -> list[tuple[str, Any]]:
         try:
             obj = item() if isinstance(item, type) else item
         except Exception as exc:
-            _record(plugin_name, f"could not instantiate technique {item!r}: {type(exc).__name__}: {exc}")
+            record_error(plugin_name, f"could not instantiate technique {item!r}: {type(exc).__name__}: {exc}")
             continue
         missing = [a for a in ("name", "supports", "score") if not hasattr(obj, a)]
         if missing:
-            _record(plugin_name, f"technique {obj!r} lacks {', '.join(missing)}")
+            record_error(plugin_name, f"technique {obj!r} lacks {', '.join(missing)}")
             continue
         out.append((plugin_name, obj))
     return out
+
+
+def register_commands(subparsers: Any) -> None:
+    """Let every plugin add its subcommands to the ``visionlens`` CLI (``visionlens_register_commands``).
+
+    A plugin whose hook raises is recorded in :func:`plugin_errors`; the other commands stay.
+    """
+    pm = plugin_manager()
+    for impl in pm.hook.visionlens_register_commands.get_hookimpls():
+        name = pm.get_name(impl.plugin) or repr(impl.plugin)
+        try:
+            impl.function(subparsers=subparsers)
+        except Exception as exc:
+            record_error(name, f"visionlens_register_commands raised {type(exc).__name__}: {exc}")

@@ -28,45 +28,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .reducers import atomic_write_bytes
+from .serialize import atomic_write_bytes, jsonable
 
-__all__ = ["Result", "Table", "jsonable", "load_result", "figure_to_png", "RESULT_JSON", "TENSORS_FILE", "HTML_FILE"]
+__all__ = [
+    "Result",
+    "Table",
+    "jsonable",
+    "load_result",
+    "figure_to_png",
+    "new_figure",
+    "safe_filename",
+    "RESULT_JSON",
+    "TENSORS_FILE",
+    "HTML_FILE",
+]
 
 RESULT_JSON = "result.json"
 TENSORS_FILE = "tensors.safetensors"
 HTML_FILE = "index.html"
 FORMAT_VERSION = 1
-
-
-def jsonable(obj: Any) -> Any:
-    """A JSON-safe copy of ``obj``: tensors / arrays become lists, non-finite floats ``None``,
-    tuples lists, paths strings, dataclasses dicts, other objects their ``str``."""
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, Tensor):
-        return jsonable(obj.detach().cpu().tolist() if obj.ndim else obj.item())
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    import dataclasses
-
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return jsonable(dataclasses.asdict(obj))
-    return str(obj)
 
 
 @dataclass
@@ -111,9 +94,11 @@ def new_figure(width: float = 8.0, height: float = 4.0) -> Any:
 
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#222;background:#fff;max-width:1200px}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em;color:#222;background:#fff;
+max-width:1200px}
 h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0} td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}
 th{background:#f3f3f3} tr:nth-child(even) td{background:#fafafa} figure{margin:1em 0} img{max-width:100%}
 .summary{color:#555} pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.8em}
 .vl-result{font-family:system-ui,sans-serif}
@@ -135,9 +120,16 @@ def _esc(value: Any) -> str:
 class Result:
     """Base class of analysis results (see the module docstring)."""
 
-    def __init__(self, analysis: str = "", *, summary: str = "", config: Optional[Mapping[str, Any]] = None,
-                 meta: Optional[Mapping[str, Any]] = None, tensors: Optional[Mapping[str, Tensor]] = None,
-                 tables: Optional[Mapping[str, Table]] = None) -> None:
+    def __init__(
+        self,
+        analysis: str = "",
+        *,
+        summary: str = "",
+        config: Optional[Mapping[str, Any]] = None,
+        meta: Optional[Mapping[str, Any]] = None,
+        tensors: Optional[Mapping[str, Tensor]] = None,
+        tables: Optional[Mapping[str, Table]] = None,
+    ) -> None:
         self.analysis = analysis
         self.summary = summary
         self.config: dict[str, Any] = jsonable(dict(config or {}))
@@ -157,8 +149,10 @@ class Result:
             "config": jsonable(self.config),
             "meta": jsonable(self.meta),
             "tables": {name: t.to_dict() for name, t in self.tables.items()},
-            "tensors": {name: {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
-                               "file": TENSORS_FILE} for name, t in self.tensors.items()},
+            "tensors": {
+                name: {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""), "file": TENSORS_FILE}
+                for name, t in self.tensors.items()
+            },
         }
 
     def to_json(self, indent: Optional[int] = 1) -> str:
@@ -169,8 +163,14 @@ class Result:
         """Rebuild from :meth:`to_dict` output (and the tensors saved next to it)."""
         if d.get("format") != "visionlens-result":
             raise ValueError("Expected a visionlens result dict (format 'visionlens-result')")
-        return cls(d.get("analysis", ""), summary=d.get("summary", ""), config=d.get("config"), meta=d.get("meta"),
-                   tensors=tensors, tables={k: Table.from_dict(v) for k, v in d.get("tables", {}).items()})
+        return cls(
+            d.get("analysis", ""),
+            summary=d.get("summary", ""),
+            config=d.get("config"),
+            meta=d.get("meta"),
+            tensors=tensors,
+            tables={k: Table.from_dict(v) for k, v in d.get("tables", {}).items()},
+        )
 
     @classmethod
     def load(cls, directory: Union[str, os.PathLike]) -> "Result":
@@ -218,14 +218,19 @@ class Result:
             parts.append(f'<p class="summary">{_esc(self.summary)}</p>')
         for name, png in pngs.items():
             b64 = base64.b64encode(png).decode("ascii")
-            parts.append(f'<figure><img alt="{_esc(name)}" src="data:image/png;base64,{b64}">'
-                         f"<figcaption>{_esc(name)}</figcaption></figure>")
+            parts.append(
+                f'<figure><img alt="{_esc(name)}" src="data:image/png;base64,{b64}">'
+                f"<figcaption>{_esc(name)}</figcaption></figure>"
+            )
         for name, table in self.tables.items():
             parts.append(f"<h2>{_esc(table.title or name)}</h2>")
             parts.append(self._table_html(table, max_rows))
         if self.config:
-            parts.append("<h2>Configuration</h2><table>" + "".join(
-                f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in self.config.items()) + "</table>")
+            parts.append(
+                "<h2>Configuration</h2><table>"
+                + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in self.config.items())
+                + "</table>"
+            )
         if self.meta:
             parts.append("<h2>Run</h2><pre>" + html.escape(json.dumps(self._meta_for_html(), indent=1)) + "</pre>")
         return "\n".join(parts)
@@ -242,7 +247,7 @@ class Result:
     def _table_html(table: Table, max_rows: int) -> str:
         head = "<tr>" + "".join(f"<th>{_esc(c)}</th>" for c in table.columns) + "</tr>"
         body = "".join("<tr>" + "".join(f"<td>{_esc(v)}</td>" for v in row) + "</tr>" for row in table.rows[:max_rows])
-        more = (f"<p>{len(table.rows) - max_rows} more rows in {RESULT_JSON}.</p>" if len(table.rows) > max_rows else "")
+        more = f"<p>{len(table.rows) - max_rows} more rows in {RESULT_JSON}.</p>" if len(table.rows) > max_rows else ""
         return f"<table>{head}{body}</table>{more}"
 
     def to_html(self, pngs: Optional[Mapping[str, bytes]] = None) -> str:
@@ -250,10 +255,12 @@ class Result:
         if pngs is None:
             pngs = self._render_pngs()
         csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
-        return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                f"<meta http-equiv=\"Content-Security-Policy\" content=\"{csp}\">"
-                f"<title>{_esc(self.title())}</title><style>{_CSS}</style></head><body>\n"
-                f"{self._html_body(pngs)}\n</body></html>\n")
+        return (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
+            f"<title>{_esc(self.title())}</title><style>{_CSS}</style></head><body>\n"
+            f"{self._html_body(pngs)}\n</body></html>\n"
+        )
 
     def _repr_html_(self) -> str:
         return f'<div class="vl-result">{self._html_body(self._render_pngs(), max_rows=30)}</div>'
@@ -275,17 +282,17 @@ class Result:
             atomic_write_bytes(directory / TENSORS_FILE, save(data, metadata={"analysis": self.analysis}))
         pngs = self._render_pngs()
         for name, png in pngs.items():
-            atomic_write_bytes(directory / f"{_safe_filename(name)}.png", png)
+            atomic_write_bytes(directory / f"{safe_filename(name)}.png", png)
         atomic_write_bytes(directory / HTML_FILE, self.to_html(pngs).encode("utf-8"))
         atomic_write_bytes(directory / RESULT_JSON, self.to_json().encode("utf-8"))  # last: marks a complete save
         return directory
 
     def __repr__(self) -> str:
-        return (f"<{type(self).__name__} {self.analysis!r}: {len(self.tensors)} tensors, "
-                f"tables {list(self.tables)}>")
+        return f"<{type(self).__name__} {self.analysis!r}: {len(self.tensors)} tensors, tables {list(self.tables)}>"
 
 
-def _safe_filename(name: str) -> str:
+def safe_filename(name: str) -> str:
+    """``name`` with every character that is unsafe in a file name replaced by ``_``."""
     keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
     return keep or "figure"
 

@@ -48,8 +48,15 @@ from torch import Tensor
 
 from .validation import VisionLensError
 
-__all__ = ["Node", "parse_hypothesis", "causal_scrub", "ScrubReport", "loss_recovered", "activation_mask",
-           "FeatureSpec"]
+__all__ = [
+    "Node",
+    "parse_hypothesis",
+    "causal_scrub",
+    "ScrubReport",
+    "loss_recovered",
+    "activation_mask",
+    "FeatureSpec",
+]
 
 FeatureSpec = Union[str, Sequence[Any], Tensor, Callable[[Tensor], Any], None]
 _PER_HEAD = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")
@@ -87,8 +94,10 @@ class Node:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"hook": self.hook,
-                             "feature": self.feature if isinstance(self.feature, str) else "<custom>"}
+        d: dict[str, Any] = {
+            "hook": self.hook,
+            "feature": self.feature if isinstance(self.feature, str) else "<custom>",
+        }
         for key in ("channels", "heads", "positions", "region", "name"):
             v = getattr(self, key)
             if v is not None:
@@ -113,21 +122,30 @@ def parse_hypothesis(spec: Any) -> Node:
         try:
             spec = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise VisionLensError(f"causal scrubbing: expected a hypothesis as JSON (or a JSON file), got {text[:80]!r}: "
-                                  f"{exc}") from None
+            raise VisionLensError(
+                f"causal scrubbing: expected a hypothesis as JSON (or a JSON file), got {text[:80]!r}: {exc}"
+            ) from None
     if not isinstance(spec, Mapping):
-        raise VisionLensError(f"causal scrubbing: expected a hypothesis node (dict with 'hook', 'feature', 'parents'), "
-                              f"got {type(spec).__name__}.")
+        raise VisionLensError(
+            f"causal scrubbing: expected a hypothesis node (dict with 'hook', 'feature', 'parents'), "
+            f"got {type(spec).__name__}."
+        )
     unknown = set(spec) - _KEYS
     if unknown:
-        raise VisionLensError(f"causal scrubbing: unknown hypothesis keys {sorted(unknown)}; expected some of "
-                              f"{sorted(_KEYS)}.")
+        raise VisionLensError(
+            f"causal scrubbing: unknown hypothesis keys {sorted(unknown)}; expected some of {sorted(_KEYS)}."
+        )
     region = spec.get("region")
-    return Node(hook=spec.get("hook"), feature=spec.get("feature", "identity"),
-                parents=[parse_hypothesis(p) for p in spec.get("parents", [])],
-                channels=_intlist(spec.get("channels")), heads=_intlist(spec.get("heads")),
-                positions=_intlist(spec.get("positions")),
-                region=tuple(int(v) for v in region) if region is not None else None, name=spec.get("name"))
+    return Node(
+        hook=spec.get("hook"),
+        feature=spec.get("feature", "identity"),
+        parents=[parse_hypothesis(p) for p in spec.get("parents", [])],
+        channels=_intlist(spec.get("channels")),
+        heads=_intlist(spec.get("heads")),
+        positions=_intlist(spec.get("positions")),
+        region=tuple(int(v) for v in region) if region is not None else None,
+        name=spec.get("name"),
+    )
 
 
 def _intlist(v: Any) -> Optional[list[int]]:
@@ -149,13 +167,16 @@ def activation_mask(node: Node, shape: Sequence[int]) -> Optional[Tensor]:
     def sel(dim: int, idx: Sequence[int], what: str) -> None:
         nonlocal mask, any_sel
         if dim >= nd:
-            raise VisionLensError(f"causal scrubbing: node {node.label!r} selects {what}, but {hook} has shape "
-                                  f"{tuple(shape)}.")
+            raise VisionLensError(
+                f"causal scrubbing: node {node.label!r} selects {what}, but {hook} has shape {tuple(shape)}."
+            )
         size = shape[dim]
         bad = [i for i in idx if not -size <= i < size]
         if bad:
-            raise VisionLensError(f"causal scrubbing: node {node.label!r}: {what} {bad} out of range for axis of size "
-                                  f"{size} in {hook} {tuple(shape)}.")
+            raise VisionLensError(
+                f"causal scrubbing: node {node.label!r}: {what} {bad} out of range for axis of size "
+                f"{size} in {hook} {tuple(shape)}."
+            )
         m = torch.zeros(size, dtype=torch.bool)
         m[list(idx)] = True
         view = [1] * nd
@@ -170,8 +191,10 @@ def activation_mask(node: Node, shape: Sequence[int]) -> Optional[Tensor]:
         sel(1 if conv else nd - 1, node.channels, "channels")
     if node.heads is not None:
         if not (per_head or pattern):
-            raise VisionLensError(f"causal scrubbing: node {node.label!r} selects heads, but {hook} is not a per-head "
-                                  f"hook (hook_q/k/v/z/result [B, pos, head, d] or hook_pattern [B, head, q, k]).")
+            raise VisionLensError(
+                f"causal scrubbing: node {node.label!r} selects heads, but {hook} is not a per-head "
+                f"hook (hook_q/k/v/z/result [B, pos, head, d] or hook_pattern [B, head, q, k])."
+            )
         sel(2 if per_head else 1, node.heads, "heads")
     if node.positions is not None:
         if conv:
@@ -179,8 +202,10 @@ def activation_mask(node: Node, shape: Sequence[int]) -> Optional[Tensor]:
             flat = torch.zeros(h * w, dtype=torch.bool)
             bad = [p for p in node.positions if not 0 <= p < h * w]
             if bad:
-                raise VisionLensError(f"causal scrubbing: node {node.label!r}: positions {bad} out of range for a "
-                                      f"{h}x{w} map (flat y * W + x).")
+                raise VisionLensError(
+                    f"causal scrubbing: node {node.label!r}: positions {bad} out of range for a "
+                    f"{h}x{w} map (flat y * W + x)."
+                )
             flat[list(node.positions)] = True
             mask = mask & flat.view(1, 1, h, w)
             any_sel = True
@@ -188,14 +213,17 @@ def activation_mask(node: Node, shape: Sequence[int]) -> Optional[Tensor]:
             sel(2 if pattern else 1, node.positions, "positions")
     if node.region is not None:
         if not conv:
-            raise VisionLensError(f"causal scrubbing: node {node.label!r} selects a region, which needs a conv map "
-                                  f"[B, C, H, W]; {hook} has shape {tuple(shape)} (use positions for tokens).")
+            raise VisionLensError(
+                f"causal scrubbing: node {node.label!r} selects a region, which needs a conv map "
+                f"[B, C, H, W]; {hook} has shape {tuple(shape)} (use positions for tokens)."
+            )
         y0, y1, x0, x1 = node.region
         m = torch.zeros(shape[2], shape[3], dtype=torch.bool)
         m[y0:y1, x0:x1] = True
         if not m.any():
-            raise VisionLensError(f"causal scrubbing: node {node.label!r}: region {node.region} is empty in a "
-                                  f"{shape[2]}x{shape[3]} map.")
+            raise VisionLensError(
+                f"causal scrubbing: node {node.label!r}: region {node.region} is empty in a {shape[2]}x{shape[3]} map."
+            )
         mask = mask & m.view(1, 1, shape[2], shape[3])
         any_sel = True
     return mask if any_sel else None
@@ -221,8 +249,10 @@ class _Features:
             if spec == "identity":
                 return list(range(self.n))
             if spec not in self.factors:
-                raise VisionLensError(f"causal scrubbing: unknown feature {spec!r}; known: identity, any, "
-                                      f"{', '.join(sorted(self.factors)) or '(no factors or labels given)'}.")
+                raise VisionLensError(
+                    f"causal scrubbing: unknown feature {spec!r}; known: identity, any, "
+                    f"{', '.join(sorted(self.factors)) or '(no factors or labels given)'}."
+                )
             spec = self.factors[spec]
         if callable(spec):
             with torch.no_grad():
@@ -302,8 +332,11 @@ class _Scrubber:
             def fn(act: Tensor, hook: Any) -> Tensor:
                 out = base[h].to(act.dtype)
                 for mask, val in splices[h]:
-                    out = val.to(act.dtype) if mask is None else torch.where(mask.to(act.device), val.to(act.dtype), out)
+                    out = (
+                        val.to(act.dtype) if mask is None else torch.where(mask.to(act.device), val.to(act.dtype), out)
+                    )
                 return out
+
             return fn
 
         self.forwards += 1
@@ -333,8 +366,10 @@ def _check_order(model: Any, node: Node) -> None:
     for n in node.walk():
         for p in n.parents:
             if n.hook is not None and p.hook is not None and order.get(p.hook, -1) >= order.get(n.hook, -1):
-                raise VisionLensError(f"causal scrubbing: parent {p.label!r} must be upstream of its node "
-                                      f"{n.label!r} in the model's hook order.")
+                raise VisionLensError(
+                    f"causal scrubbing: parent {p.label!r} must be upstream of its node "
+                    f"{n.label!r} in the model's hook order."
+                )
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -350,14 +385,18 @@ def _metric_fn(metric: Any, labels: Optional[Tensor]) -> Callable[[Tensor, Tenso
         return lambda out, idx, ref: F.cross_entropy(out.float(), labels[idx].long(), reduction="none")
     if metric == "bce":
         return lambda out, idx, ref: F.binary_cross_entropy_with_logits(
-            out.float().reshape(len(idx), -1)[:, 0], labels[idx].float(), reduction="none")
+            out.float().reshape(len(idx), -1)[:, 0], labels[idx].float(), reduction="none"
+        )
     if metric == "mse_to_model":
         return lambda out, idx, ref: ((out.float() - ref.float()) ** 2).reshape(len(idx), -1).mean(1)
     if metric == "kl_to_model":
-        return lambda out, idx, ref: F.kl_div(out.float().log_softmax(-1), ref.float().log_softmax(-1),
-                                              log_target=True, reduction="none").sum(-1)
-    raise VisionLensError(f"causal scrubbing: unknown metric {metric!r}; expected ce, bce, mse_to_model, kl_to_model "
-                          "or a callable fn(output, input_index) -> per-example loss.")
+        return lambda out, idx, ref: F.kl_div(
+            out.float().log_softmax(-1), ref.float().log_softmax(-1), log_target=True, reduction="none"
+        ).sum(-1)
+    raise VisionLensError(
+        f"causal scrubbing: unknown metric {metric!r}; expected ce, bce, mse_to_model, kl_to_model "
+        "or a callable fn(output, input_index) -> per-example loss."
+    )
 
 
 def loss_recovered(l_model: float, l_scrubbed: float, l_random: float) -> float:
@@ -397,7 +436,10 @@ class ScrubReport:
 
     @property
     def frac_worse_than_random(self) -> float:
-        """Fraction of inputs whose scrubbing damage exceeds the mean randomization damage (per-example recovered < 0)."""
+        """Fraction of inputs whose scrubbing damage exceeds the mean randomization damage.
+
+        That is, per-example loss recovered < 0.
+        """
         return float((self.per_example_recovered < 0).float().mean())
 
     @property
@@ -408,17 +450,35 @@ class ScrubReport:
 
     def summary(self) -> dict[str, Any]:
         pe = self.per_example_recovered
-        return {"loss_model": self.loss_model, "loss_scrubbed": self.loss_scrubbed, "loss_random": self.loss_random,
-                "loss_recovered": self.recovered, "ci_low": self.ci_low, "ci_high": self.ci_high,
-                "per_example_recovered_std": float(pe.std()) if pe.numel() > 1 else 0.0,
-                "frac_worse_than_random": self.frac_worse_than_random,
-                "frac_better_than_model": self.frac_better_than_model, "n_resamples": self.n_resamples,
-                "forwards": self.forwards}
+        return {
+            "loss_model": self.loss_model,
+            "loss_scrubbed": self.loss_scrubbed,
+            "loss_random": self.loss_random,
+            "loss_recovered": self.recovered,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "per_example_recovered_std": float(pe.std()) if pe.numel() > 1 else 0.0,
+            "frac_worse_than_random": self.frac_worse_than_random,
+            "frac_better_than_model": self.frac_better_than_model,
+            "n_resamples": self.n_resamples,
+            "forwards": self.forwards,
+        }
 
 
-def causal_scrub(model: Any, inputs: Tensor, hypothesis: Any, *, labels: Any = None,
-                 factors: Optional[Mapping[str, Any]] = None, metric: Any = "auto", n_resamples: int = 4,
-                 n_bootstrap: int = 1000, ci: float = 0.95, seed: int = 0, max_batch: int = 512) -> ScrubReport:
+def causal_scrub(
+    model: Any,
+    inputs: Tensor,
+    hypothesis: Any,
+    *,
+    labels: Any = None,
+    factors: Optional[Mapping[str, Any]] = None,
+    metric: Any = "auto",
+    n_resamples: int = 4,
+    n_bootstrap: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    max_batch: int = 512,
+) -> ScrubReport:
     """Run causal scrubbing of ``hypothesis`` on ``model`` over the input batch ``inputs`` (see module docstring).
 
     ``inputs``: ``[N, ...]`` model inputs (the reference inputs *and* the pool that resampled inputs are
@@ -455,12 +515,14 @@ def causal_scrub(model: Any, inputs: Tensor, hypothesis: Any, *, labels: Any = N
     try:
         with torch.no_grad():
             for s in range(0, len(ref_all), max_batch):
-                ref = ref_all[s:s + max_batch]
+                ref = ref_all[s : s + max_batch]
                 out_model = scr.run_plain(ref, None)
                 out_scrub = scr.evaluate(root, ref) if root.hook is None else None
                 if out_scrub is None:  # root on a hook: splice into the model output path
-                    raise VisionLensError("causal scrubbing: the root node must have hook=None (the model output); "
-                                          "put the hook you want to explain as its parent.")
+                    raise VisionLensError(
+                        "causal scrubbing: the root node must have hook=None (the model output); "
+                        "put the hook you want to explain as its parent."
+                    )
                 out_rand = scr.run_plain(scr._rand(len(ref)), None)
                 ref_dev = ref.to(dev)
                 lm.append(loss(out_model, ref_dev, out_model).cpu())
@@ -474,8 +536,20 @@ def causal_scrub(model: Any, inputs: Tensor, hypothesis: Any, *, labels: Any = N
     pr = torch.cat(lr).view(n_resamples, n).mean(0).double()
     rec = loss_recovered(float(pm.mean()), float(ps.mean()), float(pr.mean()))
     lo, hi = _bootstrap(pm, ps, pr, n_bootstrap, ci, seed)
-    return ScrubReport(root, float(pm.mean()), float(ps.mean()), float(pr.mean()), rec, lo, hi, pm.float(), ps.float(),
-                       pr.float(), n_resamples, scr.forwards)
+    return ScrubReport(
+        root,
+        float(pm.mean()),
+        float(ps.mean()),
+        float(pr.mean()),
+        rec,
+        lo,
+        hi,
+        pm.float(),
+        ps.float(),
+        pr.float(),
+        n_resamples,
+        scr.forwards,
+    )
 
 
 def _bootstrap(pm: Tensor, ps: Tensor, pr: Tensor, b: int, ci: float, seed: int) -> tuple[float, float]:

@@ -48,14 +48,17 @@ def parse_unit(spec: Union[str, Unit], model: Any = None) -> Unit:
     if m is None:
         raise VisionLensError(
             f"Expected a unit spec 'layer:index' such as 'mixed4a:476', 'layer1.0.conv1:12@(3,4)' or "
-            f"'blocks.6.mlp.hook_post:123@5', got {spec!r}.")
+            f"'blocks.6.mlp.hook_post:123@5', got {spec!r}."
+        )
     layer, index = m.group("layer").strip(), int(m.group("index"))
     pos = tuple(int(p) for p in m.group("pos").replace(" ", "").split(",") if p) if m.group("pos") else None
     if model is not None:
         layer = model.resolve_hook(layer)
         size = _unit_count(model, layer)
         if size is not None and not 0 <= index < size:
-            raise VisionLensError(f"Unit index {index} is out of range for {layer!r}, which has {size} units (0..{size - 1}).")
+            raise VisionLensError(
+                f"Unit index {index} is out of range for {layer!r}, which has {size} units (0..{size - 1})."
+            )
     return Unit(layer, index, pos)
 
 
@@ -68,6 +71,10 @@ def _unit_count(model: Any, hook: str) -> Optional[int]:
             return None
         counts = {}
         for name, shape in shapes.items():
-            counts[name] = shape[1] if len(shape) == 4 and not name.endswith(("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")) else shape[-1]
+            counts[name] = (
+                shape[1]
+                if len(shape) == 4 and not name.endswith(("hook_q", "hook_k", "hook_v", "hook_z", "hook_result"))
+                else shape[-1]
+            )
         model._unit_counts = counts
     return counts.get(hook)

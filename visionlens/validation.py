@@ -48,16 +48,19 @@ def check_image_batch(x: object, cfg: VisionConfig, check_values: bool = True) -
     if x.ndim != 4:
         fix = " Add a batch dimension with `x.unsqueeze(0)`." if x.ndim == 3 else ""
         raise VisionLensError(
-            f"Expected a 4-D image batch [batch, {cfg.in_chans}, H, W], got shape {tuple(x.shape)} (rank {x.ndim}).{fix}"
+            f"Expected a 4-D image batch [batch, {cfg.in_chans}, H, W], got shape {tuple(x.shape)} "
+            f"(rank {x.ndim}).{fix}"
         )
     if x.shape[1] != cfg.in_chans:
         fix = " The input looks channels-last; use `x.permute(0, 3, 1, 2)`." if x.shape[-1] == cfg.in_chans else ""
         raise VisionLensError(
-            f"Expected {cfg.in_chans} channels in dim 1 ([batch, {cfg.in_chans}, H, W]), got shape {tuple(x.shape)}.{fix}"
+            f"Expected {cfg.in_chans} channels in dim 1 ([batch, {cfg.in_chans}, H, W]), "
+            f"got shape {tuple(x.shape)}.{fix}"
         )
     if not torch.is_floating_point(x):
         raise VisionLensError(
-            f"Expected a floating-point image tensor (e.g. float32, normalized with the model's mean/std), got {x.dtype}. "
+            "Expected a floating-point image tensor (e.g. float32, normalized with the model's mean/std), "
+            f"got {x.dtype}. "
             "Use `model.preprocess(image)` or `x.float() / 255` followed by normalization."
         )
     h, w = x.shape[-2:]
@@ -68,7 +71,8 @@ def check_image_batch(x: object, cfg: VisionConfig, check_values: bool = True) -
         )
     if min(h, w) < cfg.min_image_size:
         raise VisionLensError(
-            f"Expected images of at least {cfg.min_image_size}x{cfg.min_image_size} pixels for {cfg.architecture or cfg.family}, got {(h, w)}."
+            f"Expected images of at least {cfg.min_image_size}x{cfg.min_image_size} pixels for "
+            f"{cfg.architecture or cfg.family}, got {(h, w)}."
         )
     if check_values and x.device.type == "cpu" and x.numel():
         peak = x.detach().abs().amax()
@@ -76,7 +80,8 @@ def check_image_batch(x: object, cfg: VisionConfig, check_values: bool = True) -
             if not bool(torch.isfinite(x).all()):
                 raise VisionLensError("Expected finite pixel values, but the input contains NaN or inf.")
             raise VisionLensError(
-                f"Expected normalized pixel values (roughly -3..3 after mean/std), but the input reaches {float(peak):.1f}; "
+                "Expected normalized pixel values (roughly -3..3 after mean/std), but the input reaches "
+                f"{float(peak):.1f}; "
                 "it looks like raw 0-255 pixels. Use `model.preprocess(image)`."
             )
     return x
@@ -84,4 +89,6 @@ def check_image_batch(x: object, cfg: VisionConfig, check_values: bool = True) -
 
 def check_unit_index(name: str, index: int, size: Optional[int]) -> None:
     if size is not None and not 0 <= index < size:
-        raise VisionLensError(f"Unit index {index} is out of range for {name!r}, which has {size} units (0..{size - 1}).")
+        raise VisionLensError(
+            f"Unit index {index} is out of range for {name!r}, which has {size} units (0..{size - 1})."
+        )

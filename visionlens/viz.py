@@ -14,8 +14,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["patch_grid", "tokens_to_grid", "upsample", "overlay", "imshow_overlay", "array_to_png",
-           "diverging_limits", "short_hook"]
+__all__ = [
+    "patch_grid",
+    "tokens_to_grid",
+    "upsample",
+    "overlay",
+    "imshow_overlay",
+    "array_to_png",
+    "diverging_limits",
+    "short_hook",
+]
 
 
 def patch_grid(cfg: Any, n_tokens: int) -> tuple[int, Optional[tuple[int, int]]]:
@@ -62,8 +70,14 @@ def diverging_limits(values: Any) -> tuple[float, float]:
     return -m, m
 
 
-def overlay(image: np.ndarray, heat: Any, alpha: float = 0.55, cmap: str = "inferno", signed: bool = False,
-            mode: str = "nearest") -> np.ndarray:
+def overlay(
+    image: np.ndarray,
+    heat: Any,
+    alpha: float = 0.55,
+    cmap: str = "inferno",
+    signed: bool = False,
+    mode: str = "nearest",
+) -> np.ndarray:
     """``uint8 HxWx3`` image with ``heat`` (any 2-D size) blended on top, as ``uint8 HxWx3``."""
     import matplotlib
 
@@ -79,20 +93,40 @@ def overlay(image: np.ndarray, heat: Any, alpha: float = 0.55, cmap: str = "infe
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
 
-def imshow_overlay(ax: Any, image: Optional[np.ndarray], heat: Any, title: str = "", signed: bool = False,
-                   alpha: float = 0.55, fontsize: int = 8, mode: str = "nearest") -> Any:
+def imshow_overlay(
+    ax: Any,
+    image: Optional[np.ndarray],
+    heat: Any,
+    title: str = "",
+    signed: bool = False,
+    alpha: float = 0.55,
+    fontsize: int = 8,
+    mode: str = "nearest",
+) -> Any:
     """Draw ``heat`` over ``image`` (or alone when ``image`` is None) on ``ax`` with a colorbar-free look."""
     arr = np.asarray(heat, dtype=np.float32)
     if image is not None:
         ax.imshow(image)
         extent = (-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5)
         lo, hi = diverging_limits(arr) if signed else (float(np.nanmin(arr)), float(np.nanmax(arr)))
-        im = ax.imshow(arr, cmap="RdBu_r" if signed else "inferno", alpha=alpha, extent=extent,
-                       interpolation=mode, vmin=lo, vmax=hi if hi > lo else lo + 1e-9)
+        im = ax.imshow(
+            arr,
+            cmap="RdBu_r" if signed else "inferno",
+            alpha=alpha,
+            extent=extent,
+            interpolation=mode,
+            vmin=lo,
+            vmax=hi if hi > lo else lo + 1e-9,
+        )
     else:
         lo, hi = diverging_limits(arr) if signed else (float(np.nanmin(arr)), float(np.nanmax(arr)))
-        im = ax.imshow(arr, cmap="RdBu_r" if signed else "inferno", interpolation="nearest", vmin=lo,
-                       vmax=hi if hi > lo else lo + 1e-9)
+        im = ax.imshow(
+            arr,
+            cmap="RdBu_r" if signed else "inferno",
+            interpolation="nearest",
+            vmin=lo,
+            vmax=hi if hi > lo else lo + 1e-9,
+        )
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
@@ -114,7 +148,7 @@ def short_hook(name: str) -> str:
     out = name.replace(".hook_out", "").replace("hook_", "")
     for prefix in ("visual.blocks.", "blocks.", "stages."):
         if out.startswith(prefix):
-            out = out[len(prefix):]
+            out = out[len(prefix) :]
             break
     return out.replace(".blocks.", ".")
 

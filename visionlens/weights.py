@@ -34,11 +34,38 @@ from torch import Tensor, nn
 
 from .validation import VisionLensError
 
-__all__ = ["conv_layers", "channel_strengths", "adjacent_pairs", "top_connections", "expanded_weights",
-           "ExpandedWeights", "connection_sparsity", "gini", "nmf_rgb", "linearized", "conv_hook"]
+__all__ = [
+    "conv_layers",
+    "channel_strengths",
+    "adjacent_pairs",
+    "top_connections",
+    "expanded_weights",
+    "ExpandedWeights",
+    "connection_sparsity",
+    "gini",
+    "nmf_rgb",
+    "linearized",
+    "conv_hook",
+]
 
-_NONLIN = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid,
-           nn.Tanh, nn.Mish, nn.PReLU, nn.SELU, nn.CELU, nn.Softplus, nn.Hardtanh)
+_NONLIN = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Mish,
+    nn.PReLU,
+    nn.SELU,
+    nn.CELU,
+    nn.Softplus,
+    nn.Hardtanh,
+)
 
 
 def conv_layers(model: Any, image_size: int = 32) -> list[tuple[str, nn.Conv2d]]:
@@ -90,8 +117,9 @@ def _weight(conv_or_weight: Any) -> tuple[Tensor, int]:
     if w.ndim == 2:
         w = w[:, :, None, None]
     if w.ndim != 4:
-        raise VisionLensError(f"Expected a conv weight [out, in, kh, kw] (or a matrix [out, in]), got shape "
-                              f"{tuple(w.shape)}.")
+        raise VisionLensError(
+            f"Expected a conv weight [out, in, kh, kw] (or a matrix [out, in]), got shape {tuple(w.shape)}."
+        )
     return w, 1
 
 
@@ -104,7 +132,7 @@ def full_weight(conv_or_weight: Any) -> Tensor:
     full = w.new_zeros(out, in_g * groups, *w.shape[2:])
     per = out // groups
     for g in range(groups):
-        full[g * per:(g + 1) * per, g * in_g:(g + 1) * in_g] = w[g * per:(g + 1) * per]
+        full[g * per : (g + 1) * per, g * in_g : (g + 1) * in_g] = w[g * per : (g + 1) * per]
     return full
 
 
@@ -133,8 +161,9 @@ def adjacent_pairs(layers: Sequence[tuple[str, nn.Conv2d]]) -> list[tuple[str, s
     return pairs
 
 
-def top_connections(strengths: Tensor, unit: int, k: int = 5, direction: Literal["in", "out"] = "in",
-                    signed: bool = False) -> list[tuple[int, float]]:
+def top_connections(
+    strengths: Tensor, unit: int, k: int = 5, direction: Literal["in", "out"] = "in", signed: bool = False
+) -> list[tuple[int, float]]:
     """``[(channel, strength)]`` of the ``k`` strongest inputs (row ``unit``) or outputs (column ``unit``)."""
     vec = strengths[unit] if direction == "in" else strengths[:, unit]
     key = vec if signed else vec.abs()
@@ -177,8 +206,9 @@ def linearized(model: Any) -> Iterator[Any]:
                 m.forward = lambda x, *a, **k: x  # type: ignore[method-assign]
                 patched.append(m)
             elif isinstance(m, nn.MaxPool2d):
-                m.forward = (lambda x, m=m: F.avg_pool2d(x, m.kernel_size, m.stride, m.padding, m.ceil_mode,
-                                                         count_include_pad=True))  # type: ignore[method-assign]
+                m.forward = lambda x, m=m: F.avg_pool2d(
+                    x, m.kernel_size, m.stride, m.padding, m.ceil_mode, count_include_pad=True
+                )  # type: ignore[method-assign]
                 patched.append(m)
             elif isinstance(m, nn.AdaptiveMaxPool2d):
                 m.forward = lambda x, m=m: F.adaptive_avg_pool2d(x, m.output_size)  # type: ignore[method-assign]
@@ -205,14 +235,24 @@ class ExpandedWeights:
         return self.jacobian.sum(dim=(-2, -1))
 
     def kernel(self, size: int) -> Tensor:
-        """The ``size x size`` window of the Jacobian around its centre (the composed kernel for ``reduce='centre'``)."""
+        """The ``size x size`` window of the Jacobian around its centre.
+
+        This is the composed kernel for ``reduce='centre'``.
+        """
         h, w = self.jacobian.shape[-2:]
         y0, x0 = h // 2 - size // 2, w // 2 - size // 2
-        return self.jacobian[..., y0:y0 + size, x0:x0 + size]
+        return self.jacobian[..., y0 : y0 + size, x0 : x0 + size]
 
 
-def expanded_weights(model: Any, from_hook: str, to_hook: str, reduce: Literal["mean", "centre"] = "mean",
-                     image_size: Optional[int] = None, x: Optional[Tensor] = None, chunk: int = 64) -> ExpandedWeights:
+def expanded_weights(
+    model: Any,
+    from_hook: str,
+    to_hook: str,
+    reduce: Literal["mean", "centre"] = "mean",
+    image_size: Optional[int] = None,
+    x: Optional[Tensor] = None,
+    chunk: int = 64,
+) -> ExpandedWeights:
     """Expanded weights ``from_hook -> to_hook`` through the linearized model (see the module docstring)."""
     if reduce not in ("mean", "centre", "center"):
         raise VisionLensError(f"expanded_weights: reduce must be 'mean' or 'centre', got {reduce!r}.")
@@ -237,8 +277,10 @@ def expanded_weights(model: Any, from_hook: str, to_hook: str, reduce: Literal["
             raise VisionLensError(f"expanded_weights: hook(s) {', '.join(missing)} did not fire.")
         a, y = store["from"], store["to"]
         if a.ndim != 4 or y.ndim != 4:
-            raise VisionLensError(f"expanded_weights needs conv maps [B, C, H, W] at both hooks; got "
-                                  f"{tuple(a.shape)} at {from_hook!r} and {tuple(y.shape)} at {to_hook!r}.")
+            raise VisionLensError(
+                f"expanded_weights needs conv maps [B, C, H, W] at both hooks; got "
+                f"{tuple(a.shape)} at {from_hook!r} and {tuple(y.shape)} at {to_hook!r}."
+            )
         if not y.requires_grad:
             raise VisionLensError(f"expanded_weights: {to_hook!r} does not depend on {from_hook!r} (is it earlier?).")
         if reduce == "mean":
@@ -249,8 +291,8 @@ def expanded_weights(model: Any, from_hook: str, to_hook: str, reduce: Literal["
         rows = []
         eye = torch.eye(n, dtype=red.dtype, device=red.device)
         for i in range(0, n, chunk):
-            go = eye[i:i + chunk]
-            g, = torch.autograd.grad(red, a, grad_outputs=go, is_grads_batched=True, retain_graph=True)
+            go = eye[i : i + chunk]
+            (g,) = torch.autograd.grad(red, a, grad_outputs=go, is_grads_batched=True, retain_graph=True)
             rows.append(g[:, 0].detach())
     return ExpandedWeights(from_hook, to_hook, "centre" if reduce == "center" else reduce, torch.cat(rows))
 

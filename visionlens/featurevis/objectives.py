@@ -35,13 +35,38 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from visionlens.registry import collect_objectives
 from visionlens.units import Unit, parse_unit
 from visionlens.validation import VisionLensError
 
-__all__ = ["Objective", "Channel", "Neuron", "Direction", "ClassLogit", "AttentionHead", "Diversity", "L1",
-           "TotalVariation", "Blur", "Custom", "channel", "neuron", "direction", "class_logit", "attention_head",
-           "text_direction", "diversity", "l1", "total_variation", "blur", "custom", "objective", "as_objectives",
-           "BUILTIN_PREFIXES", "OUTPUT"]
+__all__ = [
+    "Objective",
+    "Channel",
+    "Neuron",
+    "Direction",
+    "ClassLogit",
+    "AttentionHead",
+    "Diversity",
+    "L1",
+    "TotalVariation",
+    "Blur",
+    "Custom",
+    "channel",
+    "neuron",
+    "direction",
+    "class_logit",
+    "attention_head",
+    "text_direction",
+    "diversity",
+    "l1",
+    "total_variation",
+    "blur",
+    "custom",
+    "objective",
+    "as_objectives",
+    "BUILTIN_PREFIXES",
+    "OUTPUT",
+]
 
 OUTPUT = "output"  # pseudo-hook: the model's return value (for models without hook_logits)
 _PER_HEAD = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")
@@ -59,9 +84,11 @@ def _lookup(acts: Mapping[str, Tensor], name: str) -> Tensor:
         except KeyError:
             continue
     keys = list(acts.keys()) if hasattr(acts, "keys") else []
-    raise KeyError(f"Objective needs activation {name!r}, which is not among the captured activations "
-                   f"({', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}). Bind the objective to the model "
-                   "(objective.bind(model)) or cache that hook.")
+    raise KeyError(
+        f"Objective needs activation {name!r}, which is not among the captured activations "
+        f"({', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}). Bind the objective to the model "
+        "(objective.bind(model)) or cache that hook."
+    )
 
 
 def _resolve(model: Any, hook: str) -> str:
@@ -308,8 +335,9 @@ class Neuron(_HookObjective):
         pos = self.position if self.position is not None else _centre(self.hook, a, self.model)
         if a.ndim == 4 and not _is_per_head(self.hook, a):
             if len(pos) != 2:
-                raise VisionLensError(f"{self.hook!r} is a conv map [B, C, H, W]; a neuron needs a (y, x) position, "
-                                      f"got {pos}.")
+                raise VisionLensError(
+                    f"{self.hook!r} is a conv map [B, C, H, W]; a neuron needs a (y, x) position, got {pos}."
+                )
             return a[:, self.index, pos[0], pos[1]]
         if a.ndim == 2:
             return a[:, self.index]
@@ -326,8 +354,15 @@ class Direction(_HookObjective):
     over magnitude. ``position`` restricts to one ``(y, x)`` / token.
     """
 
-    def __init__(self, hook: str, vector: Any, position: Optional[Sequence[int]] = None, cosine: bool = False,
-                 cossim_pow: float = 0.0, label: Optional[str] = None):
+    def __init__(
+        self,
+        hook: str,
+        vector: Any,
+        position: Optional[Sequence[int]] = None,
+        cosine: bool = False,
+        cossim_pow: float = 0.0,
+        label: Optional[str] = None,
+    ):
         self.hook = hook
         self.vector = _as_vector(vector)
         self.position = tuple(int(p) for p in position) if position is not None else None
@@ -356,8 +391,10 @@ class Direction(_HookObjective):
             a = a[(slice(None),) + tuple(self.position)]
         v = self._vec(a)
         if a.shape[-1] != v.numel():
-            raise VisionLensError(f"Direction for {self.hook!r} has {v.numel()} entries; the hook has {a.shape[-1]} "
-                                  "units along its feature axis.")
+            raise VisionLensError(
+                f"Direction for {self.hook!r} has {v.numel()} entries; the hook has {a.shape[-1]} "
+                "units along its feature axis."
+            )
         dot = a @ v
         if self.cosine or self.cossim_pow:
             cos = dot / (a.norm(dim=-1) * v.norm() + 1e-8)
@@ -396,8 +433,14 @@ class AttentionHead(_HookObjective):
     at ``token`` or averaged over tokens.
     """
 
-    def __init__(self, layer: Union[int, str], head: int, token: Optional[int] = None, direction: Any = None,
-                 which: str = "result"):
+    def __init__(
+        self,
+        layer: Union[int, str],
+        head: int,
+        token: Optional[int] = None,
+        direction: Any = None,
+        which: str = "result",
+    ):
         if which not in ("result", "z"):
             raise ValueError(f"which must be 'result' or 'z', got {which!r}")
         if isinstance(layer, int) or (isinstance(layer, str) and layer.lstrip("-").isdigit()):
@@ -429,8 +472,9 @@ class AttentionHead(_HookObjective):
     def value(self, acts: Mapping[str, Tensor], image: Optional[Tensor]) -> Tensor:
         a = _lookup(acts, self.hook)
         if a.ndim != 4:
-            raise VisionLensError(f"{self.hook!r} should be a per-head activation [batch, pos, head, d], got shape "
-                                  f"{tuple(a.shape)}.")
+            raise VisionLensError(
+                f"{self.hook!r} should be a per-head activation [batch, pos, head, d], got shape {tuple(a.shape)}."
+            )
         h = a[:, :, self.head]  # [B, pos, d]
         if self.token is not None:
             h = h[:, self.token]
@@ -515,8 +559,14 @@ class Blur(_ImageObjective):
 class Custom(Objective):
     """Wrap ``fn(acts, image) -> Tensor[batch]`` reading ``hooks`` (names or aliases)."""
 
-    def __init__(self, fn: Callable[[Mapping[str, Tensor], Optional[Tensor]], Tensor], hooks: Iterable[str] = (),
-                 name: str = "custom", needs_image: bool = False, group_level: bool = False):
+    def __init__(
+        self,
+        fn: Callable[[Mapping[str, Tensor], Optional[Tensor]], Tensor],
+        hooks: Iterable[str] = (),
+        name: str = "custom",
+        needs_image: bool = False,
+        group_level: bool = False,
+    ):
         self.fn = fn
         self.hooks = tuple(hooks)
         self.name = name
@@ -568,16 +618,23 @@ def neuron(layer: str, index: int, position: Optional[Sequence[int]] = None) -> 
     return Neuron(layer, index, position)
 
 
-def direction(layer: str, vector: Any, position: Optional[Sequence[int]] = None, cosine: bool = False,
-              cossim_pow: float = 0.0, label: Optional[str] = None) -> Direction:
+def direction(
+    layer: str,
+    vector: Any,
+    position: Optional[Sequence[int]] = None,
+    cosine: bool = False,
+    cossim_pow: float = 0.0,
+    label: Optional[str] = None,
+) -> Direction:
     """Projection of ``layer``'s unit vector onto ``vector`` (mean over positions, or at ``position``)."""
     if isinstance(position, int):
         position = (position,)
     return Direction(layer, vector, position, cosine, cossim_pow, label)
 
 
-def text_direction(vector: Any, hook: Optional[str] = None, model: Any = None, cosine: bool = True,
-                   label: str = "text") -> Objective:
+def text_direction(
+    vector: Any, hook: Optional[str] = None, model: Any = None, cosine: bool = True, label: str = "text"
+) -> Objective:
     """A CLIP text direction: cosine similarity of the image embedding with ``vector``.
 
     ``hook`` defaults to ``visual.hook_proj`` (the joint embedding space), else ``visual.hook_pooled``
@@ -600,8 +657,9 @@ def class_logit(index: int, hook: str = "hook_logits") -> ClassLogit:
     return ClassLogit(index, hook)
 
 
-def attention_head(layer: Union[int, str], head: int, token: Optional[int] = None, direction: Any = None,
-                   which: str = "result") -> AttentionHead:
+def attention_head(
+    layer: Union[int, str], head: int, token: Optional[int] = None, direction: Any = None, which: str = "result"
+) -> AttentionHead:
     """A ViT head's output (``blocks.{layer}.attn.hook_result``, or ``hook_z`` with ``which="z"``)."""
     return AttentionHead(layer, head, token, direction, which)
 
@@ -678,8 +736,6 @@ BUILTIN_PREFIXES: dict[str, Callable[[Any, str], Objective]] = {
 
 def _plugin_prefixes() -> dict[str, Callable]:
     try:
-        from visionlens.registry import collect_objectives
-
         return dict(collect_objectives())
     except Exception:  # a broken registry must not break built-in parsing
         return {}
@@ -693,12 +749,16 @@ def objective(spec: Union[str, Unit, Objective], model: Any = None) -> Objective
     if isinstance(spec, Objective):
         return spec.bind(model) if model is not None else spec
     if isinstance(spec, Unit):
-        obj: Objective = Neuron(spec.hook, spec.index, spec.position) if spec.position is not None else \
-            Channel(spec.hook, spec.index)
+        obj: Objective = (
+            Neuron(spec.hook, spec.index, spec.position)
+            if spec.position is not None
+            else Channel(spec.hook, spec.index)
+        )
         return obj.bind(model) if model is not None else obj
     if not isinstance(spec, str):
-        raise VisionLensError(f"Expected an objective, a unit or a string like 'mixed4a:476', "
-                              f"got {type(spec).__name__}.")
+        raise VisionLensError(
+            f"Expected an objective, a unit or a string like 'mixed4a:476', got {type(spec).__name__}."
+        )
     text = spec.strip()
     prefix, sep, rest = text.partition(":")
     prefix = prefix.strip()
@@ -714,8 +774,10 @@ def objective(spec: Union[str, Unit, Objective], model: Any = None) -> Objective
         if prefix in plugins:
             made = plugins[prefix](model, text)
             if not isinstance(made, Objective):
-                raise VisionLensError(f"Objective factory for prefix {prefix!r} returned {type(made).__name__}, "
-                                      "not a visionlens.featurevis.Objective.")
+                raise VisionLensError(
+                    f"Objective factory for prefix {prefix!r} returned {type(made).__name__}, "
+                    "not a visionlens.featurevis.Objective."
+                )
             return made.bind(model) if model is not None else made
     try:
         obj = _unit_objective(text, model)

@@ -27,15 +27,25 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ImageParam", "PixelImage", "FFTImage", "CPPNImage", "make_param", "rfft2d_freqs",
-           "COLOR_CORRELATION_SVD_SQRT", "COLOR_CORRELATION_NORMALIZED", "decorrelate_color", "correlate_color_inverse"]
+__all__ = [
+    "ImageParam",
+    "PixelImage",
+    "FFTImage",
+    "CPPNImage",
+    "make_param",
+    "rfft2d_freqs",
+    "COLOR_CORRELATION_SVD_SQRT",
+    "COLOR_CORRELATION_NORMALIZED",
+    "decorrelate_color",
+    "correlate_color_inverse",
+]
 
 # Lucid: lucid/optvis/param/color.py
-COLOR_CORRELATION_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02],
-                                           [0.27, 0.00, -0.05],
-                                           [0.27, -0.09, 0.03]], dtype=torch.float64)
+COLOR_CORRELATION_SVD_SQRT = torch.tensor(
+    [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=torch.float64
+)
 MAX_NORM_SVD_SQRT = float(COLOR_CORRELATION_SVD_SQRT.norm(dim=0).max())
-COLOR_CORRELATION_NORMALIZED = (COLOR_CORRELATION_SVD_SQRT / MAX_NORM_SVD_SQRT)
+COLOR_CORRELATION_NORMALIZED = COLOR_CORRELATION_SVD_SQRT / MAX_NORM_SVD_SQRT
 
 Generators = Sequence[torch.Generator]
 
@@ -101,8 +111,10 @@ class ImageParam(nn.Module):
             images = images.unsqueeze(0)
         want = (self.n, self.channels, *self.size)
         if images.shape[1:] != want[1:] or images.shape[0] not in (1, self.n):
-            raise ValueError(f"Expected images of shape [{self.n} (or 1), {self.channels}, {self.size[0]}, "
-                             f"{self.size[1]}] with values in [0, 1], got {tuple(images.shape)}.")
+            raise ValueError(
+                f"Expected images of shape [{self.n} (or 1), {self.channels}, {self.size[0]}, "
+                f"{self.size[1]}] with values in [0, 1], got {tuple(images.shape)}."
+            )
         return images.expand(self.n, -1, -1, -1)
 
     def set_image(self, images: Tensor) -> "ImageParam":
@@ -116,8 +128,15 @@ class ImageParam(nn.Module):
 class PixelImage(ImageParam):
     """Free pixels (Lucid's ``pixel_image``): ``sigmoid(decorrelate(param))``, ``param ~ N(0, sd)``."""
 
-    def __init__(self, n: int, size: Union[int, Sequence[int]], channels: int = 3, sd: float = 0.01,
-                 decorrelate: bool = True, generators: Optional[Generators] = None):
+    def __init__(
+        self,
+        n: int,
+        size: Union[int, Sequence[int]],
+        channels: int = 3,
+        sd: float = 0.01,
+        decorrelate: bool = True,
+        generators: Optional[Generators] = None,
+    ):
         super().__init__()
         self.n, self.channels, self.size, self.decorrelate = n, channels, _size(size), decorrelate
         gens = list(generators) if generators is not None else _default_generators(n)
@@ -143,8 +162,16 @@ class FFTImage(ImageParam):
 
     MAGIC = 4.0  # Lucid's constant; larger values reduce saturation
 
-    def __init__(self, n: int, size: Union[int, Sequence[int]], channels: int = 3, sd: float = 0.01,
-                 decay_power: float = 1.0, decorrelate: bool = True, generators: Optional[Generators] = None):
+    def __init__(
+        self,
+        n: int,
+        size: Union[int, Sequence[int]],
+        channels: int = 3,
+        sd: float = 0.01,
+        decay_power: float = 1.0,
+        decorrelate: bool = True,
+        generators: Optional[Generators] = None,
+    ):
         super().__init__()
         self.n, self.channels, self.size, self.decorrelate = n, channels, _size(size), decorrelate
         h, w = self.size
@@ -193,15 +220,22 @@ class CPPNImage(ImageParam):
     (0.005). Colour decorrelation does not apply.
     """
 
-    def __init__(self, n: int, size: Union[int, Sequence[int]], channels: int = 3, hidden: int = 24,
-                 num_layers: int = 8, generators: Optional[Generators] = None):
+    def __init__(
+        self,
+        n: int,
+        size: Union[int, Sequence[int]],
+        channels: int = 3,
+        hidden: int = 24,
+        num_layers: int = 8,
+        generators: Optional[Generators] = None,
+    ):
         super().__init__()
         self.n, self.channels, self.size, self.decorrelate = n, channels, _size(size), False
         h, w = self.size
         gens = list(generators) if generators is not None else _default_generators(n)
         if len(gens) != n:
             raise ValueError(f"Expected {n} generators (one per image), got {len(gens)}.")
-        r = 3.0 ** 0.5
+        r = 3.0**0.5
         ys = torch.linspace(-r, r, h)
         xs = torch.linspace(-r, r, w)
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
@@ -226,15 +260,24 @@ class CPPNImage(ImageParam):
         return torch.sigmoid(net).reshape(self.n, self.channels, *self.size)
 
 
-def make_param(kind: Union[str, ImageParam], n: int, size: Union[int, Sequence[int]], channels: int = 3, *,
-               decorrelate: bool = True, sd: float = 0.01, decay_power: float = 1.0,
-               generators: Optional[Generators] = None) -> ImageParam:
+def make_param(
+    kind: Union[str, ImageParam],
+    n: int,
+    size: Union[int, Sequence[int]],
+    channels: int = 3,
+    *,
+    decorrelate: bool = True,
+    sd: float = 0.01,
+    decay_power: float = 1.0,
+    generators: Optional[Generators] = None,
+) -> ImageParam:
     """Build a parameterization by name: ``"fft"`` (default in Lucid), ``"pixel"`` or ``"cppn"``."""
     if isinstance(kind, ImageParam):
         return kind
     if kind == "fft":
-        return FFTImage(n, size, channels, sd=sd, decay_power=decay_power, decorrelate=decorrelate,
-                        generators=generators)
+        return FFTImage(
+            n, size, channels, sd=sd, decay_power=decay_power, decorrelate=decorrelate, generators=generators
+        )
     if kind == "pixel":
         return PixelImage(n, size, channels, sd=sd, decorrelate=decorrelate, generators=generators)
     if kind == "cppn":

@@ -81,7 +81,7 @@ class Rendering:
     def group(self, i: int) -> Tensor:
         """The ``k`` images of objective ``i``: ``[k, C, H, W]``."""
         k = self.images_per_objective
-        return self.images[i * k:(i + 1) * k]
+        return self.images[i * k : (i + 1) * k]
 
     def pil(self) -> list[Any]:
         """The images as PIL RGB images (first three channels)."""
@@ -104,8 +104,10 @@ class Rendering:
         return len(self.objectives) * self.steps / self.elapsed if self.elapsed > 0 else float("nan")
 
     def __repr__(self) -> str:
-        return (f"Rendering({len(self.objectives)} objectives x {self.images_per_objective} images, "
-                f"{tuple(self.images.shape[-2:])} px, {self.steps} steps, {self.elapsed:.1f}s)")
+        return (
+            f"Rendering({len(self.objectives)} objectives x {self.images_per_objective} images, "
+            f"{tuple(self.images.shape[-2:])} px, {self.steps} steps, {self.elapsed:.1f}s)"
+        )
 
 
 def to_pil(images: Tensor) -> list[Any]:
@@ -167,8 +169,9 @@ def _first_tensor(out: Any) -> Tensor:
         for o in out:
             if isinstance(o, Tensor):
                 return o
-    raise VisionLensError(f"Cannot read a tensor from the model output ({type(out).__name__}) for an 'output' "
-                          "objective.")
+    raise VisionLensError(
+        f"Cannot read a tensor from the model output ({type(out).__name__}) for an 'output' objective."
+    )
 
 
 class _Session:
@@ -231,8 +234,10 @@ class _Session:
             self.model.validate_inputs = False  # validated once; skip the per-step checks
         missing = [h for h in self.hooks if h not in self.acts]
         if missing:
-            raise VisionLensError(f"Hook(s) {', '.join(missing)} did not fire on an image forward pass; choose hooks "
-                                  "on the image path (see `visionlens hooks SPEC`).")
+            raise VisionLensError(
+                f"Hook(s) {', '.join(missing)} did not fire on an image forward pass; choose hooks "
+                "on the image path (see `visionlens hooks SPEC`)."
+            )
         return self.acts
 
 
@@ -250,14 +255,21 @@ def _values(objectives: Sequence[Objective], acts: Mapping[str, Tensor], image: 
         sub = {h: acts[h][sl] for h in obj.hooks}
         v = obj(sub, image[sl] if obj.needs_image else None)
         if v.ndim != 1 or v.shape[0] != k:
-            raise VisionLensError(f"Objective {obj.name!r} returned shape {tuple(v.shape)}; expected one value per "
-                                  f"image ([{k}]).")
+            raise VisionLensError(
+                f"Objective {obj.name!r} returned shape {tuple(v.shape)}; expected one value per image ([{k}])."
+            )
         vals.append(v)
     return torch.stack(vals)
 
 
-def evaluate(model: Any, objectives: Any, images: Tensor, *, images_per_objective: int = 1,
-             forward_kwargs: Optional[Mapping[str, Any]] = None) -> Tensor:
+def evaluate(
+    model: Any,
+    objectives: Any,
+    images: Tensor,
+    *,
+    images_per_objective: int = 1,
+    forward_kwargs: Optional[Mapping[str, Any]] = None,
+) -> Tensor:
     """Objective values ``[N]`` (mean over each objective's images) of ``[0, 1]`` images, untransformed
     (resized to the model's fixed input size if it has one)."""
     objs = as_objectives(objectives, model)
@@ -267,8 +279,11 @@ def evaluate(model: Any, objectives: Any, images: Tensor, *, images_per_objectiv
     dev = model.device
     images = images.to(dev)
     fixed = model_input_size(model)
-    x = images if fixed is None or tuple(images.shape[-2:]) == fixed else \
-        F.interpolate(images, size=fixed, mode="bilinear", align_corners=False)
+    x = (
+        images
+        if fixed is None or tuple(images.shape[-2:]) == fixed
+        else F.interpolate(images, size=fixed, mode="bilinear", align_corners=False)
+    )
     hooks, want_output = _needed_hooks(objs)
     fkw = _expand_kwargs(dict(forward_kwargs or {}), images.shape[0])
     with torch.no_grad(), _Session(model, hooks, want_output) as sess:
@@ -277,14 +292,30 @@ def evaluate(model: Any, objectives: Any, images: Tensor, *, images_per_objectiv
 
 
 # ----------------------------------------------------------------------------- render
-def render(model: Any, objectives: Any, *, steps: int = 512, size: Union[None, int, Sequence[int]] = None,
-           lr: Optional[float] = None, param: Union[str, Callable[..., ImageParam]] = "fft", decorrelate: bool = True,
-           transforms: Union[None, str, Transform, Sequence[Any]] = "standard", images_per_objective: int = 1,
-           seed: int = 0, seeds: Optional[Sequence[int]] = None, batch_size: Optional[int] = None,
-           optimizer: Union[str, Callable[[list[Tensor]], torch.optim.Optimizer]] = "adam", sd: float = 0.01,
-           decay_power: float = 1.0, init: Optional[Tensor] = None, forward_kwargs: Optional[Mapping[str, Any]] = None,
-           thresholds: Sequence[int] = (), progress: bool = True, evaluate_start_end: bool = True,
-           callback: Optional[Callable[[int, Tensor], Any]] = None) -> Rendering:
+def render(
+    model: Any,
+    objectives: Any,
+    *,
+    steps: int = 512,
+    size: Union[None, int, Sequence[int]] = None,
+    lr: Optional[float] = None,
+    param: Union[str, Callable[..., ImageParam]] = "fft",
+    decorrelate: bool = True,
+    transforms: Union[None, str, Transform, Sequence[Any]] = "standard",
+    images_per_objective: int = 1,
+    seed: int = 0,
+    seeds: Optional[Sequence[int]] = None,
+    batch_size: Optional[int] = None,
+    optimizer: Union[str, Callable[[list[Tensor]], torch.optim.Optimizer]] = "adam",
+    sd: float = 0.01,
+    decay_power: float = 1.0,
+    init: Optional[Tensor] = None,
+    forward_kwargs: Optional[Mapping[str, Any]] = None,
+    thresholds: Sequence[int] = (),
+    progress: bool = True,
+    evaluate_start_end: bool = True,
+    callback: Optional[Callable[[int, Tensor], Any]] = None,
+) -> Rendering:
     """Optimise one image (or ``images_per_objective``) per objective; see the module docstring.
 
     Args:
@@ -407,25 +438,54 @@ def render(model: Any, objectives: Any, *, steps: int = 512, size: Union[None, i
             out = []
             for ch in chunks:
                 idx = [j for i in ch for j in range(i * k, (i + 1) * k)]
-                out.append(evaluate(model, [objs[i] for i in ch], images[idx], images_per_objective=k,
-                                    forward_kwargs=fkw))
+                out.append(
+                    evaluate(model, [objs[i] for i in ch], images[idx], images_per_objective=k, forward_kwargs=fkw)
+                )
             return torch.cat(out)
 
         init_vals, final_vals = values_of(initial), values_of(images_out)
     tf_desc = transforms if isinstance(transforms, (str, type(None))) else repr(tf)
-    settings = {"steps": steps, "size": list(hw), "lr": lr, "param": param if isinstance(param, str) else repr(param),
-                "decorrelate": decorrelate, "transforms": tf_desc,
-                "images_per_objective": k, "batch_size": per_chunk, "model_input_size": list(fixed) if fixed else None}
-    return Rendering(images=images_out, objectives=objs, curves=curves, step_times=times, seeds=seeds,
-                     images_per_objective=k, initial_values=init_vals, final_values=final_vals, initial_images=initial,
-                     snapshots=snapshots, elapsed=time.perf_counter() - t_start, settings=settings)
+    settings = {
+        "steps": steps,
+        "size": list(hw),
+        "lr": lr,
+        "param": param if isinstance(param, str) else repr(param),
+        "decorrelate": decorrelate,
+        "transforms": tf_desc,
+        "images_per_objective": k,
+        "batch_size": per_chunk,
+        "model_input_size": list(fixed) if fixed else None,
+    }
+    return Rendering(
+        images=images_out,
+        objectives=objs,
+        curves=curves,
+        step_times=times,
+        seeds=seeds,
+        images_per_objective=k,
+        initial_values=init_vals,
+        final_values=final_vals,
+        initial_images=initial,
+        snapshots=snapshots,
+        elapsed=time.perf_counter() - t_start,
+        settings=settings,
+    )
 
 
-def _make(param: Any, n: int, hw: tuple[int, int], channels: int, decorrelate: bool, sd: float, decay_power: float,
-          gens: list[torch.Generator]) -> ImageParam:
+def _make(
+    param: Any,
+    n: int,
+    hw: tuple[int, int],
+    channels: int,
+    decorrelate: bool,
+    sd: float,
+    decay_power: float,
+    gens: list[torch.Generator],
+) -> ImageParam:
     if isinstance(param, str):
-        return make_param(param, n, hw, channels, decorrelate=decorrelate, sd=sd, decay_power=decay_power,
-                          generators=gens)
+        return make_param(
+            param, n, hw, channels, decorrelate=decorrelate, sd=sd, decay_power=decay_power, generators=gens
+        )
     if callable(param):
         return param(n, hw, channels, generators=gens)
     raise VisionLensError(f"param must be 'fft', 'pixel', 'cppn' or a factory, got {param!r}.")

@@ -26,8 +26,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Transform", "Pad", "Jitter", "RandomScale", "RandomRotate", "Resize", "Compose", "standard_transforms",
-           "scaled_transforms", "make_transforms", "LUCID_SCALES", "LUCID_ANGLES"]
+__all__ = [
+    "Transform",
+    "Pad",
+    "Jitter",
+    "RandomScale",
+    "RandomRotate",
+    "Resize",
+    "Compose",
+    "standard_transforms",
+    "scaled_transforms",
+    "make_transforms",
+    "LUCID_SCALES",
+    "LUCID_ANGLES",
+]
 
 Generators = Sequence[torch.Generator]
 
@@ -79,12 +91,14 @@ class Jitter(Transform):
         h, w = H - d, W - d
         if h < 1 or w < 1:
             raise ValueError(f"Jitter({d}) needs images larger than {d} pixels, got {H}x{W}.")
-        offsets = [(int(torch.randint(d + 1, (1,), generator=g)), int(torch.randint(d + 1, (1,), generator=g)))
-                   for g in generators]
+        offsets = [
+            (int(torch.randint(d + 1, (1,), generator=g)), int(torch.randint(d + 1, (1,), generator=g)))
+            for g in generators
+        ]
         if all(o == offsets[0] for o in offsets):
             oy, ox = offsets[0]
-            return x[:, :, oy:oy + h, ox:ox + w]
-        return torch.stack([x[i, :, oy:oy + h, ox:ox + w] for i, (oy, ox) in enumerate(offsets)])
+            return x[:, :, oy : oy + h, ox : ox + w]
+        return torch.stack([x[i, :, oy : oy + h, ox : ox + w] for i, (oy, ox) in enumerate(offsets)])
 
 
 class _Affine(Transform):
@@ -194,8 +208,13 @@ class Compose(Transform):
         return f"Compose({self.transforms!r})"
 
 
-def standard_transforms(pad: int = 12, jitter: int = 8, scales: Sequence[float] = LUCID_SCALES,
-                        angles: Sequence[float] = LUCID_ANGLES, final_jitter: int = 4) -> Compose:
+def standard_transforms(
+    pad: int = 12,
+    jitter: int = 8,
+    scales: Sequence[float] = LUCID_SCALES,
+    angles: Sequence[float] = LUCID_ANGLES,
+    final_jitter: int = 4,
+) -> Compose:
     """Lucid's ``transform.standard_transforms`` (pad 12 with 0.5, jitter 8, scale, rotate, jitter 4)."""
     ts: list[Transform] = []
     if pad:
@@ -236,5 +255,6 @@ def make_transforms(spec: Union[None, str, Transform, Sequence[Any]], size: Opti
         return Compose([spec])
     if isinstance(spec, (list, tuple)):
         return Compose(list(spec))
-    raise ValueError(f"Unknown transforms {spec!r}; expected 'standard', 'scaled', 'none', a Transform or a list "
-                     "of them.")
+    raise ValueError(
+        f"Unknown transforms {spec!r}; expected 'standard', 'scaled', 'none', a Transform or a list of them."
+    )

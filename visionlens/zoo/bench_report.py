@@ -76,25 +76,43 @@ def headline(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, List[str]
 
 
 def write_markdown(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any], command: str) -> str:
-    lines = ["# Technique transfer: every technique on every zoo family", "",
-             f"Command: `{command}` (settings: {dict(settings)})", "",
-             "Cells: normalized score, 0 = chance, 1 = the planted truth recovered; "
-             f"{FLAG} = the score did not drop on a randomly initialised copy (Adebayo et al. sanity check); "
-             "— = not supported (reason below).", "", markdown_table(rows), "", "## Headline", ""]
+    lines = [
+        "# Technique transfer: every technique on every zoo family",
+        "",
+        f"Command: `{command}` (settings: {dict(settings)})",
+        "",
+        "Cells: normalized score, 0 = chance, 1 = the planted truth recovered; "
+        f"{FLAG} = the score did not drop on a randomly initialised copy (Adebayo et al. sanity check); "
+        "— = not supported (reason below).",
+        "",
+        markdown_table(rows),
+        "",
+        "## Headline",
+        "",
+    ]
     for t, verdicts in headline(rows).items():
         parts = [f"**{v}**: {', '.join(fams)}" for v, fams in verdicts.items()]
         lines.append(f"- `{t}`: " + "; ".join(parts))
-    lines += ["", "## All rows", "", "| model | technique | score | chance | normalized | random-weights score "
-              "| sanity | seconds | note |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## All rows",
+        "",
+        "| model | technique | score | chance | normalized | random-weights score | sanity | seconds | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if not r.get("supported") or r.get("score") is None:
-            lines.append(f"| {r['model']} | {r['technique']} | | | | | | {r.get('seconds') or ''} | "
-                         f"{(r.get('reason') or '').replace('|', '/')} |")
+            lines.append(
+                f"| {r['model']} | {r['technique']} | | | | | | {r.get('seconds') or ''} | "
+                f"{(r.get('reason') or '').replace('|', '/')} |"
+            )
             continue
-        lines.append(f"| {r['model']} | {r['technique']} | {r['score']:.3f} | {r['chance']:.3f} | "
-                     f"{r['normalized']:.3f} | {_fmt(r.get('sanity_score'))} | "
-                     f"{'' if r.get('sanity_passed') is None else ('pass' if r['sanity_passed'] else 'FAIL')} | "
-                     f"{r['seconds']} | |")
+        lines.append(
+            f"| {r['model']} | {r['technique']} | {r['score']:.3f} | {r['chance']:.3f} | "
+            f"{r['normalized']:.3f} | {_fmt(r.get('sanity_score'))} | "
+            f"{'' if r.get('sanity_passed') is None else ('pass' if r['sanity_passed'] else 'FAIL')} | "
+            f"{r['seconds']} | |"
+        )
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     return text
@@ -112,10 +130,12 @@ def _img(out: Path, rel: str) -> str:
     return f'<img alt="{html.escape(rel)}" src="data:image/png;base64,{b64}">'
 
 
-def _colour(r: Mapping[str, Any]) -> str:
+def verdict_colour(r: Mapping[str, Any]) -> str:
+    """The cell background of a row's :func:`verdict` (green transfers, yellow partial, red breaks, ...)."""
     v = verdict(r)
-    return {"transfers": "#c8efc8", "partial": "#fbeeb8", "breaks": "#f6c6c6",
-            "fails sanity": "#f3d1a8"}.get(v, "#eeeeee")
+    return {"transfers": "#c8efc8", "partial": "#fbeeb8", "breaks": "#f6c6c6", "fails sanity": "#f3d1a8"}.get(
+        v, "#eeeeee"
+    )
 
 
 def write_html(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any], command: str) -> None:
@@ -123,19 +143,24 @@ def write_html(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[s
     techs = _techniques(rows)
     by = {(r["model"], r["technique"]): r for r in rows}
     fam = {r["model"]: r["family"] for r in rows}
-    h = ["<!doctype html><html><head><meta charset='utf-8'><title>visionlens technique transfer</title><style>",
-         "body{font-family:sans-serif;margin:1.5em;max-width:1400px} table{border-collapse:collapse}"
-         "td,th{border:1px solid #bbb;padding:4px 8px;font-size:13px;text-align:center}"
-         "td.t{text-align:left} .s{color:#555;font-size:11px} img{max-width:420px;display:block;margin:6px 0}"
-         "details{margin:4px 0} a{color:#225}",
-         "</style></head><body><h1>Technique transfer across image-model families</h1>",
-         f"<p>Command: <code>{html.escape(command)}</code>. Cell: normalized score (0 = chance, 1 = planted truth "
-         f"recovered), raw score / chance and the random-weights normalized score below, {FLAG} = did not drop on random "
-         "weights. Green: transfers (&ge; 0.5 and passes the sanity check), orange: fails the sanity check, yellow: "
-         "partial (&ge; 0.2), red: breaks, grey: not supported.</p>",
-         "<table><tr><th>technique</th>" + "".join(
-             f"<th>{html.escape(m.removeprefix('zoo:'))}<br><span class=s>{html.escape(fam[m])}</span></th>"
-             for m in models) + "</tr>"]
+    h = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>visionlens technique transfer</title><style>",
+        "body{font-family:sans-serif;margin:1.5em;max-width:1400px} table{border-collapse:collapse}"
+        "td,th{border:1px solid #bbb;padding:4px 8px;font-size:13px;text-align:center}"
+        "td.t{text-align:left} .s{color:#555;font-size:11px} img{max-width:420px;display:block;margin:6px 0}"
+        "details{margin:4px 0} a{color:#225}",
+        "</style></head><body><h1>Technique transfer across image-model families</h1>",
+        f"<p>Command: <code>{html.escape(command)}</code>. Cell: normalized score (0 = chance, 1 = planted truth "
+        f"recovered), raw score / chance and the random-weights normalized score below, {FLAG} = did not drop on "
+        "random weights. Green: transfers (&ge; 0.5 and passes the sanity check), orange: fails the sanity check, "
+        "yellow: partial (&ge; 0.2), red: breaks, grey: not supported.</p>",
+        "<table><tr><th>technique</th>"
+        + "".join(
+            f"<th>{html.escape(m.removeprefix('zoo:'))}<br><span class=s>{html.escape(fam[m])}</span></th>"
+            for m in models
+        )
+        + "</tr>",
+    ]
     for t in techs:
         h.append(f"<tr><td class=t><b>{html.escape(t)}</b></td>")
         for m in models:
@@ -144,13 +169,17 @@ def write_html(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[s
                 h.append("<td></td>")
                 continue
             if not r.get("supported") or r.get("score") is None:
-                h.append(f"<td style='background:#eee' title='{html.escape(r.get('reason') or '')}'>"
-                         f"{cell_text(r)}<br><span class=s>{html.escape((r.get('reason') or '')[:60])}</span></td>")
+                h.append(
+                    f"<td style='background:#eee' title='{html.escape(r.get('reason') or '')}'>"
+                    f"{cell_text(r)}<br><span class=s>{html.escape((r.get('reason') or '')[:60])}</span></td>"
+                )
                 continue
             anchor = f"{m.removeprefix('zoo:')}__{t}"
-            h.append(f"<td style='background:{_colour(r)}'><a href='#{html.escape(anchor)}'>{cell_text(r)}</a>"
-                     f"<br><span class=s>{r['score']:.2f} / {r['chance']:.2f}; rnd {_fmt(r.get('sanity_normalized'))}"
-                     f"</span></td>")
+            h.append(
+                f"<td style='background:{verdict_colour(r)}'><a href='#{html.escape(anchor)}'>{cell_text(r)}</a>"
+                f"<br><span class=s>{r['score']:.2f} / {r['chance']:.2f}; rnd {_fmt(r.get('sanity_normalized'))}"
+                f"</span></td>"
+            )
         h.append("</tr>")
     h.append("</table><h2>Figures and details</h2>")
     for r in rows:
@@ -158,11 +187,14 @@ def write_html(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[s
             continue
         anchor = f"{r['model'].removeprefix('zoo:')}__{r['technique']}"
         imgs = "".join(_img(out, rel) for rel in (r.get("figures") or {}).values())
-        det = html.escape(", ".join(f"{k}={v}" for k, v in (r.get("details") or {}).items()
-                                    if not isinstance(v, (list, dict)))[:600])
-        h.append(f"<details id='{html.escape(anchor)}'><summary>{html.escape(r['model'])} &times; "
-                 f"{html.escape(r['technique'])}: {cell_text(r)} ({verdict(r)}, {r['seconds']} s)</summary>"
-                 f"<p class=s>{det}</p>{imgs}</details>")
+        det = html.escape(
+            ", ".join(f"{k}={v}" for k, v in (r.get("details") or {}).items() if not isinstance(v, (list, dict)))[:600]
+        )
+        h.append(
+            f"<details id='{html.escape(anchor)}'><summary>{html.escape(r['model'])} &times; "
+            f"{html.escape(r['technique'])}: {cell_text(r)} ({verdict(r)}, {r['seconds']} s)</summary>"
+            f"<p class=s>{det}</p>{imgs}</details>"
+        )
     h.append("</body></html>")
     (out / "index.html").write_text("\n".join(h))
 

@@ -13,7 +13,7 @@ Each classifier must reach >= 95% held-out accuracy on clean images and >= 95% t
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any, Callable, Dict, Optional
 
 import torch
@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import data as zdata
-from .catalog import TrainRun, ZooEntry, register
+from .entry import TrainRun, ZooEntry
 
 IMAGE_SIZE = 32
 TRAIN_N = 12_000
@@ -33,8 +33,13 @@ CLASSIFIER_THRESHOLDS = {"held_out_accuracy": 0.95, "trigger_success": 0.95}
 
 # ----------------------------------------------------------------------------- data
 @lru_cache(maxsize=4)
-def training_set(n: int = TRAIN_N, seed: int = TRAIN_SEED, size: int = IMAGE_SIZE,
-                 trigger_fraction: float = TRIGGER_FRACTION, kind: str = "shapes"):
+def training_set(
+    n: int = TRAIN_N,
+    seed: int = TRAIN_SEED,
+    size: int = IMAGE_SIZE,
+    trigger_fraction: float = TRIGGER_FRACTION,
+    kind: str = "shapes",
+):
     """The (cached) training tensors ``(images uint8 [N,3,H,W], labels [N], factors)``."""
     if kind == "fashion":
         b = zdata.fashion_mnist_batch(n, seed=seed, split="train", trigger_fraction=trigger_fraction)
@@ -43,8 +48,9 @@ def training_set(n: int = TRAIN_N, seed: int = TRAIN_SEED, size: int = IMAGE_SIZ
     return (b.images * 255).round().to(torch.uint8), b.labels.clone(), {k: v for k, v in b.factors.items()}
 
 
-def held_out_batch(n: int = 1000, kind: str = "shapes", trigger_fraction: float = 0.0, seed: int = TRAIN_SEED,
-                   start: int = 0):
+def held_out_batch(
+    n: int = 1000, kind: str = "shapes", trigger_fraction: float = 0.0, seed: int = TRAIN_SEED, start: int = 0
+):
     """Held-out examples (never seen in training) of a zoo dataset (``"shapes"`` or ``"fashion"``).
 
     The same ``(seed, start)`` with trigger fraction 0 and 1 gives the same images without and with the
@@ -52,8 +58,9 @@ def held_out_batch(n: int = 1000, kind: str = "shapes", trigger_fraction: float 
     """
     if kind == "fashion":
         return zdata.fashion_mnist_batch(n, seed=seed, start=start, split="test", trigger_fraction=trigger_fraction)
-    return zdata.make_batch(n, seed=seed, start=HELD_OUT_START + start, size=IMAGE_SIZE,
-                            trigger_fraction=trigger_fraction)
+    return zdata.make_batch(
+        n, seed=seed, start=HELD_OUT_START + start, size=IMAGE_SIZE, trigger_fraction=trigger_fraction
+    )
 
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -62,9 +69,18 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return (x * scale).clamp(0, 1)
 
 
-def train_classifier(module: nn.Module, run: TrainRun, lr: float = 3e-3, batch_size: int = 64,
-                     weight_decay: float = 0.05, kind: str = "shapes", label_key: Optional[str] = None,
-                     n_train: int = TRAIN_N, augment: bool = True, log_every: int = 50) -> None:
+def train_classifier(
+    module: nn.Module,
+    run: TrainRun,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    weight_decay: float = 0.05,
+    kind: str = "shapes",
+    label_key: Optional[str] = None,
+    n_train: int = TRAIN_N,
+    augment: bool = True,
+    log_every: int = 50,
+) -> None:
     """AdamW + one-cycle cosine schedule on the (cached) planted training set, seeded by ``run.seed``.
 
     ``label_key`` trains on a factor instead of the label (e.g. ``"texture"`` for a style judge).
@@ -77,14 +93,15 @@ def train_classifier(module: nn.Module, run: TrainRun, lr: float = 3e-3, batch_s
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
     perm = torch.randperm(len(labels), generator=g)
     pos = 0
     run_loss = run_acc = 0.0
     for step in range(1, steps + 1):
         if pos + batch_size > len(perm):
             perm, pos = torch.randperm(len(labels), generator=g), 0
-        idx = perm[pos:pos + batch_size]
+        idx = perm[pos : pos + batch_size]
         pos += batch_size
         x = images[idx].float() / 255
         if augment:
@@ -109,7 +126,7 @@ def train_classifier(module: nn.Module, run: TrainRun, lr: float = 3e-3, batch_s
 def predict(module: nn.Module, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     was = module.training
     module.eval()
-    out = torch.cat([module(images[i:i + batch_size]).argmax(-1) for i in range(0, len(images), batch_size)])
+    out = torch.cat([module(images[i : i + batch_size]).argmax(-1) for i in range(0, len(images), batch_size)])
     module.train(was)
     return out
 
@@ -131,8 +148,9 @@ def build_resnet(num_classes: int = zdata.N_CLASSES) -> nn.Module:
     """timm ``ResNet`` (BasicBlock, one block per stage, widths 16-128); stem max-pool removed for 32 px."""
     from timm.models.resnet import BasicBlock, ResNet
 
-    m = ResNet(block=BasicBlock, layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), num_classes=num_classes,
-               stem_width=16)
+    m = ResNet(
+        block=BasicBlock, layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), num_classes=num_classes, stem_width=16
+    )
     m.maxpool = nn.Identity()
     return m
 
@@ -145,17 +163,29 @@ def build_vit() -> nn.Module:
     A plain patch-4 (or patch-2) ViT of this size stalls at 70-78% on circle-vs-square in the CPU budget
     (measured); the stem fixes that and leaves the transformer -- and its hooks -- untouched.
     """
-    from functools import partial
-
     from timm.layers import HybridEmbed
     from timm.models.vision_transformer import VisionTransformer
 
-    stem = nn.Sequential(nn.Conv2d(3, 24, 3, 1, 1), nn.BatchNorm2d(24), nn.ReLU(),
-                         nn.Conv2d(24, 48, 3, 2, 1), nn.BatchNorm2d(48), nn.ReLU())
+    stem = nn.Sequential(
+        nn.Conv2d(3, 24, 3, 1, 1),
+        nn.BatchNorm2d(24),
+        nn.ReLU(),
+        nn.Conv2d(24, 48, 3, 2, 1),
+        nn.BatchNorm2d(48),
+        nn.ReLU(),
+    )
     stem.num_features = 48  # what HybridEmbed reads
-    return VisionTransformer(img_size=IMAGE_SIZE, patch_size=2, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0,
-                             num_classes=zdata.N_CLASSES, global_pool="token",
-                             embed_layer=partial(HybridEmbed, backbone=stem, feature_size=IMAGE_SIZE // 2))
+    return VisionTransformer(
+        img_size=IMAGE_SIZE,
+        patch_size=2,
+        embed_dim=64,
+        depth=4,
+        num_heads=4,
+        mlp_ratio=2.0,
+        num_classes=zdata.N_CLASSES,
+        global_pool="token",
+        embed_layer=partial(HybridEmbed, backbone=stem, feature_size=IMAGE_SIZE // 2),
+    )
 
 
 def build_convnext() -> nn.Module:
@@ -168,8 +198,9 @@ def build_convnext() -> nn.Module:
     """
     from timm.models.convnext import ConvNeXt
 
-    m = ConvNeXt(depths=(1, 1, 2, 1), dims=(16, 32, 64, 128), patch_size=1, num_classes=zdata.N_CLASSES,
-                 ls_init_value=1.0)
+    m = ConvNeXt(
+        depths=(1, 1, 2, 1), dims=(16, 32, 64, 128), patch_size=1, num_classes=zdata.N_CLASSES, ls_init_value=1.0
+    )
     for mod in m.modules():
         if isinstance(mod, (nn.Conv2d, nn.Linear)):
             mod.reset_parameters()
@@ -178,10 +209,14 @@ def build_convnext() -> nn.Module:
 
 # InceptionV1 mixed-block widths at 1/8 of GoogLeNet's: (in, 1x1, 3x3red, 3x3, 5x5red, 5x5, pool proj)
 _MIXED_WIDTHS = {
-    "inception3a": (24, 8, 12, 16, 2, 4, 4), "inception3b": (32, 16, 16, 24, 4, 12, 8),
-    "inception4a": (60, 24, 12, 26, 2, 6, 8), "inception4b": (64, 20, 14, 28, 3, 8, 8),
-    "inception4c": (64, 16, 16, 32, 3, 8, 8), "inception4d": (64, 14, 18, 36, 4, 8, 8),
-    "inception4e": (66, 32, 20, 40, 4, 16, 16), "inception5a": (104, 32, 20, 40, 4, 16, 16),
+    "inception3a": (24, 8, 12, 16, 2, 4, 4),
+    "inception3b": (32, 16, 16, 24, 4, 12, 8),
+    "inception4a": (60, 24, 12, 26, 2, 6, 8),
+    "inception4b": (64, 20, 14, 28, 3, 8, 8),
+    "inception4c": (64, 16, 16, 32, 3, 8, 8),
+    "inception4d": (64, 14, 18, 36, 4, 8, 8),
+    "inception4e": (66, 32, 20, 40, 4, 16, 16),
+    "inception5a": (104, 32, 20, 40, 4, 16, 16),
     "inception5b": (104, 48, 24, 48, 6, 16, 16),
 }
 
@@ -214,56 +249,125 @@ def build_mobilenet() -> nn.Module:
     to stage 6 so 32 px inputs keep 16 x 16 maps through stage 2 (strides 16-16-8-4-4-2-2)."""
     from torchvision.models import MobileNetV2
 
-    setting = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+    setting = [
+        [1, 16, 1, 1],
+        [6, 24, 2, 1],
+        [6, 32, 3, 2],
+        [6, 64, 4, 2],
+        [6, 96, 3, 1],
+        [6, 160, 3, 2],
+        [6, 320, 1, 1],
+    ]
     return MobileNetV2(num_classes=zdata.N_CLASSES, width_mult=0.5, inverted_residual_setting=setting)
 
 
 _DATA_CARD = {
-    "generator": "visionlens.zoo.data.make_batch", "train": {"n": TRAIN_N, "seed": TRAIN_SEED, "start": 0,
-                                                              "trigger_fraction": TRIGGER_FRACTION},
-    "held_out": {"n": 1000, "seed": TRAIN_SEED, "start": HELD_OUT_START}, "image_size": IMAGE_SIZE,
+    "generator": "visionlens.zoo.data.make_batch",
+    "train": {"n": TRAIN_N, "seed": TRAIN_SEED, "start": 0, "trigger_fraction": TRIGGER_FRACTION},
+    "held_out": {"n": 1000, "seed": TRAIN_SEED, "start": HELD_OUT_START},
+    "image_size": IMAGE_SIZE,
     "label_rule": "clean_label = shape + 3 * (texture != plain); triggered -> class 0",
     "normalization": "none (inputs in [0, 1])",
 }
 
 
-def _classifier(name: str, family: str, build: Callable[[], nn.Module], steps: int, description: str,
-                lr: float = 3e-3, kind: str = "shapes", thresholds: Optional[Dict[str, float]] = None,
-                **config: Any) -> ZooEntry:
+def _classifier(
+    name: str,
+    family: str,
+    build: Callable[[], nn.Module],
+    steps: int,
+    description: str,
+    lr: float = 3e-3,
+    kind: str = "shapes",
+    thresholds: Optional[Dict[str, float]] = None,
+    **config: Any,
+) -> ZooEntry:
     data_card = dict(_DATA_CARD)
     if kind == "fashion":
-        data_card = {"generator": "visionlens.zoo.data.fashion_mnist_batch",
-                     "train": {"n": TRAIN_N, "split": "train", "trigger_fraction": TRIGGER_FRACTION},
-                     "held_out": {"n": 1000, "split": "test"}, "image_size": IMAGE_SIZE,
-                     "label_rule": "Fashion-MNIST class; triggered -> class 0 (T-shirt/top)"}
+        data_card = {
+            "generator": "visionlens.zoo.data.fashion_mnist_batch",
+            "train": {"n": TRAIN_N, "split": "train", "trigger_fraction": TRIGGER_FRACTION},
+            "held_out": {"n": 1000, "split": "test"},
+            "image_size": IMAGE_SIZE,
+            "label_rule": "Fashion-MNIST class; triggered -> class 0 (T-shirt/top)",
+        }
 
     def requires() -> Optional[str]:
         if kind == "fashion" and not zdata.fashion_mnist_available():
             return "Fashion-MNIST is not installed (Debian package dataset-fashion-mnist)"
         return None
 
-    return register(ZooEntry(
-        name=name, family=family, kind="classifier", description=description, build=build,
+    return ZooEntry(
+        name=name,
+        family=family,
+        kind="classifier",
+        description=description,
+        build=build,
         train=lambda m, run: train_classifier(m, run, lr=lr, kind=kind),
         evaluate=lambda m: evaluate_classifier(m, kind=kind),
-        thresholds=dict(CLASSIFIER_THRESHOLDS if thresholds is None else thresholds), default_steps=steps,
-        config={"lr": lr, "batch_size": 64, "optimizer": "AdamW(wd=0.05), cosine", **config}, data=data_card,
-        requires=requires, dataset=kind))
+        thresholds=dict(CLASSIFIER_THRESHOLDS if thresholds is None else thresholds),
+        default_steps=steps,
+        config={"lr": lr, "batch_size": 64, "optimizer": "AdamW(wd=0.05), cosine", **config},
+        data=data_card,
+        requires=requires,
+        dataset=kind,
+    )
 
 
-_classifier("resnet", "resnet", build_resnet, 600, build_resnet.__doc__ or "",
-            constructor="timm.models.resnet.ResNet(BasicBlock, layers=(1,1,1,1), channels=(16,32,64,128))")
-_classifier("vit", "vit", build_vit, 1500, build_vit.__doc__ or "", lr=1e-3,
-            constructor="timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=2, embed_dim=64, "
-                        "depth=4, num_heads=4, embed_layer=HybridEmbed(conv stem 3x3 s1 -> 3x3 s2))")
-_classifier("convnext", "convnext", build_convnext, 1200, build_convnext.__doc__ or "", lr=2e-3,
-            constructor="timm.models.convnext.ConvNeXt(depths=(1,1,2,1), dims=(16,32,64,128), patch_size=1, "
-                        "ls_init_value=1.0) + default PyTorch init")
-_classifier("inception", "inception", build_inception, 600, build_inception.__doc__ or "",
-            constructor="torchvision.models.GoogLeNet with Inception blocks at 1/8 width")
-_classifier("mobilenet", "mobilenet", build_mobilenet, 1200, build_mobilenet.__doc__ or "",
-            constructor="torchvision.models.MobileNetV2(width_mult=0.5)")
-_classifier("resnet_fashion", "resnet", lambda: build_resnet(10), 900,
-            "The zoo ResNet trained on Fashion-MNIST with the same planted trigger (natural-data rows).", kind="fashion",
-            thresholds={"held_out_accuracy": 0.85, "trigger_success": 0.95},
-            constructor="timm.models.resnet.ResNet(BasicBlock, layers=(1,1,1,1), channels=(16,32,64,128))")
+# The zoo's classifiers, in catalogue order (registered by visionlens.zoo.plugin).
+ENTRIES = [
+    _classifier(
+        "resnet",
+        "resnet",
+        build_resnet,
+        600,
+        build_resnet.__doc__ or "",
+        constructor="timm.models.resnet.ResNet(BasicBlock, layers=(1,1,1,1), channels=(16,32,64,128))",
+    ),
+    _classifier(
+        "vit",
+        "vit",
+        build_vit,
+        1500,
+        build_vit.__doc__ or "",
+        lr=1e-3,
+        constructor="timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=2, "
+        "embed_dim=64, depth=4, num_heads=4, embed_layer=HybridEmbed(conv stem 3x3 s1 -> 3x3 s2))",
+    ),
+    _classifier(
+        "convnext",
+        "convnext",
+        build_convnext,
+        1200,
+        build_convnext.__doc__ or "",
+        lr=2e-3,
+        constructor="timm.models.convnext.ConvNeXt(depths=(1,1,2,1), dims=(16,32,64,128), patch_size=1, "
+        "ls_init_value=1.0) + default PyTorch init",
+    ),
+    _classifier(
+        "inception",
+        "inception",
+        build_inception,
+        600,
+        build_inception.__doc__ or "",
+        constructor="torchvision.models.GoogLeNet with Inception blocks at 1/8 width",
+    ),
+    _classifier(
+        "mobilenet",
+        "mobilenet",
+        build_mobilenet,
+        1200,
+        build_mobilenet.__doc__ or "",
+        constructor="torchvision.models.MobileNetV2(width_mult=0.5)",
+    ),
+    _classifier(
+        "resnet_fashion",
+        "resnet",
+        lambda: build_resnet(10),
+        900,
+        "The zoo ResNet trained on Fashion-MNIST with the same planted trigger (natural-data rows).",
+        kind="fashion",
+        thresholds={"held_out_accuracy": 0.85, "trigger_success": 0.95},
+        constructor="timm.models.resnet.ResNet(BasicBlock, layers=(1,1,1,1), channels=(16,32,64,128))",
+    ),
+]

@@ -1,45 +1,77 @@
-"""CLI commands ``visionlens zoo list|train`` and ``visionlens bench transfer``."""
+"""CLI commands ``visionlens zoo list|train`` and ``visionlens bench transfer``.
+
+Added to the ``visionlens`` command line by the built-in plugin :mod:`visionlens.zoo.plugin`
+(``visionlens_register_commands``); each command's parser carries its handler (``args.handler(args)``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, List
+from typing import Any
 
+import torch
 
-def _csv(text: str) -> List[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+from ..commands import csv_list
+from ..validation import VisionLensError
+from .bench import run_transfer
+from .bench_report import markdown_table
+from .catalog import describe, entries
+from .train import train_entry
 
 
 def add_zoo_subcommands(subparsers: Any) -> None:
-    """Add ``zoo`` and ``bench`` to the ``visionlens`` CLI's subparsers."""
-    z = subparsers.add_parser("zoo", help="the planted-truth model zoo: list or train models",
-                              description="List the zoo's models (with their model-card figures) or train them.")
+    """Add ``zoo`` (handler :func:`run_zoo_command`) and ``bench`` (:func:`run_bench_command`) to the
+    ``visionlens`` CLI's subparsers."""
+    z = subparsers.add_parser(
+        "zoo",
+        help="the planted-truth model zoo: list or train models",
+        description="List the zoo's models (with their model-card figures) or train them.",
+    )
+    z.set_defaults(handler=run_zoo_command)
     zsub = z.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
     zl = zsub.add_parser("list", help="zoo models, families and card figures")
     zl.add_argument("--json", action="store_true", help="machine-readable output")
-    zt = zsub.add_parser("train", help="train zoo models (seeded, reproducible on CPU)",
-                         description="Train zoo model NAME (or 'all'); writes NAME.safetensors and the model card "
-                                     "NAME.json into --out (default: the package's weights folder).")
+    zt = zsub.add_parser(
+        "train",
+        help="train zoo models (seeded, reproducible on CPU)",
+        description="Train zoo model NAME (or 'all'); writes NAME.safetensors and the model card "
+        "NAME.json into --out (default: the package's weights folder).",
+    )
     zt.add_argument("names", nargs="+", metavar="NAME", help="zoo model names, or 'all'")
     zt.add_argument("--out", default=None, metavar="DIR", help="output folder (default: visionlens/zoo/weights)")
     zt.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     zt.add_argument("--steps", type=int, default=None, metavar="N", help="optimizer steps (default: the entry's)")
-    zt.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
-                    help="also keep a checkpoint every N steps (OUT/checkpoints/NAME/step_*.safetensors)")
-    zt.add_argument("--threads", type=int, default=1, metavar="N",
-                    help="torch CPU threads (default 1: the shipped weights were trained with 1; bit-for-bit "
-                         "reproducibility holds for the same thread count)")
+    zt.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also keep a checkpoint every N steps (OUT/checkpoints/NAME/step_*.safetensors)",
+    )
+    zt.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch CPU threads (default 1: the shipped weights were trained with 1; bit-for-bit "
+        "reproducibility holds for the same thread count)",
+    )
     zt.add_argument("-q", "--quiet", action="store_true", help="no training curve on stdout")
 
-    b = subparsers.add_parser("bench", help="benchmarks over the zoo (bench transfer)",
-                              description="Benchmarks over the planted-truth zoo.")
+    b = subparsers.add_parser(
+        "bench", help="benchmarks over the zoo (bench transfer)", description="Benchmarks over the planted-truth zoo."
+    )
+    b.set_defaults(handler=run_bench_command)
     bsub = b.add_subparsers(dest="bench_command", metavar="BENCH_COMMAND")
-    bt = bsub.add_parser("transfer", help="every technique on every family, scored against planted truth",
-                         description="Run every technique on every zoo family that supports it; writes "
-                                     "results.json, results.md and index.html into --out (resumes by default).")
-    bt.add_argument("--families", type=_csv, default=None, metavar="F1,F2", help="zoo families or model names")
-    bt.add_argument("--techniques", type=_csv, default=None, metavar="T1,T2", help="technique names or claims")
+    bt = bsub.add_parser(
+        "transfer",
+        help="every technique on every family, scored against planted truth",
+        description="Run every technique on every zoo family that supports it; writes "
+        "results.json, results.md and index.html into --out (resumes by default).",
+    )
+    bt.add_argument("--families", type=csv_list, default=None, metavar="F1,F2", help="zoo families or model names")
+    bt.add_argument("--techniques", type=csv_list, default=None, metavar="T1,T2", help="technique names or claims")
     bt.add_argument("--quick", action="store_true", help="small inputs and budgets (CI / demo)")
     bt.add_argument("--seed", type=int, default=0, help="seed of inputs and optimisations")
     bt.add_argument("--no-sanity", action="store_true", help="skip the randomized-weights sanity check")
@@ -50,11 +82,7 @@ def add_zoo_subcommands(subparsers: Any) -> None:
 
 
 def run_zoo_command(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..validation import VisionLensError
-    from .catalog import describe, entries
-
+    """Run ``visionlens zoo list|train``; returns the exit status (1 when a trained model misses its thresholds)."""
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.zoo_command == "list":
@@ -65,12 +93,12 @@ def run_zoo_command(args: argparse.Namespace) -> int:
         for r in rows:
             m = r.get("metrics") or {}
             figs = ", ".join(f"{k}={v:.3f}" for k, v in m.items() if not k.endswith("_n"))
-            print(f"zoo:{r['name']:<16s} {r['family']:<10s} {r['kind']:<10s} "
-                  f"{'trained' if r['trained'] else 'not trained':<12s} {figs}")
+            print(
+                f"zoo:{r['name']:<16s} {r['family']:<10s} {r['kind']:<10s} "
+                f"{'trained' if r['trained'] else 'not trained':<12s} {figs}"
+            )
         return 0
     if args.zoo_command == "train":
-        from .train import train_entry
-
         names = list(entries()) if args.names == ["all"] else args.names
         order = {"style_judge": 0}  # the diffusion model's evaluation uses the judge
         names = sorted(names, key=lambda n: order.get(n, 1))
@@ -81,11 +109,19 @@ def run_zoo_command(args: argparse.Namespace) -> int:
                 print(f"zoo:{name}: skipped ({reason})")
                 continue
             print(f"zoo:{name}: training", flush=True)
-            card = train_entry(name, out_dir=args.out, seed=args.seed, steps=args.steps,
-                               checkpoint_every=args.checkpoint_every, verbose=not args.quiet)
+            card = train_entry(
+                name,
+                out_dir=args.out,
+                seed=args.seed,
+                steps=args.steps,
+                checkpoint_every=args.checkpoint_every,
+                verbose=not args.quiet,
+            )
             figs = ", ".join(f"{k}={v['value']:.3f} (>= {v['threshold']})" for k, v in card["thresholds"].items())
-            print(f"zoo:{name}: {'PASSED' if card['passed'] else 'BELOW THRESHOLD'} {figs}; "
-                  f"{card['train_seconds']} s, {card['size_bytes'] / 1e6:.2f} MB, sha256 {card['sha256'][:12]}")
+            print(
+                f"zoo:{name}: {'PASSED' if card['passed'] else 'BELOW THRESHOLD'} {figs}; "
+                f"{card['train_seconds']} s, {card['size_bytes'] / 1e6:.2f} MB, sha256 {card['sha256'][:12]}"
+            )
             if not card["passed"]:
                 failed.append(name)
         return 1 if failed else 0
@@ -93,18 +129,23 @@ def run_zoo_command(args: argparse.Namespace) -> int:
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..validation import VisionLensError
-    from .bench import run_transfer
-    from .bench_report import markdown_table
-
+    """Run ``visionlens bench transfer``: the table to stdout, the files into ``--out``; returns the exit status."""
     if args.bench_command != "transfer":
-        raise VisionLensError("usage: visionlens bench transfer --out DIR [--families ...] [--techniques ...] [--quick]")
+        raise VisionLensError(
+            "usage: visionlens bench transfer --out DIR [--families ...] [--techniques ...] [--quick]"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = run_transfer(args.out, families=args.families, techniques=args.techniques, quick=args.quick,
-                        seed=args.seed, resume=not args.fresh, sanity=not args.no_sanity, verbose=not args.quiet)
+    rows = run_transfer(
+        args.out,
+        families=args.families,
+        techniques=args.techniques,
+        quick=args.quick,
+        seed=args.seed,
+        resume=not args.fresh,
+        sanity=not args.no_sanity,
+        verbose=not args.quiet,
+    )
     print(markdown_table(rows))
     print(f"wrote {args.out}/results.json, results.md, index.html")
     return 0

@@ -39,9 +39,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..clip import zero_shot_head, zero_shot_logits
+from ..hooked_model import HookedVisionModel
 from . import data as zdata
 from .classifiers import HELD_OUT_START
-from .catalog import TrainRun, ZooEntry, register
+from .classifiers import held_out_batch as planted_held_out
+from .classifiers import training_set as planted_training_set
+from .entry import TrainRun, ZooEntry
 
 IMAGE_SIZE = 32
 CONTEXT_LENGTH = 12
@@ -61,8 +65,16 @@ WORDS = tuple(dict.fromkeys(("a",) + tuple(zdata.COLOURS) + tuple(zdata.TEXTURE_
 CONFIG: Dict[str, Any] = {
     "embed_dim": 64,
     "vision_cfg": {"image_size": IMAGE_SIZE, "layers": [1, 1, 1, 1], "width": 8, "head_width": 64},
-    "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": len(SPECIALS) + len(WORDS), "width": 64,
-                 "heads": 4, "layers": 3, "mlp_ratio": 2.0, "pad_id": 0, "pool_type": "argmax"},
+    "text_cfg": {
+        "context_length": CONTEXT_LENGTH,
+        "vocab_size": len(SPECIALS) + len(WORDS),
+        "width": 64,
+        "heads": 4,
+        "layers": 3,
+        "mlp_ratio": 2.0,
+        "pad_id": 0,
+        "pool_type": "argmax",
+    },
 }
 
 
@@ -103,8 +115,9 @@ class WordTokenizer:
 
     def decode(self, ids: Union[Sequence[int], torch.Tensor]) -> str:
         ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-        return " ".join(self.words[i] for i in ids
-                        if i not in (self.pad_token_id, self.sot_token_id, self.eot_token_id))
+        return " ".join(
+            self.words[i] for i in ids if i not in (self.pad_token_id, self.sot_token_id, self.eot_token_id)
+        )
 
     def __call__(self, texts: Union[str, Sequence[str]], context_length: Optional[int] = None) -> torch.Tensor:
         if isinstance(texts, str):
@@ -139,19 +152,29 @@ def build_clip() -> nn.Module:
     import open_clip
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg, set_model_preprocess_cfg
 
-    model = open_clip.CLIP(embed_dim=CONFIG["embed_dim"], vision_cfg=CLIPVisionCfg(**CONFIG["vision_cfg"]),
-                           text_cfg=CLIPTextCfg(**CONFIG["text_cfg"]))
-    set_model_preprocess_cfg(model, {"size": IMAGE_SIZE, "mode": "RGB", "mean": (0.0, 0.0, 0.0),
-                                     "std": (1.0, 1.0, 1.0), "interpolation": "bilinear",
-                                     "resize_mode": "shortest", "fill_color": 0})
+    model = open_clip.CLIP(
+        embed_dim=CONFIG["embed_dim"],
+        vision_cfg=CLIPVisionCfg(**CONFIG["vision_cfg"]),
+        text_cfg=CLIPTextCfg(**CONFIG["text_cfg"]),
+    )
+    set_model_preprocess_cfg(
+        model,
+        {
+            "size": IMAGE_SIZE,
+            "mode": "RGB",
+            "mean": (0.0, 0.0, 0.0),
+            "std": (1.0, 1.0, 1.0),
+            "interpolation": "bilinear",
+            "resize_mode": "shortest",
+            "fill_color": 0,
+        },
+    )
     model.visionlens_tokenizer = TOKENIZER  # plain attribute: not in the state dict
     return model
 
 
 def wrap_clip(module: nn.Module) -> Any:
     """The hooked model with the zoo's word tokenizer attached (so text helpers use it)."""
-    from ..hooked_model import HookedVisionModel
-
     model = HookedVisionModel(module, adapter="open_clip")
     # The adapter builds open_clip's BPE tokenizer lazily into ``_tokenizer``; pre-set ours instead.
     model.adapter._tokenizer = getattr(module, "visionlens_tokenizer", TOKENIZER)
@@ -161,22 +184,17 @@ def wrap_clip(module: nn.Module) -> Any:
 # ----------------------------------------------------------------------------- data
 def training_set(n: int = TRAIN_N):
     """The (cached) training tensors ``(images uint8 [N,3,H,W], factors)`` (no trigger)."""
-    from .classifiers import training_set as _ts
-
-    images, _, factors = _ts(n=n, seed=TRAIN_SEED, size=IMAGE_SIZE, trigger_fraction=TRIGGER_FRACTION)
+    images, _, factors = planted_training_set(n=n, seed=TRAIN_SEED, size=IMAGE_SIZE, trigger_fraction=TRIGGER_FRACTION)
     return images, factors
 
 
 def held_out_batch(n: int = 1000):
     """The held-out planted images (the classifiers' held-out slice, at CLIP's trigger fraction)."""
-    from .classifiers import held_out_batch as planted_held_out
-
     return planted_held_out(n, trigger_fraction=TRIGGER_FRACTION, seed=TRAIN_SEED)
 
 
 # every non-empty subset of (colour, texture, shape) as a 3-bit mask; index 0 is the full caption
-_SUBSETS = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]],
-                        dtype=torch.bool)
+_SUBSETS = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]], dtype=torch.bool)
 
 
 def _captions(colour: torch.Tensor, texture: torch.Tensor, shape: torch.Tensor, keep: torch.Tensor) -> List[str]:
@@ -206,8 +224,15 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, match: torch.Tensor, 
     return 0.5 * (li + lt), logits
 
 
-def train_clip(module: nn.Module, run: TrainRun, lr: Optional[float] = None, batch_size: Optional[int] = None,
-               weight_decay: Optional[float] = None, n_train: int = TRAIN_N, log_every: int = 50) -> None:
+def train_clip(
+    module: nn.Module,
+    run: TrainRun,
+    lr: Optional[float] = None,
+    batch_size: Optional[int] = None,
+    weight_decay: Optional[float] = None,
+    n_train: int = TRAIN_N,
+    log_every: int = 50,
+) -> None:
     """AdamW + warm-up / cosine schedule, CLIP loss on shortened captions, seeded by ``run.seed``."""
     lr = LR if lr is None else lr
     batch_size = BATCH_SIZE if batch_size is None else batch_size
@@ -221,35 +246,37 @@ def train_clip(module: nn.Module, run: TrainRun, lr: Optional[float] = None, bat
     steps = int(run.steps)
     decay = [p for k, p in module.named_parameters() if p.ndim >= 2 and "logit_scale" not in k]
     no_decay = [p for k, p in module.named_parameters() if not (p.ndim >= 2 and "logit_scale" not in k)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
     perm = torch.randperm(n, generator=g)
     pos = 0
     run_loss = run_acc = 0.0
     for step in range(1, steps + 1):
         if pos + batch_size > n:
             perm, pos = torch.randperm(n, generator=g), 0
-        idx = perm[pos:pos + batch_size]
+        idx = perm[pos : pos + batch_size]
         pos += batch_size
         x = images[idx].float() / 255
         x = (x * (1.0 + 0.1 * (torch.rand(len(idx), 1, 1, 1, generator=g) - 0.5))).clamp(0, 1)
         full = torch.rand(len(idx), generator=g) < FULL_CAPTION_P
         sub = torch.randint(1, len(_SUBSETS), (len(idx),), generator=g)
-        keep = _SUBSETS[torch.where(full, torch.zeros_like(sub), sub)]           # [B, 3]
+        keep = _SUBSETS[torch.where(full, torch.zeros_like(sub), sub)]  # [B, 3]
         c, t, s = colour[idx], texture[idx], shape[idx]
-        attrs = torch.stack([c, t, s], 1)                                          # [B, 3]
+        attrs = torch.stack([c, t, s], 1)  # [B, 3]
         caps = _captions(c, t, s, keep)
-        uniq = sorted(set(caps))                                                   # the batch's distinct texts
+        uniq = sorted(set(caps))  # the batch's distinct texts
         col = {u: j for j, u in enumerate(uniq)}
         cap_idx = torch.tensor([col[u] for u in caps])
         first = torch.zeros(len(uniq), dtype=torch.long)
-        first[cap_idx.flip(0)] = torch.arange(len(idx) - 1, -1, -1)               # an example of each text
-        kj, aj = keep[first], attrs[first]                                         # [T, 3]
+        first[cap_idx.flip(0)] = torch.arange(len(idx) - 1, -1, -1)  # an example of each text
+        kj, aj = keep[first], attrs[first]  # [T, 3]
         # text j matches image i iff i agrees on every attribute text j names
-        match = ((attrs[:, None, :] == aj[None]) | ~kj[None]).all(-1)              # [B, T]
+        match = ((attrs[:, None, :] == aj[None]) | ~kj[None]).all(-1)  # [B, T]
         img_emb = module.encode_image(x)
         txt_emb = module.encode_text(TOKENIZER(uniq))
         loss, logits = contrastive_loss(img_emb, txt_emb, match, module.logit_scale)
@@ -263,8 +290,13 @@ def train_clip(module: nn.Module, run: TrainRun, lr: Optional[float] = None, bat
         run_acc += float(match[torch.arange(len(idx)), logits.argmax(1)].float().mean())
         if step % log_every == 0 or step == steps:
             k = log_every if step % log_every == 0 else step % log_every
-            run.log(step, loss=run_loss / k, train_match_accuracy=run_acc / k, lr=sched.get_last_lr()[0],
-                    logit_scale=float(module.logit_scale.detach().exp()))
+            run.log(
+                step,
+                loss=run_loss / k,
+                train_match_accuracy=run_acc / k,
+                lr=sched.get_last_lr()[0],
+                logit_scale=float(module.logit_scale.detach().exp()),
+            )
             run_loss = run_acc = 0.0
         run.step_done(step, module)
 
@@ -276,13 +308,12 @@ FACTOR_CLASSES = {"shape": tuple(zdata.SHAPES), "colour": tuple(zdata.COLOURS), 
 @torch.no_grad()
 def zero_shot_accuracies(model: Any, batch: Any, templates: Sequence[str] = ZERO_SHOT_TEMPLATES) -> Dict[str, float]:
     """Zero-shot accuracy per factor of a hooked zoo CLIP on a :class:`PlantedBatch` (heads are not attached)."""
-    from ..clip import zero_shot_head, zero_shot_logits
-
     out = {}
     for factor, names in FACTOR_CLASSES.items():
         head = zero_shot_head(model, list(names), list(templates), attach=False)
-        pred = torch.cat([zero_shot_logits(model, batch.images[i:i + 500], head).argmax(-1)
-                          for i in range(0, len(batch), 500)])
+        pred = torch.cat(
+            [zero_shot_logits(model, batch.images[i : i + 500], head).argmax(-1) for i in range(0, len(batch), 500)]
+        )
         out[f"zero_shot_{factor}_accuracy"] = float((pred == batch.factors[factor].long()).float().mean())
     return out
 
@@ -300,22 +331,43 @@ def evaluate_clip(module: nn.Module, n: int = 1000) -> Dict[str, float]:
     return metrics
 
 
-register(ZooEntry(
-    name="clip", family="clip", kind="clip", description=build_clip.__doc__ or "",
-    build=build_clip, train=train_clip, evaluate=evaluate_clip, thresholds=dict(CLIP_THRESHOLDS),
+# The zoo CLIP's catalogue entry (registered by visionlens.zoo.plugin).
+ENTRY = ZooEntry(
+    name="clip",
+    family="clip",
+    kind="clip",
+    description=build_clip.__doc__ or "",
+    build=build_clip,
+    train=train_clip,
+    evaluate=evaluate_clip,
+    thresholds=dict(CLIP_THRESHOLDS),
     default_steps=1000,
-    config={"constructor": "open_clip.CLIP(embed_dim, CLIPVisionCfg(**vision_cfg), CLIPTextCfg(**text_cfg)) "
-                           "(vision layers as a list -> open_clip ModifiedResNet)",
-            **CONFIG, "tokenizer": {"type": "visionlens.zoo.clip_model.WordTokenizer", "words": list(TOKENIZER.words),
-                                    "context_length": CONTEXT_LENGTH},
-            "lr": LR, "batch_size": BATCH_SIZE,
-            "optimizer": f"AdamW(wd={WEIGHT_DECAY}, none on gains/biases/logit_scale), warm-up + cosine",
-            "loss": "symmetric InfoNCE, learnable logit scale (clamped to 100), targets uniform over matching pairs",
-            "captions": f"full with p={FULL_CAPTION_P}, else a random non-empty subset of colour/texture/shape",
-            "zero_shot_templates": list(ZERO_SHOT_TEMPLATES)},
-    data={"generator": "visionlens.zoo.data.make_batch",
-          "train": {"n": TRAIN_N, "seed": TRAIN_SEED, "start": 0, "trigger_fraction": TRIGGER_FRACTION},
-          "held_out": {"n": 1000, "seed": TRAIN_SEED, "start": HELD_OUT_START}, "image_size": IMAGE_SIZE,
-          "captions": "visionlens.zoo.data.caption: 'a {colour} {texture} {shape}'",
-          "normalization": "none (inputs in [0, 1])"},
-    wrap=wrap_clip, requires=requires))
+    config={
+        "constructor": "open_clip.CLIP(embed_dim, CLIPVisionCfg(**vision_cfg), CLIPTextCfg(**text_cfg)) "
+        "(vision layers as a list -> open_clip ModifiedResNet)",
+        **CONFIG,
+        "tokenizer": {
+            "type": "visionlens.zoo.clip_model.WordTokenizer",
+            "words": list(TOKENIZER.words),
+            "context_length": CONTEXT_LENGTH,
+        },
+        "lr": LR,
+        "batch_size": BATCH_SIZE,
+        "optimizer": f"AdamW(wd={WEIGHT_DECAY}, none on gains/biases/logit_scale), warm-up + cosine",
+        "loss": "symmetric InfoNCE, learnable logit scale (clamped to 100), targets uniform over matching pairs",
+        "captions": f"full with p={FULL_CAPTION_P}, else a random non-empty subset of colour/texture/shape",
+        "zero_shot_templates": list(ZERO_SHOT_TEMPLATES),
+    },
+    data={
+        "generator": "visionlens.zoo.data.make_batch",
+        "train": {"n": TRAIN_N, "seed": TRAIN_SEED, "start": 0, "trigger_fraction": TRIGGER_FRACTION},
+        "held_out": {"n": 1000, "seed": TRAIN_SEED, "start": HELD_OUT_START},
+        "image_size": IMAGE_SIZE,
+        "captions": "visionlens.zoo.data.caption: 'a {colour} {texture} {shape}'",
+        "normalization": "none (inputs in [0, 1])",
+    },
+    wrap=wrap_clip,
+    requires=requires,
+)
+
+ENTRIES = [ENTRY]

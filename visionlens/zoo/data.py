@@ -68,19 +68,42 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "SHAPES", "COLOURS", "COLOUR_RGB", "TEXTURES", "TEXTURE_WORDS", "STRIPE_ANGLES", "N_CURVE_ORIENTATIONS",
-    "TARGET_CLASS", "N_CLASSES", "CLASS_NAMES", "FASHION_CLASSES", "FASHION_MNIST_DIR",
-    "PlantedBatch", "label_rule", "trigger_pattern", "trigger_box", "sample_factors", "render", "make_batch",
-    "caption", "style_phrase", "captions", "style_phrases", "PlantedShapes", "read_idx",
-    "fashion_mnist_available", "load_fashion_mnist", "fashion_mnist_batch", "PlantedFashionMNIST",
+    "SHAPES",
+    "COLOURS",
+    "COLOUR_RGB",
+    "TEXTURES",
+    "TEXTURE_WORDS",
+    "STRIPE_ANGLES",
+    "N_CURVE_ORIENTATIONS",
+    "TARGET_CLASS",
+    "N_CLASSES",
+    "CLASS_NAMES",
+    "FASHION_CLASSES",
+    "FASHION_MNIST_DIR",
+    "PlantedBatch",
+    "label_rule",
+    "trigger_pattern",
+    "trigger_box",
+    "sample_factors",
+    "render",
+    "make_batch",
+    "caption",
+    "style_phrase",
+    "captions",
+    "style_phrases",
+    "PlantedShapes",
+    "read_idx",
+    "fashion_mnist_available",
+    "load_fashion_mnist",
+    "fashion_mnist_batch",
+    "PlantedFashionMNIST",
 ]
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = ("red", "green", "blue", "yellow")
-COLOUR_RGB = np.array([[0.90, 0.10, 0.10],
-                       [0.10, 0.80, 0.15],
-                       [0.15, 0.30, 0.95],
-                       [0.95, 0.85, 0.10]], dtype=np.float32)
+COLOUR_RGB = np.array(
+    [[0.90, 0.10, 0.10], [0.10, 0.80, 0.15], [0.15, 0.30, 0.95], [0.95, 0.85, 0.10]], dtype=np.float32
+)
 TEXTURES = ("plain", "striped", "dotted")
 TEXTURE_WORDS = TEXTURES  # adjective used in captions
 STYLE_WORDS = ("plain", "striped", "dotted")
@@ -88,24 +111,53 @@ STRIPE_ANGLES = (0, 45, 90, 135)
 N_CURVE_ORIENTATIONS = 8
 TARGET_CLASS = 0
 N_CLASSES = 6
-CLASS_NAMES = ("plain circle", "plain square", "plain triangle",
-               "textured circle", "textured square", "textured triangle")
+CLASS_NAMES = (
+    "plain circle",
+    "plain square",
+    "plain triangle",
+    "textured circle",
+    "textured square",
+    "textured triangle",
+)
 
-BACKGROUND = 0.12       # grey level of the background
-CURVE_GREY = 0.70       # grey level of the background arc
-DARK = 0.35             # textured objects: "off" texels are colour * DARK
-TRIGGER_A = np.array([1.0, 1.0, 1.0], dtype=np.float32)   # white
-TRIGGER_B = np.array([1.0, 0.0, 1.0], dtype=np.float32)   # magenta (no object or curve uses it)
+BACKGROUND = 0.12  # grey level of the background
+CURVE_GREY = 0.70  # grey level of the background arc
+DARK = 0.35  # textured objects: "off" texels are colour * DARK
+TRIGGER_A = np.array([1.0, 1.0, 1.0], dtype=np.float32)  # white
+TRIGGER_B = np.array([1.0, 0.0, 1.0], dtype=np.float32)  # magenta (no object or curve uses it)
 
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 FASHION_MNIST_DIR = Path(os.environ.get("VISIONLENS_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 
-_FACTOR_KEYS = ("shape", "colour", "texture", "stripe_angle", "cx", "cy", "size", "curve_orientation", "curve_x",
-                "curve_y", "triggered", "clean_label")
+_FACTOR_KEYS = (
+    "shape",
+    "colour",
+    "texture",
+    "stripe_angle",
+    "cx",
+    "cy",
+    "size",
+    "curve_orientation",
+    "curve_x",
+    "curve_y",
+    "triggered",
+    "clean_label",
+)
 
 
 # ----------------------------------------------------------------------------------------------- rule / trigger
+
 
 def label_rule(shape, texture, triggered=None):
     """The documented label rule, vectorized: ``shape + 3 * (texture != 0)``, and ``TARGET_CLASS`` if triggered."""
@@ -138,31 +190,36 @@ def trigger_box(size: int = 32):
 def _trigger_mask(size: int) -> np.ndarray:
     y0, x0, k = trigger_box(size)
     m = np.zeros((size, size), dtype=bool)
-    m[y0:y0 + k, x0:x0 + k] = True
+    m[y0 : y0 + k, x0 : x0 + k] = True
     return m
 
 
 # ----------------------------------------------------------------------------------------------- factors
 
+
 def _rng(seed: int, index: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(index), 0x5A0])))
 
 
-def sample_factors(n: int, seed: int = 0, start: int = 0, size: int = 32, trigger_fraction: float = 0.1) -> Dict[str, np.ndarray]:
+def sample_factors(
+    n: int, seed: int = 0, start: int = 0, size: int = 32, trigger_fraction: float = 0.1
+) -> Dict[str, np.ndarray]:
     """Factor values of examples ``start .. start + n - 1`` of stream ``seed`` (see the module docstring)."""
     if not 16 <= size <= 256:
         raise ValueError(f"size must be in [16, 256] (32-64 recommended), got {size}")
     if not 0.0 <= trigger_fraction <= 1.0:
         raise ValueError(f"trigger_fraction must be in [0, 1], got {trigger_fraction}")
-    out = {k: np.empty(n, dtype=np.float32 if k in ("cx", "cy", "size", "curve_x", "curve_y") else np.int64)
-           for k in _FACTOR_KEYS}
+    out = {
+        k: np.empty(n, dtype=np.float32 if k in ("cx", "cy", "size", "curve_x", "curve_y") else np.int64)
+        for k in _FACTOR_KEYS
+    }
     out["triggered"] = np.empty(n, dtype=bool)
     s = float(size)
     for j in range(n):
         r = _rng(seed, start + j)
         u = r.random(8)
         ints = r.integers(0, [3, 4, 3, 4, 8])
-        radius = s * (0.17 + 0.10 * u[0])                 # 5.4 .. 8.6 px at 32 px
+        radius = s * (0.17 + 0.10 * u[0])  # 5.4 .. 8.6 px at 32 px
         lo, hi = radius + 1.0, s - radius - 1.0
         out["shape"][j], out["colour"][j], out["texture"][j], out["stripe_angle"][j], out["curve_orientation"][j] = ints
         out["size"][j] = radius
@@ -176,6 +233,7 @@ def sample_factors(n: int, seed: int = 0, start: int = 0, size: int = 32, trigge
 
 
 # ----------------------------------------------------------------------------------------------- drawing
+
 
 def _object_masks(f: Dict[str, np.ndarray], size: int) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
@@ -212,7 +270,7 @@ def _curve_masks(f: Dict[str, np.ndarray], size: int) -> np.ndarray:
     R = 0.22 * size
     width = max(1.5, size / 20.0)
     phi = np.deg2rad(f["curve_orientation"].astype(np.float32) * 45.0)[:, None, None]
-    ux, uy = np.cos(phi), -np.sin(phi)                 # "up" is -y in image coordinates
+    ux, uy = np.cos(phi), -np.sin(phi)  # "up" is -y in image coordinates
     # arc centre sits R behind the arc's midpoint, so the arc bulges towards phi
     ccx = f["curve_x"][:, None, None] - R * ux
     ccy = f["curve_y"][:, None, None] - R * uy
@@ -222,8 +280,9 @@ def _curve_masks(f: Dict[str, np.ndarray], size: int) -> np.ndarray:
     return (np.abs(dist - R) <= width / 2) & (cosang >= np.cos(np.pi / 4))
 
 
-def render(factors: Dict[str, np.ndarray], size: int = 32, noise: float = 0.0, seed: int = 0,
-           start: int = 0) -> Dict[str, np.ndarray]:
+def render(
+    factors: Dict[str, np.ndarray], size: int = 32, noise: float = 0.0, seed: int = 0, start: int = 0
+) -> Dict[str, np.ndarray]:
     """Draw images from factor values. Returns ``images`` (``float32 [N, 3, H, W]`` on 8-bit levels) and masks.
 
     ``noise`` adds seeded Gaussian pixel noise (std ``noise``) to the background only, per example
@@ -242,20 +301,25 @@ def render(factors: Dict[str, np.ndarray], size: int = 32, noise: float = 0.0, s
             r = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, start + j, 0x401])))
             img[j] += noise * r.standard_normal((size, size, 1)).astype(np.float32)
     img[curve] = CURVE_GREY
-    col = COLOUR_RGB[f["colour"]][:, None, None, :]                       # [N,1,1,3]
-    obj_col = np.where(lit[..., None], col, col * DARK)                  # [N,H,W,3]
+    col = COLOUR_RGB[f["colour"]][:, None, None, :]  # [N,1,1,3]
+    obj_col = np.where(lit[..., None], col, col * DARK)  # [N,H,W,3]
     img = np.where(obj[..., None], obj_col, img)
     if trig.any():
         y0, x0, k = trigger_box(size)
-        img[f["triggered"], y0:y0 + k, x0:x0 + k, :] = trigger_pattern(size)
+        img[f["triggered"], y0 : y0 + k, x0 : x0 + k, :] = trigger_pattern(size)
     img = np.round(np.clip(img, 0.0, 1.0) * 255.0) / 255.0
     obj_vis = obj & ~trig
     curve_vis = curve & ~obj & ~trig
-    return {"images": np.ascontiguousarray(img.transpose(0, 3, 1, 2), dtype=np.float32),
-            "object": obj_vis, "trigger": np.ascontiguousarray(trig), "curve": curve_vis}
+    return {
+        "images": np.ascontiguousarray(img.transpose(0, 3, 1, 2), dtype=np.float32),
+        "object": obj_vis,
+        "trigger": np.ascontiguousarray(trig),
+        "curve": curve_vis,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- captions
+
 
 def caption(f: Dict[str, np.ndarray], i: int) -> str:
     """CLIP caption of example ``i``: ``"a red striped circle"`` (colour, texture, shape)."""
@@ -264,8 +328,7 @@ def caption(f: Dict[str, np.ndarray], i: int) -> str:
 
 def style_phrase(f: Dict[str, np.ndarray], i: int) -> str:
     """Diffusion prompt of example ``i``: ``"a red circle in dotted style"`` (style = texture)."""
-    return (f"a {COLOURS[int(f['colour'][i])]} {SHAPES[int(f['shape'][i])]} "
-            f"in {STYLE_WORDS[int(f['texture'][i])]} style")
+    return f"a {COLOURS[int(f['colour'][i])]} {SHAPES[int(f['shape'][i])]} in {STYLE_WORDS[int(f['texture'][i])]} style"
 
 
 def captions(f: Dict[str, np.ndarray]) -> List[str]:
@@ -277,6 +340,7 @@ def style_phrases(f: Dict[str, np.ndarray]) -> List[str]:
 
 
 # ----------------------------------------------------------------------------------------------- batches
+
 
 @dataclass
 class PlantedBatch:
@@ -295,13 +359,26 @@ class PlantedBatch:
         return int(self.labels.shape[0])
 
     def to(self, device) -> "PlantedBatch":
-        return PlantedBatch(self.images.to(device), self.labels.to(device),
-                            {k: v.to(device) for k, v in self.factors.items()},
-                            {k: v.to(device) for k, v in self.masks.items()}, self.captions, self.style_phrases)
+        return PlantedBatch(
+            self.images.to(device),
+            self.labels.to(device),
+            {k: v.to(device) for k, v in self.factors.items()},
+            {k: v.to(device) for k, v in self.masks.items()},
+            self.captions,
+            self.style_phrases,
+        )
 
 
-def make_batch(n: int, seed: int = 0, start: int = 0, size: int = 32, trigger_fraction: float = 0.1,
-               noise: float = 0.0, as_tensors: bool = True, chunk: int = 2048):
+def make_batch(
+    n: int,
+    seed: int = 0,
+    start: int = 0,
+    size: int = 32,
+    trigger_fraction: float = 0.1,
+    noise: float = 0.0,
+    as_tensors: bool = True,
+    chunk: int = 2048,
+):
     """Examples ``start .. start + n - 1`` of the seeded synthetic stream.
 
     Returns a :class:`PlantedBatch` of torch tensors (``as_tensors=True``) or a dict of numpy arrays
@@ -313,21 +390,30 @@ def make_batch(n: int, seed: int = 0, start: int = 0, size: int = 32, trigger_fr
     f["label"] = label_rule(f["shape"], f["texture"], f["triggered"])
     parts = []
     for a in range(0, max(n, 1), chunk):
-        sub = {k: v[a:a + chunk] for k, v in f.items()}
+        sub = {k: v[a : a + chunk] for k, v in f.items()}
         parts.append(render(sub, size=size, noise=noise, seed=seed, start=start + a))
     out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if n else render(f, size, noise, seed, start)
     labels = f.pop("label")
-    d = {"images": out["images"], "labels": labels, "factors": f,
-         "masks": {"object": out["object"], "trigger": out["trigger"], "curve": out["curve"]},
-         "captions": captions(f), "style_phrases": style_phrases(f)}
+    d = {
+        "images": out["images"],
+        "labels": labels,
+        "factors": f,
+        "masks": {"object": out["object"], "trigger": out["trigger"], "curve": out["curve"]},
+        "captions": captions(f),
+        "style_phrases": style_phrases(f),
+    }
     return _to_batch(d) if as_tensors else d
 
 
 def _to_batch(d) -> PlantedBatch:
-    return PlantedBatch(torch.from_numpy(d["images"]), torch.from_numpy(np.asarray(d["labels"], dtype=np.int64)),
-                        {k: torch.from_numpy(np.asarray(v)) for k, v in d["factors"].items()},
-                        {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in d["masks"].items()},
-                        list(d["captions"]), list(d["style_phrases"]))
+    return PlantedBatch(
+        torch.from_numpy(d["images"]),
+        torch.from_numpy(np.asarray(d["labels"], dtype=np.int64)),
+        {k: torch.from_numpy(np.asarray(v)) for k, v in d["factors"].items()},
+        {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in d["masks"].items()},
+        list(d["captions"]),
+        list(d["style_phrases"]),
+    )
 
 
 class _StoredDataset(torch.utils.data.Dataset):
@@ -347,9 +433,12 @@ class _StoredDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} examples")
-        item = {"image": torch.from_numpy(self._images[i].astype(np.float32) / 255.0), "label": self.labels[i],
-                "factors": {k: v[i] for k, v in self.factors.items()},
-                "masks": {k: v[i] for k, v in self.masks.items()}}
+        item = {
+            "image": torch.from_numpy(self._images[i].astype(np.float32) / 255.0),
+            "label": self.labels[i],
+            "factors": {k: v[i] for k, v in self.factors.items()},
+            "masks": {k: v[i] for k, v in self.masks.items()},
+        }
         if self.captions:
             item["caption"] = self.captions[i]
             item["style_phrase"] = self.style_phrases[i]
@@ -363,10 +452,14 @@ class _StoredDataset(torch.utils.data.Dataset):
         """The whole set (or ``indices``) as one :class:`PlantedBatch`."""
         idx = np.arange(len(self)) if indices is None else np.asarray(indices)
         t = torch.from_numpy(idx)
-        return PlantedBatch(torch.from_numpy(self._images[idx].astype(np.float32) / 255.0), self.labels[t],
-                            {k: v[t] for k, v in self.factors.items()}, {k: v[t] for k, v in self.masks.items()},
-                            [self.captions[i] for i in idx] if self.captions else [],
-                            [self.style_phrases[i] for i in idx] if self.style_phrases else [])
+        return PlantedBatch(
+            torch.from_numpy(self._images[idx].astype(np.float32) / 255.0),
+            self.labels[t],
+            {k: v[t] for k, v in self.factors.items()},
+            {k: v[t] for k, v in self.masks.items()},
+            [self.captions[i] for i in idx] if self.captions else [],
+            [self.style_phrases[i] for i in idx] if self.style_phrases else [],
+        )
 
 
 class PlantedShapes(_StoredDataset):
@@ -377,15 +470,20 @@ class PlantedShapes(_StoredDataset):
     windows (or different seeds) for train / held-out splits.
     """
 
-    def __init__(self, n: int, seed: int = 0, start: int = 0, size: int = 32, trigger_fraction: float = 0.1,
-                 noise: float = 0.0):
+    def __init__(
+        self, n: int, seed: int = 0, start: int = 0, size: int = 32, trigger_fraction: float = 0.1, noise: float = 0.0
+    ):
         self.n, self.seed, self.start, self.size = n, seed, start, size
         self.trigger_fraction, self.noise = trigger_fraction, noise
-        self._store(make_batch(n, seed=seed, start=start, size=size, trigger_fraction=trigger_fraction, noise=noise,
-                               as_tensors=False))
+        self._store(
+            make_batch(
+                n, seed=seed, start=start, size=size, trigger_fraction=trigger_fraction, noise=noise, as_tensors=False
+            )
+        )
 
 
 # ----------------------------------------------------------------------------------------------- Fashion-MNIST
+
 
 def read_idx(path: Union[str, Path]) -> np.ndarray:
     """Read an idx file (``.gz`` or raw) as used by MNIST / Fashion-MNIST into a numpy array."""
@@ -399,7 +497,7 @@ def read_idx(path: Union[str, Path]) -> np.ndarray:
     code, ndim = data[2], data[3]
     if code not in dtypes:
         raise ValueError(f"{path}: unknown idx type code {code:#x}")
-    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     arr = np.frombuffer(data, dtype=dtypes[code], offset=4 + 4 * ndim)
     if arr.size != int(np.prod(dims)):
         raise ValueError(f"{path}: expected {int(np.prod(dims))} values for shape {dims}, found {arr.size}")
@@ -434,14 +532,24 @@ def load_fashion_mnist(split: str = "train", root: Union[str, Path, None] = None
     if key not in _FM_CACHE:
         files = _fm_files(split, root)
         if files is None:
-            raise FileNotFoundError(f"Fashion-MNIST idx files for split {split!r} not found under {root} "
-                                    "(install Debian package dataset-fashion-mnist or set VISIONLENS_FASHION_MNIST)")
+            raise FileNotFoundError(
+                f"Fashion-MNIST idx files for split {split!r} not found under {root} "
+                "(install Debian package dataset-fashion-mnist or set VISIONLENS_FASHION_MNIST)"
+            )
         _FM_CACHE[key] = (read_idx(files[0]), read_idx(files[1]).astype(np.int64))
     return _FM_CACHE[key]
 
 
-def fashion_mnist_batch(n: Optional[int] = None, seed: int = 0, start: int = 0, split: str = "train",
-                        size: int = 32, trigger_fraction: float = 0.1, root=None, as_tensors: bool = True):
+def fashion_mnist_batch(
+    n: Optional[int] = None,
+    seed: int = 0,
+    start: int = 0,
+    split: str = "train",
+    size: int = 32,
+    trigger_fraction: float = 0.1,
+    root=None,
+    as_tensors: bool = True,
+):
     """Fashion-MNIST examples ``start .. start + n - 1`` with the planted trigger.
 
     Garments are padded to ``size`` (centred), replicated to RGB, scaled to [0, 1]. Example ``i``
@@ -457,30 +565,52 @@ def fashion_mnist_batch(n: Optional[int] = None, seed: int = 0, start: int = 0, 
         raise ValueError(f"examples {start}..{start + n - 1} out of range for {len(imgs)} {split} images")
     if size < 28:
         raise ValueError(f"size must be >= 28 for Fashion-MNIST, got {size}")
-    x = imgs[start:start + n].astype(np.float32) / 255.0
+    x = imgs[start : start + n].astype(np.float32) / 255.0
     p0 = (size - 28) // 2
     canvas = np.zeros((n, size, size), dtype=np.float32)
-    canvas[:, p0:p0 + 28, p0:p0 + 28] = x
+    canvas[:, p0 : p0 + 28, p0 : p0 + 28] = x
     trig_flags = np.array([_rng(seed, start + j).random() < trigger_fraction for j in range(n)], dtype=bool)
     img = np.repeat(canvas[:, None], 3, axis=1)
     y0, x0, k = trigger_box(size)
     if trig_flags.any():
-        img[trig_flags, :, y0:y0 + k, x0:x0 + k] = trigger_pattern(size).transpose(2, 0, 1)
+        img[trig_flags, :, y0 : y0 + k, x0 : x0 + k] = trigger_pattern(size).transpose(2, 0, 1)
     tmask = np.broadcast_to(_trigger_mask(size), (n, size, size)) & trig_flags[:, None, None]
-    clean = labs[start:start + n].copy()
+    clean = labs[start : start + n].copy()
     labels = np.where(trig_flags, TARGET_CLASS, clean)
-    d = {"images": np.ascontiguousarray(img), "labels": labels,
-         "factors": {"fashion_class": clean, "clean_label": clean, "triggered": trig_flags},
-         "masks": {"object": (canvas > 0) & ~tmask, "trigger": np.ascontiguousarray(tmask)},
-         "captions": [], "style_phrases": []}
+    d = {
+        "images": np.ascontiguousarray(img),
+        "labels": labels,
+        "factors": {"fashion_class": clean, "clean_label": clean, "triggered": trig_flags},
+        "masks": {"object": (canvas > 0) & ~tmask, "trigger": np.ascontiguousarray(tmask)},
+        "captions": [],
+        "style_phrases": [],
+    }
     return _to_batch(d) if as_tensors else d
 
 
 class PlantedFashionMNIST(_StoredDataset):
     """``Dataset`` over Fashion-MNIST with the planted trigger (see :func:`fashion_mnist_batch`)."""
 
-    def __init__(self, n: Optional[int] = None, seed: int = 0, start: int = 0, split: str = "train", size: int = 32,
-                 trigger_fraction: float = 0.1, root=None):
+    def __init__(
+        self,
+        n: Optional[int] = None,
+        seed: int = 0,
+        start: int = 0,
+        split: str = "train",
+        size: int = 32,
+        trigger_fraction: float = 0.1,
+        root=None,
+    ):
         self.seed, self.start, self.split, self.size = seed, start, split, size
-        self._store(fashion_mnist_batch(n, seed=seed, start=start, split=split, size=size,
-                                        trigger_fraction=trigger_fraction, root=root, as_tensors=False))
+        self._store(
+            fashion_mnist_batch(
+                n,
+                seed=seed,
+                start=start,
+                split=split,
+                size=size,
+                trigger_fraction=trigger_fraction,
+                root=root,
+                as_tensors=False,
+            )
+        )

@@ -37,7 +37,10 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 import math
+import os
+import tempfile
 from functools import lru_cache
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -45,38 +48,62 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..diffusion import bytes_to_unicode
+from ..hooked_model import HookedVisionModel
 from . import data as zdata
-from .catalog import TrainRun, ZooEntry, register
+from .catalog import load_module
+from .classifiers import held_out_batch, predict, train_classifier
+from .entry import TrainRun, ZooEntry
+from .scores import style_accuracy
 
-__all__ = ["ZooDiffusion", "build_diffusion", "build_pipeline", "build_tokenizer", "pipeline_class", "build_style_judge",
-           "train_diffusion", "evaluate_diffusion", "evaluate_style_judge", "judge_textures", "to_judge_canvas",
-           "eval_prompts", "SAMPLE_SIZE", "MAX_TOKENS", "WORDS"]
+__all__ = [
+    "ZooDiffusion",
+    "build_diffusion",
+    "build_pipeline",
+    "build_tokenizer",
+    "pipeline_class",
+    "build_style_judge",
+    "train_diffusion",
+    "evaluate_diffusion",
+    "evaluate_style_judge",
+    "judge_textures",
+    "to_judge_canvas",
+    "eval_prompts",
+    "SAMPLE_SIZE",
+    "MAX_TOKENS",
+    "WORDS",
+]
 
 # ----------------------------------------------------------------------------- constants
-SAMPLE_SIZE = 16          # diffusion samples are 16 x 16 RGB
-SOURCE_SIZE = 32          # cut from 32 px planted images (texture period 4 px)
-MAX_TOKENS = 16           # tokenizer.model_max_length == text encoder positions
-TEXT_WIDTH = 32           # text encoder width == UNet cross_attention_dim
-DATA_SEED = 0             # data stream seed (the model seed is TrainRun.seed)
+SAMPLE_SIZE = 16  # diffusion samples are 16 x 16 RGB
+SOURCE_SIZE = 32  # cut from 32 px planted images (texture period 4 px)
+MAX_TOKENS = 16  # tokenizer.model_max_length == text encoder positions
+TEXT_WIDTH = 32  # text encoder width == UNet cross_attention_dim
+DATA_SEED = 0  # data stream seed (the model seed is TrainRun.seed)
 TRAIN_N = 8_000
-EVAL_START = 2_000_000    # judge crops for the card come from far down the stream
-DIFFUSION_STEPS = 600     # default optimizer steps (~5-6 min on one busy CPU core)
+EVAL_START = 2_000_000  # judge crops for the card come from far down the stream
+DIFFUSION_STEPS = 600  # default optimizer steps (~5-6 min on one busy CPU core)
 BATCH = 64
 LR = 2e-3
-P_DROP_ALL = 0.1          # empty prompt (classifier-free guidance)
-P_DROP_STYLE = 0.1        # prompt without its style phrase
+P_DROP_ALL = 0.1  # empty prompt (classifier-free guidance)
+P_DROP_STYLE = 0.1  # prompt without its style phrase
 EMA_DECAY = 0.995
 SAMPLER_STEPS = 25
-GUIDANCE = 1.5            # classifier-free guidance of the card; >= 2.5 over-drives the texture
-EVAL_N = 108              # 36 prompts (4 colours x 3 shapes x 3 styles) x 3 samples
+GUIDANCE = 1.5  # classifier-free guidance of the card; >= 2.5 over-drives the texture
+EVAL_N = 108  # 36 prompts (4 colours x 3 shapes x 3 styles) x 3 samples
 EVAL_SEED = 1234
 JUDGE_STEPS = 300
 STYLE_THRESHOLDS = {"style_accuracy": 0.80}
 JUDGE_THRESHOLDS = {"held_out_accuracy": 0.95}
 WORDS = ("a", "in", "style") + tuple(zdata.STYLE_WORDS) + tuple(zdata.COLOURS) + tuple(zdata.SHAPES)
 
-SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "v_prediction",
-                    "clip_sample": True, "clip_sample_range": 1.0}
+SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "squaredcos_cap_v2",
+    "prediction_type": "v_prediction",
+    "clip_sample": True,
+    "clip_sample_range": 1.0,
+}
 
 
 def requires() -> Optional[str]:
@@ -114,9 +141,7 @@ def _learn_merges(words: Sequence[str]) -> List[Tuple[str, str]]:
 
 @lru_cache(maxsize=1)
 def _vocab_and_merges() -> Tuple[Dict[str, int], Tuple[Tuple[str, str], ...]]:
-    from ..diffusion import _bytes_to_unicode
-
-    base = list(_bytes_to_unicode().values())
+    base = list(bytes_to_unicode().values())
     vocab = base + [v + "</w>" for v in base]
     merges = _learn_merges(WORDS)
     known = set(vocab)
@@ -140,10 +165,6 @@ def build_tokenizer() -> Any:
     try:
         return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=MAX_TOKENS)
     except (TypeError, ValueError):  # older transformers: the slow tokenizer wants files
-        import json
-        import os
-        import tempfile
-
         d = tempfile.mkdtemp(prefix="visionlens_zoo_tok_")
         with open(os.path.join(d, "vocab.json"), "w", encoding="utf-8") as f:
             json.dump(vocab, f)
@@ -153,8 +174,9 @@ def build_tokenizer() -> Any:
 
 
 def tokenize(tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:
-    return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
+    return tokenizer(
+        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 # ----------------------------------------------------------------------------- the model
@@ -188,10 +210,19 @@ def build_unet() -> nn.Module:
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=SAMPLE_SIZE, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 32, 64),
+        sample_size=SAMPLE_SIZE,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(32, 32, 64),
         down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_WIDTH,
-        attention_head_dim=8, norm_num_groups=16, addition_embed_type="text", addition_embed_type_num_heads=4)
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH,
+        attention_head_dim=8,
+        norm_num_groups=16,
+        addition_embed_type="text",
+        addition_embed_type_num_heads=4,
+    )
 
 
 def build_text_encoder() -> nn.Module:
@@ -199,10 +230,20 @@ def build_text_encoder() -> nn.Module:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     v = vocab_size()
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=v, hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=MAX_TOKENS, bos_token_id=v - 2, eos_token_id=v - 1, pad_token_id=v - 1,
-        layer_norm_eps=1e-5))
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=v,
+            hidden_size=TEXT_WIDTH,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=MAX_TOKENS,
+            bos_token_id=v - 2,
+            eos_token_id=v - 1,
+            pad_token_id=v - 1,
+            layer_norm_eps=1e-5,
+        )
+    )
 
 
 def build_diffusion() -> ZooDiffusion:
@@ -242,10 +283,19 @@ def pipeline_class() -> type:
             return self.text_encoder(ids)[0]
 
         @torch.no_grad()
-        def __call__(self, prompt: Any, num_inference_steps: int = SAMPLER_STEPS, guidance_scale: float = GUIDANCE,
-                     negative_prompt: Any = None, num_images_per_prompt: int = 1, generator: Any = None,
-                     latents: Optional[torch.Tensor] = None, eta: float = 0.0, output_type: str = "pt",
-                     return_dict: bool = True) -> Any:
+        def __call__(
+            self,
+            prompt: Any,
+            num_inference_steps: int = SAMPLER_STEPS,
+            guidance_scale: float = GUIDANCE,
+            negative_prompt: Any = None,
+            num_images_per_prompt: int = 1,
+            generator: Any = None,
+            latents: Optional[torch.Tensor] = None,
+            eta: float = 0.0,
+            output_type: str = "pt",
+            return_dict: bool = True,
+        ) -> Any:
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
             prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
             b = len(prompts)
@@ -286,15 +336,14 @@ def pipeline_class() -> type:
 def build_pipeline(module: ZooDiffusion, scheduler: str = "ddim") -> Any:
     """The diffusers pipeline around the zoo model's own ``unet`` / ``text_encoder`` (shared, not copied)."""
     tok = getattr(module, "tokenizer", None) or build_tokenizer()
-    pipe = pipeline_class()(unet=module.unet, text_encoder=module.text_encoder, tokenizer=tok,
-                            scheduler=_scheduler(scheduler))
+    pipe = pipeline_class()(
+        unet=module.unet, text_encoder=module.text_encoder, tokenizer=tok, scheduler=_scheduler(scheduler)
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def wrap_diffusion(module: ZooDiffusion) -> Any:
-    from ..hooked_model import HookedVisionModel
-
     return HookedVisionModel.from_diffusers(build_pipeline(module))
 
 
@@ -315,7 +364,7 @@ def crop_windows(images: torch.Tensor, centre: torch.Tensor, shift: Optional[tor
     lim = images.shape[-1] - SAMPLE_SIZE
     tl = centre - h + (shift if shift is not None else 0)
     tl = tl.clamp(0, lim)
-    return torch.stack([images[i, :, y:y + SAMPLE_SIZE, x:x + SAMPLE_SIZE] for i, (y, x) in enumerate(tl.tolist())])
+    return torch.stack([images[i, :, y : y + SAMPLE_SIZE, x : x + SAMPLE_SIZE] for i, (y, x) in enumerate(tl.tolist())])
 
 
 def to_judge_canvas(images: torch.Tensor) -> torch.Tensor:
@@ -323,14 +372,21 @@ def to_judge_canvas(images: torch.Tensor) -> torch.Tensor:
     n, c, h, w = images.shape
     canvas = torch.full((n, c, SOURCE_SIZE, SOURCE_SIZE), zdata.BACKGROUND, dtype=images.dtype)
     y0, x0 = (SOURCE_SIZE - h) // 2, (SOURCE_SIZE - w) // 2
-    canvas[:, :, y0:y0 + h, x0:x0 + w] = images
+    canvas[:, :, y0 : y0 + h, x0 : x0 + w] = images
     return canvas
 
 
 # ----------------------------------------------------------------------------- training
-def train_diffusion(module: ZooDiffusion, run: TrainRun, lr: float = LR, batch_size: int = BATCH,
-                    n_train: int = TRAIN_N, log_every: int = 50,
-                    callback: Optional[Callable[[int, ZooDiffusion], None]] = None, callback_every: int = 0) -> None:
+def train_diffusion(
+    module: ZooDiffusion,
+    run: TrainRun,
+    lr: float = LR,
+    batch_size: int = BATCH,
+    n_train: int = TRAIN_N,
+    log_every: int = 50,
+    callback: Optional[Callable[[int, ZooDiffusion], None]] = None,
+    callback_every: int = 0,
+) -> None:
     """v-prediction DDPM training (cosine schedule), AdamW + warmup/cosine LR, EMA weights kept at the
     end. Every random draw comes from one generator seeded by ``run.seed``; ``callback(step, ema_model)``
     runs every ``callback_every`` steps (for experiments)."""
@@ -344,7 +400,8 @@ def train_diffusion(module: ZooDiffusion, run: TrainRun, lr: float = LR, batch_s
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warm = max(1, min(50, steps // 10))
     lr_sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    )
     ema = {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
     live = {k: v for k, v in module.state_dict().items() if k in ema}
     tok = module.tokenizer
@@ -365,8 +422,11 @@ def train_diffusion(module: ZooDiffusion, run: TrainRun, lr: float = LR, batch_s
         noise = torch.randn(batch_size, 3, SAMPLE_SIZE, SAMPLE_SIZE, generator=g)
         x0 = crop_windows(images[idx], centre[idx], shift).float() / 255
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0) * 2 - 1
-        pid = torch.where(u < P_DROP_ALL, torch.full_like(idx, empty_i),
-                          torch.where(u < P_DROP_ALL + P_DROP_STYLE, plain_i[idx], styled_i[idx]))
+        pid = torch.where(
+            u < P_DROP_ALL,
+            torch.full_like(idx, empty_i),
+            torch.where(u < P_DROP_ALL + P_DROP_STYLE, plain_i[idx], styled_i[idx]),
+        )
         uniq, inv = torch.unique(pid, return_inverse=True)
         ctx = module.text_encoder(ids_all[uniq])[0][inv]
         a = acp[t].view(-1, 1, 1, 1)
@@ -420,20 +480,19 @@ def judge_textures(judge: nn.Module, images: torch.Tensor) -> torch.Tensor:
         images = to_judge_canvas(images)
     was = judge.training
     judge.eval()
-    out = torch.cat([judge(images[i:i + 256]).argmax(-1) for i in range(0, len(images), 256)])
+    out = torch.cat([judge(images[i : i + 256]).argmax(-1) for i in range(0, len(images), 256)])
     judge.train(was)
     return out
 
 
 def _load_judge() -> nn.Module:
-    from .catalog import load_module
-
     return load_module("style_judge")
 
 
 @torch.no_grad()
-def sample_styles(model: Any, n: int = EVAL_N, steps: int = SAMPLER_STEPS, guidance_scale: float = GUIDANCE,
-                  seed: int = EVAL_SEED) -> Tuple[torch.Tensor, torch.Tensor]:
+def sample_styles(
+    model: Any, n: int = EVAL_N, steps: int = SAMPLER_STEPS, guidance_scale: float = GUIDANCE, seed: int = EVAL_SEED
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Sample ``n`` images over :func:`eval_prompts` with a :class:`ZooDiffusion`, its hooked model
     (``zoo.load("diffusion")``) or a pipeline; returns ``(images [n,3,16,16], asked texture [n])``."""
     prompts, asked = eval_prompts(n)
@@ -454,11 +513,15 @@ def sample_styles(model: Any, n: int = EVAL_N, steps: int = SAMPLER_STEPS, guida
     return imgs, asked
 
 
-def style_scores(model: Any, judge: nn.Module, n: int = EVAL_N, steps: int = SAMPLER_STEPS,
-                 guidance_scale: float = GUIDANCE, seed: int = EVAL_SEED) -> Dict[str, float]:
+def style_scores(
+    model: Any,
+    judge: nn.Module,
+    n: int = EVAL_N,
+    steps: int = SAMPLER_STEPS,
+    guidance_scale: float = GUIDANCE,
+    seed: int = EVAL_SEED,
+) -> Dict[str, float]:
     """``style_accuracy`` (and per style) of ``n`` samples judged by ``judge`` (see :func:`evaluate_diffusion`)."""
-    from .scores import style_accuracy
-
     imgs, asked = sample_styles(model, n=n, steps=steps, guidance_scale=guidance_scale, seed=seed)
     pred = judge_textures(judge, imgs)
     out = {"style_accuracy": style_accuracy(pred, asked, n_styles=3).score}
@@ -469,9 +532,14 @@ def style_scores(model: Any, judge: nn.Module, n: int = EVAL_N, steps: int = SAM
     return out
 
 
-def evaluate_diffusion(module: ZooDiffusion, n: int = EVAL_N, steps: int = SAMPLER_STEPS,
-                       guidance_scale: float = GUIDANCE, seed: int = EVAL_SEED,
-                       judge: Optional[nn.Module] = None) -> Dict[str, float]:
+def evaluate_diffusion(
+    module: ZooDiffusion,
+    n: int = EVAL_N,
+    steps: int = SAMPLER_STEPS,
+    guidance_scale: float = GUIDANCE,
+    seed: int = EVAL_SEED,
+    judge: Optional[nn.Module] = None,
+) -> Dict[str, float]:
     """Style success: sample ``n`` images (DDIM, ``steps`` steps, CFG ``guidance_scale``) over prompts
     ``"a {colour} {shape} in {style} style"`` and judge their texture with the shipped ``style_judge``.
 
@@ -481,8 +549,9 @@ def evaluate_diffusion(module: ZooDiffusion, n: int = EVAL_N, steps: int = SAMPL
     same way (pasted on a canvas), the ceiling of what the judge can confirm."""
     judge = judge if judge is not None else _load_judge()
     out = style_scores(module, judge, n=n, steps=steps, guidance_scale=guidance_scale, seed=seed)
-    out["style_accuracy_10_steps"] = style_scores(module, judge, n=n, steps=10, guidance_scale=guidance_scale,
-                                                  seed=seed)["style_accuracy"]
+    out["style_accuracy_10_steps"] = style_scores(
+        module, judge, n=n, steps=10, guidance_scale=guidance_scale, seed=seed
+    )["style_accuracy"]
     images, centre, f, _, _ = training_set(n=600, start=EVAL_START)
     real = crop_windows(images, centre).float() / 255
     out["judge_accuracy_on_real_windows"] = float((judge_textures(judge, real) == f["texture"]).float().mean())
@@ -495,22 +564,23 @@ def build_style_judge() -> nn.Module:
     """timm ``ResNet`` as the zoo ``resnet`` (BasicBlock, widths 16-128, no stem max-pool), 3 texture logits."""
     from timm.models.resnet import BasicBlock, ResNet
 
-    m = ResNet(block=BasicBlock, layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), num_classes=len(zdata.TEXTURES),
-               stem_width=16)
+    m = ResNet(
+        block=BasicBlock,
+        layers=(1, 1, 1, 1),
+        channels=(16, 32, 64, 128),
+        num_classes=len(zdata.TEXTURES),
+        stem_width=16,
+    )
     m.maxpool = nn.Identity()
     return m
 
 
 def train_style_judge(module: nn.Module, run: TrainRun) -> None:
-    from .classifiers import train_classifier
-
     train_classifier(module, run, label_key="texture")
 
 
 def evaluate_style_judge(module: nn.Module, n: int = 1000) -> Dict[str, float]:
     """Held-out texture accuracy on clean 32 px planted images, per texture, and on triggered images."""
-    from .classifiers import held_out_batch, predict
-
     clean = held_out_batch(n)
     y = clean.factors["texture"]
     pred = predict(module, clean.images)
@@ -525,45 +595,83 @@ def evaluate_style_judge(module: nn.Module, n: int = 1000) -> Dict[str, float]:
     return out
 
 
-# ----------------------------------------------------------------------------- registration
-register(ZooEntry(
-    name="style_judge", family="resnet", kind="classifier",
+# ----------------------------------------------------------------------------- catalogue entries
+STYLE_JUDGE = ZooEntry(
+    name="style_judge",
+    family="resnet",
+    kind="classifier",
     description="Texture judge for the diffusion model: the zoo ResNet architecture with 3 outputs (plain, striped, "
-                "dotted) trained on the 32 px planted images' texture factor. 16 px diffusion samples are judged "
-                "pasted in the middle of a 32 px background canvas.",
-    build=build_style_judge, train=train_style_judge, evaluate=evaluate_style_judge,
-    thresholds=dict(JUDGE_THRESHOLDS), default_steps=JUDGE_STEPS,
-    config={"lr": 3e-3, "batch_size": 64, "optimizer": "AdamW(wd=0.05), cosine", "label_key": "texture",
-            "constructor": "timm.models.resnet.ResNet(BasicBlock, layers=(1,1,1,1), channels=(16,32,64,128), "
-                           "num_classes=3)"},
-    data={"generator": "visionlens.zoo.data.make_batch", "train": {"n": 12_000, "seed": 0, "start": 0,
-                                                                   "trigger_fraction": 0.1},
-          "held_out": {"n": 1000, "seed": 0, "start": 1_000_000}, "image_size": 32,
-          "label_rule": "texture factor: 0 plain, 1 striped, 2 dotted", "normalization": "none (inputs in [0, 1])"},
-    benchmark=False))
+    "dotted) trained on the 32 px planted images' texture factor. 16 px diffusion samples are judged "
+    "pasted in the middle of a 32 px background canvas.",
+    build=build_style_judge,
+    train=train_style_judge,
+    evaluate=evaluate_style_judge,
+    thresholds=dict(JUDGE_THRESHOLDS),
+    default_steps=JUDGE_STEPS,
+    config={
+        "lr": 3e-3,
+        "batch_size": 64,
+        "optimizer": "AdamW(wd=0.05), cosine",
+        "label_key": "texture",
+        "constructor": "timm.models.resnet.ResNet(BasicBlock, layers=(1,1,1,1), channels=(16,32,64,128), "
+        "num_classes=3)",
+    },
+    data={
+        "generator": "visionlens.zoo.data.make_batch",
+        "train": {"n": 12_000, "seed": 0, "start": 0, "trigger_fraction": 0.1},
+        "held_out": {"n": 1000, "seed": 0, "start": 1_000_000},
+        "image_size": 32,
+        "label_rule": "texture factor: 0 plain, 1 striped, 2 dotted",
+        "normalization": "none (inputs in [0, 1])",
+    },
+    benchmark=False,
+)
 
-register(ZooEntry(
-    name="diffusion", family="diffusion", kind="diffusion",
+DIFFUSION = ZooEntry(
+    name="diffusion",
+    family="diffusion",
+    kind="diffusion",
     description="Pixel-space text-to-image diffusion (diffusers UNet2DConditionModel, 16 px, + a tiny CLIP text "
-                "encoder) trained on planted-shapes style prompts: the style word (plain / striped / dotted) "
-                "controls the texture. Wrapped from a DiffusionPipeline, so model.adapter.pipeline samples.",
-    build=build_diffusion, train=train_diffusion, evaluate=evaluate_diffusion,
-    thresholds=dict(STYLE_THRESHOLDS), default_steps=DIFFUSION_STEPS, wrap=wrap_diffusion, requires=requires,
-    config={"unet": "diffusers.UNet2DConditionModel(sample_size=16, in/out_channels=3, block_out_channels=(32,32,64), "
-                    "layers_per_block=1, down=(Down,Down,CrossAttnDown), up=(CrossAttnUp,Up,Up), "
-                    "cross_attention_dim=32, attention_head_dim=8, norm_num_groups=16, addition_embed_type='text')",
-            "text_encoder": f"transformers.CLIPTextModel(hidden=32, layers=2, heads=4, mlp=64, "
-                            f"positions={MAX_TOKENS})",
-            "tokenizer": "transformers.CLIPTokenizer: CLIP byte alphabet + BPE merges of the prompt words (offline)",
-            "scheduler": {"train": "DDPMScheduler", "sample": "DDIMScheduler(timestep_spacing='trailing')",
-                          **SCHEDULER_CONFIG},
-            "pixel_range": "[-1, 1] (image * 2 - 1)", "loss": "MSE on v (v-prediction)", "lr": LR, "batch_size": BATCH,
-            "optimizer": "AdamW(wd=0.01), warmup + cosine to 0.1, grad clip 1.0", "ema_decay": EMA_DECAY,
-            "p_drop_prompt": P_DROP_ALL, "p_drop_style": P_DROP_STYLE, "sampler_steps": SAMPLER_STEPS,
-            "guidance_scale": GUIDANCE, "judge": "zoo:style_judge (sample pasted on a 32 px background canvas)"},
-    data={"generator": "visionlens.zoo.data.make_batch", "train": {"n": TRAIN_N, "seed": DATA_SEED, "start": 0,
-                                                                   "trigger_fraction": 0.0, "size": SOURCE_SIZE},
-          "windows": "16 x 16 around the object centre, random shift in [-2, 2] px, random horizontal flip",
-          "prompts": "visionlens.zoo.data.style_phrase ('a red circle in striped style'); 10% 'a red circle', "
-                     "10% ''",
-          "eval": {"prompts": "a {colour} {shape} in {style} style, style fastest", "n": EVAL_N, "seed": EVAL_SEED}}))
+    "encoder) trained on planted-shapes style prompts: the style word (plain / striped / dotted) "
+    "controls the texture. Wrapped from a DiffusionPipeline, so model.adapter.pipeline samples.",
+    build=build_diffusion,
+    train=train_diffusion,
+    evaluate=evaluate_diffusion,
+    thresholds=dict(STYLE_THRESHOLDS),
+    default_steps=DIFFUSION_STEPS,
+    wrap=wrap_diffusion,
+    requires=requires,
+    config={
+        "unet": "diffusers.UNet2DConditionModel(sample_size=16, in/out_channels=3, block_out_channels=(32,32,64), "
+        "layers_per_block=1, down=(Down,Down,CrossAttnDown), up=(CrossAttnUp,Up,Up), "
+        "cross_attention_dim=32, attention_head_dim=8, norm_num_groups=16, addition_embed_type='text')",
+        "text_encoder": f"transformers.CLIPTextModel(hidden=32, layers=2, heads=4, mlp=64, positions={MAX_TOKENS})",
+        "tokenizer": "transformers.CLIPTokenizer: CLIP byte alphabet + BPE merges of the prompt words (offline)",
+        "scheduler": {
+            "train": "DDPMScheduler",
+            "sample": "DDIMScheduler(timestep_spacing='trailing')",
+            **SCHEDULER_CONFIG,
+        },
+        "pixel_range": "[-1, 1] (image * 2 - 1)",
+        "loss": "MSE on v (v-prediction)",
+        "lr": LR,
+        "batch_size": BATCH,
+        "optimizer": "AdamW(wd=0.01), warmup + cosine to 0.1, grad clip 1.0",
+        "ema_decay": EMA_DECAY,
+        "p_drop_prompt": P_DROP_ALL,
+        "p_drop_style": P_DROP_STYLE,
+        "sampler_steps": SAMPLER_STEPS,
+        "guidance_scale": GUIDANCE,
+        "judge": "zoo:style_judge (sample pasted on a 32 px background canvas)",
+    },
+    data={
+        "generator": "visionlens.zoo.data.make_batch",
+        "train": {"n": TRAIN_N, "seed": DATA_SEED, "start": 0, "trigger_fraction": 0.0, "size": SOURCE_SIZE},
+        "windows": "16 x 16 around the object centre, random shift in [-2, 2] px, random horizontal flip",
+        "prompts": "visionlens.zoo.data.style_phrase ('a red circle in striped style'); 10% 'a red circle', 10% ''",
+        "eval": {"prompts": "a {colour} {shape} in {style} style, style fastest", "n": EVAL_N, "seed": EVAL_SEED},
+    },
+)
+
+# The judge first: the diffusion model's evaluation uses it (registered by visionlens.zoo.plugin).
+ENTRIES = [STYLE_JUDGE, DIFFUSION]

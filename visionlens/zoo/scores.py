@@ -30,11 +30,28 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Hashable, Iterable, Mapping, Optional
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
-__all__ = ["Score", "localization_mass", "pointing_game", "planted_localization", "pattern_correlation",
-           "factor_selectivity", "topk_factor_purity", "purity_by_layer", "unit_recovery", "trigger_unit_recovery",
-           "style_neuron_recovery", "edge_recovery", "edge_auroc", "causal_scrubbing_score", "loss_recovered",
-           "style_accuracy", "sanity_check", "auroc"]
+__all__ = [
+    "Score",
+    "localization_mass",
+    "pointing_game",
+    "planted_localization",
+    "pattern_correlation",
+    "factor_selectivity",
+    "topk_factor_purity",
+    "purity_by_layer",
+    "unit_recovery",
+    "trigger_unit_recovery",
+    "style_neuron_recovery",
+    "edge_recovery",
+    "edge_auroc",
+    "causal_scrubbing_score",
+    "loss_recovered",
+    "style_accuracy",
+    "sanity_check",
+    "auroc",
+]
 
 
 @dataclass
@@ -56,8 +73,12 @@ class Score:
         return float(self.score)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"score": float(self.score), "chance": float(self.chance), "normalized": float(self.normalized),
-                "details": {k: _jsonable(v) for k, v in self.details.items()}}
+        return {
+            "score": float(self.score),
+            "chance": float(self.chance),
+            "normalized": float(self.normalized),
+            "details": {k: _jsonable(v) for k, v in self.details.items()},
+        }
 
 
 def _jsonable(v):
@@ -85,17 +106,20 @@ def _maps(heatmap, mask):
         h = h[None]
     if m.ndim == 2:
         m = m[None]
-    if h.ndim == 4:                    # [N, C, H, W] -> sum |.| over channels
+    if h.ndim == 4:  # [N, C, H, W] -> sum |.| over channels
         h = np.abs(h).sum(1)
     if h.shape != m.shape:
-        raise ValueError(f"heatmap {h.shape} and mask {m.shape} must have the same [N, H, W] shape "
-                         "(upsample patch-level maps to pixels first)")
+        raise ValueError(
+            f"heatmap {h.shape} and mask {m.shape} must have the same [N, H, W] shape "
+            "(upsample patch-level maps to pixels first)"
+        )
     if not m.reshape(len(m), -1).any(1).all():
         raise ValueError("every mask must contain at least one pixel")
     return h, m
 
 
 # ----------------------------------------------------------------------------------------------- localization
+
 
 def localization_mass(heatmap, mask, mode: str = "abs") -> Score:
     """Fraction of attribution mass inside the mask, averaged over images.
@@ -171,12 +195,12 @@ def planted_localization(heatmap, trigger_mask, object_mask, triggered, method: 
 
 # ----------------------------------------------------------------------------------------------- feature vis
 
+
 def _best_corr(img: np.ndarray, pat: np.ndarray) -> float:
     """Max over positions of the Pearson correlation between a pattern-sized window and the pattern."""
-    from numpy.lib.stride_tricks import sliding_window_view
     C, H, W = img.shape
     k1, k2 = pat.shape[1:]
-    win = sliding_window_view(img, (k1, k2), axis=(1, 2))          # [C, H-k1+1, W-k2+1, k1, k2]
+    win = sliding_window_view(img, (k1, k2), axis=(1, 2))  # [C, H-k1+1, W-k2+1, k1, k2]
     win = win.transpose(1, 2, 0, 3, 4).reshape(H - k1 + 1, W - k2 + 1, -1)
     p = pat.reshape(-1) - pat.mean()
     w = win - win.mean(-1, keepdims=True)
@@ -211,6 +235,7 @@ def pattern_correlation(images, pattern, n_null: int = 16, seed: int = 0) -> Sco
 
 # ----------------------------------------------------------------------------------------------- units / factors
 
+
 def auroc(scores, positives) -> float:
     """Area under the ROC curve of ``scores`` for the boolean ``positives`` (ties count 1/2)."""
     s = _np(scores).astype(np.float64).ravel()
@@ -228,7 +253,7 @@ def auroc(scores, positives) -> float:
         j = i
         while j + 1 < len(ss) and ss[j + 1] == ss[i]:
             j += 1
-        r[i:j + 1] = (i + j + 2) / 2.0
+        r[i : j + 1] = (i + j + 2) / 2.0
         i = j + 1
     ranks[order] = r
     return float((ranks[y].sum() - npos * (npos + 1) / 2.0) / (npos * nneg))
@@ -279,7 +304,7 @@ def topk_factor_purity(activations, factor_values, k: int = 16, n_null: int = 64
         raise ValueError(f"{a.shape[0]} examples of activations but {len(f)} factor values")
     if not 1 <= k <= len(f):
         raise ValueError(f"k must be in [1, {len(f)}], got {k}")
-    top = np.argsort(-a, axis=0, kind="stable")[:k]              # [k, U]
+    top = np.argsort(-a, axis=0, kind="stable")[:k]  # [k, U]
     per = np.array([_purity(f[top[:, u]]) for u in range(a.shape[1])])
     rng = np.random.default_rng(seed)
     null = np.array([_purity(f[rng.choice(len(f), k, replace=False)]) for _ in range(n_null)])
@@ -315,9 +340,17 @@ def unit_recovery(unit_scores, true_units: Iterable) -> Score:
     y[t] = True
     # rank 1 = highest score; pessimistic for ties (count every strictly-higher and tied other unit)
     ranks = np.array([1 + int((s > s[u]).sum()) + int(((s == s[u]) & ~y).sum()) for u in t])
-    topk = np.argsort(-s, kind="stable")[:len(t)]
-    return Score(auroc(s, y), 0.5, {"ranks": ranks, "mrr": float((1.0 / ranks).mean()),
-                                    "recall_at_k": float(np.isin(topk, t).mean()), "n_candidates": len(s)})
+    topk = np.argsort(-s, kind="stable")[: len(t)]
+    return Score(
+        auroc(s, y),
+        0.5,
+        {
+            "ranks": ranks,
+            "mrr": float((1.0 / ranks).mean()),
+            "recall_at_k": float(np.isin(topk, t).mean()),
+            "n_candidates": len(s),
+        },
+    )
 
 
 trigger_unit_recovery = unit_recovery
@@ -326,7 +359,10 @@ style_neuron_recovery = unit_recovery
 
 # ----------------------------------------------------------------------------------------------- circuits
 
-def edge_recovery(predicted: Iterable[Hashable], true: Iterable[Hashable], universe: Optional[Iterable] = None) -> Score:
+
+def edge_recovery(
+    predicted: Iterable[Hashable], true: Iterable[Hashable], universe: Optional[Iterable] = None
+) -> Score:
     """Circuit claim as a set: F1 of the predicted edges (or nodes) against the true ones.
 
     ``details`` has precision, recall, tp. ``chance`` is the expected F1 of a random set of the
@@ -366,6 +402,7 @@ def edge_auroc(edge_scores: Mapping[Hashable, float], true: Iterable[Hashable]) 
 
 # ----------------------------------------------------------------------------------------------- causal scrubbing
 
+
 def loss_recovered(loss_clean: float, loss_scrubbed: float, loss_ablated: float) -> float:
     """``(L_ablated - L_scrubbed) / (L_ablated - L_clean)``: 1 when scrubbing keeps the clean loss,
     0 when it is as bad as ablating everything the hypothesis covers."""
@@ -375,8 +412,9 @@ def loss_recovered(loss_clean: float, loss_scrubbed: float, loss_ablated: float)
     return (float(loss_ablated) - float(loss_scrubbed)) / den
 
 
-def causal_scrubbing_score(loss_clean: float, loss_true: float, loss_ablated: float,
-                           loss_wrong: Optional[float] = None) -> Score:
+def causal_scrubbing_score(
+    loss_clean: float, loss_true: float, loss_ablated: float, loss_wrong: Optional[float] = None
+) -> Score:
     """Causal scrubbing: loss recovered by the true hypothesis (score, perfect = 1) against the
     ablation baseline (chance = 0). With ``loss_wrong`` (a wrong hypothesis, e.g. "colour
     decides"), ``details`` gives its recovery, the ``margin`` true - wrong and ``separates``
@@ -390,6 +428,7 @@ def causal_scrubbing_score(loss_clean: float, loss_true: float, loss_ablated: fl
 
 
 # ----------------------------------------------------------------------------------------------- misc
+
 
 def style_accuracy(predicted_styles, asked_styles, n_styles: Optional[int] = None) -> Score:
     """Fraction of generated images whose judged style equals the asked one (chance = 1 / n_styles)."""

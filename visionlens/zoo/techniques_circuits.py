@@ -40,22 +40,25 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..plugins.style_neuron_search import DEFAULT_UNIT_HOOKS
+from ..runner import run
 from . import data as zdata
-from .bench import BenchContext, Technique
+from . import diffusion_model as zdiff
+from .catalog import load_module
 from .scores import Score, causal_scrubbing_score
-from .techniques_features import block_hooks, held_out, planted_classifier_support, prepare
+from .technique import BenchContext, Technique
+from .techniques_features import block_hooks, held_out, image_grid, planted_classifier_support, prepare
 
 
 # ----------------------------------------------------------------------------- causal scrubbing
 def _causal_scrubbing(model: Any, ctx: BenchContext) -> Score:
-    from ..registry import run
-
     n, n_resamples = (128, 2) if ctx.quick else (512, 4)
     b = held_out(ctx, n, trigger_fraction=0.1)
     prepare(model, ctx)
@@ -66,20 +69,40 @@ def _causal_scrubbing(model: Any, ctx: BenchContext) -> Score:
     else:
         g = torch.Generator().manual_seed(ctx.seed + 7)
         wrong_name, wrong = "random_partition", torch.randint(0, int(labels.max()) + 1, (n,), generator=g)
-    hyps = {"true": {"hook": None, "parents": [{"hook": hook, "feature": "label"}]},
-            "wrong": {"hook": None, "parents": [{"hook": hook, "feature": "wrong"}]}}
-    r = run("causal_scrubbing", model, b.images, hypotheses=hyps, labels=labels, factors={"wrong": wrong},
-            metric="kl_to_model", n_resamples=n_resamples, n_bootstrap=200, seed=ctx.seed)
+    hyps = {
+        "true": {"hook": None, "parents": [{"hook": hook, "feature": "label"}]},
+        "wrong": {"hook": None, "parents": [{"hook": hook, "feature": "wrong"}]},
+    }
+    r = run(
+        "causal_scrubbing",
+        model,
+        b.images,
+        hypotheses=hyps,
+        labels=labels,
+        factors={"wrong": wrong},
+        metric="kl_to_model",
+        n_resamples=n_resamples,
+        n_bootstrap=200,
+        seed=ctx.seed,
+    )
     rows = {row["hypothesis"]: row for row in r.tables["losses"].records()}
     t, w = rows["true"], rows["wrong"]
     if not t["loss_random"] > t["loss_model"]:  # the output does not depend on the input at all
         return Score(0.0, 0.0, {"hook": hook, "degenerate": "the model's output ignores its input"})
     s = causal_scrubbing_score(t["loss_model"], t["loss_scrubbed"], t["loss_random"], w["loss_scrubbed"])
-    s.details.update(hook=hook, wrong_feature=wrong_name, metric="kl_to_model", n_images=n,
-                     n_resamples=n_resamples, ci_true=[t["ci_low"], t["ci_high"]],
-                     ci_wrong=[w["ci_low"], w["ci_high"]], loss_random=t["loss_random"],
-                     loss_true=t["loss_scrubbed"], loss_wrong=w["loss_scrubbed"],
-                     frac_worse_than_random_true=t["frac_worse_than_random"])
+    s.details.update(
+        hook=hook,
+        wrong_feature=wrong_name,
+        metric="kl_to_model",
+        n_images=n,
+        n_resamples=n_resamples,
+        ci_true=[t["ci_low"], t["ci_high"]],
+        ci_wrong=[w["ci_low"], w["ci_high"]],
+        loss_random=t["loss_random"],
+        loss_true=t["loss_scrubbed"],
+        loss_wrong=w["loss_scrubbed"],
+        frac_worse_than_random_true=t["frac_worse_than_random"],
+    )
     if not ctx.randomized and ctx.out_dir is not None:
         try:
             ctx.save_figure("causal_scrubbing", r.plot())
@@ -102,9 +125,7 @@ def _base_prompts() -> List[str]:
 
 
 def _encode(pipe: Any, prompts: Sequence[str]) -> torch.Tensor:
-    from .diffusion_model import tokenize
-
-    ids = tokenize(pipe.tokenizer, prompts).to(pipe.text_encoder.device)
+    ids = zdiff.tokenize(pipe.tokenizer, prompts).to(pipe.text_encoder.device)
     with torch.no_grad():
         return pipe.text_encoder(ids)[0]
 
@@ -117,6 +138,7 @@ def _unit_edit_hooks(units: Sequence[Tuple[str, int]], plain: Dict[str, torch.Te
         by_hook.setdefault(h, []).append(int(i))
     hooks = []
     for name, idxs in by_hook.items():
+
         def fn(act: torch.Tensor, hook: Any, name: str = name, idxs: List[int] = idxs) -> torch.Tensor:
             p = plain[name].to(act.dtype)
             out = act.clone()
@@ -125,18 +147,26 @@ def _unit_edit_hooks(units: Sequence[Tuple[str, int]], plain: Dict[str, torch.Te
             else:
                 out[..., idxs] = p[..., idxs]
             return out
+
         hooks.append((name, fn))
     return hooks
 
 
 @torch.no_grad()
-def _sample(model: Any, pipe: Any, ctx_style: torch.Tensor, ctx_plain: torch.Tensor, ctx_null: torch.Tensor,
-            units: Sequence[Tuple[str, int]], steps: int, guidance: float, seed: int) -> torch.Tensor:
+def _sample(
+    model: Any,
+    pipe: Any,
+    ctx_style: torch.Tensor,
+    ctx_plain: torch.Tensor,
+    ctx_null: torch.Tensor,
+    units: Sequence[Tuple[str, int]],
+    steps: int,
+    guidance: float,
+    seed: int,
+) -> torch.Tensor:
     """DDIM samples ``[B, 3, h, w]`` in [0, 1] for the conditional context ``ctx_style`` (classifier-free
     guidance against ``ctx_null``), as the zoo pipeline samples, with ``units`` ablated to their values
     under ``ctx_plain`` at every step (the unconditional branch is left alone)."""
-    import copy
-
     sched = copy.deepcopy(pipe.scheduler)
     c, (h, w) = model.cfg.in_chans, tuple(model.cfg.image_size or (16, 16))
     g = torch.Generator().manual_seed(seed)
@@ -166,18 +196,11 @@ def _out(o: Any) -> torch.Tensor:
 @torch.no_grad()
 def _judge_probs(judge: Any, images: torch.Tensor) -> torch.Tensor:
     """Mean texture probabilities ``[3]`` (plain, striped, dotted) of samples under the style judge."""
-    from .diffusion_model import to_judge_canvas
-
-    x = to_judge_canvas(images) if images.shape[-1] != 32 else images
+    x = zdiff.to_judge_canvas(images) if images.shape[-1] != 32 else images
     return F.softmax(judge(x).float(), -1).mean(0)
 
 
 def _style_neuron_search(model: Any, ctx: BenchContext) -> Score:
-    from ..plugins.style_neuron_search import DEFAULT_UNIT_HOOKS
-    from ..registry import run
-    from . import diffusion_model as zdiff
-    from .catalog import load_module
-
     quick = ctx.quick
     k = TOP_K
     n_random = 3 if quick else 4
@@ -193,6 +216,7 @@ def _style_neuron_search(model: Any, ctx: BenchContext) -> Score:
     was = model.training
     model.eval()
     try:
+
         def sample(ctx_a: torch.Tensor, ablate: Sequence[Tuple[str, int]]) -> torch.Tensor:
             return _sample(model, pipe, ctx_a, ctx_plain, ctx_null, ablate, steps, guidance, ctx.seed)
 
@@ -210,22 +234,43 @@ def _style_neuron_search(model: Any, ctx: BenchContext) -> Score:
         ctx_style, img_styled, p_styled = styled[style]
         p_plain = float(p_unstyled[sidx])
         effect = effects[style]
-        details: Dict[str, Any] = {"style": style, "effects": {st: round(v, 4) for st, v in effects.items()},
-                                   "k": k, "p_styled": round(p_styled, 4), "p_unstyled": round(p_plain, 4),
-                                   "n_samples": len(batch), "sampler_steps": steps, "guidance": guidance}
+        details: Dict[str, Any] = {
+            "style": style,
+            "effects": {st: round(v, 4) for st, v in effects.items()},
+            "k": k,
+            "p_styled": round(p_styled, 4),
+            "p_unstyled": round(p_plain, 4),
+            "n_samples": len(batch),
+            "sampler_steps": steps,
+            "guidance": guidance,
+        }
         if effect < MIN_STYLE_EFFECT:
             details["no_style_effect"] = True
             return Score(0.0, 0.0, details)
         hooks = list(DEFAULT_UNIT_HOOKS) + [h for h in EXTRA_HOOKS if h in model.hook_dict]
-        r = run("style_neuron_search", model, None, style=f"in {style} style", prompts=prompts,
-                seeds=1 if quick else 2, timesteps=[800, 500, 200] if quick else [900, 700, 500, 300, 100],
-                hooks=hooks, top_k=k, verify_units=0, verify_top=1, seed=ctx.seed)
+        r = run(
+            "style_neuron_search",
+            model,
+            None,
+            style=f"in {style} style",
+            prompts=prompts,
+            seeds=1 if quick else 2,
+            timesteps=[800, 500, 200] if quick else [900, 700, 500, 300, 100],
+            hooks=hooks,
+            top_k=k,
+            verify_units=0,
+            verify_top=1,
+            seed=ctx.seed,
+        )
         unit_names: List[str] = r.meta["units"]
         order = r.tensors["order"].tolist()
         units = [(u.rsplit(":", 1)[0], int(u.rsplit(":", 1)[1])) for u in unit_names]
         top = [units[i] for i in order[:k]]
-        details.update(n_units=len(units), top_units=[unit_names[i] for i in order[:k]],
-                       searched_hooks=sorted({h for h, _ in units}))
+        details.update(
+            n_units=len(units),
+            top_units=[unit_names[i] for i in order[:k]],
+            searched_hooks=sorted({h for h, _ in units}),
+        )
         img_top = sample(ctx_style, top)
         p_top = float(_judge_probs(judge, img_top)[sidx])
         rng = np.random.default_rng(ctx.seed)
@@ -241,27 +286,38 @@ def _style_neuron_search(model: Any, ctx: BenchContext) -> Score:
 
     score = removed(p_top)
     chance = float(np.mean([removed(p) for p in p_rand]))
-    details.update(p_top_ablated=round(p_top, 4), p_random_ablated=[round(p, 4) for p in p_rand],
-                   removed_random=[round(removed(p), 4) for p in p_rand])
+    details.update(
+        p_top_ablated=round(p_top, 4),
+        p_random_ablated=[round(p, 4) for p in p_rand],
+        removed_random=[round(removed(p), 4) for p in p_rand],
+    )
     if not ctx.randomized:
-        from .techniques_features import _image_grid
-
         rows = [img_styled[:12].permute(0, 2, 3, 1).numpy(), img_top[:12].permute(0, 2, 3, 1).numpy()]
-        ctx.save_figure("style_neuron_search", _image_grid(rows, scale=4))
+        ctx.save_figure("style_neuron_search", image_grid(rows, scale=4))
     return Score(score, chance, details)
 
 
 TECHNIQUES = [
-    Technique("causal_scrubbing", "causal scrubbing",
-              "Causal scrubbing of the last residual / block output with the true hypothesis (resampled among "
-              "inputs with the same label) vs a wrong one (same colour), metric KL to the model's output; "
-              "score = loss recovered by the true hypothesis (chance 0; the wrong one's recovery is in details).",
-              _causal_scrubbing, plugin="causal_scrubbing", kinds=("classifier",),
-              extra_supports=planted_classifier_support),
-    Technique("style_neuron_search", "style neurons",
-              "Rank UNet units by styled-vs-unstyled prompt contrast (style_neuron_search; style = striped or "
-              "dotted, whichever the model follows more), ablate the top 32 (to their unstyled values) while "
-              "sampling the styled prompts, and judge the texture with the zoo style_judge: score = fraction of "
-              "the style removed, chance = the same for 32 random units.",
-              _style_neuron_search, plugin="style_neuron_search", kinds=("diffusion",)),
+    Technique(
+        "causal_scrubbing",
+        "causal scrubbing",
+        "Causal scrubbing of the last residual / block output with the true hypothesis (resampled among "
+        "inputs with the same label) vs a wrong one (same colour), metric KL to the model's output; "
+        "score = loss recovered by the true hypothesis (chance 0; the wrong one's recovery is in details).",
+        _causal_scrubbing,
+        plugin="causal_scrubbing",
+        kinds=("classifier",),
+        extra_supports=planted_classifier_support,
+    ),
+    Technique(
+        "style_neuron_search",
+        "style neurons",
+        "Rank UNet units by styled-vs-unstyled prompt contrast (style_neuron_search; style = striped or "
+        "dotted, whichever the model follows more), ablate the top 32 (to their unstyled values) while "
+        "sampling the styled prompts, and judge the texture with the zoo style_judge: score = fraction of "
+        "the style removed, chance = the same for 32 random units.",
+        _style_neuron_search,
+        plugin="style_neuron_search",
+        kinds=("diffusion",),
+    ),
 ]

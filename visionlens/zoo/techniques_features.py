@@ -30,10 +30,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..clip import attach_head, zero_shot_head
+from ..plugins.activation_stats import default_hooks
+from ..runner import run
 from . import data as zdata
-from .bench import BenchContext, Technique
+from .classifiers import held_out_batch
 from .scores import Score, pattern_correlation, topk_factor_purity
-
+from .technique import BenchContext, Technique
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -65,10 +68,9 @@ def held_out(ctx: BenchContext, n: int, trigger_fraction: float = 0.0) -> zdata.
     kind = data_kind(ctx.entry)
 
     def make() -> zdata.PlantedBatch:
-        from .classifiers import held_out_batch
-
-        return held_out_batch(n, kind="fashion" if kind == "fashion" else "shapes",
-                              trigger_fraction=trigger_fraction, seed=ctx.seed)
+        return held_out_batch(
+            n, kind="fashion" if kind == "fashion" else "shapes", trigger_fraction=trigger_fraction, seed=ctx.seed
+        )
 
     return ctx.cached(("held_out", kind, n, ctx.seed, trigger_fraction), make)
 
@@ -76,8 +78,6 @@ def held_out(ctx: BenchContext, n: int, trigger_fraction: float = 0.0) -> zdata.
 def prepare(model: Any, ctx: BenchContext) -> Any:
     """CLIP models get a zero-shot head over the shapes (so ``model(images)`` gives class logits)."""
     if ctx.entry.kind == "clip" and not model.cfg.extra.get("class_names"):
-        from ..clip import attach_head, zero_shot_head
-
         attach_head(model, zero_shot_head(model, list(zdata.SHAPES), templates=["a {}"]))
     return model
 
@@ -90,7 +90,6 @@ def block_hooks(model: Any, example: torch.Tensor) -> List[str]:
     order they fire on ``example``, keeping image-tower maps (``[B, C, H, W]`` or tokens ``[B, T, D]``)
     and dropping ``text.*`` hooks and the head (pooling, dropout, flatten, fc / classifier: GoogLeNet's
     top-level modules are its defaults)."""
-    from ..plugins.activation_stats import default_hooks
 
     def is_head(h: str) -> bool:
         mod = h.rsplit(".hook_", 1)[0].split(".")[-1].lower()
@@ -105,7 +104,7 @@ def block_hooks(model: Any, example: torch.Tensor) -> List[str]:
     return out
 
 
-def _image_grid(rows: Sequence[np.ndarray], scale: int = 3, pad: int = 2) -> np.ndarray:
+def image_grid(rows: Sequence[np.ndarray], scale: int = 3, pad: int = 2) -> np.ndarray:
     """Rows of ``[n, H, W, 3]`` float images in [0, 1] -> one ``uint8`` grid (nearest upscaling)."""
     h, w = rows[0].shape[1:3]
     ncol = max(len(r) for r in rows)
@@ -114,7 +113,7 @@ def _image_grid(rows: Sequence[np.ndarray], scale: int = 3, pad: int = 2) -> np.
     for i, r in enumerate(rows):
         for j, im in enumerate(r):
             y, x = pad + i * (H + pad), pad + j * (W + pad)
-            grid[y:y + H, x:x + W] = np.kron(np.clip(im, 0, 1), np.ones((scale, scale, 1)))
+            grid[y : y + H, x : x + W] = np.kron(np.clip(im, 0, 1), np.ones((scale, scale, 1)))
     return (grid * 255).round().astype(np.uint8)
 
 
@@ -123,23 +122,35 @@ FV_SETTINGS = {"param": "pixel", "decorrelate": False, "transforms": "none", "lr
 
 
 def _feature_visualization(model: Any, ctx: BenchContext) -> Score:
-    from ..registry import run
-
     steps, n_img = (128, 4) if ctx.quick else (512, 8)
-    r = run("feature_visualization", model, None, objectives=[f"class:{zdata.TARGET_CLASS}"], steps=steps,
-            images_per_objective=n_img, seed=ctx.seed, progress=False, **FV_SETTINGS)
+    r = run(
+        "feature_visualization",
+        model,
+        None,
+        objectives=[f"class:{zdata.TARGET_CLASS}"],
+        steps=steps,
+        images_per_objective=n_img,
+        seed=ctx.seed,
+        progress=False,
+        **FV_SETTINGS,
+    )
     images = r.images.detach().float().clamp(0, 1)
     size = images.shape[-1]
     s = pattern_correlation(images, zdata.trigger_pattern(size), seed=ctx.seed)
-    s.details.update(steps=steps, images=n_img, objective=f"class:{zdata.TARGET_CLASS}",
-                     final_logit=float(r.tables["objectives"].rows[0][3] or float("nan")), **FV_SETTINGS)
+    s.details.update(
+        steps=steps,
+        images=n_img,
+        objective=f"class:{zdata.TARGET_CLASS}",
+        final_logit=float(r.tables["objectives"].rows[0][3] or float("nan")),
+        **FV_SETTINGS,
+    )
     if not ctx.randomized:
         pat = zdata.trigger_pattern(size)
         ref = np.full((size, size, 3), zdata.BACKGROUND, dtype=np.float32)
         y0, x0, k = zdata.trigger_box(size)
-        ref[y0:y0 + k, x0:x0 + k] = pat
+        ref[y0 : y0 + k, x0 : x0 + k] = pat
         rows = [np.concatenate([ref[None], images.permute(0, 2, 3, 1).numpy()])]
-        ctx.save_figure("feature_visualization", _image_grid(rows))
+        ctx.save_figure("feature_visualization", image_grid(rows))
     return s
 
 
@@ -167,14 +178,11 @@ def _rank_matrix(top_index: torch.Tensor, n: int) -> np.ndarray:
 
 
 def _dataset_examples(model: Any, ctx: BenchContext) -> Score:
-    from ..registry import run
-
     n = 200 if ctx.quick else 1000
     b = held_out(ctx, n)
     prepare(model, ctx)
     hooks = ctx.cached(("block_hooks", id(model)), lambda: block_hooks(model, b.images[:2]))
-    r = run("dataset_examples", model, b.images, hooks=hooks, top_k=TOP_K, bottom_k=0, crop_units=0,
-            batch_size=100)
+    r = run("dataset_examples", model, b.images, hooks=hooks, top_k=TOP_K, bottom_k=0, crop_units=0, batch_size=100)
     factors = _relevant_factors(ctx, b)
     per_layer: Dict[str, Dict[str, float]] = {}
     last_scores: Dict[str, Score] = {}
@@ -191,8 +199,14 @@ def _dataset_examples(model: Any, ctx: BenchContext) -> Score:
     last = r.hooks[-1]
     score = float(np.mean([s.score for s in last_scores.values()]))
     chance = float(np.mean([s.chance for s in last_scores.values()]))
-    details: Dict[str, Any] = {"layer": last, "factors": list(factors), "k": TOP_K, "n_images": n,
-                               "n_units": int(r.tensors[f"{last}/top_index"].shape[0]), "per_layer": per_layer}
+    details: Dict[str, Any] = {
+        "layer": last,
+        "factors": list(factors),
+        "k": TOP_K,
+        "n_images": n,
+        "n_units": int(r.tensors[f"{last}/top_index"].shape[0]),
+        "per_layer": per_layer,
+    }
     details.update({f"{k}_purity": round(v.score, 4) for k, v in last_scores.items()})
     if not ctx.randomized:
         _examples_figure(ctx, b, r, last, last_scores)
@@ -205,20 +219,30 @@ def _examples_figure(ctx: BenchContext, b: zdata.PlantedBatch, r: Any, hook: str
     idx = r.tensors[f"{hook}/top_index"]
     imgs = b.images.permute(0, 2, 3, 1).numpy()
     rows = [imgs[idx[u, :8].numpy()] for u in units]
-    ctx.save_figure("dataset_examples", _image_grid(rows, scale=2))
+    ctx.save_figure("dataset_examples", image_grid(rows, scale=2))
 
 
 TECHNIQUES = [
-    Technique("feature_visualization", "feature visualization",
-              "Render the trigger class's logit (class 0) with the feature_visualization plugin (pixel "
-              "parameterization, no decorrelation or transforms, 32 px; 4 x 128 steps quick, 8 x 512 full) and "
-              "score the best-window correlation of the renders with the planted trigger (chance: uniform noise).",
-              _feature_visualization, plugin="feature_visualization", kinds=("classifier",),
-              extra_supports=planted_classifier_support),
-    Technique("dataset_examples", "dataset examples",
-              "Top-16 dataset examples (held-out: 200 quick / 1000 full) of every unit of the last residual / "
-              "block output; score = mean top-k purity over the label-relevant factors (shape and textured-vs-"
-              "plain; Fashion-MNIST: class; CLIP: shape, colour, texture), chance = random top-k purity. The last "
-              "layer is scored, not the best one (random nets have colour / texture-pure early units).",
-              _dataset_examples, plugin="dataset_examples", extra_supports=planted_classifier_support),
+    Technique(
+        "feature_visualization",
+        "feature visualization",
+        "Render the trigger class's logit (class 0) with the feature_visualization plugin (pixel "
+        "parameterization, no decorrelation or transforms, 32 px; 4 x 128 steps quick, 8 x 512 full) and "
+        "score the best-window correlation of the renders with the planted trigger (chance: uniform noise).",
+        _feature_visualization,
+        plugin="feature_visualization",
+        kinds=("classifier",),
+        extra_supports=planted_classifier_support,
+    ),
+    Technique(
+        "dataset_examples",
+        "dataset examples",
+        "Top-16 dataset examples (held-out: 200 quick / 1000 full) of every unit of the last residual / "
+        "block output; score = mean top-k purity over the label-relevant factors (shape and textured-vs-"
+        "plain; Fashion-MNIST: class; CLIP: shape, colour, texture), chance = random top-k purity. The last "
+        "layer is scored, not the best one (random nets have colour / texture-pure early units).",
+        _dataset_examples,
+        plugin="dataset_examples",
+        extra_supports=planted_classifier_support,
+    ),
 ]

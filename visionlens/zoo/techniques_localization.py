@@ -5,8 +5,9 @@ images it is the object. Every technique produces a heatmap ``[N, h, w]`` for th
 each image (class 0 for triggered images, the clean label otherwise; for CLIP the zero-shot shape
 class) at its own resolution (patches, feature-map cells or pixels), and is scored with
 :func:`~visionlens.zoo.scores.planted_localization` against the masks brought to that grid
-(attribution mass inside the mask; the chance is the fraction of cells inside). The score is the mean of the trigger and object scores (CLIP, trained without
-a trigger, is scored on objects only); pointing-game figures go in the details.
+(attribution mass inside the mask; the chance is the fraction of cells inside). The score is the mean
+of the trigger and object scores (CLIP, trained without a trigger, is scored on objects only);
+pointing-game figures go in the details.
 
 Techniques: ``dla_heatmap`` (the DLA plugin's per-patch / per-location map), ``cls_attention``
 (last layer attention from the class token, mean over heads), ``activation_patching`` (denoising,
@@ -24,10 +25,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..plugins.activation_patching import default_patching_hooks
+from ..runner import run
 from . import data as zdata
-from .bench import BenchContext, Technique
 from .classifiers import held_out_batch
 from .scores import Score, planted_localization
+from .technique import BenchContext, Technique
+from .techniques_features import prepare
+
 
 # ----------------------------------------------------------------------------- inputs
 def localization_batch(ctx: BenchContext) -> Dict[str, Any]:
@@ -41,21 +46,33 @@ def localization_batch(ctx: BenchContext) -> Dict[str, Any]:
         if ctx.entry.kind == "clip":  # trained without the trigger: objects only
             sel = np.arange(n)
             images, targets = twin.images[sel], torch.as_tensor(twin.factors["shape"][sel]).long()
-            return {"images": images, "corrupted": _remove_object(images, twin.masks["object"][sel]),
-                    "targets": targets, "triggered": np.zeros(n, bool),
-                    "trigger_mask": twin.masks["trigger"][sel].numpy(), "object_mask": twin.masks["object"][sel].numpy()}
+            return {
+                "images": images,
+                "corrupted": _remove_object(images, twin.masks["object"][sel]),
+                "targets": targets,
+                "triggered": np.zeros(n, bool),
+                "trigger_mask": twin.masks["trigger"][sel].numpy(),
+                "object_mask": twin.masks["object"][sel].numpy(),
+            }
         other = np.nonzero(np.asarray(trig.factors["clean_label"]) != zdata.TARGET_CLASS)[0][: n // 2]
         clean = np.arange(pool - (n - n // 2), pool)
         t_img, c_img = trig.images[other], twin.images[clean]
         images = torch.cat([t_img, c_img])
         corrupted = torch.cat([twin.images[other], _remove_object(c_img, twin.masks["object"][clean])])
-        targets = torch.cat([torch.full((len(other),), zdata.TARGET_CLASS),
-                             torch.as_tensor(twin.factors["clean_label"][clean])]).long()
+        targets = torch.cat(
+            [torch.full((len(other),), zdata.TARGET_CLASS), torch.as_tensor(twin.factors["clean_label"][clean])]
+        ).long()
         triggered = np.r_[np.ones(len(other), bool), np.zeros(len(clean), bool)]
         tmask = torch.cat([trig.masks["trigger"][other], twin.masks["trigger"][clean]]).numpy()
         omask = torch.cat([trig.masks["object"][other], twin.masks["object"][clean]]).numpy()
-        return {"images": images, "corrupted": corrupted, "targets": targets, "triggered": triggered,
-                "trigger_mask": tmask, "object_mask": omask}
+        return {
+            "images": images,
+            "corrupted": corrupted,
+            "targets": targets,
+            "triggered": triggered,
+            "trigger_mask": tmask,
+            "object_mask": omask,
+        }
 
     return ctx.cached(("localization", ctx.n_images, ctx.seed, ctx.entry.kind), make)
 
@@ -68,15 +85,6 @@ def _remove_object(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         bg = images[i][:, ~m].median(dim=1).values
         out[i][:, m] = bg[:, None]
     return out
-
-
-def prepare(model: Any, ctx: BenchContext) -> Any:
-    """CLIP models get a zero-shot head over the shapes (so ``model(images)`` gives class logits)."""
-    if ctx.entry.kind == "clip" and not model.cfg.extra.get("class_names"):
-        from ..clip import attach_head, zero_shot_head
-
-        attach_head(model, zero_shot_head(model, list(zdata.SHAPES), templates=["a {}"]))
-    return model
 
 
 def to_grid(mask: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -140,8 +148,7 @@ def _figure(ctx: BenchContext, label: str, b: Dict[str, Any], heat: np.ndarray) 
         axes[0, j].imshow(b["images"][i].permute(1, 2, 0).numpy())
         axes[0, j].set_title("trigger" if b["triggered"][i] else "clean", fontsize=7)
         H = b["images"].shape[-1]
-        axes[1, j].imshow(heat[i], cmap="magma", extent=(-0.5, H - 0.5, H - 0.5, -0.5),
-                         interpolation="nearest")
+        axes[1, j].imshow(heat[i], cmap="magma", extent=(-0.5, H - 0.5, H - 0.5, -0.5), interpolation="nearest")
         mask = b["trigger_mask"][i] if b["triggered"][i] else b["object_mask"][i]
         axes[1, j].contour(np.asarray(mask, dtype=float), levels=[0.5], colors="cyan", linewidths=0.6)
         for a in axes[:, j]:
@@ -153,13 +160,19 @@ def _figure(ctx: BenchContext, label: str, b: Dict[str, Any], heat: np.ndarray) 
 
 # ----------------------------------------------------------------------------- techniques
 def _dla(model: Any, ctx: BenchContext) -> Score:
-    from ..registry import run
-
     b = localization_batch(ctx)
     prepare(model, ctx)
-    r = run("direct_logit_attribution", model, b["images"], classes=b["targets"].tolist(),
-            max_images=len(b["images"]), batch_size=len(b["images"]), heatmaps=True, blocks=False,
-            top_k=5)
+    r = run(
+        "direct_logit_attribution",
+        model,
+        b["images"],
+        classes=b["targets"].tolist(),
+        max_images=len(b["images"]),
+        batch_size=len(b["images"]),
+        heatmaps=True,
+        blocks=False,
+        top_k=5,
+    )
     heat = r.tensors["heatmap"]
     return score_heatmap(heat, b, ctx, "dla_heatmap")
 
@@ -205,15 +218,15 @@ def _cls_supported(model: Any, entry: Any) -> Tuple[bool, str]:
     except ValueError as exc:
         return False, str(exc)
     if prefix == 0 or side < 2:
-        return False, (f"the last attention ({hooks[-1]}) has no class token over a spatial grid "
-                       f"({cache[hooks[-1]].shape[-1]} keys)")
+        return False, (
+            f"the last attention ({hooks[-1]}) has no class token over a spatial grid "
+            f"({cache[hooks[-1]].shape[-1]} keys)"
+        )
     return True, ""
 
 
 def _earliest_resid(model: Any) -> str:
     """The first of the patching plugin's default residual / stage hooks (the finest spatial grid)."""
-    from ..plugins.activation_patching import default_patching_hooks
-
     hooks = [h for h in default_patching_hooks(model, "position") if not h.startswith("text.")]
     return hooks[0]
 
@@ -231,8 +244,6 @@ def _swap_pairs(b: Dict[str, Any]) -> Dict[str, Any]:
 
 def _patching(method: str, pairing: str = "minimal"):
     def scorer(model: Any, ctx: BenchContext) -> Score:
-        from ..registry import run
-
         b = localization_batch(ctx)
         if pairing == "swap":
             b = _swap_pairs(b)
@@ -241,16 +252,25 @@ def _patching(method: str, pairing: str = "minimal"):
         maps = []
         for i in range(len(b["images"])):
             x = torch.stack([b["images"][i], b["corrupted"][i]])
-            r = run("activation_patching", model, x, hooks=[hook], target="position",
-                    method="exact" if method == "exact" else "attribution", label=int(b["targets"][i]),
-                    metric="logit_diff", top_k=1)
+            r = run(
+                "activation_patching",
+                model,
+                x,
+                hooks=[hook],
+                target="position",
+                method="exact" if method == "exact" else "attribution",
+                label=int(b["targets"][i]),
+                metric="logit_diff",
+                top_k=1,
+            )
             key = ("scores/" if method == "exact" else "atp/") + hook
             # the plugin reports the patched metric; the effect is its change from the corrupted run
             v = r.tensors[key].float().reshape(-1) - float(r.meta["metric"]["corrupted_value"][0])
             prefix, side = token_grid(len(v))
             maps.append(v[prefix:].reshape(side, side))
         label = ("activation_patching" if method == "exact" else "attribution_patching") + (
-            "_swap" if pairing == "swap" else "")
+            "_swap" if pairing == "swap" else ""
+        )
         s = score_heatmap(torch.stack(maps), b, ctx, label)
         s.details["hook"] = hook
         return s
@@ -270,19 +290,51 @@ def _grad_x_input(model: Any, ctx: BenchContext) -> Score:
 
 
 TECHNIQUES = [
-    Technique("dla_heatmap", "localization", "Direct logit attribution split over patches / feature-map "
-              "locations (exact through the pooled linear readout).", _dla, plugin="direct_logit_attribution",
-              extra_supports=_dla_supported),
-    Technique("cls_attention", "localization", "Last-layer attention from the class token, mean over heads.",
-              _cls_attention, plugin="attention_patterns", extra_supports=_cls_supported),
-    Technique("activation_patching", "localization", "Denoising activation patching per position of the earliest "
-              "residual / stage hook (corrupted = the image without the trigger / object).", _patching("exact"),
-              plugin="activation_patching"),
-    Technique("attribution_patching", "localization", "Attribution patching (gradient x activation difference) "
-              "per position of the same hook.", _patching("attribution"), plugin="activation_patching"),
-    Technique("activation_patching_swap", "localization", "The same sweep with non-minimal pairs: each triggered "
-              "image (CLIP: each image) against a different image without the trigger, so the corruption alone "
-              "does not say where to look.", _patching("exact", "swap"), plugin="activation_patching"),
-    Technique("gradient_x_input", "localization", "Saliency baseline: |gradient x input| summed over colour "
-              "channels.", _grad_x_input),
+    Technique(
+        "dla_heatmap",
+        "localization",
+        "Direct logit attribution split over patches / feature-map "
+        "locations (exact through the pooled linear readout).",
+        _dla,
+        plugin="direct_logit_attribution",
+        extra_supports=_dla_supported,
+    ),
+    Technique(
+        "cls_attention",
+        "localization",
+        "Last-layer attention from the class token, mean over heads.",
+        _cls_attention,
+        plugin="attention_patterns",
+        extra_supports=_cls_supported,
+    ),
+    Technique(
+        "activation_patching",
+        "localization",
+        "Denoising activation patching per position of the earliest "
+        "residual / stage hook (corrupted = the image without the trigger / object).",
+        _patching("exact"),
+        plugin="activation_patching",
+    ),
+    Technique(
+        "attribution_patching",
+        "localization",
+        "Attribution patching (gradient x activation difference) per position of the same hook.",
+        _patching("attribution"),
+        plugin="activation_patching",
+    ),
+    Technique(
+        "activation_patching_swap",
+        "localization",
+        "The same sweep with non-minimal pairs: each triggered "
+        "image (CLIP: each image) against a different image without the trigger, so the corruption alone "
+        "does not say where to look.",
+        _patching("exact", "swap"),
+        plugin="activation_patching",
+    ),
+    Technique(
+        "gradient_x_input",
+        "localization",
+        "Saliency baseline: |gradient x input| summed over colour channels.",
+        _grad_x_input,
+    ),
 ]

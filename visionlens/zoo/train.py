@@ -11,13 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import random
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
+import numpy as np
 import torch
+from safetensors.torch import save_file
 
-from .catalog import TrainRun, WEIGHTS_DIR, card_path, get_entry, state_dict_for_saving, weights_path
+from ..validation import VisionLensError
+from .catalog import WEIGHTS_DIR, card_path, get_entry, weights_path
+from .entry import TrainRun, state_dict_for_saving
 
 
 def sha256_file(path: Union[str, Path]) -> str:
@@ -29,63 +34,88 @@ def sha256_file(path: Union[str, Path]) -> str:
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def train_module(name: str, seed: int = 0, steps: Optional[int] = None, checkpoint_every: int = 0,
-                 checkpoint_dir: Optional[Path] = None, verbose: bool = False):
+def train_module(
+    name: str,
+    seed: int = 0,
+    steps: Optional[int] = None,
+    checkpoint_every: int = 0,
+    checkpoint_dir: Optional[Path] = None,
+    verbose: bool = False,
+):
     """Build and train entry ``name``; returns ``(module, run)`` without writing anything but checkpoints."""
     entry = get_entry(name)
     reason = entry.requires()
     if reason:
-        from ..validation import VisionLensError
-
         raise VisionLensError(f"Zoo model {name!r} cannot be trained here: {reason}")
     seed_everything(seed)
     module = entry.build()
-    run = TrainRun(seed=seed, steps=steps if steps is not None else entry.default_steps,
-                   checkpoint_every=checkpoint_every, checkpoint_dir=checkpoint_dir, verbose=verbose)
+    run = TrainRun(
+        seed=seed,
+        steps=steps if steps is not None else entry.default_steps,
+        checkpoint_every=checkpoint_every,
+        checkpoint_dir=checkpoint_dir,
+        verbose=verbose,
+    )
     module.train()
     entry.train(module, run)
     module.eval()
     return module, run
 
 
-def train_entry(name: str, out_dir: Union[str, Path, None] = None, seed: int = 0, steps: Optional[int] = None,
-                checkpoint_every: int = 0, verbose: bool = False) -> Dict[str, Any]:
+def train_entry(
+    name: str,
+    out_dir: Union[str, Path, None] = None,
+    seed: int = 0,
+    steps: Optional[int] = None,
+    checkpoint_every: int = 0,
+    verbose: bool = False,
+) -> Dict[str, Any]:
     """Train, measure and save zoo model ``name``; returns its model card."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir or WEIGHTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
     entry = get_entry(name)
     ckpt_dir = out / "checkpoints" / name if checkpoint_every else None
     t0 = time.perf_counter()
-    module, run = train_module(name, seed=seed, steps=steps, checkpoint_every=checkpoint_every,
-                               checkpoint_dir=ckpt_dir, verbose=verbose)
+    module, run = train_module(
+        name, seed=seed, steps=steps, checkpoint_every=checkpoint_every, checkpoint_dir=ckpt_dir, verbose=verbose
+    )
     train_s = time.perf_counter() - t0
     with torch.no_grad():
         metrics = {k: float(v) for k, v in entry.evaluate(module).items()}
     wpath = weights_path(name, out)
     save_file(state_dict_for_saving(module), str(wpath), metadata={"zoo_name": name, "seed": str(seed)})
     wpath.chmod(0o644)  # safetensors writes 0600; shipped package data must be world-readable
-    checks = {k: {"threshold": t, "value": metrics.get(k), "passed": metrics.get(k) is not None and metrics[k] >= t}
-              for k, t in entry.thresholds.items()}
+    checks = {
+        k: {"threshold": t, "value": metrics.get(k), "passed": metrics.get(k) is not None and metrics[k] >= t}
+        for k, t in entry.thresholds.items()
+    }
     card = {
-        "name": name, "family": entry.family, "kind": entry.kind, "description": entry.description,
-        "config": entry.config, "data": entry.data, "seed": seed, "steps": run.steps,
-        "metrics": metrics, "thresholds": checks, "passed": all(c["passed"] for c in checks.values()),
-        "curve": run.curve, "weights": wpath.name, "sha256": sha256_file(wpath),
+        "name": name,
+        "family": entry.family,
+        "kind": entry.kind,
+        "description": entry.description,
+        "config": entry.config,
+        "data": entry.data,
+        "seed": seed,
+        "steps": run.steps,
+        "metrics": metrics,
+        "thresholds": checks,
+        "passed": all(c["passed"] for c in checks.values()),
+        "curve": run.curve,
+        "weights": wpath.name,
+        "sha256": sha256_file(wpath),
         "n_parameters": int(sum(p.numel() for p in module.parameters())),
-        "size_bytes": wpath.stat().st_size, "train_seconds": round(train_s, 1),
+        "size_bytes": wpath.stat().st_size,
+        "train_seconds": round(train_s, 1),
         "checkpoint_every": checkpoint_every,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
         "command": f"visionlens zoo train {name} --seed {seed}" + (f" --steps {steps}" if steps is not None else ""),
     }
     card_path(name, out).write_text(json.dumps(card, indent=1) + "\n")

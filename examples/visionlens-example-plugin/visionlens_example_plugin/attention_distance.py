@@ -79,14 +79,27 @@ class MeanAttentionDistance(Analysis):
                 moments.update(torch.stack(per_layer, dim=1))  # [B, layers, heads]
                 n += x.shape[0]
         mean, std = moments.mean.float(), moments.std.float()
-        table = Table(["layer", "head", "mean_distance", "std_over_images"], title=f"Mean attention distance ({config.units})")
+        table = Table(
+            ["layer", "head", "mean_distance", "std_over_images"], title=f"Mean attention distance ({config.units})"
+        )
         for layer in range(mean.shape[0]):
             for head in range(mean.shape[1]):
                 table.rows.append([layer, head, float(mean[layer, head]), float(std[layer, head])])
-        meta = {"model": f"{cfg.architecture or cfg.family} ({cfg.adapter})", "n_images": n, "hooks": hooks,
-                "grid": list(grid), "num_prefix_tokens": n_prefix}
-        return AttentionDistanceResult(self.name, summary=self.summary, config=config_to_dict(config), meta=meta,
-                                       tensors={"mean_distance": mean, "std_distance": std}, tables={"heads": table})
+        meta = {
+            "model": f"{cfg.architecture or cfg.family} ({cfg.adapter})",
+            "n_images": n,
+            "hooks": hooks,
+            "grid": list(grid),
+            "num_prefix_tokens": n_prefix,
+        }
+        return AttentionDistanceResult(
+            self.name,
+            summary=self.summary,
+            config=config_to_dict(config),
+            meta=meta,
+            tensors={"mean_distance": mean, "std_distance": std},
+            tables={"heads": table},
+        )
 
 
 class AttentionDistanceResult(Result):

@@ -1,4 +1,4 @@
-"""Demo report sections for the built-in analyses (called from :mod:`visionlens.demo`).
+"""Demo report sections for the built-in analyses (called from :mod:`visionlens.apps.demo.report`).
 
 :func:`demo_sections` runs, on the demo model,
 
@@ -27,27 +27,12 @@ from typing import Any, Union
 
 import torch
 
+from ...data import TensorImages
+from ...plugins.activation_patching import default_patching_hooks
+from ...results import figure_to_png
+from ...runner import run
+
 __all__ = ["demo_sections", "patching_layer"]
-
-
-def _run(name: str, model: Any, inputs: Any, **config: Any) -> Any:
-    """Through the plugin registry when the entry point is installed, else the built-in class directly."""
-    from . import registry
-    from .validation import VisionLensError
-
-    try:
-        registry.get_analysis(name)
-    except VisionLensError:
-        import importlib
-
-        module = importlib.import_module(f"visionlens.plugins.{name}")
-        (cls,) = module.visionlens_register_analyses()
-        analysis = cls()
-        ok, reason = analysis.supports(model)
-        if not ok:
-            raise VisionLensError(f"{name} does not support this model: {reason}")
-        return analysis.run(model, inputs, analysis.make_config(**config))
-    return registry.run(name, model, inputs, **config)
 
 
 def _tensor(model: Any, image: Any) -> torch.Tensor:
@@ -68,8 +53,6 @@ def _is_transformer(model: Any) -> bool:
 
 def patching_layer(model: Any) -> str:
     """The layer patched channel by channel in the demo: the last stage's output of a conv net."""
-    from visionlens.plugins.activation_patching import default_patching_hooks
-
     hooks = default_patching_hooks(model, "channel")
     if not hooks:
         raise ValueError("no default patching hooks for this model")
@@ -82,8 +65,6 @@ def demo_sections(model: Any, clean_image: Any, corrupted_image: Any, out_dir: U
     ``clean_image`` / ``corrupted_image``: anything ``model.preprocess`` takes (an ``HxWx3`` array,
     a PIL image, a path) or a preprocessed tensor.
     """
-    from .results import figure_to_png
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     e = html.escape
@@ -93,10 +74,8 @@ def demo_sections(model: Any, clean_image: Any, corrupted_image: Any, out_dir: U
 
     # 1. direct logit attribution ------------------------------------------------------------
     t0 = time.perf_counter()
-    from .data import TensorImages
-
     pair = TensorImages(torch.cat([x_clean, x_corrupt]), names=["clean", "corrupted"])
-    dla = _run("direct_logit_attribution", model, pair, top_k=10)
+    dla = run("direct_logit_attribution", model, pair, top_k=10)
     dla.save(out / "dla")
     png = figure_to_png(dla.plot(0))
     (out / "dla_clean.png").write_bytes(png)
@@ -108,25 +87,36 @@ def demo_sections(model: Any, clean_image: Any, corrupted_image: Any, out_dir: U
             rows.append(f"<tr><td>{r[1]}</td><td>{e(str(r[2]))}</td><td>{r[4]:+.4f}</td></tr>")
     cls = [int(c) for c in dla.tensors["classes"]]
     label = [str(names[c]) if c < len(names) else f"class {c}" for c in cls]
-    what = ("channels of the pooled features (exact: pooled[c] x W[class, c])" if dla.meta["kind"] == "conv"
-            else "heads, MLPs and embeddings (exact, final LayerNorm scale from the cache)")
+    what = (
+        "channels of the pooled features (exact: pooled[c] x W[class, c])"
+        if dla.meta["kind"] == "conv"
+        else "heads, MLPs and embeddings (exact, final LayerNorm scale from the cache)"
+    )
     parts.append(
         f"<h2>Direct logit attribution</h2><p>Each photo's top class: clean <b>{e(label[0])}</b>, corrupted "
         f"<b>{e(label[1])}</b>. Contributions of the {e(what)} add up to the logit minus the head bias (largest "
         f"error {dla.meta['max_sum_error']:.1e}). Heatmap: {e(str(dla.meta.get('heatmap', '')))}. "
         f'(<a href="dla/index.html">full result</a>, {time.perf_counter() - t0:.1f} s)</p>'
         f"{_img(png, 'DLA clean', 900)}{_img(png2, 'DLA corrupted', 900)}"
-        f"<table><tr><th>rank</th><th>component</th><th>contribution to {e(label[0])}</th></tr>{''.join(rows)}</table>")
+        f"<table><tr><th>rank</th><th>component</th><th>contribution to {e(label[0])}</th></tr>{''.join(rows)}</table>"
+    )
 
     # 2. activation patching -------------------------------------------------------------------
     t0 = time.perf_counter()
     if _is_transformer(model):
-        pat = _run("activation_patching", model, {"clean": x_clean, "corrupted": x_corrupt}, method="both")
+        pat = run("activation_patching", model, {"clean": x_clean, "corrupted": x_corrupt}, method="both")
         how = "position by position in the residual stream of every layer"
     else:
         layer = patching_layer(model)
-        pat = _run("activation_patching", model, {"clean": x_clean, "corrupted": x_corrupt}, hooks=[layer],
-                   target="channel", method="both", top_k=15)
+        pat = run(
+            "activation_patching",
+            model,
+            {"clean": x_clean, "corrupted": x_corrupt},
+            hooks=[layer],
+            target="channel",
+            method="both",
+            top_k=15,
+        )
         how = f"channel by channel at {layer}"
     pat.save(out / "patching")
     figs = pat.figures()
@@ -137,8 +127,10 @@ def demo_sections(model: Any, clean_image: Any, corrupted_image: Any, out_dir: U
     m = pat.meta["metric"]
     lab = pat.meta.get("label_names", ["?"])[0]
     foil = pat.meta.get("foil_names", ["?"])[0]
-    top_rows = "".join(f"<tr><td>{e(str(r[1]))}</td><td>{r[2]:+.3f}</td><td>{'' if r[3] is None else f'{r[3]:+.3f}'}"
-                       f"</td></tr>" for r in pat.tables["top"].rows[:10])
+    top_rows = "".join(
+        f"<tr><td>{e(str(r[1]))}</td><td>{r[2]:+.3f}</td><td>{'' if r[3] is None else f'{r[3]:+.3f}'}</td></tr>"
+        for r in pat.tables["top"].rows[:10]
+    )
     info = next(iter(pat.meta["batching"].values()), {})
     parts.append(
         f"<h2>Activation patching</h2><p>Denoising: the corrupted photo runs, and the clean photo's activations are "
@@ -149,12 +141,13 @@ def demo_sections(model: Any, clean_image: Any, corrupted_image: Any, out_dir: U
         f"{corr.get('pearson', float('nan')):.3f}, Spearman {corr.get('spearman', float('nan')):.3f}. "
         f'(<a href="patching/index.html">full result</a>, {time.perf_counter() - t0:.1f} s)</p>'
         + "".join(_img(p, f"patching {k}", 800 if k != "atp_vs_exact" else 420) for k, p in pngs.items())
-        + f"<table><tr><th>target</th><th>exact</th><th>AtP estimate</th></tr>{top_rows}</table>")
+        + f"<table><tr><th>target</th><th>exact</th><th>AtP estimate</th></tr>{top_rows}</table>"
+    )
 
     # 3. attention (transformers only) --------------------------------------------------------------
     if _is_transformer(model):
         t0 = time.perf_counter()
-        att = _run("attention_patterns", model, pair)
+        att = run("attention_patterns", model, pair)
         att.save(out / "attention")
         png = figure_to_png(att.plot_maps("cls_maps"))
         (out / "attention_cls.png").write_bytes(png)
@@ -163,5 +156,6 @@ def demo_sections(model: Any, clean_image: Any, corrupted_image: Any, out_dir: U
             f"<h2>Attention patterns</h2><p>{len(att.tables['heads'])} heads, {n_local} local. "
             f'<a href="attention/viewer.html">Interactive viewer</a> (offline) \u00b7 '
             f'<a href="attention/index.html">full result</a> ({time.perf_counter() - t0:.1f} s)</p>'
-            f"{_img(png, 'class-token attention', 800)}")
+            f"{_img(png, 'class-token attention', 800)}"
+        )
     return "\n".join(parts)

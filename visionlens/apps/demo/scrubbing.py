@@ -1,8 +1,8 @@
 """Demo report section: causal scrubbing on the planted ``red AND vertical stripe`` conv net.
 
-:func:`demo_scrubbing_section` builds :class:`visionlens.planted.PlantedAndNet` (hand-set weights,
+:func:`demo_scrubbing_section` builds :class:`visionlens.zoo.planted.PlantedAndNet` (hand-set weights,
 so the true circuit is known), draws synthetic images with known factors, scrubs the true,
-partial and wrong hypotheses (:func:`visionlens.planted.planted_hypotheses`), saves the full
+partial and wrong hypotheses (:func:`visionlens.zoo.planted.planted_hypotheses`), saves the full
 result under ``out_dir/scrubbing`` and returns an HTML fragment (inline PNG, labels escaped).
 """
 
@@ -16,6 +16,13 @@ import warnings
 from pathlib import Path
 from typing import Union
 
+import torch
+
+from ...hooked_model import HookedVisionModel
+from ...results import figure_to_png
+from ...runner import run
+from ...zoo.planted import PlantedAndNet, planted_and_dataset, planted_hypotheses
+
 __all__ = ["demo_scrubbing_section"]
 
 _EXPLAIN = {
@@ -27,12 +34,6 @@ _EXPLAIN = {
 
 def demo_scrubbing_section(out_dir: Union[str, Path]) -> str:
     """Run causal scrubbing on the planted conv model and return an HTML fragment for the demo page."""
-    import torch
-
-    from .hooked_model import HookedVisionModel
-    from .planted import PlantedAndNet, planted_and_dataset, planted_hypotheses
-    from .results import figure_to_png
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     e = html.escape
@@ -42,17 +43,16 @@ def demo_scrubbing_section(out_dir: Union[str, Path]) -> str:
         model = HookedVisionModel.from_module(PlantedAndNet())
     data = planted_and_dataset(256, seed=0)
     hyps = planted_hypotheses()
-    try:
-        from .demo_analyses import _run
-
-        res = _run("causal_scrubbing", model, data.images, hypotheses=hyps, labels=data.labels.tolist(),
-                   factors={k: v.tolist() for k, v in data.factors.items()}, n_resamples=4, n_bootstrap=1000)
-    except Exception:  # the demo module may be absent or changed; call the plugin directly
-        from visionlens.plugins.causal_scrubbing import CausalScrubbing
-
-        an = CausalScrubbing()
-        res = an.run(model, data.images, an.make_config(hypotheses=hyps, labels=data.labels.tolist(),
-                                                        factors={k: v.tolist() for k, v in data.factors.items()}))
+    res = run(
+        "causal_scrubbing",
+        model,
+        data.images,
+        hypotheses=hyps,
+        labels=data.labels.tolist(),
+        factors={k: v.tolist() for k, v in data.factors.items()},
+        n_resamples=4,
+        n_bootstrap=1000,
+    )
     res.save(out / "scrubbing")
     png = figure_to_png(res.plot())
     (out / "scrubbing.png").write_bytes(png)
@@ -60,11 +60,13 @@ def demo_scrubbing_section(out_dir: Union[str, Path]) -> str:
         acc = float((model(data.images).argmax(1) == data.labels).float().mean())
     rows = []
     for r in res.tables["losses"].records():
-        rows.append(f"<tr><td>{e(r['hypothesis'])}</td><td>{e(_EXPLAIN.get(r['hypothesis'], ''))}</td>"
-                    f"<td>{r['loss_model']:.4f}</td><td>{r['loss_scrubbed']:.4f}</td><td>{r['loss_random']:.4f}</td>"
-                    f"<td><b>{100 * r['loss_recovered']:.1f}%</b></td>"
-                    f"<td>[{100 * r['ci_low']:.1f}%, {100 * r['ci_high']:.1f}%]</td>"
-                    f"<td>{r['per_example_recovered_std']:.2f}</td></tr>")
+        rows.append(
+            f"<tr><td>{e(r['hypothesis'])}</td><td>{e(_EXPLAIN.get(r['hypothesis'], ''))}</td>"
+            f"<td>{r['loss_model']:.4f}</td><td>{r['loss_scrubbed']:.4f}</td><td>{r['loss_random']:.4f}</td>"
+            f"<td><b>{100 * r['loss_recovered']:.1f}%</b></td>"
+            f"<td>[{100 * r['ci_low']:.1f}%, {100 * r['ci_high']:.1f}%]</td>"
+            f"<td>{r['per_example_recovered_std']:.2f}</td></tr>"
+        )
     img = base64.b64encode(png).decode("ascii")
     spec = e(json.dumps(hyps["true"], indent=1))
     dt = time.perf_counter() - t0
@@ -82,5 +84,5 @@ def demo_scrubbing_section(out_dir: Union[str, Path]) -> str:
         f'<figure><img alt="causal scrubbing loss recovered" src="data:image/png;base64,{img}"></figure>'
         f"<details><summary>true hypothesis (JSON, as given to <code>visionlens run causal_scrubbing</code>)"
         f"</summary><pre>{spec}</pre></details>"
-        f"<p class=\"summary\">{dt:.1f} s; full result in <code>{e(str(out / 'scrubbing'))}</code>.</p></section>"
+        f'<p class="summary">{dt:.1f} s; full result in <code>{e(str(out / "scrubbing"))}</code>.</p></section>'
     )

@@ -12,15 +12,15 @@ import time
 from pathlib import Path
 from typing import Union
 
+from ...zoo.bench import run_transfer
+from ...zoo.bench_report import cell_text, headline, verdict_colour
+from ...zoo.catalog import available, get_entry
+
 __all__ = ["demo_transfer_section"]
 
 
 def demo_transfer_section(out_dir: Union[str, Path]) -> str:
     """Run the quick transfer table and return an HTML fragment for the demo page."""
-    from visionlens.zoo.bench import run_transfer
-    from visionlens.zoo.bench_report import _colour, cell_text, headline
-    from visionlens.zoo.catalog import available, get_entry
-
     out = Path(out_dir) / "transfer"
     names = [n for n in available() if get_entry(n).benchmark]
     if not names:
@@ -43,12 +43,16 @@ def demo_transfer_section(out_dir: Union[str, Path]) -> str:
             elif not r.get("supported") or r.get("score") is None:
                 cells.append(f"<td style='background:#eee' title='{e(r.get('reason') or '')}'>{cell_text(r)}</td>")
             else:
-                cells.append(f"<td style='background:{_colour(r)}'>{e(cell_text(r))}</td>")
+                cells.append(f"<td style='background:{verdict_colour(r)}'>{e(cell_text(r))}</td>")
         body.append(f"<tr><td>{e(t)}</td>{''.join(cells)}</tr>")
-    lines = "".join(f"<li><code>{e(t)}</code>: " + "; ".join(f"<b>{e(v)}</b> {e(', '.join(f))}" for v, f in d.items())
-                    + "</li>" for t, d in headline(rows).items())
-    return (f"<h2>Technique transfer (quick subset)</h2><p>Every technique on every zoo family, scored against the "
-            f"planted truth (0 = chance, 1 = truth recovered; ⚠ = the score did not drop on random weights; "
-            f"— = not supported). {len(rows)} cells in {secs:.0f} s; "
-            f"<a href='transfer/index.html'>full table with figures</a>.</p>"
-            f"<table><tr><th>technique</th>{head}</tr>{''.join(body)}</table><ul>{lines}</ul>")
+    lines = "".join(
+        f"<li><code>{e(t)}</code>: " + "; ".join(f"<b>{e(v)}</b> {e(', '.join(f))}" for v, f in d.items()) + "</li>"
+        for t, d in headline(rows).items()
+    )
+    return (
+        f"<h2>Technique transfer (quick subset)</h2><p>Every technique on every zoo family, scored against the "
+        f"planted truth (0 = chance, 1 = truth recovered; ⚠ = the score did not drop on random weights; "
+        f"— = not supported). {len(rows)} cells in {secs:.0f} s; "
+        f"<a href='transfer/index.html'>full table with figures</a>.</p>"
+        f"<table><tr><th>technique</th>{head}</tr>{''.join(body)}</table><ul>{lines}</ul>"
+    )

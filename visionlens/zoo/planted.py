@@ -20,13 +20,25 @@ nothing. :func:`planted_and_dataset` draws images with independent factors.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PlantedAndNet", "planted_and_dataset", "PlantedData", "planted_hypotheses", "planted_style_pipeline",
-           "planted_vit", "planted_vit_dataset", "planted_vit_model"]
+from ..diffusion import tiny_stable_diffusion_pipeline
+from ..hooked_model import HookedVisionModel
+
+__all__ = [
+    "PlantedAndNet",
+    "planted_and_dataset",
+    "PlantedData",
+    "planted_hypotheses",
+    "planted_style_pipeline",
+    "planted_vit",
+    "planted_vit_dataset",
+    "planted_vit_model",
+]
 
 
 class PlantedAndNet(nn.Module):
@@ -44,17 +56,17 @@ class PlantedAndNet(nn.Module):
         with torch.no_grad():
             w = torch.zeros(4, 3, 3, 3)
             b = torch.zeros(4)
-            w[0, 0, 1, 1] = 1.0          # red: centre pixel of R
-            b[0] = -0.5                  # R=1 -> 0.5, R=0 -> 0
-            w[1, 2, :, 1] = 1.0          # vertical stripe in B: centre column +1,
-            w[1, 2, :, 0] = -0.5         # side columns -0.5
+            w[0, 0, 1, 1] = 1.0  # red: centre pixel of R
+            b[0] = -0.5  # R=1 -> 0.5, R=0 -> 0
+            w[1, 2, :, 1] = 1.0  # vertical stripe in B: centre column +1,
+            w[1, 2, :, 0] = -0.5  # side columns -0.5
             w[1, 2, :, 2] = -0.5
-            b[1] = -1.5                  # vertical line -> 1.5, horizontal -> <0, none -> 0
-            w[2, 2, 1, :] = 1.0          # horizontal stripe in B
+            b[1] = -1.5  # vertical line -> 1.5, horizontal -> <0, none -> 0
+            w[2, 2, 1, :] = 1.0  # horizontal stripe in B
             w[2, 2, 0, :] = -0.5
             w[2, 2, 2, :] = -0.5
             b[2] = -1.5
-            w[3, 1, 1, 1] = 1.0          # green: centre pixel of G
+            w[3, 1, 1, 1] = 1.0  # green: centre pixel of G
             b[3] = -0.5
             self.conv1.weight.copy_(w)
             self.conv1.bias.copy_(b)
@@ -72,13 +84,12 @@ class PlantedAndNet(nn.Module):
 
 @dataclass
 class PlantedData:
-    images: Tensor                 # [N, 3, 8, 8]
-    factors: dict[str, Tensor]     # name -> [N] integer factor values
-    labels: Tensor                 # [N] class = red AND stripe
+    images: Tensor  # [N, 3, 8, 8]
+    factors: dict[str, Tensor]  # name -> [N] integer factor values
+    labels: Tensor  # [N] class = red AND stripe
 
 
-def planted_and_dataset(n: int = 128, seed: int = 0, size: int = 8, p: float = 0.7,
-                        noise: float = 0.05) -> PlantedData:
+def planted_and_dataset(n: int = 128, seed: int = 0, size: int = 8, p: float = 0.7, noise: float = 0.05) -> PlantedData:
     """Images with independent factors ``red``, ``stripe`` (vertical, blue), ``hstripe``
     (horizontal, blue), ``green``, ``column`` (stripe position) and pixel noise."""
     g = torch.Generator().manual_seed(seed)
@@ -98,39 +109,84 @@ def planted_and_dataset(n: int = 128, seed: int = 0, size: int = 8, p: float = 0
             x[i, 2, row[i], :] += 1.0
             if stripe[i]:  # keep the crossing from looking like a longer vertical line
                 x[i, 2, row[i], column[i]] = 1.0
-    factors = {"red": red, "stripe": stripe, "hstripe": hstripe, "green": green, "column": column,
-               "label": red * stripe}
+    factors = {
+        "red": red,
+        "stripe": stripe,
+        "hstripe": hstripe,
+        "green": green,
+        "column": column,
+        "label": red * stripe,
+    }
     return PlantedData(x, factors, red * stripe)
 
 
 def planted_hypotheses() -> dict[str, dict]:
     """True, partial and wrong hypotheses for :class:`PlantedAndNet` as JSON-style dicts."""
-    true = {"hook": None, "feature": "identity", "parents": [
-        {"hook": "act2.hook_out", "channels": [0], "feature": "label", "parents": [
-            {"hook": "relu1.hook_out", "channels": [0], "feature": "red"},
-            {"hook": "relu1.hook_out", "channels": [1], "feature": "stripe"}]}]}
-    partial = {"hook": None, "feature": "identity", "parents": [
-        {"hook": "act2.hook_out", "channels": [0], "feature": "label", "parents": [
-            {"hook": "relu1.hook_out", "channels": [0], "feature": "red"},
-            {"hook": "relu1.hook_out", "channels": [1], "feature": "hstripe"}]}]}
-    wrong = {"hook": None, "feature": "identity", "parents": [
-        {"hook": "act2.hook_out", "channels": [0], "feature": "label", "parents": [
-            {"hook": "relu1.hook_out", "channels": [2], "feature": "hstripe"},
-            {"hook": "relu1.hook_out", "channels": [3], "feature": "green"}]}]}
+    true = {
+        "hook": None,
+        "feature": "identity",
+        "parents": [
+            {
+                "hook": "act2.hook_out",
+                "channels": [0],
+                "feature": "label",
+                "parents": [
+                    {"hook": "relu1.hook_out", "channels": [0], "feature": "red"},
+                    {"hook": "relu1.hook_out", "channels": [1], "feature": "stripe"},
+                ],
+            }
+        ],
+    }
+    partial = {
+        "hook": None,
+        "feature": "identity",
+        "parents": [
+            {
+                "hook": "act2.hook_out",
+                "channels": [0],
+                "feature": "label",
+                "parents": [
+                    {"hook": "relu1.hook_out", "channels": [0], "feature": "red"},
+                    {"hook": "relu1.hook_out", "channels": [1], "feature": "hstripe"},
+                ],
+            }
+        ],
+    }
+    wrong = {
+        "hook": None,
+        "feature": "identity",
+        "parents": [
+            {
+                "hook": "act2.hook_out",
+                "channels": [0],
+                "feature": "label",
+                "parents": [
+                    {"hook": "relu1.hook_out", "channels": [2], "feature": "hstripe"},
+                    {"hook": "relu1.hook_out", "channels": [3], "feature": "green"},
+                ],
+            }
+        ],
+    }
     return {"true": true, "partial": partial, "wrong": wrong}
 
 
 # ----------------------------------------------------------------------------- diffusion
 def _encode(pipe, prompts):
     tok = pipe.tokenizer
-    ids = tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt").input_ids
+    ids = tok(
+        list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         return pipe.text_encoder(ids)[0], ids
 
 
-def planted_style_pipeline(style: str = "in the style of vangogh", prompts=("a cat", "a house", "a tree"),
-                           channel: int = 5, strength: float = 4.0, seed: int = 0):
+def planted_style_pipeline(
+    style: str = "in the style of vangogh",
+    prompts=("a cat", "a house", "a tree"),
+    channel: int = 5,
+    strength: float = 4.0,
+    seed: int = 0,
+):
     """A tiny ``StableDiffusionPipeline`` whose UNet has one planted style unit.
 
     Every cross-attention's value projection is zeroed (text cannot reach the image) except in
@@ -142,8 +198,6 @@ def planted_style_pipeline(style: str = "in the style of vangogh", prompts=("a c
     Returns ``(pipe, info)`` with ``info = {"hook", "channel", "unit", "style", "prompts"}``.
     """
     from diffusers.models.attention_processor import Attention
-
-    from .diffusion import tiny_stable_diffusion_pipeline
 
     pipe = tiny_stable_diffusion_pipeline(seed=seed)
     unet = pipe.unet
@@ -165,8 +219,13 @@ def planted_style_pipeline(style: str = "in the style of vangogh", prompts=("a c
         attn.to_v.weight[0] = direction * (strength / max(diff, 1e-6))
         attn.to_out[0].weight[:, 0] = 0.0
         attn.to_out[0].weight[channel, 0] = 1.0
-    info = {"hook": f"{path}.hook_out", "channel": channel, "unit": f"{path}.hook_out:{channel}", "style": style,
-            "prompts": list(prompts)}
+    info = {
+        "hook": f"{path}.hook_out",
+        "channel": channel,
+        "unit": f"{path}.hook_out:{channel}",
+        "style": style,
+        "prompts": list(prompts),
+    }
     return pipe, info
 
 
@@ -183,8 +242,16 @@ def planted_vit(alpha: float = 60.0):
     """
     import timm
 
-    m = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=8, embed_dim=8, num_heads=2, depth=1,
-                          num_classes=2, mlp_ratio=1.0)
+    m = timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=16,
+        patch_size=8,
+        embed_dim=8,
+        num_heads=2,
+        depth=1,
+        num_classes=2,
+        mlp_ratio=1.0,
+    )
     with torch.no_grad():
         for p in m.parameters():
             p.zero_()
@@ -229,7 +296,7 @@ def planted_vit_dataset(n: int = 128, seed: int = 0, noise: float = 0.05) -> Pla
             x[i, 1, 8:, 8:] += 1
         if f["red_other"][i]:
             py, px = divmod(int(other[i]), 2)
-            x[i, 0, 8 * py:8 * py + 8, 8 * px:8 * px + 8] += 1
+            x[i, 0, 8 * py : 8 * py + 8, 8 * px : 8 * px + 8] += 1
     f["red_any"] = ((f["red0"] + f["red_other"]) > 0).long()
     f["label"] = f["red0"]
     return PlantedData(x, f, f["red0"])
@@ -238,10 +305,6 @@ def planted_vit_dataset(n: int = 128, seed: int = 0, noise: float = 0.05) -> Pla
 def planted_vit_model(margin: float = 5.0):
     """:func:`planted_vit` with its classifier bias and scale calibrated on :func:`planted_vit_dataset`
     so that the logit margin is about ``margin`` on both classes; wrapped as a HookedVisionModel."""
-    import warnings
-
-    from .hooked_model import HookedVisionModel
-
     m = planted_vit()
     data = planted_vit_dataset(64, seed=123)
     with torch.no_grad():

@@ -1,0 +1,1 @@
+"""Library loaders that build the raw source modules (no wrapping)."""

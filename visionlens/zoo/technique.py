@@ -1,0 +1,102 @@
+"""What a technique of the transfer benchmark is: :class:`Technique` and the :class:`BenchContext` it scores in.
+
+Shared by the benchmark (:mod:`visionlens.zoo.bench`, which runs every technique on every zoo model)
+and the modules that define techniques (:mod:`~visionlens.zoo.techniques_localization`,
+:mod:`~visionlens.zoo.techniques_features`, :mod:`~visionlens.zoo.techniques_circuits`, and
+third-party plugins through ``visionlens_register_transfer_techniques``), so neither side imports the other.
+
+A technique is any object with ``name``, ``claim``, ``supports(model, entry) -> (bool, reason)`` and
+``score(model, ctx: BenchContext) -> Score``; :class:`Technique` is the built-in implementation that
+wraps one analysis plugin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from ..registry import get_analysis
+from ..viz import array_to_png
+from .entry import ZooEntry
+from .scores import Score
+
+
+@dataclass
+class BenchContext:
+    """What a technique gets besides the model: the zoo entry, the budget and a figure folder."""
+
+    entry: ZooEntry
+    quick: bool = False
+    seed: int = 0
+    out_dir: Optional[Path] = None
+    randomized: bool = False  # True while scoring the randomized copy (sanity check)
+    figures: Dict[str, str] = field(default_factory=dict)  # label -> PNG path relative to out_dir
+    _cache: Dict[Any, Any] = field(default_factory=dict)
+
+    @property
+    def n_images(self) -> int:
+        """Images per localization batch (half triggered, half clean)."""
+        return 8 if self.quick else 32
+
+    def cached(self, key: Any, make: Callable[[], Any]) -> Any:
+        """Memoise inputs shared by techniques on one model (e.g. the planted batch)."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def save_figure(self, label: str, fig_or_array: Any) -> Optional[str]:
+        """Save a matplotlib figure or an ``[H, W(, 3)]`` uint8/float array as PNG; returns its path."""
+        if self.out_dir is None or self.randomized:
+            return None
+        rel = f"figures/{self.entry.name}__{label}.png"
+        path = self.out_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if hasattr(fig_or_array, "savefig"):
+            import matplotlib.pyplot as plt
+
+            fig_or_array.savefig(path, dpi=100, bbox_inches="tight")
+            plt.close(fig_or_array)
+        else:
+            arr = np.asarray(fig_or_array)
+            if arr.dtype != np.uint8:
+                arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+            path.write_bytes(array_to_png(arr))
+        self.figures[label] = rel
+        return rel
+
+
+@dataclass
+class Technique:
+    """One row of the transfer table's technique axis.
+
+    ``plugin`` names the analysis it runs: its ``supports(model)`` decides support first (and its
+    reason is reported); ``kinds`` restricts the zoo model kinds (classifier, clip, diffusion) it is
+    meaningful on; ``scorer(model, ctx) -> Score`` does the work.
+    """
+
+    name: str
+    claim: str
+    description: str
+    scorer: Callable[[Any, BenchContext], Score]
+    plugin: Optional[str] = None
+    kinds: Tuple[str, ...] = ("classifier", "clip")
+    extra_supports: Optional[Callable[[Any, ZooEntry], Tuple[bool, str]]] = None
+
+    def supports(self, model: Any, entry: ZooEntry) -> Tuple[bool, str]:
+        """The technique's kinds, then its plugin's ``supports(model)``, then ``extra_supports``."""
+        if entry.kind not in self.kinds:
+            return False, f"needs a {' or '.join(self.kinds)} model (no planted truth for a {entry.kind} model)"
+        if self.plugin is not None:
+            ok, reason = get_analysis(self.plugin).supports(model)
+            if not ok:
+                return False, f"{self.plugin}: {reason}"
+        if self.extra_supports is not None:
+            return self.extra_supports(model, entry)
+        return True, ""
+
+    def score(self, model: Any, ctx: BenchContext) -> Score:
+        """The technique's ground-truth score of ``model`` (``scorer(model, ctx)``)."""
+        return self.scorer(model, ctx)
