@@ -7,7 +7,7 @@ plugin hook, exactly like a third-party one. ``resolve_adapter`` picks the adapt
 from __future__ import annotations
 
 import warnings
-from typing import Any, ClassVar, Optional, Sequence, Union
+from typing import Any, Callable, ClassVar, Optional, Sequence, Union
 
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
@@ -33,6 +33,10 @@ class Adapter:
     name: ClassVar[str] = "base"
     family: ClassVar[str] = ""
     priority: ClassVar[int] = 0  # higher wins when several adapters match
+    # the source's keyword for its main input (``unet(sample=...)``): ``model(sample=...)`` takes it too
+    input_name: ClassVar[Optional[str]] = None
+    # public methods (see ``public_methods``) whose first argument is an image batch, validated like forward
+    image_methods: ClassVar[tuple[str, ...]] = ()
 
     cfg: VisionConfig  # set by HookedVisionModel from config()
 
@@ -55,6 +59,16 @@ class Adapter:
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
         return self.source(x, *args, **kwargs)
+
+    def public_methods(self) -> dict[str, Callable[..., Any]]:
+        """The source model's public methods that the wrapped model offers as its own, ``{name: callable}``.
+
+        ``HookedVisionModel`` exposes exactly these (``model.encode_image(x)``, ``model.forward_features(x)``),
+        each running the source's computation with this adapter's hooks active, so hooks fire for the part
+        of the model the method runs. A source method that would bypass the hooks is not listed: the wrapped
+        model raises an AttributeError that points to ``model.source.NAME`` (unhooked) instead.
+        """
+        return {}
 
     def validate(self, x: Any) -> None:
         """Check the model input; raise :class:`visionlens.VisionLensError` naming what was expected."""
@@ -94,7 +108,17 @@ def module_tree_hooks(root: nn.Module, skip: tuple[type, ...] = (), prefix: str 
 
 
 class BridgedAdapter(Adapter):
-    """An adapter whose hooks are all bridged onto source modules: the source forward runs untouched."""
+    """An adapter whose hooks are all bridged onto source modules: the source forward runs untouched.
+
+    Its hooks sit on the source's modules, so the source's own methods fire them: timm's
+    ``forward_features`` / ``forward_head`` are offered as public methods where the source has them.
+    """
+
+    source_methods: ClassVar[tuple[str, ...]] = ("forward_features", "forward_head")
+    image_methods: ClassVar[tuple[str, ...]] = ("forward_features",)
+
+    def public_methods(self) -> dict[str, Callable[..., Any]]:
+        return {n: getattr(self.source, n) for n in self.source_methods if callable(getattr(self.source, n, None))}
 
     def canonical_hooks(self) -> dict[str, HookPoint]:
         return {}

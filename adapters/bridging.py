@@ -135,7 +135,8 @@ def find_inplace_targets(source: nn.Module, x: Tensor) -> Optional[tuple[set[int
             h.remove()
         for m, t in zip(modules, training):
             m.training = t
-    outs, ins = set(), set()
+    outs: set[int] = set()
+    ins: set[int] = set()
     for mid, t, version, is_out in records:
         if t._version != version:
             (outs if is_out else ins).add(mid)

@@ -24,7 +24,7 @@ BUILTIN_ADAPTERS = {
 
 @hookimpl
 def visionlens_register_adapters() -> list[type]:
-    classes = []
+    classes: list[type] = []
     for module_name, names in BUILTIN_ADAPTERS.items():
         try:
             module = importlib.import_module(module_name)

@@ -24,6 +24,19 @@ Hook names
   ``hook_logits``.
 * Aliases: ``stages.{s}.blocks.{b}.mlp`` -> ``...mlp.hook_post``; ``stages.{s}.blocks.{b}`` and
   ``stages.{s}`` resolve to their module-tree ``.hook_out`` (the block / stage output).
+  TransformerLens's flat block index: ``blocks.{i}.hook_resid_pre|hook_resid_post|hook_branch_out|
+  mlp.hook_pre|mlp.hook_post`` (and ``blocks.{i}``), ``i`` numbering all blocks in order, so
+  ``cache["resid_post", 3]`` / ``get_act_name("post", 3)`` work.
+* Channels-last module-tree hooks (``norm`` and ``mlp.*`` of ``conv_mlp=False`` blocks) are listed by
+  ``adapter.channels_last_hooks()``; unit specs on them index the last axis (``C``).
+
+Direct logit attribution
+------------------------
+The last stage's output is averaged, put through the head LayerNorm and the classifier. With the
+LayerNorm's scale frozen at the cached forward (as TransformerLens does), this is linear, so the
+components of ``cache.decompose_resid(stage=-1)`` give logit terms summing to
+``logit - cache.folded_head_bias(classes)`` (fc bias + fc applied to the LN bias), exactly;
+``cache.decompose_final_features(classes)`` splits it per channel / location.
 """
 
 from __future__ import annotations
@@ -34,7 +47,7 @@ from visionlens.config import VisionConfig
 from visionlens.hook_points import HookPoint
 
 from .bridging import ConvNetAdapter
-from .conv_blocks import ConvReadout, data_config, first_conv, linear_out
+from .conv_blocks import ConvReadout, data_config, first_conv, flat_block_aliases, linear_out
 
 __all__ = ["ConvNeXtAdapter"]
 
@@ -59,6 +72,16 @@ class ConvNeXtAdapter(ConvNetAdapter):
         except ImportError:  # pragma: no cover - timm is a dependency
             return False
 
+    @classmethod
+    def example_source(cls) -> nn.Module:
+        """A timm ConvNeXt with one block per stage, widths 8-64, conv MLPs like ``convnext_atto`` (seeded)."""
+        import torch
+        from timm.models.convnext import ConvNeXt
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return ConvNeXt(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), num_classes=10, conv_mlp=True).eval()
+
     def _blocks(self):
         _, Block = _convnext_classes()
         for s, stage in enumerate(self.source.stages):
@@ -80,6 +103,7 @@ class ConvNeXtAdapter(ConvNetAdapter):
                 if not isinstance(blk.shortcut, nn.Identity):
                     pts[pre + "hook_shortcut"] = self.bridge(blk.shortcut)
             pts[pre + "hook_resid_post"] = self.bridge(blk)
+        self.canonical_names = tuple(pts)
         pts.update(self.head_hooks(getattr(self.source.head, "fc", None)))
         return pts
 
@@ -88,7 +112,21 @@ class ConvNeXtAdapter(ConvNetAdapter):
         for s, b, blk, known in self._blocks():
             if known and isinstance(getattr(blk.mlp, "act", None), nn.Module):
                 out[f"stages.{s}.blocks.{b}.mlp"] = f"stages.{s}.blocks.{b}.mlp.hook_post"
+        names = getattr(self, "canonical_names", None)
+        out.update(flat_block_aliases(names if names is not None else self.canonical_hooks()))
         return out
+
+    def channels_last_hooks(self) -> frozenset[str]:
+        """Module-tree hooks whose tensors are ``[batch, H, W, C]``: timm runs the norm and MLP of
+        ``conv_mlp=False`` blocks channels-last (the canonical ``mlp.hook_pre|post`` are channels-first)."""
+        out = set()
+        for s, b, blk, known in self._blocks():
+            if not known or blk.use_conv_mlp:
+                continue
+            pre = f"stages.{s}.blocks.{b}."
+            out.add(pre + "norm.hook_out")
+            out.update(f"{pre}mlp.{p}.hook_out" if p else f"{pre}mlp.hook_out" for p, _ in blk.mlp.named_modules())
+        return frozenset(out)
 
     def config(self) -> VisionConfig:
         src = self.source
@@ -148,13 +186,23 @@ class ConvNeXtAdapter(ConvNetAdapter):
                 "hook_pooled", fc, features_hook=None, global_avg=False, norm=None, extra={"pre_logits": pre_logits}
             )
         if not isinstance(src.norm_pre, nn.Identity):
-            return ConvReadout("hook_pooled", fc, features_hook="norm_pre.hook_out", global_avg=is_avg)
+            return ConvReadout(
+                "hook_pooled",
+                fc,
+                features_hook="norm_pre.hook_out",
+                global_avg=is_avg,
+                stream_why="the stream is normalized per location (norm_pre) before pooling",
+            )
         norm = getattr(src.head, "norm", None)
         n_stages = len(src.stages)
+        last = [b for s, b, _, _ in self._blocks() if s == n_stages - 1]
         return ConvReadout(
             "hook_pooled",
             fc,
             features_hook=f"stages.{n_stages - 1}.hook_out",
             global_avg=is_avg and (norm is None or isinstance(norm, nn.Identity)),
             norm=None if isinstance(norm, nn.Identity) else norm,
+            extra={"avg_pool": is_avg},
+            stream_hook=f"stages.{n_stages - 1}.blocks.{last[-1]}.hook_resid_post" if last else None,
+            stream_why="" if is_avg and last else "the head does not average-pool the last stage",
         )

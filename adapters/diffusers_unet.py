@@ -251,10 +251,32 @@ class UNetAdapter(Adapter):
     name = "diffusers_unet"
     family = "diffusion"
     priority = 20
+    input_name = "sample"  # unet(sample=..., timestep=..., encoder_hidden_states=...) works as in diffusers
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
         return _is_unet(module)
+
+    @classmethod
+    def example_source(cls) -> nn.Module:
+        """A tiny SD-style ``UNet2DConditionModel`` on 8x8 latents (the config of
+        ``visionlens.diffusion.tiny_unet("conditional")``; random weights, seeded)."""
+        from diffusers import UNet2DConditionModel
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return UNet2DConditionModel(
+                sample_size=8,
+                in_channels=4,
+                out_channels=4,
+                layers_per_block=1,
+                block_out_channels=(32, 64),
+                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                cross_attention_dim=32,
+                attention_head_dim=8,
+                norm_num_groups=32,
+            ).eval()
 
     def __init__(self, source: nn.Module):
         super().__init__(source)
@@ -403,7 +425,8 @@ class UNetAdapter(Adapter):
         return (sample, t, ctx), kwargs
 
     # --------------------------------------------------------------- forward
-    def forward(self, sample: Tensor, timestep: Any = None, *args: Any, **kwargs: Any) -> Any:
+    # keeps diffusers' keyword names (``sample=``, ``timestep=``) rather than the base's ``x``
+    def forward(self, sample: Tensor, timestep: Any = None, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """``unet(sample, timestep, encoder_hidden_states, ...)``: returns exactly what the source returns."""
         if timestep is None:
             need = "model(sample, timestep, encoder_hidden_states)" if self.conditional else "model(sample, timestep)"

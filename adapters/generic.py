@@ -22,6 +22,23 @@ class GenericAdapter(ConvNetAdapter):
     def matches(cls, module: nn.Module) -> bool:
         return True
 
+    @classmethod
+    def example_source(cls) -> nn.Module:
+        """A plain two-conv ``nn.Sequential`` classifier (no family matches it; seeded)."""
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return nn.Sequential(
+                nn.Conv2d(3, 8, 3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                nn.ReLU(inplace=True),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(16, 10),
+            ).eval()
+
     def canonical_hooks(self) -> dict:
         return {}
 

@@ -125,7 +125,7 @@ class _InceptionAdapter(ConvNetAdapter):
     def _config(self, architecture: str, mean: tuple, std: tuple, normalization: Any, extra: dict) -> VisionConfig:
         ch = self._channels()
         widths = {n: sum(ch[n][br] for br in _CONCAT_ORDER) for n in MIXED_LAYERS}
-        offsets = {}
+        offsets: dict[str, dict[str, tuple[int, int]]] = {}
         for n in MIXED_LAYERS:
             o, offsets[n] = 0, {}
             for br in _CONCAT_ORDER:
@@ -188,6 +188,15 @@ class GoogLeNetAdapter(_InceptionAdapter):
         except ImportError:  # pragma: no cover
             return False
 
+    @classmethod
+    def example_source(cls) -> nn.Module:
+        """torchvision GoogLeNet without aux heads, 10 classes (its widths are fixed; fast on small inputs; seeded)."""
+        import torchvision
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return torchvision.models.GoogLeNet(num_classes=10, aux_logits=False, init_weights=True).eval()
+
     def _stem(self) -> dict[str, tuple[nn.Module, nn.Module]]:
         s = self.source
         return {lucid: (getattr(s, tv), getattr(s, tv).bn) for lucid, tv in _TV_STEM.items()}
@@ -241,6 +250,13 @@ class LucidInceptionV1Adapter(_InceptionAdapter):
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
         return isinstance(module, LucidInceptionV1)
+
+    @classmethod
+    def example_source(cls) -> nn.Module:
+        """:class:`LucidInceptionV1` with 10 classes (fixed widths; fast on small inputs; seeded)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return LucidInceptionV1(num_classes=10).eval()
 
     def _m(self, name: str) -> nn.Module:
         return self.source._modules[name]

@@ -27,7 +27,22 @@ Hook names
 * Head: ``hook_pooled`` (globally average-pooled ``features`` output, what the classifier's
   ``Linear`` reads) and ``hook_logits``.
 * Aliases: ``stages.{s}.blocks.{b}`` -> ``...hook_resid_post``, ``stages.{s}`` -> the stage's last
-  ``hook_resid_post``, ``stem`` -> ``features.0.hook_out``.
+  ``hook_resid_post``, ``stem`` -> ``features.0.hook_out``; TransformerLens's flat block index
+  ``blocks.{i}.hook_resid_pre|hook_expand|hook_depthwise|hook_branch_out|hook_resid_post`` (and
+  ``blocks.{i}``), ``i`` numbering the 17 blocks in order, so ``cache["resid_post", 3]`` works.
+
+Direct logit attribution
+------------------------
+The additive residual stream ends at the last block (``features.17``); the head conv
+(``features.18``: 1x1 conv + BN + ReLU6), the average pool and the classifier follow. Conv + BN is
+affine; ReLU6 is not, so ``readout()`` takes ReLU6 with its gates frozen at the cached forward
+(``relu6(z) = g * z + 6 * [z >= 6]``, ``g = [0 < z < 6]``, an identity for this input): the
+components of ``cache.decompose_resid(stage=-1)`` map to exact terms of the logit that sum to
+``logit - cache.folded_head_bias(classes)`` (that bias is per image: the classifier bias plus the BN
+shift and saturated units through the frozen gates). The terms are exact for this input; they are
+not what the logit would be with a component removed (the gates would change).
+``cache.decompose_final_features(classes)`` splits the logit over the 1280 channels / locations of
+the head's output instead (no frozen gate: it sits after ReLU6).
 """
 
 from __future__ import annotations
@@ -38,7 +53,7 @@ from visionlens.config import VisionConfig
 from visionlens.hook_points import HookPoint
 
 from .bridging import ConvNetAdapter
-from .conv_blocks import ConvReadout, data_config, first_conv, linear_out
+from .conv_blocks import ConvReadout, data_config, first_conv, flat_block_aliases, linear_out
 
 __all__ = ["MobileNetV2Adapter", "STANDARD_DEPTHS"]
 
@@ -64,6 +79,16 @@ class MobileNetV2Adapter(ConvNetAdapter):
             return isinstance(module, _mobilenet_classes()[0])
         except ImportError:  # pragma: no cover
             return False
+
+    @classmethod
+    def example_source(cls) -> nn.Module:
+        """torchvision MobileNetV2 at width 0.25 (all 17 blocks, so the standard stages; seeded)."""
+        import torch
+        import torchvision
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return torchvision.models.mobilenet_v2(num_classes=10, width_mult=0.25).eval()
 
     def __init__(self, source: nn.Module):
         super().__init__(source)
@@ -92,6 +117,7 @@ class MobileNetV2Adapter(ConvNetAdapter):
                     pts[pre + "hook_depthwise"] = self.bridge(conv[len(conv) - 3])
                 pts[pre + "hook_branch_out"] = self.bridge(conv)
                 pts[pre + "hook_resid_post"] = self.bridge(blk)
+        self.canonical_names = tuple(pts)
         pts.update(self.head_hooks(self._fc()))
         return pts
 
@@ -108,6 +134,8 @@ class MobileNetV2Adapter(ConvNetAdapter):
                 out[f"stages.{s}.blocks.{b}"] = f"stages.{s}.blocks.{b}.hook_resid_post"
             if stage:
                 out[f"stages.{s}"] = f"stages.{s}.blocks.{len(stage) - 1}.hook_resid_post"
+        names = getattr(self, "canonical_names", None)
+        out.update(flat_block_aliases(names if names is not None else self.canonical_hooks()))
         return out
 
     def config(self) -> VisionConfig:
@@ -144,5 +172,27 @@ class MobileNetV2Adapter(ConvNetAdapter):
         fc = self._fc()
         if fc is None:
             raise NotImplementedError("this MobileNetV2 has no linear classifier")
-        last = len(self.source.features) - 1
-        return ConvReadout("hook_pooled", fc, features_hook=f"features.{last}.hook_out", global_avg=True)
+        feats = self.source.features
+        last = len(feats) - 1
+        ro = ConvReadout("hook_pooled", fc, features_hook=f"features.{last}.hook_out", global_avg=True)
+        if not self.stages or not self.stages[-1]:
+            ro.stream_why = "no inverted-residual blocks"
+            return ro
+        s, b = len(self.stages) - 1, len(self.stages[-1]) - 1
+        ro.stream_hook = f"stages.{s}.blocks.{b}.hook_resid_post"
+        head = feats[last]
+        parts = list(head) if isinstance(head, nn.Sequential) else []
+        kinds = [type(m).__name__ for m in parts]
+        if self.stages[-1][-1][0] != last - 1 or kinds[:2] != ["Conv2d", "BatchNorm2d"] or len(parts) != 3:
+            ro.stream_why = "the head after the last block is not conv + BatchNorm + ReLU/ReLU6"
+        elif isinstance(parts[2], nn.ReLU6) or (
+            isinstance(parts[2], nn.Hardtanh) and (parts[2].min_val, parts[2].max_val) == (0.0, 6.0)
+        ):
+            ro.head_act = "relu6"
+        elif isinstance(parts[2], nn.ReLU):
+            ro.head_act = "relu"
+        else:
+            ro.stream_why = f"the head activation {kinds[2]} has no exact frozen-gate form"
+        if not ro.stream_why:
+            ro.head_conv, ro.head_bn, ro.head_pre_hook = parts[0], parts[1], f"features.{last}.1.hook_out"
+        return ro

@@ -39,6 +39,7 @@ The tower code lives in :mod:`visionlens.adapters.open_clip_towers`, the CLIP ac
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Optional, Sequence, Union
 
@@ -53,7 +54,8 @@ from visionlens.validation import VisionLensError, check_image_batch
 from . import Adapter
 from .open_clip_cache import ClipActivationCache, TowerAdapterView
 from .open_clip_towers import ResNetTower, TextTower, ViTTower, block_supported
-from .transformer_blocks import LinearReadout
+from .tl_weights import TLBlock, TLWeightSource
+from .transformer_blocks import LinearReadout, is_identity
 
 __all__ = ["OpenCLIPAdapter", "OPENAI_MEAN", "OPENAI_STD"]
 
@@ -72,6 +74,8 @@ class OpenCLIPAdapter(Adapter):
     name = "open_clip"
     family = "clip"
     priority = 20
+    input_name = "image"
+    image_methods = ("encode_image",)
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
@@ -81,12 +85,26 @@ class OpenCLIPAdapter(Adapter):
         from open_clip.transformer import VisionTransformer
 
         visual = getattr(module, "visual", None)
-        if type(visual) is VisionTransformer:
+        if visual is not None and type(visual) is VisionTransformer:
             if not all(block_supported(b) for b in visual.transformer.resblocks):
                 return False
         elif type(visual) is not ModifiedResNet:
             return False
         return True
+
+    @classmethod
+    def example_source(cls) -> nn.Module:
+        """A tiny open_clip ``CLIP``: 2-layer ViT image tower on 32 px, 2-layer text tower (the docs/hooks.md
+        config; random weights, seeded)."""
+        import open_clip
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return open_clip.CLIP(
+                embed_dim=16,
+                vision_cfg=dict(image_size=32, layers=2, width=32, head_width=8, patch_size=8),
+                text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=2),
+            ).eval()
 
     def __init__(self, source: nn.Module):
         super().__init__(source)
@@ -125,7 +143,7 @@ class OpenCLIPAdapter(Adapter):
         v = self.visual
         pp = getattr(s.visual, "preprocess_cfg", None) or {}
         vc = v.config()
-        extra = {
+        extra: dict[str, Any] = {
             "hook_prefix": "visual.",
             "towers": ("visual", "text") if self.text is not None else ("visual",),
             "embed_dim": self.embed_dim,
@@ -162,6 +180,8 @@ class OpenCLIPAdapter(Adapter):
 
     def tower_cfg(self, name: str) -> VisionConfig:
         if name == "text":
+            if self.text is None:
+                raise ValueError("this open_clip model has no hooked text tower")
             return self.text.cfg()
         vc = self.visual.config()
         extra = vc.pop("extra")
@@ -204,9 +224,51 @@ class OpenCLIPAdapter(Adapter):
         return getattr(self.visual.m, "ln_post", None) if self.visual.kind == "vit" else None
 
     def head_results_from_z(self, layer: int, z: Tensor) -> Tensor:
-        if self.visual.kind != "vit":
+        if isinstance(self.visual, ResNetTower):  # kind != "vit"
             return self.visual.head_results_from_z(layer, z)
         return self.visual.blocks.head_results_from_z(layer, z)
+
+    def tl_weights(self, tower: Optional[str] = None) -> TLWeightSource:
+        """TransformerLens's matrices of a tower (``model.W_Q`` ... read the visual tower; the text tower via
+        ``model.tl_weight(name, tower="text")``). ``W_U`` / ``b_U`` map the pooled, normalized stream to the
+        joint embedding (``hook_proj``), with ``ln_post`` / ``ln_final`` folded in. Visual ``W_E`` is ``conv1``
+        as ``[3 * ph * pw, width]`` (the class embedding is in ``hook_embed``); text ``W_E`` is the token
+        embedding. A ResNet visual tower has none (``model.W_Q`` raises AttributeError saying so)."""
+        tower = tower or "visual"
+        if tower == "visual":
+            if self.visual.kind != "vit":
+                raise NotImplementedError("the ResNet visual tower has no attention heads or token matrices")
+            v = self.source.visual
+            blocks = _tl_blocks(v.transformer.resblocks)
+            why = "" if v.proj is not None else "the tower has no projection"
+            if getattr(v, "attn_pool", None) is not None or v.pool_type not in ("tok", "avg"):
+                pool = "attention" if getattr(v, "attn_pool", None) is not None else v.pool_type
+                why = f"the pool ({pool}) is not linear"
+            return TLWeightSource(
+                blocks=blocks,
+                W_E=v.conv1.weight.reshape(v.conv1.weight.shape[0], -1).T,
+                W_pos=v.positional_embedding,
+                unembed_norm=v.ln_post,
+                unembed_weight=v.proj.T if not why else None,
+                unembed_why=why,
+            )
+        if tower != "text" or self.text is None:
+            raise ValueError(f"Expected tower 'visual' or 'text' (a hooked text tower), got {tower!r}.")
+        t = self.text.holder
+        proj = t.text_projection
+        if isinstance(proj, nn.Linear):
+            W_U, b_U = proj.weight, proj.bias
+        else:
+            W_U, b_U = (proj.T if proj is not None else None), None
+        return TLWeightSource(
+            blocks=_tl_blocks(t.transformer.resblocks),
+            W_E=t.token_embedding.weight,
+            W_pos=t.positional_embedding,
+            unembed_norm=t.ln_final,
+            unembed_weight=W_U,
+            unembed_bias=b_U,
+            unembed_why="" if W_U is not None else "the text tower has no projection",
+        )
 
     @property
     def logit_scale(self) -> Tensor:
@@ -298,6 +360,13 @@ class OpenCLIPAdapter(Adapter):
         return (images, texts), {}
 
     # --------------------------------------------------------------- computation
+    def public_methods(self) -> dict[str, Any]:
+        """open_clip's ``encode_image`` (``visual.*`` hooks) and ``encode_text`` (``text.*`` hooks)."""
+        return {
+            "encode_image": functools.partial(self.encode_image, validate=False),  # the wrapper validates
+            "encode_text": self.encode_text,
+        }
+
     def encode_image(self, image: Tensor, normalize: bool = False, validate: bool = True) -> Tensor:
         """``clip.encode_image``, with the ``visual.*`` hooks."""
         if validate:
@@ -344,6 +413,33 @@ class OpenCLIPAdapter(Adapter):
         if return_type == "logits":
             raise VisionLensError("return_type='logits' needs both images and texts, or an attached zero-shot head.")
         return img if img is not None else txt
+
+
+def _tl_blocks(resblocks: nn.ModuleList) -> list[TLBlock]:
+    out = []
+    for blk in resblocks:
+        a, mlp = blk.attn, blk.mlp
+        ln_q, ln_k = getattr(a, "ln_q", None), getattr(a, "ln_k", None)
+        inner, post = getattr(a, "ln_inner", None), getattr(blk, "ln_attn", None)
+        out.append(
+            TLBlock(
+                ln1=blk.ln_1,
+                qkv_weight=a.in_proj_weight,
+                qkv_bias=a.in_proj_bias,
+                n_heads=a.num_heads,
+                d_head=a.head_dim,
+                out=a.out_proj,
+                ln2=blk.ln_2,
+                fc1=mlp.c_fc,
+                fc2=mlp.c_proj,
+                gamma1=getattr(blk.ls_1, "gamma", None),
+                gamma2=getattr(blk.ls_2, "gamma", None),
+                qk_why="" if is_identity(ln_q) and is_identity(ln_k) else "q/k are normalized (ln_q / ln_k)",
+                out_why="" if is_identity(inner) and is_identity(post) else "the heads' output is normalized",
+                mlp_out_why="" if is_identity(getattr(mlp, "ln", None)) else "the MLP normalizes its hidden layer",
+            )
+        )
+    return out
 
 
 def _describe(x: Any) -> str:

@@ -164,6 +164,7 @@ class ClipActivationCache(VisionActivationCache):
         if name == "text" and adapter.text is None:
             raise VisionLensError("This CLIP model's text tower is not hooked (unsupported text encoder).")
         cfg = adapter.tower_cfg(name)
+        cfg.bind_device(root)  # cfg.device follows the model, as on the root config
         view = _TowerModelView(root, cfg, TowerAdapterView(adapter, name, head, self.text_tokens))
         return ClipTowerCache(self.cache_dict, view, has_batch_dim=self.has_batch_dim, text_tokens=self.text_tokens)
 

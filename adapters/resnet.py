@@ -25,7 +25,15 @@ Hook names
   ``hook_logits`` (``fc`` output).
 * Aliases: ``stages.{s}.blocks.{b}`` -> its ``hook_resid_post``, ``stages.{s}`` -> the last block's
   ``hook_resid_post``, ``stem`` -> ``maxpool.hook_out``. ``layer3`` / ``layer3.1.conv2`` resolve to
-  their ``.hook_out`` automatically.
+  their ``.hook_out`` automatically. TransformerLens's flat block index: ``blocks.{i}.hook_resid_pre|
+  hook_act{k}|hook_branch_out|hook_shortcut|hook_resid_sum|hook_resid_post`` (and ``blocks.{i}``),
+  ``i`` numbering all blocks in order, so ``cache["resid_post", 3]`` works.
+
+Direct logit attribution: because of the ReLU after each sum, ``cache.decompose_resid(stage=...)``
+refuses (there is no additive split into blocks). Exact instead: ``cache.decompose_final_features``
+splits the logit over the channels / locations of the final feature map (``layer4`` output; the
+head is average pool + ``fc``, linear), summing to ``logit - fc.bias``; ``cache.logit_attrs`` also
+reads any stack of maps shaped like the final feature map (e.g. ``accumulated_resid(stage=-1)``).
 
 torchvision's blocks call one shared ``relu`` module two or three times per block, so the module
 tree hook ``layer1.0.relu.hook_out`` fires on every call (a cache keeps the last call, which is the
@@ -57,7 +65,7 @@ from visionlens.config import VisionConfig
 from visionlens.hook_points import HookPoint
 
 from .bridging import ConvNetAdapter
-from .conv_blocks import ConvReadout, data_config, first_conv, linear_out
+from .conv_blocks import ConvReadout, data_config, first_conv, flat_block_aliases, linear_out
 
 __all__ = ["ResNetAdapter"]
 
@@ -75,7 +83,7 @@ def _tv_resnet_classes() -> tuple[type, type, type]:
     return ResNet, BasicBlock, Bottleneck
 
 
-_TV_NAMES = {
+_TV_NAMES: dict[tuple[str, tuple[int, ...]], str] = {
     ("BasicBlock", (2, 2, 2, 2)): "resnet18",
     ("BasicBlock", (3, 4, 6, 3)): "resnet34",
     ("Bottleneck", (3, 4, 6, 3)): "resnet50",
@@ -106,6 +114,17 @@ class ResNetAdapter(ConvNetAdapter):
             return isinstance(module, _tv_resnet_classes()[0])
         except ImportError:  # pragma: no cover
             return False
+
+    @classmethod
+    def example_source(cls) -> Optional[nn.Module]:
+        """A timm ResNet with one BasicBlock per stage and widths 8-64 (random weights, seeded)."""
+        from timm.models.resnet import BasicBlock, ResNet
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return ResNet(
+                BasicBlock, [1, 1, 1, 1], num_classes=10, stem_width=8, channels=(8, 16, 32, 64), zero_init_last=False
+            ).eval()
 
     def __init__(self, source: nn.Module):
         super().__init__(source)
@@ -161,6 +180,7 @@ class ResNetAdapter(ConvNetAdapter):
         for s, stage in enumerate(self.stages):
             for j, blk in enumerate(stage):
                 pts.update(self._block_hooks(blk, f"stages.{s}.blocks.{j}."))
+        self.canonical_names = tuple(pts)
         pts.update(self.head_hooks(getattr(self.source, "fc", None)))
         return pts
 
@@ -174,6 +194,8 @@ class ResNetAdapter(ConvNetAdapter):
                 out[f"stages.{s}"] = f"stages.{s}.blocks.{n - 1}.hook_resid_post"
         if isinstance(getattr(self.source, "maxpool", None), nn.Module):
             out["stem"] = "maxpool.hook_out"
+        names = getattr(self, "canonical_names", None)
+        out.update(flat_block_aliases(names if names is not None else self.canonical_hooks()))
         return out
 
     # ----------------------------------------------------------------- description
@@ -223,6 +245,7 @@ class ResNetAdapter(ConvNetAdapter):
                 "block": sorted(kinds)[0] if len(kinds) == 1 else sorted(kinds),
                 "resid_post": "relu(resid_sum)",
                 "resid_sum": "branch_out + shortcut(resid_pre)",
+                "additive_resid": False,
                 "stage_modules": [f"layer{i + 1}" for i in range(len(self.stages))],
             },
         )
@@ -237,6 +260,11 @@ class ResNetAdapter(ConvNetAdapter):
             global_avg = isinstance(self.source.avgpool, nn.AdaptiveAvgPool2d) and tuple(
                 torch.nn.modules.utils._pair(self.source.avgpool.output_size)
             ) == (1, 1)
+        last = len(self.stages) - 1
         return ConvReadout(
-            pooled_hook="hook_pooled", fc=fc, features_hook=f"layer{len(self.stages)}.hook_out", global_avg=global_avg
+            pooled_hook="hook_pooled",
+            fc=fc,
+            features_hook=f"layer{len(self.stages)}.hook_out",
+            global_avg=global_avg,
+            stream_hook=f"stages.{last}.blocks.{len(self.stages[last]) - 1}.hook_resid_post" if self.stages else None,
         )

@@ -13,7 +13,7 @@ weights are not folded); ``ln*.hook_scale`` is the per-vector ``sqrt(var + eps)`
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from visionlens.config import VisionConfig
 from visionlens.hook_points import HookPoint, InlineHookPoint, fire, is_active
 
 from . import Adapter
+from .tl_weights import TLBlock, TLWeightSource
 from .transformer_blocks import LayerHooks, LinearReadout, is_identity, ln_scale
 
 __all__ = ["TimmViTAdapter", "ATTN_INTERNAL"]
@@ -44,6 +45,7 @@ class TimmViTAdapter(Adapter):
     name = "timm_vit"
     family = "vit"
     priority = 10
+    image_methods = ("forward_features",)
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
@@ -56,6 +58,17 @@ class TimmViTAdapter(Adapter):
             if getattr(blk.attn, "gate", None) is not None:
                 return False
         return not getattr(module, "dynamic_img_pad", False)
+
+    @classmethod
+    def example_source(cls) -> Optional[nn.Module]:
+        """A 2-block ViT-Tiny on 32 px images with 8 px patches (random weights, seeded)."""
+        import timm
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return timm.create_model(
+                "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=10
+            ).eval()
 
     def __init__(self, source: nn.Module):
         super().__init__(source)
@@ -257,6 +270,14 @@ class TimmViTAdapter(Adapter):
         return fire(h.resid_post, x + mlp_out)
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return self.forward_head(self.forward_features(x), pre_logits=pre_logits)
+
+    def public_methods(self) -> dict[str, Callable[..., Any]]:
+        """timm's ``forward_features`` (tokens after the final norm) and ``forward_head``, with the hooks."""
+        return {"forward_features": self.forward_features, "forward_head": self.forward_head}
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """``source.forward_features(x)``: embeddings, blocks and the final norm, firing their hooks."""
         s = self.source
         x = self._embed(x)
         x = s.norm_pre(s.patch_drop(x))
@@ -265,9 +286,12 @@ class TimmViTAdapter(Adapter):
         if self.norm_first and self.final_ln is not None:
             if is_active(self.ln_final_scale):
                 fire(self.ln_final_scale, ln_scale(s.norm, x))
-            x = fire(self.ln_final, s.norm(x))
-        else:
-            x = s.norm(x)
+            return fire(self.ln_final, s.norm(x))
+        return s.norm(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """``source.forward_head(x, pre_logits)``: pooling, ``fc_norm`` and the head, firing their hooks."""
+        s = self.source
         if self.distilled:
             pooled = fire(self.hook_pooled, torch.stack([x[:, 0], x[:, 1]], dim=1))
             a, b = s.head_drop(pooled[:, 0]), s.head_drop(pooled[:, 1])
@@ -296,6 +320,58 @@ class TimmViTAdapter(Adapter):
             out[f"blocks.{l}"] = f"blocks.{l}.hook_resid_post"
             out[f"blocks.{l}.mlp"] = f"blocks.{l}.mlp.hook_post"
         return out
+
+    def tl_weights(self, tower: Optional[str] = None) -> TLWeightSource:
+        """TransformerLens's matrices (``model.W_Q`` ...; what is folded: :mod:`visionlens.adapters.tl_weights`).
+
+        ``W_U`` / ``b_U``: the classification head with the final norm (``norm`` or ``fc_norm``) folded in;
+        ``W_E``: the patch-embedding conv as ``[in_chans * ph * pw, d_model]``; ``W_pos``: ``pos_embed[0]``
+        (``[n_prefix + n_patches, d_model]``, or patches only with ``no_embed_class``)."""
+        if tower not in (None, "visual"):
+            raise ValueError(f"a timm ViT has one tower; got tower={tower!r}")
+        s = self.source
+        blocks = []
+        for blk in s.blocks:
+            a, mlp = blk.attn, blk.mlp
+            blocks.append(
+                TLBlock(
+                    ln1=blk.norm1,
+                    qkv_weight=a.qkv.weight,
+                    qkv_bias=a.qkv.bias,
+                    n_heads=a.num_heads,
+                    d_head=a.head_dim,
+                    out=a.proj,
+                    ln2=blk.norm2,
+                    fc1=mlp.fc1,
+                    fc2=mlp.fc2,
+                    gamma1=getattr(blk.ls1, "gamma", None),
+                    gamma2=getattr(blk.ls2, "gamma", None),
+                    qk_why="" if is_identity(a.q_norm) and is_identity(a.k_norm) else "q/k are normalized (qk_norm)",
+                    out_why="" if is_identity(a.norm) else "the heads' output is normalized before the projection",
+                    mlp_out_why="" if is_identity(mlp.norm) else "the MLP normalizes its hidden layer",
+                )
+            )
+        pe = s.patch_embed
+        hybrid = getattr(pe, "backbone", None) is not None
+        W_E = None if hybrid else pe.proj.weight.reshape(pe.proj.weight.shape[0], -1).T
+        W_pos = s.pos_embed[0] if s.pos_embed is not None else None
+        head, why = s.head, ""
+        if self.distilled:
+            head, why = None, "a distilled model averages two heads reading different tokens (use head / head_dist)"
+        elif not isinstance(head, nn.Linear):
+            head, why = None, "the model has no linear classification head (num_classes=0)"
+        elif getattr(s, "attn_pool", None) is not None or s.global_pool not in ("token", "avg"):
+            head, why = None, f"the pool ({s.global_pool!r}) is not linear"
+        return TLWeightSource(
+            blocks=blocks,
+            W_E=W_E,
+            W_pos=W_pos,
+            unembed_norm=self.final_ln,
+            unembed_weight=head.weight if head is not None else None,
+            unembed_bias=head.bias if head is not None else None,
+            embed_why="a hybrid (conv backbone) patch embedding is not linear" if hybrid else "",
+            unembed_why=why,
+        )
 
     def head_results_from_z(self, layer: int, z: Tensor) -> Tensor:
         """Per-head outputs ``[..., pos, head, d_model]`` from cached ``hook_z`` (layer scale folded in)."""

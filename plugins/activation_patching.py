@@ -97,6 +97,10 @@ class ActivationPatching(Analysis):
         templates: list[str] = option(list, help="CLIP: prompt templates with {}")
         top_k: int = option(20, min=1, max=1_000_000, help="rows in the ranked table")
 
+    def smoke_config(self, model: Any) -> dict[str, Any]:
+        """A quick run: 2x2 regions, a short table."""
+        return {"grid": 2, "top_k": 5}
+
     def supports(self, model: Any) -> tuple[bool, str]:
         if not getattr(model, "hook_dict", None):
             return False, "the model has no hook points"
@@ -414,6 +418,7 @@ class PatchingResult(Result):
                 ax.set_axis_off()
                 continue
             g = self.grid(hooks[i], kind)
+            assert g is not None  # hooks were filtered to those with a grid
             imshow_overlay(
                 ax, img, np.nan_to_num(g.numpy(), nan=0.0), signed=True, title=short_hook(hooks[i]), fontsize=7
             )

@@ -82,6 +82,10 @@ class ActivationStats(Analysis):
             if self.figure_examples > self.top_k and self.figure_units:
                 self.figure_examples = self.top_k
 
+    def smoke_config(self, model: Any) -> dict[str, Any]:
+        """A quick run: two units with two example crops in the figure, short tables."""
+        return {"top_k": 2, "figure_units": 2, "figure_examples": 2, "table_rows": 5}
+
     def supports(self, model: Any) -> tuple[bool, str]:
         return image_batch_support(model)
 

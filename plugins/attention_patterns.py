@@ -119,6 +119,10 @@ class AttentionPatterns(Analysis):
         tokens: list[str] = option(list, help="UNet: labels of the cross-attention tokens (text tokens)")
         max_tokens: int = option(16, min=1, help="UNet: cross-attention tokens drawn in the PNG grid")
 
+    def smoke_config(self, model: Any) -> dict[str, Any]:
+        """A quick run: the last layer's first two heads drawn, two images averaged."""
+        return {"layers": [-1], "heads": [0, 1], "max_images": 2}
+
     def supports(self, model: Any) -> tuple[bool, str]:
         fam = (model.cfg.family or "").lower()
         if fam == "diffusion":
@@ -171,6 +175,7 @@ class AttentionPatterns(Analysis):
                             raise VisionLensError("attention_patterns: layers have different token counts or heads.")
                     img_px = model.cfg.image_size or (grid[0] * 16, grid[1] * 16)
                     patch_px = (img_px[0] / grid[0], img_px[1] / grid[1])
+                assert grid is not None  # set (and checked) together with T on the first batch
                 for p in pats:
                     s = head_statistics(p, n_prefix, grid, patch_px)
                     for k, v in s.items():
@@ -188,6 +193,7 @@ class AttentionPatterns(Analysis):
                 f"attention_patterns: config field 'image' is {config.image}, but only {count} images "
                 "were read (max_images)."
             )
+        assert grid is not None and T is not None  # set on the first batch (count > 0)
         Ls = len(hooks)
         # stats lists hold one entry per (batch, layer), layer-fastest: regroup by layer
         st = {}

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from visionlens.analysis import Analysis, config_to_dict, option
 from visionlens.data import as_images
+from visionlens.hook_select import default_hooks
 from visionlens.hookspecs import hookimpl
 from visionlens.results import Result, Table, new_figure
 from visionlens.scrubbing import causal_scrub, parse_hypothesis
@@ -61,6 +62,18 @@ class CausalScrubbing(Analysis):
         max_batch: int = option(512, min=1, help="rows per forward")
         max_images: Optional[int] = option(None, min=2, help="use at most this many inputs")
         batch_size: int = option(64, min=1, help="images per preprocessing batch")
+
+    def smoke_config(self, model: Any) -> dict[str, Any]:
+        """A quick run of the simplest hypothesis (the output depends on the deepest default hook),
+        one resample, a small bootstrap, four images."""
+        hook = default_hooks(model)[-1]
+        return {
+            "hypothesis": {"hook": None, "parents": [{"hook": hook, "feature": "identity"}]},
+            "metric": "kl_to_model",
+            "n_resamples": 1,
+            "n_bootstrap": 20,
+            "max_images": 4,
+        }
 
     def supports(self, model: Any) -> tuple[bool, str]:
         fam = (getattr(model.cfg, "family", "") or "").lower()

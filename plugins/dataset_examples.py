@@ -196,6 +196,10 @@ class DatasetExamples(Analysis):
         crop_units: Optional[int] = option(16, min=0, help="units per hook that get crop grids (None = all units)")
         crop_size: int = option(48, min=8, max=512, help="side of each saved crop in pixels")
 
+    def smoke_config(self, model: Any) -> dict[str, Any]:
+        """A quick run: two top and one bottom example, crops for two units."""
+        return {"top_k": 2, "bottom_k": 1, "crop_units": 2, "crop_size": 16}
+
     def supports(self, model: Any) -> tuple[bool, str]:
         return image_batch_support(model)
 
@@ -408,7 +412,8 @@ class DatasetExamplesResult(Result):
         for h in self.hooks:
             for u in range(min(50, self.n_units(h))):
                 top = self.examples(h, u, "top")[0]
-                bot = (self.examples(h, u, "bottom") or [None])[0]
+                bottoms = self.examples(h, u, "bottom")
+                bot = bottoms[0] if bottoms else None
                 t.rows.append(
                     [
                         h,

@@ -70,6 +70,8 @@ def _kind(model: Any) -> str:
         return "vit"
     if fam in ("diffusion",) or "unet" in fam:
         return "unet"
+    if adapter is None:
+        return "none"
     try:
         ro = adapter.readout()
     except Exception:
@@ -110,6 +112,13 @@ class DirectLogitAttribution(Analysis):
         keep_heads: list[int] = option(
             [0, 1, 2, 4, 8, 16, 32, 64], help="CLIP: numbers of top heads kept in the mean-ablation accuracy curve"
         )
+
+    def smoke_config(self, model: Any) -> dict[str, Any]:
+        """A quick run: two images, short tables (CLIP: a three-class zero-shot head)."""
+        cfg: dict[str, Any] = {"max_images": 2, "top_k": 5}
+        if _kind(model) == "clip":
+            cfg.update(class_prompts=["cat", "dog", "car"], text_pool=["a cat", "a dog", "a car", "stripes"])
+        return cfg
 
     def supports(self, model: Any) -> tuple[bool, str]:
         kind = _kind(model)
@@ -396,7 +405,8 @@ def textspan(vectors: Tensor, texts: Tensor, k: int) -> tuple[list[int], list[fl
     C = vectors.double() - vectors.double().mean(0, keepdim=True) if vectors.shape[0] > 1 else vectors.double()
     T = torch.nn.functional.normalize(texts.double(), dim=-1)
     total = float(C.pow(2).sum()) or 1.0
-    picks, fracs = [], []
+    picks: list[int] = []
+    fracs: list[float] = []
     for _ in range(min(k, T.shape[0])):
         proj = C @ T.T  # [N, M]
         score = proj.pow(2).sum(0)
@@ -487,6 +497,7 @@ def _conv_batch(model: Any, x: Tensor, classes: Optional[Tensor], config: Any) -
     wdir = ro.W[cls] - (ro.W[foil] if foil is not None else 0)  # [B, C]
     lin = _linear_readout(ro, feats, wdir)
     if lin is not None:
+        assert feats is not None  # _linear_readout returns None without features
         fn, method = lin
         out["spatial_attr"] = fn(feats).sum(1).detach().cpu()
         out["spatial_method"] = method

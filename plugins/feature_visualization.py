@@ -33,6 +33,7 @@ from visionlens import featurevis as fv
 from visionlens.analysis import Analysis, ConfigError, config_to_dict, option
 from visionlens.data import as_images
 from visionlens.featurevis.render import to_pil
+from visionlens.hook_select import default_hooks
 from visionlens.hookspecs import hookimpl
 from visionlens.reducers import atomic_write_bytes
 from visionlens.results import Result, Table, new_figure
@@ -75,6 +76,11 @@ class FeatureVisualization(Analysis):
         forward_kwargs: Optional[dict] = option(
             None, help="extra model arguments (diffusion UNets: timestep, encoder_hidden_states)"
         )
+
+    def smoke_config(self, model: Any) -> dict[str, Any]:
+        """A quick run: channel 0 of the deepest default hook, two steps, small images."""
+        fixed = model.cfg.image_size if not model.cfg.dynamic_img_size else None
+        return {"objectives": [f"{default_hooks(model)[-1]}:0"], "steps": 2, "size": None if fixed else 32}
 
     def supports(self, model: Any) -> tuple[bool, str]:
         if not getattr(model, "hook_dict", None):

@@ -29,7 +29,7 @@ import fnmatch
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -125,6 +125,27 @@ class StyleNeuronSearch(Analysis):
         max_batch: int = option(64, min=1, help="rows per UNet forward")
         seed: int = option(0, help="base random seed")
 
+    def smoke_config(self, model: Any) -> dict[str, Any]:
+        """A quick run: one prompt, seed and timestep, one unit verified. Without a pipeline's text
+        encoder, seeded random states (fixed per prompt string) stand in for the encoded prompts."""
+        cfg: dict[str, Any] = {
+            "prompts": ["a cat"],
+            "seeds": 1,
+            "timesteps": [500],
+            "top_k": 5,
+            "verify_units": 1,
+            "verify_top": 1,
+        }
+        if getattr(model.adapter.pipeline, "text_encoder", None) is None:
+            dim, dev = model.adapter.context_dim(), model.device
+
+            def encode(prompts: list[str]) -> Tensor:
+                gens = [torch.Generator().manual_seed(sum(p.encode()) * 1009 + len(p)) for p in prompts]
+                return torch.stack([torch.randn(8, dim, generator=g) for g in gens]).to(dev)
+
+            cfg["encode"] = encode
+        return cfg
+
     def supports(self, model: Any) -> tuple[bool, str]:
         if getattr(getattr(model, "adapter", None), "name", "") != "diffusers_unet":
             return False, "needs a diffusers UNet (HookedVisionModel.from_diffusers)"
@@ -162,6 +183,7 @@ class StyleNeuronSearch(Analysis):
         n_tok = ctx_s.shape[1]
         style_pos = None
         if ids_s is not None:  # style-phrase tokens: where the styled prompt's tokens differ from the plain one
+            assert ids_p is not None  # _encode returns token ids for both prompt lists or for neither
             style_pos = torch.zeros(len(prompts), n_tok)
             for i in range(len(prompts)):
                 diff = (ids_s[i] != ids_p[i]).nonzero().flatten()
@@ -194,8 +216,11 @@ class StyleNeuronSearch(Analysis):
         lat_t, t_t, p_t = torch.cat(lat).to(dev), torch.cat(tt).to(dev), torch.cat(pi)
         rows = lat_t.shape[0]
 
-        def forward(ctx: Tensor, fwd_hooks: list = (), cache_names: Optional[list[str]] = None):
-            outs, caches = [], {}
+        def forward(
+            ctx: Tensor, fwd_hooks: Sequence[tuple[str, Callable]] = (), cache_names: Optional[list[str]] = None
+        ):
+            outs: list[Tensor] = []
+            caches: dict[str, list[Tensor]] = {}
             for s in range(0, rows, config.max_batch):
                 sl = slice(s, s + config.max_batch)
                 args = (lat_t[sl], t_t[sl], ctx[p_t[sl]])
@@ -224,6 +249,7 @@ class StyleNeuronSearch(Analysis):
             a_p = unit_summary(hname, cache_p[hname], sp_rows)
             if a_s is None:
                 continue
+            assert a_p is not None  # same hook and activation shape as a_s, so summarised too
             d, prof_h, md = _standardized(a_s.cpu(), a_p.cpu(), T)
             for u in range(d.shape[0]):
                 names.append(f"{hname}:{u}")

@@ -91,6 +91,10 @@ class TimestepSweep(Analysis):
         seed: int = option(0, help="random seed")
         pipe: Any = option(None, help="pipeline for text encoder / scheduler (default: model.adapter.pipeline)")
 
+    def smoke_config(self, model: Any) -> dict[str, Any]:
+        """A quick run: two bands, one timestep and one latent each."""
+        return {"bands": 2, "samples_per_band": 1, "seeds": 1}
+
     def supports(self, model: Any) -> tuple[bool, str]:
         if getattr(getattr(model, "adapter", None), "name", "") != "diffusers_unet":
             return False, "needs a diffusers UNet (HookedVisionModel.from_diffusers)"

@@ -46,6 +46,10 @@ class Weights(Analysis):
         image_size: int = option(32, min=4, max=1024, help="input size for execution order and expanded weights")
         nmf: bool = option(True, help="compute NMF-to-RGB weight pictures")
 
+    def smoke_config(self, model: Any) -> dict[str, Any]:
+        """A quick run: two units per layer in the table."""
+        return {"table_units": 2}
+
     def supports(self, model: Any) -> tuple[bool, str]:
         src = getattr(model, "source", None)
         if src is None or not any(isinstance(m, torch.nn.Conv2d) for m in src.modules()):

@@ -28,10 +28,24 @@ import difflib
 import json
 import types
 import typing
-from typing import Any, ClassVar, Iterable, Literal, Mapping, Optional, Protocol, Union, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Iterable,
+    Literal,
+    Mapping,
+    Optional,
+    Protocol,
+    Union,
+    runtime_checkable,
+)
 
 from .serialize import jsonable as to_jsonable
 from .validation import VisionLensError
+
+if TYPE_CHECKING:
+    from .hooked_model import HookedVisionModel
 
 __all__ = [
     "Analysis",
@@ -82,7 +96,12 @@ def option(
     if default in (list, dict, set) or (callable(default) and isinstance(default, types.FunctionType)):
         return dataclasses.field(default_factory=default, metadata=meta)
     if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+        initial = default
+
+        def fresh_copy() -> Any:
+            return type(initial)(initial)
+
+        return dataclasses.field(default_factory=fresh_copy, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -98,9 +117,9 @@ class AnalysisProtocol(Protocol):
     name: str
     summary: str
 
-    def supports(self, model: Any) -> tuple[bool, str]: ...
+    def supports(self, model: HookedVisionModel) -> tuple[bool, str]: ...
 
-    def run(self, model: Any, inputs: Any, config: Any) -> Any: ...
+    def run(self, model: HookedVisionModel, inputs: Any, config: Any) -> Any: ...
 
 
 class Analysis:
@@ -114,11 +133,11 @@ class Analysis:
     summary: ClassVar[str] = ""
     Config: ClassVar[type] = EmptyConfig
 
-    def supports(self, model: Any) -> tuple[bool, str]:
+    def supports(self, model: HookedVisionModel) -> tuple[bool, str]:
         """``(True, "")`` when this analysis can run on ``model``, else ``(False, reason)``."""
         return True, ""
 
-    def run(self, model: Any, inputs: Any, config: Any) -> Any:
+    def run(self, model: HookedVisionModel, inputs: Any, config: Any) -> Any:
         """Run on ``model`` over ``inputs`` with a validated ``config``; return a :class:`visionlens.results.Result`."""
         raise NotImplementedError
 
@@ -126,7 +145,7 @@ class Analysis:
         """A validated ``Config`` from keyword values (defaults for the rest)."""
         return make_config(self.Config, values, owner=self.name)
 
-    def smoke_config(self, model: Any) -> dict[str, Any]:
+    def smoke_config(self, model: HookedVisionModel) -> dict[str, Any]:
         """Config values for a quick run on a tiny ``model`` (the contract suite runs every analysis
         with these on the tiny models of :meth:`visionlens.adapters.Adapter.example_source`).
 
@@ -409,4 +428,4 @@ def describe_config(config_cls: type) -> list[dict[str, Any]]:
 def analysis_config_class(analysis: Any) -> type:
     """The ``Config`` dataclass of an analysis object (``EmptyConfig`` when it declares none)."""
     cls = getattr(analysis, "Config", None)
-    return cls if cls is not None and dataclasses.is_dataclass(cls) else EmptyConfig
+    return cls if isinstance(cls, type) and dataclasses.is_dataclass(cls) else EmptyConfig

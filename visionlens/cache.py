@@ -6,6 +6,12 @@ token unembeddings: ``logit_attrs(stack, classes)`` pools each component the way
 head does, divides by the cached final-LayerNorm scale and projects onto the class direction
 (final-LN weight folded in). Summed over a full decomposition it equals
 ``logit - model.folded_head_bias(classes)`` (head bias plus the head applied to the LN bias).
+
+Conv nets (docs/tl_habits.md): ``cache["resid_post", i]`` reads the flat block index (all blocks in
+order); ``logit_attrs(decompose_resid(stage=-1), classes)`` is exact on ConvNeXt (frozen head-LN
+scale) and MobileNetV2 (frozen head ReLU6 gates); ResNet refuses the decomposition and
+``decompose_final_features`` splits the logit exactly over the final feature map. A key that is not
+cached raises a KeyError naming the closest cached names.
 """
 
 from __future__ import annotations
@@ -15,9 +21,18 @@ from typing import Any, Literal, Optional, Sequence, Union
 import torch
 from torch import Tensor
 from transformer_lens import ActivationCache
-from transformer_lens.utilities import Slice
+from transformer_lens.utilities import Slice, get_act_name
+
+from .validation import UnknownCacheKeyError, unknown_cache_key
 
 ClassSpec = Union[int, Sequence[int], Tensor]
+
+
+_FINAL_FEATURES_HINT = (
+    "Exact alternative for the logit: cache.decompose_final_features(classes, mode='channel' | 'location' | "
+    "'full', return_bias=True) splits it over the channels / locations of the final feature map; the parts "
+    "plus the returned bias sum to the logit."
+)
 
 
 def _slice(pos_slice: Any) -> Slice:
@@ -26,6 +41,8 @@ def _slice(pos_slice: Any) -> Slice:
 
 class VisionActivationCache(ActivationCache):
     """Activation cache returned by :meth:`HookedVisionModel.run_with_cache`."""
+
+    cache_dict: dict[str, Tensor]  # set by ActivationCache.__init__; declared so mypy knows its type
 
     def _prefix(self) -> str:
         return getattr(self.model.cfg, "extra", {}).get("hook_prefix", "")
@@ -36,11 +53,59 @@ class VisionActivationCache(ActivationCache):
     def _need(self, name: str) -> Tensor:
         full = self._name(name)
         if full not in self.cache_dict:
-            raise KeyError(
-                f"{full!r} is not in the cache; run_with_cache with a names_filter that includes it "
-                f"(cached: {len(self.cache_dict)} hooks)."
-            )
+            raise self._missing(full)
         return self.cache_dict[full]
+
+    # ----------------------------------------------------------- key lookup
+    def __getitem__(self, key: Any) -> Tensor:
+        """``cache[name]``, TransformerLens shorthand (``cache["resid_post", 3]``, ``cache["pattern", 0]``),
+        and the model's aliases (conv nets: ``blocks.{i}.hook_resid_post`` numbers all blocks in order).
+
+        A name that is not cached raises ``KeyError`` naming the closest cached names."""
+        if isinstance(key, str) and key in self.cache_dict:
+            return self.cache_dict[key]
+        if isinstance(key, str):
+            try:
+                tries = [key, get_act_name(key)]
+            except Exception:  # not TL shorthand either
+                tries = [key]
+        elif isinstance(key, tuple) and key and isinstance(key[0], str):
+            if len(key) > 1 and key[1] is not None and key[1] < 0:
+                key = (key[0], self._n_layers() + key[1], *key[2:])
+            tries = [get_act_name(*key)]
+        else:
+            return self.cache_dict[key]
+        found = self._resolve_key(tries)
+        if found is None:
+            raise self._missing(key if isinstance(key, str) else tries[-1])
+        return self.cache_dict[found]
+
+    def _resolve_key(self, tries: list[str]) -> Optional[str]:
+        """The cached name for the first of ``tries`` found directly, under the tower prefix, or via an alias."""
+        prefix = self._prefix()
+        cands: list[str] = []
+        for t in tries:
+            cands += [t, prefix + t] if prefix and not t.startswith(prefix) else [t]
+        for c in cands:
+            if c in self.cache_dict:
+                return c
+        aliases_fn = getattr(getattr(self.model, "adapter", None), "aliases", None)
+        aliases = aliases_fn() if callable(aliases_fn) else {}
+        for c in cands:
+            for target in (aliases.get(c), f"{c}.hook_out"):
+                if target is not None and target in self.cache_dict:
+                    return target
+        return None
+
+    def _missing(self, name: str) -> UnknownCacheKeyError:
+        """The KeyError for ``name``: the closest cached names, and whether ``names_filter`` left out a real hook."""
+        prefix = self._prefix()
+        hooks = set(getattr(self.model, "hook_dict", None) or ())
+        hooks |= {h[len(prefix) :] for h in hooks if prefix and h.startswith(prefix)}
+        aliases_fn = getattr(getattr(self.model, "adapter", None), "aliases", None)
+        if callable(aliases_fn):
+            hooks |= set(aliases_fn())
+        return unknown_cache_key(name, self.cache_dict, hook_names=hooks)
 
     def _n_layers(self) -> int:
         return int(self.model.cfg.n_layers)
@@ -91,6 +156,13 @@ class VisionActivationCache(ActivationCache):
         MobileNetV2 residual runs; a stage-entry block that changes shape starts the sum at its output).
         Raises where a later block's output is not ``resid_pre + branch_out`` (ResNet's ReLU)."""
         depth = self.model.cfg.stage_depths[stage]
+        if self.model.cfg.extra.get("additive_resid", True) is False:
+            raise ValueError(
+                f"A {self.model.cfg.family} block is not a linear residual block: resid_post = "
+                f"{self.model.cfg.extra.get('resid_post', 'a nonlinear function of resid_pre + branch_out')} (a ReLU "
+                "after the residual sum), so a stage has no additive decomposition into blocks. "
+                f"{_FINAL_FEATURES_HINT}"
+            )
         comps = [self._need(f"stages.{stage}.blocks.0.hook_resid_pre")]
         labels = [f"s{stage}_input"]
         for b in range(depth):
@@ -105,7 +177,8 @@ class VisionActivationCache(ActivationCache):
             else:
                 raise ValueError(
                     f"stage {stage} block {b} is not a linear residual block (resid_post != resid_pre + branch_out), "
-                    "so the stage has no additive decomposition; use accumulated_resid(stage=...) instead."
+                    "so the stage has no additive decomposition; use accumulated_resid(stage=...) instead. "
+                    f"{_FINAL_FEATURES_HINT}"
                 )
         stack = torch.stack(comps, dim=0)
         return (stack, labels) if return_labels else stack
@@ -237,6 +310,93 @@ class VisionActivationCache(ActivationCache):
             stack = self.apply_ln_to_stack(stack, layer, pos_slice=ps)
         return (stack, labels) if return_labels else stack
 
+    # ----------------------------------------------------------- neurons and the full decomposition
+    def _tl(self, name: str) -> Tensor:
+        """A TransformerLens matrix of the cached tower (``model.W_out`` ...)."""
+        tower = getattr(self.model.adapter, "tower", None)
+        return self.model.tl_weight(name, tower=tower)
+
+    def get_neuron_results(
+        self,
+        layer: int,
+        neuron_slice: Any = None,
+        pos_slice: Any = None,
+        project_output_onto: Optional[Tensor] = None,
+    ) -> Tensor:
+        """Each MLP neuron's write into the residual stream, ``mlp.hook_post[..., n] * W_out[layer, n]``
+        (layer scale folded into ``W_out``; ``b_out`` not included): ``[batch, pos, d_mlp, d_model]``."""
+        ns, ps = _slice(neuron_slice), _slice(pos_slice)
+        acts = ps.apply(self._need(f"blocks.{layer}.mlp.hook_post"), dim=-2)
+        W_out = self._tl("W_out")[layer]
+        acts, W_out = ns.apply(acts, dim=-1), ns.apply(W_out, dim=0)
+        if project_output_onto is None:
+            return acts[..., None] * W_out
+        proj = W_out @ project_output_onto
+        return acts * proj if project_output_onto.ndim == 1 else acts[..., None] * proj
+
+    def _stack_neuron_results_apply_ln_projected(
+        self, layer: int, pos_slice: Any, neuron_slice: Any, project_2d: Tensor, mlp_input: bool = False
+    ) -> Tensor:
+        stack = self.stack_neuron_results(
+            layer, pos_slice=pos_slice, neuron_slice=neuron_slice, apply_ln=True, mlp_input=mlp_input
+        )
+        return stack @ project_2d
+
+    def get_full_resid_decomposition(
+        self,
+        layer: Optional[int] = None,
+        mlp_input: bool = False,
+        expand_neurons: Optional[bool] = None,
+        apply_ln: bool = False,
+        pos_slice: Any = None,
+        return_labels: bool = False,
+        project_output_onto: Optional[Tensor] = None,
+        stage: Optional[int] = None,
+    ):
+        """TransformerLens's full decomposition of the residual stream entering ``layer``.
+
+        Transformers: every head's result (``L{l}H{h}``), every neuron's (``L{l}N{n}``; or each MLP's
+        output with ``expand_neurons=False``), ``embed`` and ``pos_embed`` (or one ``embed`` row, the
+        stream after ``ln_pre`` / ``norm_pre`` when the model normalizes the embeddings), and ``bias`` (the
+        accumulated ``b_O`` / ``b_out``, :meth:`HookedVisionModel.accumulated_bias`), stacked
+        ``[components, batch, pos, d_model]``; they sum to the stream. Conv nets with an additive stream
+        (ConvNeXt, MobileNetV2): ``stage=s`` gives the block-level split of :meth:`decompose_resid`
+        (biases stay inside each branch; ``expand_neurons`` is not available)."""
+        if stage is not None or self._is_staged():
+            if expand_neurons:
+                raise ValueError("conv nets decompose into blocks (decompose_resid(stage=...)); expand_neurons=False")
+            if project_output_onto is not None or apply_ln or pos_slice is not None:
+                raise ValueError("conv-net decompositions are [components, batch, C, H, W]; use logit_attrs on them")
+            return self._staged_decomposition(self._stage(stage), return_labels)
+        expand = True if expand_neurons is None else expand_neurons
+        layer = self._layer(layer)
+        ps = _slice(pos_slice)
+        heads, labels = self.stack_head_results(layer + (1 if mlp_input else 0), pos_slice=ps, return_labels=True)
+        comps = [heads]
+        if not self.model.cfg.attn_only and layer > 0:
+            if expand:
+                neurons, nl = self.stack_neuron_results(layer, pos_slice=ps, return_labels=True)
+            else:
+                neurons, nl = self.decompose_resid(
+                    layer, mode="mlp", incl_embeds=False, pos_slice=ps, return_labels=True
+                )
+            comps.append(neurons)
+            labels = labels + list(nl)
+        embeds, el = self.decompose_resid(0, pos_slice=ps, return_labels=True)
+        comps.append(embeds)
+        labels = labels + list(el)
+        bias = self.model.accumulated_bias(
+            layer, mlp_input, include_mlp_biases=expand, tower=getattr(self.model.adapter, "tower", None)
+        )
+        comps.append(bias.to(heads.dtype).expand((1,) + tuple(embeds.shape[1:])))
+        labels.append("bias")
+        stack = torch.cat(comps, dim=0)
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer, pos_slice=ps, mlp_input=mlp_input)
+        if project_output_onto is not None:
+            stack = stack @ project_output_onto
+        return (stack, labels) if return_labels else stack
+
     # ----------------------------------------------------------- layer norm
     def _ln_scale(self, layer: int, mlp_input: bool) -> Tensor:
         if layer == self._n_layers():
@@ -317,6 +477,9 @@ class VisionActivationCache(ActivationCache):
         stack = residual_stack
         if batch_slice is not None and has_batch_dim:
             stack = _slice(batch_slice).apply(stack, dim=1)
+        if hasattr(readout, "stream_attrs"):  # conv nets: the last stage's map through the head
+            lookup = self._batch_lookup(batch_slice if has_batch_dim else None)
+            return readout.stream_attrs(stack, classes, incorrect_classes, lookup, per_example=has_batch_dim)
         dev = stack.device
         cls = torch.as_tensor(classes, device=dev)
         bad = None if incorrect_classes is None else torch.as_tensor(incorrect_classes, device=dev)
@@ -342,9 +505,52 @@ class VisionActivationCache(ActivationCache):
             total = coef * attr if total is None else total + coef * attr
         return total
 
-    def folded_head_bias(self, classes: ClassSpec, incorrect_classes: ClassSpec = None) -> Tensor:
-        """The logit part no component explains (head bias + head applied to final-LN bias)."""
+    def _batch_lookup(self, batch_slice: Any = None):
+        def lookup(name: str) -> Tensor:
+            t = self[name]
+            return _slice(batch_slice).apply(t, dim=0) if batch_slice is not None else t
+
+        return lookup
+
+    def decompose_final_features(
+        self,
+        classes: ClassSpec,
+        incorrect_classes: ClassSpec = None,
+        mode: Literal["full", "channel", "location"] = "channel",
+        return_bias: bool = False,
+    ):
+        """Conv nets: the class logit (or logit difference) split over the final feature map.
+
+        Exact where the stream is not additive (ResNet's ReLU after each sum): the head is a global
+        average pool + linear classifier (ConvNeXt: + a LayerNorm whose scale is frozen at this
+        forward), so ``contribution[b, c, y, x] = W[class, c] * features[b, c, y, x] / (H * W)``.
+        ``mode``: ``"channel"`` -> ``[batch, C]``, ``"location"`` -> ``[batch, H, W]``, ``"full"`` ->
+        ``[batch, C, H, W]``. With ``return_bias`` also the per-example bias ``[batch]``; the parts
+        summed plus the bias equal the logit (difference)."""
         readout = self.model.adapter.readout()
+        if not hasattr(readout, "final_feature_attrs"):
+            raise NotImplementedError(
+                "decompose_final_features is for conv nets; on transformers use decompose_resid / "
+                "stack_head_results / get_full_resid_decomposition with logit_attrs."
+            )
+        attrs, bias = readout.final_feature_attrs(classes, incorrect_classes, self._batch_lookup())
+        if mode == "channel":
+            attrs = attrs.sum((-2, -1))
+        elif mode == "location":
+            attrs = attrs.sum(-3)
+        elif mode != "full":
+            raise ValueError(f"mode must be 'full', 'channel' or 'location', got {mode!r}")
+        return (attrs, bias) if return_bias else attrs
+
+    def folded_head_bias(self, classes: ClassSpec, incorrect_classes: ClassSpec = None) -> Tensor:
+        """The logit part no component explains (head bias + head applied to final-LN bias).
+
+        Conv nets: what :meth:`logit_attrs` of a full last-stage decomposition leaves out (classifier
+        bias, head-norm bias; MobileNetV2: also the head conv's shift and saturated ReLU6 units through
+        the frozen gates, so it is per image)."""
+        readout = self.model.adapter.readout()
+        if hasattr(readout, "stream_bias"):
+            return readout.stream_bias(classes, incorrect_classes, self._batch_lookup())
         b = readout.folded_bias(torch.as_tensor(classes))
         if incorrect_classes is not None:
             b = b - readout.folded_bias(torch.as_tensor(incorrect_classes))

@@ -20,7 +20,7 @@ import importlib.util
 import json
 import sys
 import warnings
-from typing import Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence
 
 from .adapters import available_adapters
 from .analysis import analysis_config_class, describe_config, parse_set_options
@@ -35,6 +35,7 @@ from .registry import (
     register_commands,
 )
 from .runner import run
+from .threads import thread_policy
 from .validation import VisionLensError
 from .version import __version__
 
@@ -50,7 +51,7 @@ _LIBRARIES = {"timm": "timm", "torchvision": "torchvision", "open_clip": "open_c
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse's own contract)
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse's own contract)
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -126,12 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_models(args: argparse.Namespace) -> int:
     specs = collect_model_specs()
     prefixes = sorted(set(specs) | set(EXAMPLES))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for prefix in prefixes:
         lib = _LIBRARIES.get(prefix)
         installed = prefix in specs and (lib is None or importlib.util.find_spec(lib) is not None)
         rows.append({"prefix": prefix, "available": installed, "examples": EXAMPLES.get(prefix, [f"{prefix}:NAME"])})
-    adapters = [{"name": a.name, "family": a.family or a.name, "priority": a.priority} for a in available_adapters()]
+    adapters: list[dict[str, Any]] = [
+        {"name": a.name, "family": a.family or a.name, "priority": a.priority} for a in available_adapters()
+    ]
     if args.json:
         print(json.dumps({"prefixes": rows, "adapters": adapters}, indent=1))
         return 0
@@ -209,9 +212,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     analysis = get_analysis(args.name)  # fail fast on a bad name or config before loading a model
     config = parse_set_options(analysis_config_class(analysis), args.sets, owner=args.name)
     images = as_images(args.images) if args.images is not None else None
-    model = load_model(args.model, args.image_size, args.pretrained, args.model_args)
-    result = run(args.name, model, images, **config)
-    out = result.save(args.out)
+    with thread_policy():  # the idle cores, or the user's OMP_NUM_THREADS / VISIONLENS_THREADS (visionlens.threads)
+        model = load_model(args.model, args.image_size, args.pretrained, args.model_args)
+        result = run(args.name, model, images, **config)
+        out = result.save(args.out)
     files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     print(f"{args.name}: wrote {out} ({', '.join(files)})")
     return 0

@@ -20,13 +20,17 @@ visual-tower components onto those class directions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .adapters.open_clip import OpenCLIPAdapter
 from .validation import VisionLensError
+
+if TYPE_CHECKING:
+    from .hooked_model import HookedVisionModel
 
 Template = Union[str, Callable[[str], str]]
 
@@ -44,9 +48,9 @@ __all__ = [
 ]
 
 
-def _adapter(model: Any) -> Any:
+def _adapter(model: HookedVisionModel) -> OpenCLIPAdapter:
     adapter = getattr(model, "adapter", None)
-    if adapter is None or getattr(adapter, "name", "") != "open_clip":
+    if not isinstance(adapter, OpenCLIPAdapter):
         raise VisionLensError(
             f"Expected a HookedVisionModel wrapping an open_clip CLIP model, got "
             f"{type(model).__name__} with adapter {getattr(adapter, 'name', None)!r}."
@@ -54,22 +58,22 @@ def _adapter(model: Any) -> Any:
     return adapter
 
 
-def tokenize(model: Any, texts: Union[str, Sequence[str]]) -> Tensor:
+def tokenize(model: HookedVisionModel, texts: Union[str, Sequence[str]]) -> Tensor:
     """Token ids ``[batch, context_length]`` from the model's own open_clip tokenizer."""
     return _adapter(model).tokenize(texts)
 
 
-def encode_image(model: Any, images: Tensor, normalize: bool = False) -> Tensor:
+def encode_image(model: HookedVisionModel, images: Tensor, normalize: bool = False) -> Tensor:
     """Image embeddings ``[batch, embed_dim]`` (``visual.*`` hooks fire)."""
     return _adapter(model).encode_image(images, normalize=normalize)
 
 
-def encode_text(model: Any, texts: Any, normalize: bool = False) -> Tensor:
+def encode_text(model: HookedVisionModel, texts: Any, normalize: bool = False) -> Tensor:
     """Text embeddings ``[batch, embed_dim]`` from strings or tokens (``text.*`` hooks fire)."""
     return _adapter(model).encode_text(texts, normalize=normalize)
 
 
-def similarity(model: Any, images: Tensor, texts: Any) -> Tensor:
+def similarity(model: HookedVisionModel, images: Tensor, texts: Any) -> Tensor:
     """CLIP logits ``[n_images, n_texts]`` = logit scale x cosine similarity (+ logit bias)."""
     return model(images, texts)
 
@@ -128,7 +132,7 @@ def _render(template: Template, name: str) -> str:
 
 
 def zero_shot_head(
-    model: Any,
+    model: HookedVisionModel,
     class_names: Sequence[str],
     templates: Optional[Sequence[Template]] = None,
     attach: bool = True,
@@ -168,7 +172,7 @@ def zero_shot_head(
     return head
 
 
-def attach_head(model: Any, head: Optional[ZeroShotHead]) -> None:
+def attach_head(model: HookedVisionModel, head: Optional[ZeroShotHead]) -> None:
     """Make ``head`` the model's classes (``None`` detaches: ``model(images)`` returns embeddings again)."""
     adapter = _adapter(model)
     adapter.classifier = head
@@ -179,7 +183,7 @@ def attach_head(model: Any, head: Optional[ZeroShotHead]) -> None:
         model.cfg.extra.pop("class_names", None)
 
 
-def zero_shot_logits(model: Any, images: Tensor, head: Optional[ZeroShotHead] = None) -> Tensor:
+def zero_shot_logits(model: HookedVisionModel, images: Tensor, head: Optional[ZeroShotHead] = None) -> Tensor:
     """Zero-shot logits ``[batch, n_classes]`` of ``images`` under ``head`` (default: the attached one)."""
     adapter = _adapter(model)
     head = head if head is not None else adapter.classifier

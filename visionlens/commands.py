@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import warnings
 from typing import Any, Optional, Sequence
 
 from .hooked_model import HookedVisionModel
 from .loading import load
-from .validation import VisionLensError
+from .validation import RandomWeightsWarning, VisionLensError
 
 __all__ = ["add_model_options", "load_model", "parse_model_args", "positive_int", "csv_list", "print_table"]
 
@@ -23,7 +25,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--pretrained",
         default=None,
         metavar="WEIGHTS",
-        help="weights for the library's loader (a hub tag, 'true', or a local checkpoint path)",
+        help="weights: a torchvision tag (IMAGENET1K_V1, DEFAULT), 'true' (the library's default), a timm tag, "
+        "or a local checkpoint path; without it the model has random weights",
     )
     p.add_argument(
         "--model-arg",
@@ -67,7 +70,7 @@ def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
 
 def _pretrained(value: Optional[str]) -> Any:
     if value is None:
-        return False
+        return None
     return {"true": True, "false": False}.get(value.lower(), value)
 
 
@@ -80,11 +83,15 @@ def load_model(
     model = None
     if image_size and spec.startswith("timm:") and "img_size" not in kwargs:
         try:  # fixed-size timm models (ViTs) take img_size; others reject it
-            model = load(spec, pretrained=weights, img_size=image_size, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RandomWeightsWarning)
+                model = load(spec, pretrained=weights, img_size=image_size, **kwargs)
         except TypeError:
             model = None
     if model is None:
-        model = load(spec, pretrained=weights, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RandomWeightsWarning)  # said on stderr below, in one line
+            model = load(spec, pretrained=weights, **kwargs)
     if image_size:
         cur = tuple(model.cfg.image_size) if model.cfg.image_size else None
         if cur != (image_size, image_size):
@@ -93,6 +100,11 @@ def load_model(
                     f"Model {spec!r} takes {cur[0]}x{cur[1]} images only; got --image-size {image_size}."
                 )
             model.cfg.image_size = (image_size, image_size)
+    if weights is None and model.cfg.extra.get("weights") == "random":  # not `--pretrained false`
+        sys.stderr.write(
+            f"visionlens: WARNING: {spec} has RANDOM weights (no --pretrained); its outputs mean nothing. "
+            "Pass --pretrained true / a tag (e.g. IMAGENET1K_V1) / a checkpoint path.\n"
+        )
     return model
 
 

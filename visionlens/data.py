@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from torch import Tensor
 
 from .preprocess import to_pil
 from .validation import VisionLensError
+
+if TYPE_CHECKING:
+    from .hooked_model import HookedVisionModel
 
 __all__ = [
     "Images",
@@ -92,11 +95,11 @@ class Images:
             return None
 
     def batches(
-        self, model: Any, batch_size: int = 16, start: int = 0, limit: Optional[int] = None
+        self, model: HookedVisionModel, batch_size: int = 16, start: int = 0, limit: Optional[int] = None
     ) -> Iterator[tuple[int, Tensor]]:
         raise NotImplementedError
 
-    def display(self, index: int, model: Any) -> np.ndarray:
+    def display(self, index: int, model: HookedVisionModel) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} has no random access to its images")
 
     def name(self, index: int) -> str:
@@ -133,14 +136,14 @@ class ImageList(Images):
             ) from exc
 
     def batches(
-        self, model: Any, batch_size: int = 16, start: int = 0, limit: Optional[int] = None
+        self, model: HookedVisionModel, batch_size: int = 16, start: int = 0, limit: Optional[int] = None
     ) -> Iterator[tuple[int, Tensor]]:
         stop = len(self) if limit is None else min(len(self), limit)
         for i in range(start, stop, batch_size):
             imgs = [self._pil(j) for j in range(i, min(i + batch_size, stop))]
             yield i, model.preprocess(imgs)
 
-    def display(self, index: int, model: Any) -> np.ndarray:
+    def display(self, index: int, model: HookedVisionModel) -> np.ndarray:
         return denormalize(model.preprocess([self._pil(index)])[0], model.cfg)
 
     def __repr__(self) -> str:
@@ -164,13 +167,13 @@ class TensorImages(Images):
         return int(self.x.shape[0])
 
     def batches(
-        self, model: Any, batch_size: int = 16, start: int = 0, limit: Optional[int] = None
+        self, model: HookedVisionModel, batch_size: int = 16, start: int = 0, limit: Optional[int] = None
     ) -> Iterator[tuple[int, Tensor]]:
         stop = len(self) if limit is None else min(len(self), limit)
         for i in range(start, stop, batch_size):
             yield i, self.x[i : min(i + batch_size, stop)].to(model.device)
 
-    def display(self, index: int, model: Any) -> np.ndarray:
+    def display(self, index: int, model: HookedVisionModel) -> np.ndarray:
         return denormalize(self.x[index], model.cfg)
 
     def __repr__(self) -> str:
@@ -187,7 +190,7 @@ class BatchStream(Images):
         self.names = []
 
     def batches(
-        self, model: Any, batch_size: int = 16, start: int = 0, limit: Optional[int] = None
+        self, model: HookedVisionModel, batch_size: int = 16, start: int = 0, limit: Optional[int] = None
     ) -> Iterator[tuple[int, Tensor]]:
         seen = 0
         for item in self.iterable:

@@ -29,12 +29,16 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
+from .adapters.diffusers_unet import UNetAdapter
 from .validation import VisionLensError
+
+if TYPE_CHECKING:
+    from .hooked_model import HookedVisionModel
 
 __all__ = [
     "StepCache",
@@ -85,12 +89,17 @@ class StepCache:
         return f"StepCache({len(self.steps)} steps, {len(self.keys())} hooks per step)"
 
 
-def _check(model: Any, pipe: Any) -> Any:
+def _unet_adapter(model: HookedVisionModel) -> UNetAdapter:
     adapter = getattr(model, "adapter", None)
-    if getattr(adapter, "name", None) != "diffusers_unet":
+    if not isinstance(adapter, UNetAdapter):
         raise VisionLensError(
             "Expected a HookedVisionModel wrapping a diffusers UNet (HookedVisionModel.from_diffusers)."
         )
+    return adapter
+
+
+def _check(model: HookedVisionModel, pipe: Any) -> Any:
+    adapter = _unet_adapter(model)
     pipe = pipe if pipe is not None else adapter.pipeline
     if pipe is None:
         raise VisionLensError(
@@ -104,7 +113,7 @@ def _check(model: Any, pipe: Any) -> Any:
     return pipe
 
 
-def _step_tracking(model: Any, on_start: Callable[[Any], None], on_end: Callable[[], None]) -> list[Any]:
+def _step_tracking(model: HookedVisionModel, on_start: Callable[[Any], None], on_end: Callable[[], None]) -> list[Any]:
     unet = model.source
 
     def pre(module: Any, args: tuple, kwargs: dict) -> None:
@@ -125,7 +134,7 @@ def _timestep_value(t: Any) -> Any:
 
 
 def run_pipeline_with_cache(
-    model: Any,
+    model: HookedVisionModel,
     *pipe_args: Any,
     pipe: Any = None,
     names_filter: Any = None,
@@ -148,9 +157,13 @@ def run_pipeline_with_cache(
         names = [nf]
     elif isinstance(nf, (list, tuple)):
         names = list(nf)
-    else:
+    elif callable(nf):
         names = [n for n in model.hook_dict if nf(n)]
-    adapter = model.adapter
+    else:
+        raise VisionLensError(
+            f"names_filter: expected None, a hook name, a list of names or a predicate, got {type(nf).__name__}."
+        )
+    adapter = _unet_adapter(model)
     cache_cls = adapter.cache_class()
     result = StepCache()
     state: dict[str, Any] = {"step": -1, "current": None, "t": None}
@@ -188,7 +201,7 @@ def run_pipeline_with_cache(
 
 
 def run_pipeline_with_hooks(
-    model: Any,
+    model: HookedVisionModel,
     *pipe_args: Any,
     pipe: Any = None,
     fwd_hooks: Sequence[tuple] = (),
@@ -200,7 +213,7 @@ def run_pipeline_with_hooks(
     Hook functions read ``model.adapter.current_step`` / ``current_timestep`` to act on some steps only.
     """
     pipe = _check(model, pipe)
-    adapter = model.adapter
+    adapter = _unet_adapter(model)
     state = {"step": -1}
 
     def start(t: Any) -> None:

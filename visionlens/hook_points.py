@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint, LensHandle
 
+from .validation import hook_output_error
+
 __all__ = ["HookPoint", "InlineHookPoint", "BridgedHookPoint", "fire", "is_active"]
 
 
@@ -31,11 +33,17 @@ def is_active(hp: HookPoint) -> bool:
 def fire(hp: HookPoint, x: Tensor) -> Tensor:
     """Pass ``x`` through ``hp`` when something is attached, else return it untouched.
 
+    A hook that returns anything but a tensor of ``x``'s shape (the batch size may change) raises a
+    :class:`~visionlens.validation.VisionLensError` naming the point and both shapes.
     A point in fast-capture mode (see :meth:`HookedVisionModel.run_with_cache`) stores the final
     value (after any user hooks) straight into the cache dict, without torch hook dispatch.
     """
     if hp._forward_hooks or hp._backward_hooks:
-        x = hp(x)
+        y = hp(x)
+        # the batch dimension may change (batched patching expands it on purpose); nothing else may
+        if y is not x and (not isinstance(y, Tensor) or y.shape[1:] != x.shape[1:] or y.ndim != x.ndim):
+            raise hook_output_error(hp.name, x, y)
+        x = y
     cap = hp._capture
     if cap is not None:
         cap[hp.name] = x.detach() if x.requires_grad else x
@@ -124,6 +132,6 @@ class BridgedHookPoint(_NotifyingHookPoint):
         items[self._index] = fire(self, items[self._index])
         return type(output)(items) if isinstance(output, tuple) else items
 
-    def _on_input(self, module: nn.Module, args: tuple) -> tuple:
+    def _on_input(self, module: nn.Module, args: tuple) -> Optional[tuple]:
         i = self._index or 0
         return args[:i] + (fire(self, args[i]),) + args[i + 1 :]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import torch
@@ -10,6 +12,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from .adapters import Adapter, resolve_adapter
+from .adapters.tl_weights import TLWeightsMixin
 from .config import VisionConfig
 from .preprocess import preprocess as _preprocess_images
 from .sources.diffusers import load_diffusers_module
@@ -17,7 +20,7 @@ from .sources.open_clip import load_open_clip_module
 from .sources.timm import load_timm
 from .sources.torchvision import load_torchvision
 from .units import Unit, parse_unit
-from .validation import VisionLensError, unknown_hook
+from .validation import VisionLensError, unknown_hook, warn_random_weights
 
 if TYPE_CHECKING:
     from .cache import VisionActivationCache
@@ -37,7 +40,7 @@ def set_analysis_runner(runner: Callable[..., Any]) -> None:
     _analysis_runner = runner
 
 
-class HookedVisionModel(HookedRootModule):
+class HookedVisionModel(TLWeightsMixin, HookedRootModule):
     """An image model with TransformerLens hook points on canonical activation names.
 
     Build one with :meth:`from_timm`, :meth:`from_torchvision`, :meth:`from_module` or
@@ -59,6 +62,17 @@ class HookedVisionModel(HookedRootModule):
             names = (getattr(source, "pretrained_cfg", None) or {}).get("label_names")
         if names is not None:
             self.cfg.extra["class_names"] = list(names)
+        weights = getattr(source, "visionlens_weights", None)
+        if weights is not None:
+            self.cfg.extra["weights"] = weights
+        if source.training:
+            warnings.warn(
+                f"{type(source).__name__} is in train mode (dropout active, batch-norm statistics updating); "
+                "visionlens's parity with the source and its analyses assume eval mode: call .eval() on the "
+                "source before wrapping it, or on the wrapped model.",
+                UserWarning,
+                stacklevel=3,
+            )
         self.validate_inputs = True
         for name, hp in self.adapter.hook_points().items():
             self._attach(name, hp)
@@ -97,9 +111,56 @@ class HookedVisionModel(HookedRootModule):
 
         Families with other inputs take them as extra arguments (CLIP ``text=``, UNet ``timestep``...).
         """
+        key = self.adapter.input_name
+        if x is None and key and key in kwargs:  # the source's own keyword, e.g. unet(sample=..., timestep=...)
+            x = kwargs.pop(key)
         if self.validate_inputs:
             self.adapter.validate(x)
         return self.adapter.forward(x, *args, **kwargs)
+
+    # ------------------------------------------------------------------ the source's public methods
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            pass
+        adapter = self.__dict__.get("adapter")
+        if adapter is None or name.startswith("_"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        methods = adapter.public_methods()
+        if name in methods:
+            return self._public_method(name, methods[name])
+        source = self._modules.get("source")
+        lib = type(source).__module__.split(".")[0]
+        what = f"{type(self).__name__!r} wrapping {lib} {type(source).__name__}"
+        offered = f" Methods run through the hooks: {', '.join(sorted(methods))}." if methods else ""
+        if source is not None and hasattr(source, name):
+            raise AttributeError(
+                f"{what} does not offer {name!r}: it is the source module's, and the adapter does not declare it "
+                f"as running through the hooks (calling it here could bypass them). Use model.source.{name} "
+                f"(unhooked).{offered}"
+            )
+        raise AttributeError(f"{what} has no attribute {name!r} (neither has the source module).{offered}")
+
+    def _public_method(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` (an adapter's public method), validating an image first argument like :meth:`forward`."""
+        if name not in self.adapter.image_methods:
+            return fn
+
+        @functools.wraps(fn)
+        def call(x: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.validate_inputs:
+                self.adapter.validate(x)
+            return fn(x, *args, **kwargs)
+
+        return call
+
+    @property
+    def class_names(self) -> Optional[list[str]]:
+        """The output classes' names (from the weights: torchvision's categories, timm's ImageNet labels,
+        a zoo model's classes), or None when the weights carry none (random weights, a custom head)."""
+        names = self.cfg.extra.get("class_names")
+        return list(names) if names is not None else None
 
     @property
     def device(self) -> torch.device:
@@ -186,6 +247,10 @@ class HookedVisionModel(HookedRootModule):
         elif isinstance(names_filter, (list, tuple, set)):
             selected = [self.hook_dict[n] for n in names_filter]
         else:
+            if not callable(names_filter):
+                raise TypeError(
+                    f"names_filter must be a hook name, names or a predicate, not {type(names_filter).__name__}"
+                )
             selected = [hp for n, hp in self.hook_dict.items() if names_filter(n)]
         if remove_batch_dim and model_args and isinstance(model_args[0], Tensor) and model_args[0].shape[0] != 1:
             raise ValueError(f"Cannot remove batch dimension from cache with batch size {model_args[0].shape[0]}")
@@ -253,21 +318,37 @@ class HookedVisionModel(HookedRootModule):
 
     @classmethod
     def from_timm(
-        cls, name: str, pretrained: Union[bool, str] = False, checkpoint_path: Optional[str] = None, **kwargs: Any
+        cls,
+        name: str,
+        pretrained: Union[bool, str, None] = None,
+        checkpoint_path: Optional[str] = None,
+        **kwargs: Any,
     ) -> "HookedVisionModel":
-        """Build with ``timm.create_model`` (its own hub / checkpoint loader).
+        """Build with ``timm.create_model`` (its own pretrained loader, reading the local caches).
 
-        ``pretrained`` may be ``True`` (timm's hub weights), or a local checkpoint path.
+        ``pretrained``: ``True`` (timm's default weights; ``"resnet50.a1_in1k"`` picks a tag), a tag, or a local
+        checkpoint path; ``checkpoint_path``: a local file. ``download=True`` allows fetching weights that are
+        not cached; ``strict=False`` loads a partial checkpoint. See :func:`visionlens.sources.timm.load_timm`.
         """
-        return cls(load_timm(name, pretrained=pretrained, checkpoint_path=checkpoint_path, **kwargs))
+        model = cls(load_timm(name, pretrained=pretrained or False, checkpoint_path=checkpoint_path, **kwargs))
+        if pretrained is None and not checkpoint_path:  # pretrained=False: random weights asked for explicitly
+            warn_random_weights(f"timm:{name}", model.cfg)
+        return model
 
     @classmethod
     def from_torchvision(cls, name: str, weights: Any = None, **kwargs: Any) -> "HookedVisionModel":
-        """Build with ``torchvision.models.get_model`` (weights enum/"DEFAULT"/local path)."""
-        return cls(load_torchvision(name, weights=weights, **kwargs))
+        """Build with ``torchvision.models.get_model``: ``weights`` a weights enum member, its name
+        (``"IMAGENET1K_V1"``), ``"DEFAULT"`` / ``True``, or a local checkpoint path (read from torch hub's cache;
+        ``download=True`` allows fetching; ``strict=False`` loads a partial checkpoint)."""
+        model = cls(load_torchvision(name, weights=weights, **kwargs))
+        if weights is None:  # weights=False: random weights asked for explicitly
+            warn_random_weights(f"torchvision:{name}", model.cfg)
+        return model
 
     @classmethod
-    def from_open_clip(cls, name: str, pretrained: Optional[str] = None, **kwargs: Any) -> "HookedVisionModel":
+    def from_open_clip(
+        cls, name: Union[str, dict], pretrained: Optional[str] = None, **kwargs: Any
+    ) -> "HookedVisionModel":
         """Build with open_clip's own factory (hub tag or local ``.pt`` / ``.safetensors``); both towers hooked."""
         return cls(load_open_clip_module(name, pretrained=pretrained, **kwargs), adapter="open_clip")
 

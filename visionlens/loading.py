@@ -16,7 +16,7 @@ from .hookspecs import hookimpl
 from .registry import collect_model_specs
 from .sources.timm import load_timm
 from .sources.torchvision import load_torchvision
-from .validation import VisionLensError
+from .validation import VisionLensError, warn_random_weights
 
 __all__ = [
     "load",
@@ -48,32 +48,85 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return prefix, name
 
 
-def load(spec: str, pretrained: Any = False, adapter: Any = "auto", **kwargs: Any):
+_RANDOM_OK = ("timm", "torchvision", "open_clip")  # library loaders that build random weights when none are asked
+
+
+def load(
+    spec: str,
+    pretrained: Any = None,
+    adapter: Any = "auto",
+    *,
+    weights: Any = None,
+    checkpoint_path: Optional[str] = None,
+    download: Optional[bool] = None,
+    **kwargs: Any,
+) -> HookedVisionModel:
     """Build a :class:`HookedVisionModel` from a spec string such as ``"timm:resnet50"``.
 
-    ``pretrained`` is passed to the library's loader: ``True`` / a tag / a local checkpoint path
-    (for torchvision it may also be a weights enum name such as ``"DEFAULT"``).
+    Weights, as each library takes them (``weights=`` is the same argument as ``pretrained=``):
+
+    * ``torchvision:NAME``: ``weights=`` / ``pretrained=`` a weights enum member, its name
+      (``"IMAGENET1K_V1"``), ``"DEFAULT"`` or ``True``, or a local checkpoint path.
+    * ``timm:NAME``: ``pretrained=True`` (timm's default tag; ``"timm:resnet50.a1_in1k"`` picks one), a
+      tag, or ``checkpoint_path=`` / ``pretrained=`` a local checkpoint file.
+    * ``open_clip:NAME``: ``pretrained=`` an open_clip tag or a local file.
+
+    Weights are read from the local caches (torch hub, Hugging Face) with no network attempt; missing ones
+    raise a :class:`VisionLensError` naming what is installed, unless ``download=True`` (or
+    ``VISIONLENS_DOWNLOAD=1``). ``strict=False`` loads a checkpoint whose keys only partly match. With no
+    weights argument a library model has random weights, and a :class:`RandomWeightsWarning` says so
+    (``pretrained=False`` asks for random weights explicitly, without the warning).
     """
     prefix, name = parse_spec(spec)
+    if weights is not None and pretrained not in (False, None):
+        raise VisionLensError(f"Pass the weights once: pretrained={pretrained!r} or weights={weights!r}, not both.")
+    chosen = weights if weights is not None else pretrained
+    if checkpoint_path is not None and chosen not in (False, None):
+        raise VisionLensError(
+            f"Pass the weights once: checkpoint_path={checkpoint_path!r} or pretrained/weights={chosen!r}, not both."
+        )
+    random_weights = chosen in (False, None) and checkpoint_path is None
     loaders = collect_model_specs()
+    extra: dict[str, Any] = {"download": download} if download is not None else {}
     if prefix == "torchvision":
-        module = load_torchvision(name, weights=pretrained if pretrained is not False else None, **kwargs)
+        module = load_torchvision(name, weights=checkpoint_path or chosen or None, **extra, **kwargs)
+    elif prefix == "timm":
+        module = load_timm(name, pretrained=chosen or False, checkpoint_path=checkpoint_path, **extra, **kwargs)
     elif prefix in loaders:
-        result = loaders[prefix](name, pretrained=pretrained, **kwargs)
-        if isinstance(result, HookedVisionModel):
-            return result
-        module = result
+        if checkpoint_path is not None:
+            extra["checkpoint_path"] = checkpoint_path
+        loaded = loaders[prefix](name, pretrained=chosen if chosen is not None else False, **extra, **kwargs)
+        if isinstance(loaded, HookedVisionModel):
+            if random_weights and prefix in _RANDOM_OK:
+                _random(spec, loaded, warn=chosen is None)
+            return loaded
+        module = loaded
     else:
         known = sorted(set(loaders) | {"timm", "torchvision", "open_clip", "diffusers"})
         raise VisionLensError(f"Unknown model spec prefix {prefix!r} in {spec!r}. Known prefixes: {', '.join(known)}.")
-    return HookedVisionModel(module, adapter=adapter)
+    model = HookedVisionModel(module, adapter=adapter)
+    if random_weights and prefix in _RANDOM_OK:
+        _random(spec, model, warn=chosen is None)
+    return model
 
 
-def _open_clip_spec(name: str, pretrained: Any = None, **kwargs: Any) -> HookedVisionModel:
-    return load_open_clip(name, pretrained=pretrained or None, **kwargs)
+def _random(spec: str, model: HookedVisionModel, warn: bool) -> None:
+    """Mark ``model`` as random weights; warn unless they were asked for explicitly (``pretrained=False``)."""
+    if warn:
+        warn_random_weights(spec, model.cfg, stacklevel=3)
+    else:
+        model.cfg.extra["weights"] = "random"
+
+
+def _open_clip_spec(
+    name: str, pretrained: Any = None, checkpoint_path: Optional[str] = None, **kwargs: Any
+) -> HookedVisionModel:
+    kwargs.pop("download", None)  # open_clip downloads tags itself
+    return load_open_clip(name, pretrained=checkpoint_path or pretrained or None, **kwargs)
 
 
 def _diffusers_spec(path: str, pretrained: Any = None, **kwargs: Any) -> HookedVisionModel:
+    kwargs.pop("download", None)
     return load_diffusers(path, **kwargs)
 
 

@@ -251,8 +251,7 @@ def build_microscope(
                         + "</table>"
                     )
             parts.append('<div class="cols">')
-            if li > 0 and links.get(li - 1) is not None:
-                m = links[li - 1]
+            if li > 0 and (m := links.get(li - 1)) is not None:
                 conns = vw.top_connections(m, u, connections, "in") if u < m.shape[0] else []
                 parts.append(
                     f"<div><h2>Top inputs from {_e(hooks[li - 1])}</h2><table><tr><th>unit</th><th>weight"
@@ -260,8 +259,7 @@ def build_microscope(
                     + "".join(f"<tr><td>{unit_link(li - 1, c, li)}</td><td>{v:.4g}</td></tr>" for c, v in conns)
                     + "</table></div>"
                 )
-            if li + 1 < len(hooks) and links.get(li) is not None:
-                m = links[li]
+            if li + 1 < len(hooks) and (m := links.get(li)) is not None:
                 conns = vw.top_connections(m, u, connections, "out") if u < m.shape[1] else []
                 parts.append(
                     f"<div><h2>Top outputs to {_e(hooks[li + 1])}</h2><table><tr><th>unit</th><th>weight"

@@ -331,7 +331,9 @@ def build_targets(
         return ts([f"head {h}" for h in range(shape[ax])], [(h,) for h in range(shape[ax])], (ax,))
     if layout == "conv":
         C, H, W = shape
-        labels, index, gpos = [], [], []
+        labels: list[str] = []
+        index: list[tuple[int, ...]] = []
+        gpos: list[Optional[tuple[int, int]]] = []
         if kind == "position":
             flat = list(range(H * W)) if positions is None else [int(p) for p in positions]
             for f in flat:
@@ -352,7 +354,9 @@ def build_targets(
     ax = 1 if layout == "head_qk" else 0
     P = shape[ax]
     n_prefix, tgrid = patch_grid(cfg, P) if cfg is not None else (0, None)
-    labels, index, gpos = [], [], []
+    labels = []
+    index = []
+    gpos = []
     if kind == "position":
         for p in range(P) if positions is None else [int(p) for p in positions]:
             if not 0 <= p < P:
@@ -415,6 +419,8 @@ class PatchingMetric:
         """Raw values ``[..., N]`` -> reported values (normalized when asked)."""
         if not self.normalize:
             return raw
+        if self.clean is None or self.corrupted is None:
+            raise RuntimeError("normalized metric: the clean and corrupted runs must be measured first")
         denom = self.clean - self.corrupted
         tiny = denom.abs() < 1e-12
         if bool(tiny.any()):
@@ -434,6 +440,7 @@ class PatchingMetric:
             d["foil"] = self.foil.tolist()
         if self.clean is not None:
             d["clean_value"] = self.clean.tolist()
+        if self.corrupted is not None:
             d["corrupted_value"] = self.corrupted.tolist()
         return d
 
@@ -858,6 +865,7 @@ def run_patching(
         (corrupt_in, corrupt_cache, clean_cache) if direction == "denoising" else (clean_in, clean_cache, corrupt_cache)
     )
     base_value = m.corrupted if direction == "denoising" else m.clean
+    assert base_value is not None  # measured just above
     seconds["baseline"] = time.perf_counter() - t0
     sweeps: dict[str, SweepResult] = {}
     for h in hooks:

@@ -19,7 +19,16 @@ def to_pil(image: Any) -> Image.Image:
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, (str, os.PathLike)):
-        return Image.open(image).convert("RGB")
+        if not os.path.isfile(image):
+            what = "is a folder, not an image file" if os.path.isdir(image) else "does not exist"
+            raise VisionLensError(f"Image file {str(image)!r} {what}.")
+        try:
+            with Image.open(image) as img:
+                return img.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+            raise VisionLensError(
+                f"Could not read image file {str(image)!r} (not an image, or corrupt?): {exc}"
+            ) from None
     if isinstance(image, Tensor):
         image = image.detach().cpu().numpy()
         if image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4):

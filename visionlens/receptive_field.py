@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import Tensor
 
 from .validation import VisionLensError
+
+if TYPE_CHECKING:
+    from .hooked_model import HookedVisionModel
 
 __all__ = ["ReceptiveField", "receptive_field", "probe_support"]
 
@@ -73,7 +76,7 @@ def _bbox(mask: Tensor) -> Optional[tuple[int, int, int, int]]:
 
 
 def probe_support(
-    model: Any,
+    model: HookedVisionModel,
     hook: str,
     size: tuple[int, int],
     locations: list[tuple[int, int]],
@@ -137,7 +140,7 @@ def probe_support(
 
 
 def receptive_field(
-    model: Any, hook: str, input_size: Optional[tuple[int, int]] = None, cache: bool = True
+    model: HookedVisionModel, hook: str, input_size: Optional[tuple[int, int]] = None, cache: bool = True
 ) -> Optional[ReceptiveField]:
     """The receptive field of ``hook`` (a conv map) for ``input_size`` images; ``None`` for token/vector hooks.
 
@@ -145,7 +148,7 @@ def receptive_field(
     """
     hook = model.resolve_hook(hook)
     if input_size is None:
-        input_size = tuple(model.cfg.image_size or (64, 64))  # type: ignore[assignment]
+        input_size = model.cfg.image_size or (64, 64)
     H, W = int(input_size[0]), int(input_size[1])
     key = (hook, H, W)
     per_model = _CACHE.setdefault(model, {}) if cache else {}

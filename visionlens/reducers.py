@@ -169,23 +169,26 @@ class RunningMoments(Reducer):
             return RunningMoments._from_parts(self.count, *self._parts()) if self.count else RunningMoments()
         if self.count == 0:
             return RunningMoments._from_parts(other.count, *other._parts())
-        if self._mean.shape != other._mean.shape:  # type: ignore[union-attr]
-            raise ValueError(f"Cannot merge moments of shapes {tuple(self._mean.shape)} and {tuple(other._mean.shape)}")
+        mean_a, m2_a, min_a, max_a = self._stats()
+        mean_b, m2_b, min_b, max_b = other._stats()
+        if mean_a.shape != mean_b.shape:
+            raise ValueError(f"Cannot merge moments of shapes {tuple(mean_a.shape)} and {tuple(mean_b.shape)}")
         na, nb = self.count, other.count
         n = na + nb
-        delta = other._mean - self._mean  # type: ignore[operator]
-        mean = self._mean + delta * (nb / n)
-        m2 = self._m2 + other._m2 + delta**2 * (na * nb / n)  # type: ignore[operator]
-        return RunningMoments._from_parts(
-            n,
-            mean,
-            m2,
-            torch.minimum(self._min, other._min),  # type: ignore[arg-type]
-            torch.maximum(self._max, other._max),
-        )  # type: ignore[arg-type]
+        delta = mean_b - mean_a
+        mean = mean_a + delta * (nb / n)
+        m2 = m2_a + m2_b + delta**2 * (na * nb / n)
+        return RunningMoments._from_parts(n, mean, m2, torch.minimum(min_a, min_b), torch.maximum(max_a, max_b))
+
+    def _stats(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(mean, m2, min, max)``; all are set together by the first update."""
+        if self._mean is None or self._m2 is None or self._min is None or self._max is None:
+            raise ValueError("RunningMoments has seen no data yet")
+        return self._mean, self._m2, self._min, self._max
 
     def _parts(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return (self._mean.clone(), self._m2.clone(), self._min.clone(), self._max.clone())  # type: ignore[union-attr]
+        mean, m2, mn, mx = self._stats()
+        return (mean.clone(), m2.clone(), mn.clone(), mx.clone())
 
     def state_dict(self) -> dict[str, Tensor]:
         sd = {"count": torch.tensor(self.count, dtype=torch.int64)}

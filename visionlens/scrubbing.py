@@ -40,13 +40,16 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .validation import VisionLensError
+
+if TYPE_CHECKING:
+    from .hooked_model import HookedVisionModel
 
 __all__ = [
     "Node",
@@ -136,6 +139,12 @@ def parse_hypothesis(spec: Any) -> Node:
             f"causal scrubbing: unknown hypothesis keys {sorted(unknown)}; expected some of {sorted(_KEYS)}."
         )
     region = spec.get("region")
+    box: Optional[tuple[int, int, int, int]] = None
+    if region is not None:
+        r = tuple(int(v) for v in region)
+        if len(r) != 4:
+            raise VisionLensError(f"causal scrubbing: region must be (y0, y1, x0, x1), got {region!r}.")
+        box = (r[0], r[1], r[2], r[3])
     return Node(
         hook=spec.get("hook"),
         feature=spec.get("feature", "identity"),
@@ -143,7 +152,7 @@ def parse_hypothesis(spec: Any) -> Node:
         channels=_intlist(spec.get("channels")),
         heads=_intlist(spec.get("heads")),
         positions=_intlist(spec.get("positions")),
-        region=tuple(int(v) for v in region) if region is not None else None,
+        region=box,
         name=spec.get("name"),
     )
 
@@ -239,7 +248,7 @@ class _Features:
         self.factors = dict(factors or {})
         if labels is not None and "label" not in self.factors:
             self.factors["label"] = labels
-        self._groups: dict[int, tuple[Tensor, list[Tensor]]] = {}
+        self._groups: dict[int, Optional[tuple[Tensor, list[Tensor]]]] = {}
         self._keep: list[Any] = []
 
     def _values(self, spec: FeatureSpec) -> Optional[list[Any]]:
@@ -254,10 +263,11 @@ class _Features:
                     f"{', '.join(sorted(self.factors)) or '(no factors or labels given)'}."
                 )
             spec = self.factors[spec]
-        if callable(spec):
+        values: Any = spec
+        if callable(values):
             with torch.no_grad():
-                spec = spec(self.inputs)
-        vals = spec.tolist() if isinstance(spec, Tensor) else list(spec)
+                values = values(self.inputs)
+        vals = values.tolist() if isinstance(values, Tensor) else list(values)
         if len(vals) != self.n:
             raise VisionLensError(f"causal scrubbing: a feature has {len(vals)} values for {self.n} inputs.")
         return [tuple(v) if isinstance(v, list) else v for v in vals]
@@ -267,7 +277,7 @@ class _Features:
         if key not in self._groups:
             vals = self._values(spec)
             if vals is None:
-                self._groups[key] = None  # type: ignore[assignment]
+                self._groups[key] = None
             else:
                 ids: dict[Any, int] = {}
                 cls = torch.tensor([ids.setdefault(v, len(ids)) for v in vals])
@@ -293,7 +303,7 @@ class _Features:
 
 # ----------------------------------------------------------------------------- engine
 class _Scrubber:
-    def __init__(self, model: Any, inputs: Tensor, feats: _Features, g: torch.Generator):
+    def __init__(self, model: HookedVisionModel, inputs: Tensor, feats: _Features, g: torch.Generator):
         self.model = model
         self.inputs = inputs
         self.feats = feats
@@ -355,13 +365,13 @@ class _Scrubber:
         return captured["v"]
 
 
-def _resolve(model: Any, node: Node) -> None:
+def _resolve(model: HookedVisionModel, node: Node) -> None:
     for n in node.walk():
         if n.hook is not None:
             n.hook = model.resolve_hook(n.hook)
 
 
-def _check_order(model: Any, node: Node) -> None:
+def _check_order(model: HookedVisionModel, node: Node) -> None:
     order = {h: i for i, h in enumerate(model.hook_dict)}
     for n in node.walk():
         for p in n.parents:
@@ -379,13 +389,14 @@ def _metric_fn(metric: Any, labels: Optional[Tensor]) -> Callable[[Tensor, Tenso
         return lambda out, idx, ref: metric(out, idx).reshape(-1).float()
     if metric in ("auto", None):
         metric = "ce" if labels is not None else "mse_to_model"
-    if metric in ("ce", "bce") and labels is None:
-        raise VisionLensError(f"causal scrubbing: metric {metric!r} needs labels (one per input).")
-    if metric == "ce":
-        return lambda out, idx, ref: F.cross_entropy(out.float(), labels[idx].long(), reduction="none")
-    if metric == "bce":
+    if metric in ("ce", "bce"):
+        if labels is None:
+            raise VisionLensError(f"causal scrubbing: metric {metric!r} needs labels (one per input).")
+        y = labels
+        if metric == "ce":
+            return lambda out, idx, ref: F.cross_entropy(out.float(), y[idx].long(), reduction="none")
         return lambda out, idx, ref: F.binary_cross_entropy_with_logits(
-            out.float().reshape(len(idx), -1)[:, 0], labels[idx].float(), reduction="none"
+            out.float().reshape(len(idx), -1)[:, 0], y[idx].float(), reduction="none"
         )
     if metric == "mse_to_model":
         return lambda out, idx, ref: ((out.float() - ref.float()) ** 2).reshape(len(idx), -1).mean(1)
@@ -466,7 +477,7 @@ class ScrubReport:
 
 
 def causal_scrub(
-    model: Any,
+    model: HookedVisionModel,
     inputs: Tensor,
     hypothesis: Any,
     *,

@@ -1,7 +1,8 @@
 """Unit specs: ``"mixed4a:476"``, ``"layer3.1.conv2:17@(3,4)"``, ``"blocks.6.mlp.hook_post:123@5"``.
 
 A unit is a hook plus an index along the feature axis (channels for conv maps, the last axis for
-token activations) and an optional position (``(y, x)`` for conv maps, a token index for ViTs).
+token activations and for channels-last ``[B, H, W, C]`` maps, which an adapter lists in
+``channels_last_hooks()``) and an optional position (``(y, x)`` for conv maps, a token index for ViTs).
 """
 
 from __future__ import annotations
@@ -69,11 +70,15 @@ def _unit_count(model: Any, hook: str) -> Optional[int]:
             shapes = model.hook_shapes()
         except Exception:
             return None
+        cl_fn = getattr(getattr(model, "adapter", None), "channels_last_hooks", None)
+        channels_last = cl_fn() if callable(cl_fn) else frozenset()
         counts = {}
         for name, shape in shapes.items():
             counts[name] = (
                 shape[1]
-                if len(shape) == 4 and not name.endswith(("hook_q", "hook_k", "hook_v", "hook_z", "hook_result"))
+                if len(shape) == 4
+                and name not in channels_last  # [B, H, W, C] module outputs (ConvNeXt's channels-last MLP)
+                and not name.endswith(("hook_q", "hook_k", "hook_v", "hook_z", "hook_result"))
                 else shape[-1]
             )
         model._unit_counts = counts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import warnings
 from typing import Iterable, Optional
 
 import torch
@@ -92,3 +93,46 @@ def check_unit_index(name: str, index: int, size: Optional[int]) -> None:
         raise VisionLensError(
             f"Unit index {index} is out of range for {name!r}, which has {size} units (0..{size - 1})."
         )
+
+
+class RandomWeightsWarning(UserWarning):
+    """A model was built without trained weights (``visionlens.load(spec)`` with no weights argument)."""
+
+
+def random_weights_message(spec: str) -> str:
+    return f"{spec} has random weights; pass pretrained=True/weights=... for trained ones."
+
+
+def warn_random_weights(spec: str, cfg: VisionConfig, stacklevel: int = 2) -> None:
+    """Mark ``cfg`` as random weights (``cfg.extra["weights"] = "random"``) and warn; ``stacklevel`` counts from
+    the function that calls this one (2: its caller)."""
+    cfg.extra["weights"] = "random"
+    warnings.warn(random_weights_message(spec), RandomWeightsWarning, stacklevel=stacklevel + 1)
+
+
+class UnknownCacheKeyError(KeyError, VisionLensError):
+    """A name that is not in an activation cache."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def unknown_cache_key(key: object, cached: Iterable[str], hook_names: Iterable[str] = ()) -> UnknownCacheKeyError:
+    """The error for ``cache[key]`` when ``key`` was not cached: the closest cached names, and whether
+    ``key`` is a real hook that the run's ``names_filter`` left out."""
+    names = list(cached)
+    text = key if isinstance(key, str) else str(key[0]) if isinstance(key, tuple) and key else str(key)
+    close = closest_names(text, names)
+    hint = f" Closest cached names: {', '.join(close)}." if close else ""
+    if text in set(hook_names):
+        hint = f" It is a hook of this model, but the run's names_filter left it out.{hint}"
+    return UnknownCacheKeyError(f"{key!r} is not in the cache ({len(names)} names cached: cache.keys()).{hint}")
+
+
+def hook_output_error(name: str, before: Tensor, after: object) -> VisionLensError:
+    """A hook function on ``name`` returned something other than a tensor of the input's shape."""
+    got = f"a tensor of shape {tuple(after.shape)}" if isinstance(after, Tensor) else type(after).__name__
+    return VisionLensError(
+        f"A hook on {name!r} returned {got}, but {name!r} has shape {tuple(before.shape)}. A hook function "
+        "must return a tensor of the same shape (edit it in place or return a new one), or None to keep it."
+    )

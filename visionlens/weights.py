@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .validation import VisionLensError
+
+if TYPE_CHECKING:
+    from .hooked_model import HookedVisionModel
 
 __all__ = [
     "conv_layers",
@@ -68,9 +71,9 @@ _NONLIN = (
 )
 
 
-def conv_layers(model: Any, image_size: int = 32) -> list[tuple[str, nn.Conv2d]]:
+def conv_layers(model: Union[HookedVisionModel, nn.Module], image_size: int = 32) -> list[tuple[str, nn.Conv2d]]:
     """``[(module path, conv)]`` of ``model.source`` (or ``model``) in forward execution order."""
-    src = getattr(model, "source", model)
+    src: nn.Module = getattr(model, "source", model)
     convs = {id(m): n for n, m in src.named_modules() if isinstance(m, nn.Conv2d)}
     order: list[str] = []
     handles = []
@@ -102,7 +105,7 @@ def conv_layers(model: Any, image_size: int = 32) -> list[tuple[str, nn.Conv2d]]
     return [(n, mods[n]) for n in order]
 
 
-def conv_hook(model: Any, module_path: str) -> Optional[str]:
+def conv_hook(model: HookedVisionModel, module_path: str) -> Optional[str]:
     """The hook name recording the output of source module ``module_path`` (``None`` when there is none)."""
     name = f"{module_path}.hook_out"
     return name if name in getattr(model, "hook_dict", {}) else None
@@ -194,9 +197,9 @@ def connection_sparsity(strengths: Tensor, k: int = 5) -> dict[str, Tensor]:
 
 # ----------------------------------------------------------------------------- expanded weights
 @contextlib.contextmanager
-def linearized(model: Any) -> Iterator[Any]:
+def linearized(model: Union[HookedVisionModel, nn.Module]) -> Iterator[Any]:
     """Temporarily replace nonlinearity modules by the identity and max-pools by average pools; eval mode."""
-    src = getattr(model, "source", model)
+    src: nn.Module = getattr(model, "source", model)
     patched: list[nn.Module] = []
     was = model.training
     model.eval()
@@ -245,7 +248,7 @@ class ExpandedWeights:
 
 
 def expanded_weights(
-    model: Any,
+    model: HookedVisionModel,
     from_hook: str,
     to_hook: str,
     reduce: Literal["mean", "centre"] = "mean",

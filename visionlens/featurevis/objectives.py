@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,9 @@ from torch import Tensor
 from visionlens.registry import collect_objectives
 from visionlens.units import Unit, parse_unit
 from visionlens.validation import VisionLensError
+
+if TYPE_CHECKING:
+    from visionlens.hooked_model import HookedVisionModel
 
 __all__ = [
     "Objective",
@@ -91,7 +94,7 @@ def _lookup(acts: Mapping[str, Tensor], name: str) -> Tensor:
     )
 
 
-def _resolve(model: Any, hook: str) -> str:
+def _resolve(model: Optional[HookedVisionModel], hook: str) -> str:
     if model is None or hook == OUTPUT:
         return hook
     return model.resolve_hook(hook)
@@ -108,7 +111,7 @@ def _channels_last(hook: str, act: Tensor) -> Tensor:
     return act
 
 
-def _centre(hook: str, act: Tensor, model: Any) -> tuple[int, ...]:
+def _centre(hook: str, act: Tensor, model: Optional[HookedVisionModel]) -> tuple[int, ...]:
     """Lucid's centre neuron: ``(H // 2, W // 2)`` for conv maps, the centre patch token for tokens."""
     if act.ndim == 4 and not _is_per_head(hook, act):
         return (act.shape[2] // 2, act.shape[3] // 2)
@@ -149,7 +152,7 @@ class Objective:
     hooks: tuple[str, ...] = ()
     needs_image: bool = False
     group_level: bool = False  # the value of an image depends on the other images of its group
-    model: Any = None
+    model: Optional[HookedVisionModel] = None
 
     def value(self, acts: Mapping[str, Tensor], image: Optional[Tensor]) -> Tensor:
         raise NotImplementedError
@@ -159,7 +162,7 @@ class Objective:
             raise VisionLensError(f"Objective {self.name!r} needs the image (pass image=[batch, C, H, W] in [0, 1]).")
         return self.value(acts, image)
 
-    def bind(self, model: Any) -> "Objective":
+    def bind(self, model: Optional[HookedVisionModel]) -> "Objective":
         """A copy whose hook names are resolved on ``model`` (aliases like ``mixed4a`` or ``layer3``)."""
         return self
 
@@ -219,6 +222,9 @@ class Objective:
 class Sum(Objective):
     """A linear combination ``const + sum_i coef_i * term_i``."""
 
+    terms: list[tuple[float, Objective]]
+    const: float
+
     def __init__(self, terms: Sequence[tuple[float, Objective]], const: float = 0.0):
         merged: list[tuple[float, Objective]] = []
         for c, t in terms:
@@ -257,7 +263,7 @@ class Sum(Objective):
             raise VisionLensError("An empty objective has no value.")
         return total + self.const if self.const else total
 
-    def bind(self, model: Any) -> Objective:
+    def bind(self, model: Optional[HookedVisionModel]) -> Objective:
         return Sum([(c, t.bind(model)) for c, t in self.terms], self.const)
 
 
@@ -288,7 +294,7 @@ class _HookObjective(Objective):
         new.__dict__.update(changes)
         return new
 
-    def bind(self, model: Any) -> Objective:
+    def bind(self, model: Optional[HookedVisionModel]) -> Objective:
         hook = _resolve(model, self.hook)
         new = self._copy_with(hook=hook, hooks=(hook,), model=model)
         new.name = new._make_name()
@@ -416,7 +422,7 @@ class ClassLogit(_HookObjective):
     def _make_name(self) -> str:
         return f"class:{self.index}"
 
-    def bind(self, model: Any) -> Objective:
+    def bind(self, model: Optional[HookedVisionModel]) -> Objective:
         if self.hook == "hook_logits" and model is not None and "hook_logits" not in model.hook_dict:
             return self._copy_with(hook=OUTPUT, hooks=(OUTPUT,), model=model)
         return super().bind(model)
@@ -459,7 +465,7 @@ class AttentionHead(_HookObjective):
         tok = "" if self.token is None else f"@{self.token}"
         return f"{self.hook}:head{self.head}{tok}"
 
-    def bind(self, model: Any) -> Objective:
+    def bind(self, model: Optional[HookedVisionModel]) -> Objective:
         hook = self.hook
         if model is not None and hook not in model.hook_dict:
             for prefix in ("visual.",):
@@ -520,6 +526,11 @@ class _ImageObjective(Objective):
     def _make_name(self) -> str:
         return self.name
 
+    def _image(self, image: Optional[Tensor]) -> Tensor:
+        if image is None:
+            raise VisionLensError(f"Objective {self.name!r} needs the image (pass image=[batch, C, H, W] in [0, 1]).")
+        return image
+
 
 class L1(_ImageObjective):
     """Mean ``|image - constant|`` over pixels (Lucid's ``L1`` on the input, as a mean)."""
@@ -529,6 +540,7 @@ class L1(_ImageObjective):
         self.name = "l1" if self.constant == 0.5 else f"l1({self.constant:g})"
 
     def value(self, acts: Mapping[str, Tensor], image: Optional[Tensor]) -> Tensor:
+        image = self._image(image)
         return (image - self.constant).abs().reshape(image.shape[0], -1).mean(dim=1)
 
 
@@ -538,6 +550,7 @@ class TotalVariation(_ImageObjective):
     name = "tv"
 
     def value(self, acts: Mapping[str, Tensor], image: Optional[Tensor]) -> Tensor:
+        image = self._image(image)
         dy = (image[:, :, 1:, :] - image[:, :, :-1, :]).abs().reshape(image.shape[0], -1).mean(dim=1)
         dx = (image[:, :, :, 1:] - image[:, :, :, :-1]).abs().reshape(image.shape[0], -1).mean(dim=1)
         return dx + dy
@@ -549,6 +562,7 @@ class Blur(_ImageObjective):
     name = "blur"
 
     def value(self, acts: Mapping[str, Tensor], image: Optional[Tensor]) -> Tensor:
+        image = self._image(image)
         with torch.no_grad():
             c = image.shape[1]
             k = torch.ones(c, 1, 3, 3, device=image.device, dtype=image.dtype) / 9.0
@@ -573,7 +587,7 @@ class Custom(Objective):
         self.needs_image = needs_image
         self.group_level = group_level
 
-    def bind(self, model: Any) -> Objective:
+    def bind(self, model: Optional[HookedVisionModel]) -> Objective:
         if model is None:
             return self
         mapping = {h: _resolve(model, h) for h in self.hooks}
@@ -633,7 +647,11 @@ def direction(
 
 
 def text_direction(
-    vector: Any, hook: Optional[str] = None, model: Any = None, cosine: bool = True, label: str = "text"
+    vector: Any,
+    hook: Optional[str] = None,
+    model: Optional[HookedVisionModel] = None,
+    cosine: bool = True,
+    label: str = "text",
 ) -> Objective:
     """A CLIP text direction: cosine similarity of the image embedding with ``vector``.
 
@@ -686,7 +704,7 @@ def custom(fn: Callable, hooks: Iterable[str] = (), name: str = "custom", needs_
 
 
 # ----------------------------------------------------------------------------- parsing
-def _unit_objective(spec: str, model: Any, force: Optional[str] = None) -> Objective:
+def _unit_objective(spec: str, model: Optional[HookedVisionModel], force: Optional[str] = None) -> Objective:
     unit: Unit = model.parse_unit(spec) if model is not None else parse_unit(spec)
     if force == "neuron" or (force is None and unit.position is not None):
         return Neuron(unit.hook, unit.index, unit.position)
@@ -695,7 +713,7 @@ def _unit_objective(spec: str, model: Any, force: Optional[str] = None) -> Objec
     return Channel(unit.hook, unit.index)
 
 
-def _class_index(arg: str, model: Any) -> int:
+def _class_index(arg: str, model: Optional[HookedVisionModel]) -> int:
     arg = arg.strip()
     if arg.lstrip("-").isdigit():
         return int(arg)
@@ -707,7 +725,7 @@ def _class_index(arg: str, model: Any) -> int:
     raise VisionLensError(f"Expected a class index (or a class name the model knows) after 'class:', got {arg!r}.")
 
 
-def _head(arg: str, model: Any) -> Objective:
+def _head(arg: str, model: Optional[HookedVisionModel]) -> Objective:
     # "<layer or hook>:<head>[@token]"
     body, _, tok = arg.partition("@")
     layer, sep, head = body.rpartition(":")
@@ -721,7 +739,7 @@ def _float_arg(arg: str, default: float) -> float:
     return float(arg) if arg.strip() else default
 
 
-BUILTIN_PREFIXES: dict[str, Callable[[Any, str], Objective]] = {
+BUILTIN_PREFIXES: dict[str, Callable[[Optional[HookedVisionModel], str], Objective]] = {
     "channel": lambda model, arg: _unit_objective(arg, model, "channel"),
     "neuron": lambda model, arg: _unit_objective(arg, model, "neuron"),
     "class": lambda model, arg: ClassLogit(_class_index(arg, model)),
@@ -741,7 +759,7 @@ def _plugin_prefixes() -> dict[str, Callable]:
         return {}
 
 
-def objective(spec: Union[str, Unit, Objective], model: Any = None) -> Objective:
+def objective(spec: Union[str, Unit, Objective], model: Optional[HookedVisionModel] = None) -> Objective:
     """Build an :class:`Objective` from a string, a :class:`visionlens.units.Unit` or an objective.
 
     With ``model``, hook aliases are resolved and unit indices checked (``objective.bind(model)``).
@@ -787,7 +805,7 @@ def objective(spec: Union[str, Unit, Objective], model: Any = None) -> Objective
     return obj.bind(model) if model is not None else obj
 
 
-def _is_hook_name(model: Any, name: str) -> bool:
+def _is_hook_name(model: HookedVisionModel, name: str) -> bool:
     try:
         model.resolve_hook(name)
         return True
@@ -795,7 +813,9 @@ def _is_hook_name(model: Any, name: str) -> bool:
         return False
 
 
-def as_objectives(specs: Union[str, Unit, Objective, Sequence[Any]], model: Any = None) -> list[Objective]:
+def as_objectives(
+    specs: Union[str, Unit, Objective, Sequence[Any]], model: Optional[HookedVisionModel] = None
+) -> list[Objective]:
     """One objective or a list of them, each parsed with :func:`objective` and bound to ``model``."""
     if isinstance(specs, (str, Unit, Objective)):
         specs = [specs]

@@ -38,7 +38,7 @@ from .transforms import Compose, Resize, Transform, make_transforms
 
 __all__ = ["render", "Rendering", "evaluate", "model_input_size", "to_model_input"]
 
-LUCID_DEFAULTS = {"steps": 512, "lr": 0.05, "size": 128, "param": "fft", "transforms": "standard"}
+LUCID_DEFAULTS: dict[str, Any] = {"steps": 512, "lr": 0.05, "size": 128, "param": "fft", "transforms": "standard"}
 
 
 class _StopForward(Exception):

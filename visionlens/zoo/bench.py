@@ -14,6 +14,7 @@ from :mod:`visionlens.zoo.plugin`, third-party ones from their plugins (see :fun
 from __future__ import annotations
 
 import json
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from ..registry import collect_transfer_techniques, plugin_manager, record_error
+from ..threads import rebalance_threads
 from ..validation import VisionLensError
 from .bench_report import write_report
 from .catalog import entries, load, weights_path
@@ -122,6 +124,8 @@ def run_transfer(
 
     ``families`` filters zoo models by family or name; ``techniques`` by technique name or claim.
     With ``resume`` (default), rows already in ``out_dir/results.json`` for the same settings are kept.
+    ``verbose``: one line per cell on stderr (``[i/n] model x technique  score  seconds``), plus a line
+    when the thread count is rebalanced (:func:`visionlens.threads.rebalance_threads`, between cells).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,6 +138,13 @@ def run_transfer(
         old = []
     done = {(r["model"], r["technique"]): r for r in old}
     rows: List[Dict[str, Any]] = []
+    n_cells = sum(1 for e in zoo for t in techs if (f"zoo:{e.name}", t.name) not in done)
+    counter = [0]
+    t_run = time.perf_counter()
+
+    def say(msg: str) -> None:
+        if verbose:
+            print(msg, file=sys.stderr, flush=True)
 
     def flush() -> None:
         payload = {"settings": settings, "command": _command(families, techniques, quick, seed), "rows": rows}
@@ -154,19 +165,27 @@ def run_transfer(
         )
         if reason:
             rows.extend(_row(entry, t, reason=reason) for t in todo)
+            counter[0] += len(todo)
+            say(f"zoo:{entry.name}: skipped ({reason})")
             flush()
             continue
+        t_load = time.perf_counter()
         model = load(entry.name)
         random_model = load(entry.name, pretrained=False) if sanity else None
+        say(
+            f"zoo:{entry.name} ({entry.family}): loaded in {time.perf_counter() - t_load:.1f} s; {len(todo)} techniques"
+        )
         ctx = BenchContext(entry=entry, quick=quick, seed=seed, out_dir=out)
         for tech in todo:
+            counter[0] += 1
             ok, why = tech.supports(model, entry)
             if not ok:
                 rows.append(_row(entry, tech, reason=why))
                 flush()
                 continue
-            if verbose:
-                print(f"  {entry.name:>14s} x {tech.name:<24s}", end="", flush=True)
+            changed = rebalance_threads()
+            if changed is not None:
+                say(f"  threads: {changed.describe()}")
             ctx.figures = {}
             t0 = time.perf_counter()
             try:
@@ -189,8 +208,7 @@ def run_transfer(
                     error=traceback.format_exc(limit=4),
                 )
             row["seconds"] = round(time.perf_counter() - t0, 2)
-            if verbose:
-                print(f" {row['score'] if row['score'] is None else round(row['score'], 3)}  ({row['seconds']} s)")
+            say(_progress_line(counter[0], n_cells, entry.name, tech.name, row, time.perf_counter() - t_run))
             rows.append(row)
             flush()
         del model, random_model
@@ -200,6 +218,17 @@ def run_transfer(
     flush()
     write_report(out, rows, settings, _command(families, techniques, quick, seed))
     return rows
+
+
+def _progress_line(i: int, n: int, model: str, technique: str, row: Dict[str, Any], elapsed: float) -> str:
+    if row.get("score") is None:
+        result = (row.get("reason") or "error")[:60]
+    else:
+        result = f"normalized {row['normalized']:+.2f}"
+        if row.get("sanity_normalized") is not None:
+            result += f" (random weights {row['sanity_normalized']:+.2f}{'' if row.get('sanity_passed') else ' ⚠'})"
+    count = f"[{i:>{len(str(n))}}/{n}]"
+    return f"  {count} {model:>14s} x {technique:<24s} {result:<40s} {row['seconds']:6.1f} s  (total {elapsed:.0f} s)"
 
 
 def _command(families: Optional[Sequence[str]], techniques: Optional[Sequence[str]], quick: bool, seed: int) -> str:

@@ -14,6 +14,33 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 FLAG = "⚠"  # sanity check failed
 
+# What each technique's figure shows, by figure label (else by the row's claim). Shared with the demo.
+FIGURE_CAPTIONS = {
+    "localization": "Top row: held-out images (titled <i>trigger</i> when the planted trigger is pasted in, else "
+    "<i>clean</i>). Bottom row: the technique's heatmap for the target class at its own resolution; the cyan "
+    "outline is the planted truth (the trigger on triggered images, the object on clean ones). Score: the "
+    "fraction of positive heat inside the outline.",
+    "feature_visualization": "First image: the planted truth, the trigger (a white/magenta checkerboard one pixel in "
+    "from the bottom-right corner) on the background. The others: renders from noise that maximise the trigger "
+    "class's logit (pixel parameterization, no colour decorrelation or transforms, 32 px). Score: the best-position "
+    "correlation of each render with the trigger pattern (chance: the same statistic on noise); a render that "
+    "recovers the trigger shows a checkerboard patch, wherever it is.",
+    "dataset_examples": "One row per unit (the 6 units of the last block whose top examples are purest): its top "
+    "held-out images, best first. Score: how often a unit's top-16 images share the label-relevant factor (shape "
+    "and texture; Fashion-MNIST: the class; CLIP: shape, colour, texture), against random top-k sets.",
+    "causal_scrubbing": "Loss recovered (with its bootstrap interval) when the last block's output is resampled "
+    "among inputs with the same label (the true hypothesis) or the same colour (a wrong one); right: the "
+    "per-example distribution. 100% = the hypothesis explains the model's behaviour.",
+    "style_neuron_search": "Top row: samples for styled prompts; bottom row: the same seeds with the 32 top-ranked "
+    "units ablated to their unstyled values at every sampling step. Score: how much of the style the judge stops "
+    "seeing, against 32 random units.",
+}
+
+
+def figure_caption(label: str, row: Mapping[str, Any]) -> str:
+    """The caption (HTML) of a row's figure ``label``: :data:`FIGURE_CAPTIONS` by label, then by claim."""
+    return FIGURE_CAPTIONS.get(label) or FIGURE_CAPTIONS.get(str(row.get("claim") or ""), "")
+
 
 def _families(rows: Sequence[Mapping[str, Any]]) -> List[str]:
     return list(dict.fromkeys(r["model"] for r in rows))
@@ -148,7 +175,7 @@ def write_html(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[s
         "body{font-family:sans-serif;margin:1.5em;max-width:1400px} table{border-collapse:collapse}"
         "td,th{border:1px solid #bbb;padding:4px 8px;font-size:13px;text-align:center}"
         "td.t{text-align:left} .s{color:#555;font-size:11px} img{max-width:420px;display:block;margin:6px 0}"
-        "details{margin:4px 0} a{color:#225}",
+        "details{margin:4px 0} a{color:#225} figure{margin:6px 0;max-width:640px} figcaption{text-align:left}",
         "</style></head><body><h1>Technique transfer across image-model families</h1>",
         f"<p>Command: <code>{html.escape(command)}</code>. Cell: normalized score (0 = chance, 1 = planted truth "
         f"recovered), raw score / chance and the random-weights normalized score below, {FLAG} = did not drop on "
@@ -186,7 +213,11 @@ def write_html(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[s
         if not r.get("supported") or r.get("score") is None:
             continue
         anchor = f"{r['model'].removeprefix('zoo:')}__{r['technique']}"
-        imgs = "".join(_img(out, rel) for rel in (r.get("figures") or {}).values())
+        imgs = "".join(
+            f"<figure>{_img(out, rel)}<figcaption class=s>{figure_caption(label, r)}</figcaption></figure>"
+            for label, rel in (r.get("figures") or {}).items()
+            if (out / rel).is_file()
+        )
         det = html.escape(
             ", ".join(f"{k}={v}" for k, v in (r.get("details") or {}).items() if not isinstance(v, (list, dict)))[:600]
         )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Union
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from ..checkpoints import load_state_dict_file
 from ..registry import plugin_manager
 from ..validation import VisionLensError
 from .entry import ZooEntry
+
+if TYPE_CHECKING:
+    from ..hooked_model import HookedVisionModel
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
@@ -94,7 +97,7 @@ def load(
     directory: Union[str, Path, None] = None,
     weights: Union[str, Path, None] = None,
     **kwargs: Any,
-) -> Any:
+) -> HookedVisionModel:
     """``visionlens.load("zoo:NAME")``: the trained zoo model as a :class:`HookedVisionModel`.
 
     ``pretrained=False`` gives the untrained (seeded, randomly initialised) model, e.g. for sanity checks.
@@ -109,11 +112,11 @@ def load(
     else:
         module = load_module(name, directory=directory, weights=weights)
     model = entry.hooked(module)
-    model.zoo_name = name  # type: ignore[attr-defined]
+    model.zoo_name = name
     return model
 
 
-def load_spec(name: str, pretrained: Any = None, **kwargs: Any) -> Any:
+def load_spec(name: str, pretrained: Any = None, **kwargs: Any) -> HookedVisionModel:
     """The ``zoo:`` spec loader: trained weights by default; ``pretrained="random"`` for the untrained
     (seeded) model, a checkpoint path for an intermediate checkpoint."""
     if pretrained in ("random", "none", "untrained"):
@@ -130,7 +133,7 @@ def available() -> List[str]:
 
 def describe() -> List[Mapping[str, Any]]:
     """One row per entry: name, family, kind, trained?, headline figures from the card."""
-    rows = []
+    rows: List[Mapping[str, Any]] = []
     for name, e in sorted(entries().items()):
         row: Dict[str, Any] = {
             "name": name,

@@ -89,7 +89,7 @@ def train_classifier(
     if label_key is not None:
         labels = torch.as_tensor(factors[label_key]).long()
     g = torch.Generator().manual_seed(run.seed)
-    steps = int(run.steps)
+    steps = run.step_budget()
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 import torch
 
 from ..commands import csv_list
+from ..threads import thread_policy
 from ..validation import VisionLensError
 from .bench import run_transfer
 from .bench_report import markdown_table
@@ -77,8 +79,15 @@ def add_zoo_subcommands(subparsers: Any) -> None:
     bt.add_argument("--no-sanity", action="store_true", help="skip the randomized-weights sanity check")
     bt.add_argument("--fresh", action="store_true", help="ignore rows already in OUT/results.json")
     bt.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    bt.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
-    bt.add_argument("-q", "--quiet", action="store_true", help="no per-cell progress")
+    bt.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads (default: VISIONLENS_THREADS / OMP_NUM_THREADS if set, else the idle cores: "
+        "cores minus the load of other jobs, at least 1, re-checked between cells)",
+    )
+    bt.add_argument("-q", "--quiet", action="store_true", help="no per-cell progress on stderr")
 
 
 def run_zoo_command(args: argparse.Namespace) -> int:
@@ -134,18 +143,19 @@ def run_bench_command(args: argparse.Namespace) -> int:
         raise VisionLensError(
             "usage: visionlens bench transfer --out DIR [--families ...] [--techniques ...] [--quick]"
         )
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rows = run_transfer(
-        args.out,
-        families=args.families,
-        techniques=args.techniques,
-        quick=args.quick,
-        seed=args.seed,
-        resume=not args.fresh,
-        sanity=not args.no_sanity,
-        verbose=not args.quiet,
-    )
+    with thread_policy(args.threads) as threads:
+        if not args.quiet:
+            print(f"bench transfer: {threads.describe()}", file=sys.stderr, flush=True)
+        rows = run_transfer(
+            args.out,
+            families=args.families,
+            techniques=args.techniques,
+            quick=args.quick,
+            seed=args.seed,
+            resume=not args.fresh,
+            sanity=not args.no_sanity,
+            verbose=not args.quiet,
+        )
     print(markdown_table(rows))
     print(f"wrote {args.out}/results.json, results.md, index.html")
     return 0

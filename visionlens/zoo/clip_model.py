@@ -173,12 +173,13 @@ def build_clip() -> nn.Module:
     return model
 
 
-def wrap_clip(module: nn.Module) -> Any:
+def wrap_clip(module: nn.Module) -> HookedVisionModel:
     """The hooked model with the zoo's word tokenizer attached (so text helpers use it)."""
-    model = HookedVisionModel(module, adapter="open_clip")
-    # The adapter builds open_clip's BPE tokenizer lazily into ``_tokenizer``; pre-set ours instead.
-    model.adapter._tokenizer = getattr(module, "visionlens_tokenizer", TOKENIZER)
-    return model
+    # The open_clip adapter uses ``source.visionlens_tokenizer`` when the module carries one (``build`` sets
+    # it); otherwise it would build open_clip's BPE tokenizer, so attach ours to a module without one.
+    if not hasattr(module, "visionlens_tokenizer"):
+        module.visionlens_tokenizer = TOKENIZER  # plain attribute: not in the state dict
+    return HookedVisionModel(module, adapter="open_clip")
 
 
 # ----------------------------------------------------------------------------- data
@@ -243,7 +244,7 @@ def train_clip(
     shape = torch.as_tensor(factors["shape"]).long()
     n = len(shape)
     g = torch.Generator().manual_seed(run.seed)
-    steps = int(run.steps)
+    steps = run.step_budget()
     decay = [p for k, p in module.named_parameters() if p.ndim >= 2 and "logit_scale" not in k]
     no_decay = [p for k, p in module.named_parameters() if not (p.ndim >= 2 and "logit_scale" not in k)]
     opt = torch.optim.AdamW(
@@ -306,7 +307,9 @@ FACTOR_CLASSES = {"shape": tuple(zdata.SHAPES), "colour": tuple(zdata.COLOURS), 
 
 
 @torch.no_grad()
-def zero_shot_accuracies(model: Any, batch: Any, templates: Sequence[str] = ZERO_SHOT_TEMPLATES) -> Dict[str, float]:
+def zero_shot_accuracies(
+    model: HookedVisionModel, batch: Any, templates: Sequence[str] = ZERO_SHOT_TEMPLATES
+) -> Dict[str, float]:
     """Zero-shot accuracy per factor of a hooked zoo CLIP on a :class:`PlantedBatch` (heads are not attached)."""
     out = {}
     for factor, names in FACTOR_CLASSES.items():

@@ -295,7 +295,7 @@ def render(
     curve = _curve_masks(f, size)
     trig = np.broadcast_to(_trigger_mask(size), (n, size, size)) & f["triggered"][:, None, None]
 
-    img = np.full((n, size, size, 3), BACKGROUND, dtype=np.float32)
+    img: np.ndarray = np.full((n, size, size, 3), BACKGROUND, dtype=np.float32)
     if noise > 0:
         for j in range(n):
             r = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, start + j, 0x401])))
@@ -493,7 +493,14 @@ def read_idx(path: Union[str, Path]) -> np.ndarray:
         data = fh.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path} is not an idx file (bad magic)")
-    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    dtypes: Dict[int, Union[type, str]] = {
+        0x08: np.uint8,
+        0x09: np.int8,
+        0x0B: ">i2",
+        0x0C: ">i4",
+        0x0D: ">f4",
+        0x0E: ">f8",
+    }
     code, ndim = data[2], data[3]
     if code not in dtypes:
         raise ValueError(f"{path}: unknown idx type code {code:#x}")

@@ -42,7 +42,7 @@ import math
 import os
 import tempfile
 from functools import lru_cache
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -343,7 +343,7 @@ def build_pipeline(module: ZooDiffusion, scheduler: str = "ddim") -> Any:
     return pipe
 
 
-def wrap_diffusion(module: ZooDiffusion) -> Any:
+def wrap_diffusion(module: ZooDiffusion) -> HookedVisionModel:
     return HookedVisionModel.from_diffusers(build_pipeline(module))
 
 
@@ -395,7 +395,7 @@ def train_diffusion(
     sched = _scheduler("ddpm")
     acp = sched.alphas_cumprod.float()
     g = torch.Generator().manual_seed(run.seed)
-    steps = int(run.steps)
+    steps = run.step_budget()
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warm = max(1, min(50, steps // 10))
@@ -491,7 +491,11 @@ def _load_judge() -> nn.Module:
 
 @torch.no_grad()
 def sample_styles(
-    model: Any, n: int = EVAL_N, steps: int = SAMPLER_STEPS, guidance_scale: float = GUIDANCE, seed: int = EVAL_SEED
+    model: Union[ZooDiffusion, HookedVisionModel, Any],
+    n: int = EVAL_N,
+    steps: int = SAMPLER_STEPS,
+    guidance_scale: float = GUIDANCE,
+    seed: int = EVAL_SEED,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Sample ``n`` images over :func:`eval_prompts` with a :class:`ZooDiffusion`, its hooked model
     (``zoo.load("diffusion")``) or a pipeline; returns ``(images [n,3,16,16], asked texture [n])``."""
@@ -514,7 +518,7 @@ def sample_styles(
 
 
 def style_scores(
-    model: Any,
+    model: Union[ZooDiffusion, HookedVisionModel, Any],
     judge: nn.Module,
     n: int = EVAL_N,
     steps: int = SAMPLER_STEPS,

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..hooked_model import HookedVisionModel
+from ..validation import VisionLensError
 
 
 def state_dict_for_saving(module: nn.Module) -> Dict[str, torch.Tensor]:
@@ -47,6 +48,12 @@ class TrainRun:
                 flush=True,
             )
 
+    def step_budget(self) -> int:
+        """``steps`` as an int (``zoo.train`` fills it in from the entry's default before training)."""
+        if self.steps is None:
+            raise VisionLensError("TrainRun.steps is not set; pass steps=... (zoo.train uses the entry's default).")
+        return int(self.steps)
+
     def step_done(self, step: int, module: nn.Module) -> None:
         """Write ``step_{step:06d}.safetensors`` when checkpointing is on and ``step`` is a multiple of N."""
         if self.checkpoint_every and self.checkpoint_dir is not None and step % self.checkpoint_every == 0:
@@ -69,10 +76,10 @@ class ZooEntry:
     default_steps: int
     config: Dict[str, Any] = field(default_factory=dict)
     data: Dict[str, Any] = field(default_factory=dict)
-    wrap: Optional[Callable[[nn.Module], Any]] = None  # module -> HookedVisionModel (default: from_module)
+    wrap: Optional[Callable[[nn.Module], HookedVisionModel]] = None  # default: HookedVisionModel.from_module
     benchmark: bool = True  # a row of the transfer table (False for helpers such as the style judge)
     dataset: str = "shapes"  # "shapes" (visionlens.zoo.data.make_batch) or "fashion" (fashion_mnist_batch)
     requires: Callable[[], Optional[str]] = lambda: None  # a reason this entry cannot be built here, or None
 
-    def hooked(self, module: nn.Module) -> Any:
+    def hooked(self, module: nn.Module) -> HookedVisionModel:
         return self.wrap(module) if self.wrap is not None else HookedVisionModel.from_module(module)

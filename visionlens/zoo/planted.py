@@ -302,7 +302,7 @@ def planted_vit_dataset(n: int = 128, seed: int = 0, noise: float = 0.05) -> Pla
     return PlantedData(x, f, f["red0"])
 
 
-def planted_vit_model(margin: float = 5.0):
+def planted_vit_model(margin: float = 5.0) -> HookedVisionModel:
     """:func:`planted_vit` with its classifier bias and scale calibrated on :func:`planted_vit_dataset`
     so that the logit margin is about ``margin`` on both classes; wrapped as a HookedVisionModel."""
     m = planted_vit()

@@ -27,7 +27,7 @@ sanity check (Adebayo 2018)     :func:`sanity_check`                            
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Hashable, Iterable, Mapping, Optional
+from typing import Any, Callable, Dict, Hashable, Iterable, Mapping, Optional
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -182,7 +182,8 @@ def planted_localization(heatmap, trigger_mask, object_mask, triggered, method: 
     """The benchmark's localization claim: mass (or pointing) inside the trigger mask on triggered
     images and inside the object mask on clean ones. Returns ``{"trigger": Score, "object": Score}``
     (a key is missing when no image of that kind is given)."""
-    fn = {"mass": localization_mass, "pointing": pointing_game}[method]
+    methods: Dict[str, Callable[[Any, Any], Score]] = {"mass": localization_mass, "pointing": pointing_game}
+    fn = methods[method]
     h = _np(heatmap)
     t = _np(triggered).astype(bool)
     out = {}
@@ -275,7 +276,7 @@ def factor_selectivity(activations, factor_values, value=None) -> Score:
     vals = np.unique(f)
     aucs = {v.item() if hasattr(v, "item") else v: auroc(a, f == v) for v in vals}
     if value is None:
-        value = max(aucs, key=aucs.get)
+        value = max(aucs, key=lambda v: aucs[v])
     if value not in aucs:
         raise ValueError(f"value {value!r} does not occur in factor_values (values: {list(aucs)})")
     return Score(aucs[value], 0.5, {"value": value, "auc_per_value": aucs})

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from ..registry import get_analysis
 from ..viz import array_to_png
 from .entry import ZooEntry
 from .scores import Score
+
+if TYPE_CHECKING:
+    from ..hooked_model import HookedVisionModel
 
 
 @dataclass
@@ -80,12 +83,12 @@ class Technique:
     name: str
     claim: str
     description: str
-    scorer: Callable[[Any, BenchContext], Score]
+    scorer: Callable[[HookedVisionModel, BenchContext], Score]
     plugin: Optional[str] = None
     kinds: Tuple[str, ...] = ("classifier", "clip")
-    extra_supports: Optional[Callable[[Any, ZooEntry], Tuple[bool, str]]] = None
+    extra_supports: Optional[Callable[[HookedVisionModel, ZooEntry], Tuple[bool, str]]] = None
 
-    def supports(self, model: Any, entry: ZooEntry) -> Tuple[bool, str]:
+    def supports(self, model: HookedVisionModel, entry: ZooEntry) -> Tuple[bool, str]:
         """The technique's kinds, then its plugin's ``supports(model)``, then ``extra_supports``."""
         if entry.kind not in self.kinds:
             return False, f"needs a {' or '.join(self.kinds)} model (no planted truth for a {entry.kind} model)"
@@ -97,6 +100,6 @@ class Technique:
             return self.extra_supports(model, entry)
         return True, ""
 
-    def score(self, model: Any, ctx: BenchContext) -> Score:
+    def score(self, model: HookedVisionModel, ctx: BenchContext) -> Score:
         """The technique's ground-truth score of ``model`` (``scorer(model, ctx)``)."""
         return self.scorer(model, ctx)

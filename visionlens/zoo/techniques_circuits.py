@@ -41,7 +41,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -56,9 +56,12 @@ from .scores import Score, causal_scrubbing_score
 from .technique import BenchContext, Technique
 from .techniques_features import block_hooks, held_out, image_grid, planted_classifier_support, prepare
 
+if TYPE_CHECKING:
+    from ..hooked_model import HookedVisionModel
+
 
 # ----------------------------------------------------------------------------- causal scrubbing
-def _causal_scrubbing(model: Any, ctx: BenchContext) -> Score:
+def _causal_scrubbing(model: HookedVisionModel, ctx: BenchContext) -> Score:
     n, n_resamples = (128, 2) if ctx.quick else (512, 4)
     b = held_out(ctx, n, trigger_fraction=0.1)
     prepare(model, ctx)
@@ -154,7 +157,7 @@ def _unit_edit_hooks(units: Sequence[Tuple[str, int]], plain: Dict[str, torch.Te
 
 @torch.no_grad()
 def _sample(
-    model: Any,
+    model: HookedVisionModel,
     pipe: Any,
     ctx_style: torch.Tensor,
     ctx_plain: torch.Tensor,
@@ -200,7 +203,7 @@ def _judge_probs(judge: Any, images: torch.Tensor) -> torch.Tensor:
     return F.softmax(judge(x).float(), -1).mean(0)
 
 
-def _style_neuron_search(model: Any, ctx: BenchContext) -> Score:
+def _style_neuron_search(model: HookedVisionModel, ctx: BenchContext) -> Score:
     quick = ctx.quick
     k = TOP_K
     n_random = 3 if quick else 4

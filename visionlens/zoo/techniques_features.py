@@ -25,7 +25,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from . import data as zdata
 from .classifiers import held_out_batch
 from .scores import Score, pattern_correlation, topk_factor_purity
 from .technique import BenchContext, Technique
+
+if TYPE_CHECKING:
+    from ..hooked_model import HookedVisionModel
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -54,7 +57,7 @@ def data_kind(entry: Any) -> Optional[str]:
     return None
 
 
-def planted_classifier_support(model: Any, entry: Any) -> Tuple[bool, str]:
+def planted_classifier_support(model: HookedVisionModel, entry: Any) -> Tuple[bool, str]:
     """Classifier techniques need a model trained on the planted label rule (with the trigger)."""
     kind = data_kind(entry)
     if kind is None:
@@ -75,7 +78,7 @@ def held_out(ctx: BenchContext, n: int, trigger_fraction: float = 0.0) -> zdata.
     return ctx.cached(("held_out", kind, n, ctx.seed, trigger_fraction), make)
 
 
-def prepare(model: Any, ctx: BenchContext) -> Any:
+def prepare(model: HookedVisionModel, ctx: BenchContext) -> Any:
     """CLIP models get a zero-shot head over the shapes (so ``model(images)`` gives class logits)."""
     if ctx.entry.kind == "clip" and not model.cfg.extra.get("class_names"):
         attach_head(model, zero_shot_head(model, list(zdata.SHAPES), templates=["a {}"]))
@@ -85,7 +88,7 @@ def prepare(model: Any, ctx: BenchContext) -> Any:
 _HEAD_WORDS = ("pool", "drop", "flatten", "fc", "head", "classifier", "logits")
 
 
-def block_hooks(model: Any, example: torch.Tensor) -> List[str]:
+def block_hooks(model: HookedVisionModel, example: torch.Tensor) -> List[str]:
     """The residual / block outputs the plugins default to (``activation_stats.default_hooks``), in the
     order they fire on ``example``, keeping image-tower maps (``[B, C, H, W]`` or tokens ``[B, T, D]``)
     and dropping ``text.*`` hooks and the head (pooling, dropout, flatten, fc / classifier: GoogLeNet's
@@ -121,7 +124,7 @@ def image_grid(rows: Sequence[np.ndarray], scale: int = 3, pad: int = 2) -> np.n
 FV_SETTINGS = {"param": "pixel", "decorrelate": False, "transforms": "none", "lr": 0.05, "size": 32}
 
 
-def _feature_visualization(model: Any, ctx: BenchContext) -> Score:
+def _feature_visualization(model: HookedVisionModel, ctx: BenchContext) -> Score:
     steps, n_img = (128, 4) if ctx.quick else (512, 8)
     r = run(
         "feature_visualization",
@@ -177,7 +180,7 @@ def _rank_matrix(top_index: torch.Tensor, n: int) -> np.ndarray:
     return a
 
 
-def _dataset_examples(model: Any, ctx: BenchContext) -> Score:
+def _dataset_examples(model: HookedVisionModel, ctx: BenchContext) -> Score:
     n = 200 if ctx.quick else 1000
     b = held_out(ctx, n)
     prepare(model, ctx)

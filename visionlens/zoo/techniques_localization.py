@@ -19,7 +19,7 @@ and ``gradient_x_input`` (the saliency baseline).
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from .classifiers import held_out_batch
 from .scores import Score, planted_localization
 from .technique import BenchContext, Technique
 from .techniques_features import prepare
+
+if TYPE_CHECKING:
+    from ..hooked_model import HookedVisionModel
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -159,7 +162,7 @@ def _figure(ctx: BenchContext, label: str, b: Dict[str, Any], heat: np.ndarray) 
 
 
 # ----------------------------------------------------------------------------- techniques
-def _dla(model: Any, ctx: BenchContext) -> Score:
+def _dla(model: HookedVisionModel, ctx: BenchContext) -> Score:
     b = localization_batch(ctx)
     prepare(model, ctx)
     r = run(
@@ -177,7 +180,7 @@ def _dla(model: Any, ctx: BenchContext) -> Score:
     return score_heatmap(heat, b, ctx, "dla_heatmap")
 
 
-def _dla_supported(model: Any, entry: Any) -> Tuple[bool, str]:
+def _dla_supported(model: HookedVisionModel, entry: Any) -> Tuple[bool, str]:
     try:
         model.adapter.readout()
     except Exception as exc:  # no linear readout: no exact decomposition
@@ -185,11 +188,11 @@ def _dla_supported(model: Any, entry: Any) -> Tuple[bool, str]:
     return True, ""
 
 
-def _attention_hooks(model: Any) -> List[str]:
+def _attention_hooks(model: HookedVisionModel) -> List[str]:
     return [n for n in model.hook_dict if n.endswith("attn.hook_pattern") and not n.startswith("text.")]
 
 
-def _cls_attention(model: Any, ctx: BenchContext) -> Score:
+def _cls_attention(model: HookedVisionModel, ctx: BenchContext) -> Score:
     b = localization_batch(ctx)
     prepare(model, ctx)
     hooks = _attention_hooks(model)
@@ -206,7 +209,7 @@ def _cls_attention(model: Any, ctx: BenchContext) -> Score:
     return s
 
 
-def _cls_supported(model: Any, entry: Any) -> Tuple[bool, str]:
+def _cls_supported(model: HookedVisionModel, entry: Any) -> Tuple[bool, str]:
     hooks = _attention_hooks(model)
     if not hooks:
         return False, "no attention patterns (not a transformer)"
@@ -225,7 +228,7 @@ def _cls_supported(model: Any, entry: Any) -> Tuple[bool, str]:
     return True, ""
 
 
-def _earliest_resid(model: Any) -> str:
+def _earliest_resid(model: HookedVisionModel) -> str:
     """The first of the patching plugin's default residual / stage hooks (the finest spatial grid)."""
     hooks = [h for h in default_patching_hooks(model, "position") if not h.startswith("text.")]
     return hooks[0]
@@ -243,7 +246,7 @@ def _swap_pairs(b: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _patching(method: str, pairing: str = "minimal"):
-    def scorer(model: Any, ctx: BenchContext) -> Score:
+    def scorer(model: HookedVisionModel, ctx: BenchContext) -> Score:
         b = localization_batch(ctx)
         if pairing == "swap":
             b = _swap_pairs(b)
@@ -278,7 +281,7 @@ def _patching(method: str, pairing: str = "minimal"):
     return scorer
 
 
-def _grad_x_input(model: Any, ctx: BenchContext) -> Score:
+def _grad_x_input(model: HookedVisionModel, ctx: BenchContext) -> Score:
     b = localization_batch(ctx)
     prepare(model, ctx)
     x = b["images"].clone().requires_grad_(True)

@@ -67,6 +67,20 @@ def demo_scrubbing_section(out_dir: Union[str, Path]) -> str:
             f"<td>[{100 * r['ci_low']:.1f}%, {100 * r['ci_high']:.1f}%]</td>"
             f"<td>{r['per_example_recovered_std']:.2f}</td></tr>"
         )
+    rec = {r["hypothesis"]: 100 * r["loss_recovered"] for r in res.tables["losses"].records()}
+    verdict = ""
+    if {"true", "partial", "wrong"} <= set(rec):
+        t, p, w = rec["true"], rec["partial"], rec["wrong"]
+        order = (
+            "scrubbing ranks the three hypotheses in the right order, so it can tell a correct explanation "
+            "from a half-right and a wrong one when the truth is known"
+            if t > p > w
+            else "the order is not the expected true > partial > wrong: treat the method's verdicts with care here"
+        )
+        verdict = (
+            f"<p><b>Reading.</b> The true hypothesis recovers {t:.0f}% of the loss, the partial one {p:.0f}%, the "
+            f"wrong one {w:.0f}%: {order}.</p>"
+        )
     img = base64.b64encode(png).decode("ascii")
     spec = e(json.dumps(hyps["true"], indent=1))
     dt = time.perf_counter() - t0
@@ -80,9 +94,13 @@ def demo_scrubbing_section(out_dir: Union[str, Path]) -> str:
         "Loss recovered = (L_random - L_scrubbed) / (L_random - L_model), with a 95% bootstrap interval; the "
         "per-example spread exposes averages that hide cancelling examples.</p>"
         "<table><tr><th>hypothesis</th><th>claim</th><th>L model</th><th>L scrubbed</th><th>L random</th>"
-        f"<th>loss recovered</th><th>95% CI</th><th>per-example std</th></tr>{''.join(rows)}</table>"
-        f'<figure><img alt="causal scrubbing loss recovered" src="data:image/png;base64,{img}"></figure>'
+        f"<th>loss recovered</th><th>95% CI</th><th>per-example std</th></tr>{''.join(rows)}</table>{verdict}"
+        f'<figure><img alt="causal scrubbing loss recovered" src="data:image/png;base64,{img}">'
+        "<figcaption>Left: loss recovered by each hypothesis with its 95% bootstrap interval (100% = the "
+        "hypothesis explains the model's behaviour on these images, 0% = no better than resampling everything). "
+        "Right: the distribution over examples, which shows whether an average hides examples that get worse."
+        "</figcaption></figure>"
         f"<details><summary>true hypothesis (JSON, as given to <code>visionlens run causal_scrubbing</code>)"
         f"</summary><pre>{spec}</pre></details>"
-        f'<p class="summary">{dt:.1f} s; full result in <code>{e(str(out / "scrubbing"))}</code>.</p></section>'
+        f'<p class="summary">{dt:.1f} s; <a href="scrubbing/index.html">full result</a>.</p></section>'
     )

@@ -1,0 +1,159 @@
+"""Fixtures and helpers shared by the whole suite.
+
+Test modules import the helpers by name (``from tests.conftest import no_hooks_left, tiny_vit``);
+fixtures are found by pytest as usual. The tiny models are seeded random-weight models that run in
+milliseconds on a CPU; a module that needs a variant overrides the fixture (``vit``, ``resnet``, ...)
+locally, built with the same factory.
+
+Layout: ``tests/<area>/`` mirrors the package (``core``, ``adapters``, ``plugins``, ``featurevis``,
+``toolkit``, ``zoo``, ``apps``, ``architecture``); ``tests/contracts/`` holds the suites parametrized
+over the registries (every registered adapter, every registered analysis).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import pytest
+import torch
+
+import visionlens
+from visionlens import registry
+from visionlens.hook_points import is_active
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Every model in the suite is tiny: intra-op threads only add overhead, and stall badly on a shared
+# machine (pytest -n 2 on two cores). One thread for the whole run (each xdist worker imports this).
+torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------- hook hygiene
+def no_hooks_left(model: Any) -> None:
+    """Assert that nothing is attached to ``model`` any more: no hook, capture or bridge on a hook
+    point, no torch hook on a source module, no CLIP tower left in hooked mode."""
+    for name, hp in model.hook_dict.items():
+        assert not is_active(hp), f"hook left on {name}"
+        assert not getattr(hp, "fwd_hooks", None) and not getattr(hp, "bwd_hooks", None), f"TL handle left on {name}"
+        assert getattr(hp, "_bridge", None) is None, f"bridge left on {name}"
+    for path, m in model.source.named_modules():
+        assert not m._forward_hooks and not m._forward_pre_hooks, f"torch forward hook left on source.{path}"
+        assert not m._backward_hooks and not getattr(m, "_backward_pre_hooks", None), (
+            f"torch backward hook left on source.{path}"
+        )
+    for tower in ("visual", "text"):  # open_clip: a tower runs visionlens code only while hooked
+        t = getattr(model.adapter, tower, None)
+        if t is not None and hasattr(t, "active"):
+            assert not t.active, f"the {tower} tower still thinks it is hooked"
+
+
+def hook_count(model: Any) -> int:
+    """Hooks, TL handles and bridges attached to ``model``'s hook points (0 when clean)."""
+    n = 0
+    for hp in model.hook_dict.values():
+        n += len(hp.fwd_hooks) + len(hp.bwd_hooks) + len(hp._forward_hooks) + len(hp._backward_hooks)
+        if getattr(hp, "_bridge", None) is not None:
+            n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------- tiny models
+def tiny_vit(**kwargs: Any) -> visionlens.HookedVisionModel:
+    """``timm:vit_tiny_patch16_224`` on 32 px images (random weights, seed 0); ``kwargs`` go to timm."""
+    torch.manual_seed(0)
+    return visionlens.load("timm:vit_tiny_patch16_224", **{"img_size": 32, **kwargs})
+
+
+def tiny_resnet(**kwargs: Any) -> visionlens.HookedVisionModel:
+    """``timm:resnet18`` (random weights, seed 0); ``kwargs`` go to timm."""
+    torch.manual_seed(0)
+    return visionlens.load("timm:resnet18", **kwargs)
+
+
+TINY_CLIP_VISION = dict(image_size=32, layers=2, width=32, head_width=8, patch_size=8)
+TINY_CLIP_TEXT = dict(context_length=16, vocab_size=49408, width=32, heads=4, layers=2)
+
+
+def tiny_clip(
+    vision: Optional[dict] = None, text: Optional[dict] = None, seed: int = 0, **kwargs: Any
+) -> torch.nn.Module:
+    """A tiny open_clip ``CLIP`` source module (2-layer 32 px ViT tower, 2-layer text tower), in eval
+    mode; ``vision`` / ``text`` override the tower configs. Skips the test without open_clip."""
+    open_clip = pytest.importorskip("open_clip")
+    torch.manual_seed(seed)
+    return open_clip.CLIP(
+        embed_dim=16,
+        vision_cfg={**TINY_CLIP_VISION, **(vision or {})},
+        text_cfg={**TINY_CLIP_TEXT, **(text or {})},
+        **kwargs,
+    ).eval()
+
+
+def perturb(module: torch.nn.Module, seed: int = 0, scale: float = 0.05) -> None:
+    """Random weights everywhere (libraries zero-init some), BatchNorm statistics included."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1, generator=g)
+                m.running_var.uniform_(0.5, 1.5, generator=g)
+
+
+def image_batch(n: int, size: int = 32, seed: int = 0, channels: int = 3) -> torch.Tensor:
+    """``n`` seeded standard-normal images ``[n, channels, size, size]``."""
+    return torch.randn(n, channels, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def require_analysis(name: str) -> None:
+    """Fail clearly when a built-in analysis is not registered (a stale install)."""
+    assert name in registry.list_analyses(), f"{name} is not registered (reinstall: pip install -e .)"
+
+
+@pytest.fixture(scope="module")
+def vit() -> visionlens.HookedVisionModel:
+    """:func:`tiny_vit` with timm's 1000 classes, one per test module."""
+    return tiny_vit()
+
+
+@pytest.fixture(scope="module")
+def resnet() -> visionlens.HookedVisionModel:
+    """:func:`tiny_resnet` with timm's 1000 classes, one per test module."""
+    return tiny_resnet()
+
+
+@pytest.fixture()
+def restore_registry() -> Iterator[None]:
+    """Undo the sys.path / sys.modules / plugin-manager changes a test makes."""
+    path, mods = list(sys.path), set(sys.modules)
+    yield
+    sys.path[:] = path
+    for name in set(sys.modules) - mods:
+        if name.startswith(("visionlens_example_plugin", "vl_test_")):
+            del sys.modules[name]
+    registry.plugin_manager(reload=True)
+
+
+# ----------------------------------------------------------------------------- headless chromium
+CHROMIUM: Optional[str] = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def needs_chromium(fn: Callable) -> Callable:
+    """Mark a test ``browser`` and skip it when no chromium is on PATH."""
+    return pytest.mark.browser(pytest.mark.skipif(CHROMIUM is None, reason="chromium is not on PATH")(fn))
+
+
+def run_chromium(
+    *args: str, user_dir: Optional[Path] = None, timeout: float = 60, check: bool = False
+) -> subprocess.CompletedProcess:
+    """Headless chromium with ``args`` (sandbox, GPU and network off); stdout / stderr captured as text."""
+    assert CHROMIUM is not None, "use @needs_chromium"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+    if user_dir is not None:
+        cmd.append(f"--user-data-dir={user_dir}")
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, check=check)
