@@ -3,15 +3,16 @@ newly registered analysis is tested with no new test code.
 
 Each analysis runs on the first tiny example model (``Adapter.example_source()``) it ``supports()``,
 with ``analysis.smoke_config(model)`` and a small image batch (None for the analyses that draw their
-own inputs). Then: no hook is left on the model, ``to_dict()`` is JSON, ``save()`` writes
-result.json and index.html and ``load_result`` reads it back, ``_repr_html_()`` and ``plot()`` work.
+own inputs). Then: no hook is left on the model, ``to_dict()`` is JSON, ``plot()`` returns a
+matplotlib Figure, ``save()`` writes result.json and index.html and ``load_result`` reads it back
+(same class, same data), and ``_repr_html_()`` is a non-empty string.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import pytest
@@ -35,14 +36,6 @@ NO_INPUTS = {"feature_visualization", "style_neuron_search", "timestep_sweep", "
 BUILTIN_ANALYSES = {builtin_plugin_name(m) for m in BUILTIN_PLUGINS if m.startswith("visionlens.plugins.")}
 
 
-@dataclass
-class Run:
-    name: str
-    adapter: str
-    model: Any
-    result: Result
-
-
 def _first_supported(analysis: Any) -> Optional[Any]:
     for cls in ORDER:
         model = example_model(cls)  # a fresh model per analysis: runs may change its config
@@ -57,9 +50,10 @@ def _inputs(name: str, model: Any) -> Any:
     return example_images(model, 4)
 
 
-@pytest.fixture(scope="module", params=sorted(visionlens.list_analyses()))
-def run(request) -> Run:
-    name = request.param
+@pytest.mark.parametrize("name", sorted(visionlens.list_analyses()))
+def test_analysis_contract(name, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
     analysis = visionlens.get_analysis(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -70,43 +64,36 @@ def run(request) -> Run:
             pytest.skip(f"no adapter's example model supports {name!r}")
         torch.manual_seed(0)
         result = visionlens.run(name, model, _inputs(name, model), **analysis.smoke_config(model))
-    return Run(name, model.cfg.adapter, model, result)
+    where = f"{name} on the {model.cfg.adapter} example"
+    assert isinstance(result, Result), f"{where}: returned {type(result).__name__}, not a Result"
+    assert result.analysis == name
+    no_hooks_left(model)
 
+    d = result.to_dict()
+    assert json.loads(json.dumps(d, allow_nan=False)) == d, f"{where}: to_dict() is not plain JSON"
 
-def test_runs_and_leaves_no_hook(run):
-    assert isinstance(run.result, Result), f"{run.name} returned {type(run.result).__name__}, not a Result"
-    assert run.result.analysis == run.name
-    no_hooks_left(run.model)
+    fig = result.plot()
+    assert isinstance(fig, Figure), f"{where}: plot() returned {type(fig).__name__}, not a Figure"
 
+    # the figures are rendered once, for real; save() and _repr_html_() both use those PNGs
+    pngs = result._render_pngs()
+    assert pngs and all(png.startswith(b"\x89PNG") for png in pngs.values()), f"{where}: no PNG figures"
+    monkeypatch.setattr(result, "_render_pngs", lambda: pngs)
 
-def test_to_dict_is_json(run):
-    d = run.result.to_dict()
-    assert json.loads(json.dumps(d, allow_nan=False)) == d
-    assert d["analysis"] == run.name
-
-
-def test_save_and_load_result_roundtrip(run, tmp_path):
-    out = run.result.save(tmp_path / run.name)
-    assert (out / "result.json").is_file() and (out / "index.html").is_file()
+    out = result.save(tmp_path / name)
+    assert (out / "result.json").is_file() and (out / "index.html").is_file(), (
+        f"{where}: save() wrote {os.listdir(out)}"
+    )
     assert "<html" in (out / "index.html").read_text(encoding="utf-8")
     back = load_result(out)
-    assert type(back) is type(run.result), f"reloaded as {type(back).__name__}"
-    assert back.to_dict() == run.result.to_dict()
-    assert set(back.tensors) == set(run.result.tensors)
-    for k, t in run.result.tensors.items():
-        assert torch.equal(back.tensors[k], t), k
+    assert type(back) is type(result), f"{where}: reloaded as {type(back).__name__}"
+    assert back.to_dict() == d, f"{where}: the reloaded result differs"
+    assert set(back.tensors) == set(result.tensors)
+    for k, t in result.tensors.items():
+        assert torch.equal(back.tensors[k], t), f"{where}: tensor {k!r} differs after reloading"
 
-
-def test_repr_html(run):
-    html = run.result._repr_html_()
-    assert isinstance(html, str) and html.strip()
-
-
-def test_plot_returns_a_figure(run):
-    from matplotlib.figure import Figure
-
-    fig = run.result.plot()
-    assert isinstance(fig, Figure), f"{run.name}.plot() returned {type(fig).__name__}"
+    html = result._repr_html_()
+    assert isinstance(html, str) and html.strip(), f"{where}: empty _repr_html_()"
 
 
 def test_smoke_config_is_valid_for_every_supported_example():
