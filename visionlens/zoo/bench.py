@@ -84,7 +84,7 @@ def _select(
 
 
 def _row(entry: ZooEntry, tech: Any, **kw: Any) -> Dict[str, Any]:
-    row = {k: None for k in ROW_KEYS}
+    row: Dict[str, Any] = {k: None for k in ROW_KEYS}
     row.update(
         family=entry.family,
         model=f"zoo:{entry.name}",

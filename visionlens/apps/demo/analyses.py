@@ -42,7 +42,7 @@ from .progress import Steps
 __all__ = ["demo_sections", "patching_layer", "photo_tiles", "FV_SETTINGS"]
 
 # the feature visualizations of the demo: short and batched (one render for all channels)
-FV_SETTINGS = {"steps": 48, "size": 80, "lr": 0.1, "transforms": "scaled"}
+FV_SETTINGS: dict[str, Any] = {"steps": 48, "size": 80, "lr": 0.1, "transforms": "scaled"}
 N_CHANNELS = 4  # top DLA channels shown with pictures
 N_EXAMPLES = 3  # dataset examples per channel
 
@@ -234,7 +234,7 @@ def _dla_section(
             pshape = ex.meta["position_shapes"][pre]
             H, W = int(x_tiles.shape[-2]), int(x_tiles.shape[-1])
         clean_photo = clean_name.split(".")[0]
-        rows = []
+        card_rows: list[str] = []
         rf_note = ""
         for i, c in enumerate(top):
             exs = ex.examples(pre, c, "top")
@@ -267,13 +267,13 @@ def _dla_section(
                     f"that the {e(label[0])} readout happens to weight positively"
                 )
             share = float(attr[c]) / total if total else float("nan")
-            rows.append(
+            card_rows.append(
                 f"<tr><td><b>channel {c}</b><br>{float(attr[c]):+.2f}<br><small>{_pct(share)} of the logit"
                 f"</small></td><td>{_img(fv_pngs[i], f'feature visualization of channel {c}', 96)}</td>"
                 + "".join(cells)
                 + f"<td class='reading'>{reading}</td></tr>"
             )
-        rows.append(
+        card_rows.append(
             f"<tr><td><b>class logit</b><br>{e(label[0])}</td><td>{_img(fv_pngs[-1], 'class logit render', 96)}"
             f"</td><td colspan='{N_EXAMPLES + 1}' class='reading'>the whole readout for {e(label[0])} "
             "maximised at once, for comparison</td></tr>"
@@ -287,7 +287,7 @@ def _dla_section(
         cards = (
             "<table class='cards'><tr><th>channel, DLA term</th><th>feature visualization</th>"
             f"<th colspan='{N_EXAMPLES}'>top dataset examples (photo tiles)</th><th>reading</th></tr>"
-            + "".join(rows)
+            + "".join(card_rows)
             + "</table>"
             + f"<p class='caption'>Each row: a top DLA channel of <code>{e(feats)}</code>. Feature visualization: an "
             f"{FV_SETTINGS['size']}-px image optimised for {FV_SETTINGS['steps']} steps (Adam lr {FV_SETTINGS['lr']}, "
@@ -440,7 +440,9 @@ def _patching_section(model: Any, x_clean: torch.Tensor, x_corrupt: torch.Tensor
     im = None
     for ax, h in zip(axes, region_hooks):
         ax.imshow(clean_img)
-        im = ax.imshow(scores[h].reshape(4, 4), cmap="RdBu_r", vmin=-vmax, vmax=vmax, alpha=0.6, extent=(0, W, H, 0))
+        side = max(1, round(len(scores[h]) ** 0.5))  # the region grid is square
+        grid = scores[h].reshape(side, side)
+        im = ax.imshow(grid, cmap="RdBu_r", vmin=-vmax, vmax=vmax, alpha=0.6, extent=(0, W, H, 0))
         shape = pat.meta["targets"][h].get("shape") if isinstance(pat.meta["targets"][h], dict) else None
         ax.set_title(f"{e_short(h)}" + (f" ({shape})" if shape else ""), fontsize=8)
         ax.set_xticks([])

@@ -168,14 +168,16 @@ def transfer_html(out: Path, rows: Sequence[Mapping[str, Any]], secs: float) -> 
     for t in techs:
         cells = []
         for m in models:
-            r = by.get((m, t))
-            if r is None:
+            cell = by.get((m, t))
+            if cell is None:
                 cells.append("<td></td>")
-            elif not r.get("supported") or r.get("score") is None:
-                cells.append(f"<td style='background:#eee' title='{e(r.get('reason') or '')}'>{cell_text(r)}</td>")
+            elif not cell.get("supported") or cell.get("score") is None:
+                cells.append(
+                    f"<td style='background:#eee' title='{e(cell.get('reason') or '')}'>{cell_text(cell)}</td>"
+                )
             else:
                 mark = "<br><small>&le; constant map</small>" if (m, t) in under else ""
-                cells.append(f"<td style='background:{verdict_colour(r)}'>{e(cell_text(r))}{mark}</td>")
+                cells.append(f"<td style='background:{verdict_colour(cell)}'>{e(cell_text(cell))}{mark}</td>")
         body.append(f"<tr><td>{e(t)}</td>{''.join(cells)}</tr>")
     n_flag = sum(1 for r in rows if r.get("sanity_passed") is False)
     n_scored = sum(1 for r in rows if r.get("normalized") is not None)
