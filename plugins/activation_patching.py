@@ -31,7 +31,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import numpy as np
 import torch
@@ -47,10 +47,13 @@ from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError, closest_names
 from visionlens.viz import diverging_limits, grid_shape, imshow_overlay, labels_fit, short_hook
 
+if TYPE_CHECKING:
+    from visionlens.hooked_model import HookedVisionModel
+
 __all__ = ["ActivationPatching", "PatchingResult", "default_patching_hooks"]
 
 
-def _resolve(model: Any, specs: list[str]) -> list[str]:
+def _resolve(model: HookedVisionModel, specs: list[str]) -> list[str]:
     return resolve_hooks(model, specs, owner="activation_patching")
 
 
@@ -97,16 +100,16 @@ class ActivationPatching(Analysis):
         templates: list[str] = option(list, help="CLIP: prompt templates with {}")
         top_k: int = option(20, min=1, max=1_000_000, help="rows in the ranked table")
 
-    def smoke_config(self, model: Any) -> dict[str, Any]:
+    def smoke_config(self, model: HookedVisionModel) -> dict[str, Any]:
         """A quick run: 2x2 regions, a short table."""
         return {"grid": 2, "top_k": 5}
 
-    def supports(self, model: Any) -> tuple[bool, str]:
+    def supports(self, model: HookedVisionModel) -> tuple[bool, str]:
         if not getattr(model, "hook_dict", None):
             return False, "the model has no hook points"
         return True, ""
 
-    def run(self, model: Any, inputs: Any, config: Any) -> "PatchingResult":
+    def run(self, model: HookedVisionModel, inputs: Any, config: Any) -> "PatchingResult":
         restore = None
         fam = stream_family(model)
         if (model.cfg.family or "").lower() == "clip":
@@ -147,7 +150,9 @@ class ActivationPatching(Analysis):
         return _result(self, model, config, outcome, names, disp, target, total)
 
     # ------------------------------------------------------------------ inputs
-    def _pair(self, model: Any, inputs: Any, config: Any) -> tuple[Any, Any, list[str], list[Optional[np.ndarray]]]:
+    def _pair(
+        self, model: HookedVisionModel, inputs: Any, config: Any
+    ) -> tuple[Any, Any, list[str], list[Optional[np.ndarray]]]:
         fam = stream_family(model)
         if isinstance(inputs, dict) and "clean" in inputs and "corrupted" in inputs:
             c, k = inputs["clean"], inputs["corrupted"]
@@ -172,7 +177,7 @@ class ActivationPatching(Analysis):
         return xc, xk, [nc, nk], [_display(model, xc[0]), _display(model, xk[0])]
 
 
-def _clip_head(model: Any, config: Any):
+def _clip_head(model: HookedVisionModel, config: Any):
     previous = model.adapter.classifier
     if config.class_prompts:
         zero_shot_head(model, list(config.class_prompts), list(config.templates) or None, attach=True)
@@ -185,7 +190,7 @@ def _clip_head(model: Any, config: Any):
     return None
 
 
-def _as_batch(model: Any, x: Any) -> Tensor:
+def _as_batch(model: HookedVisionModel, x: Any) -> Tensor:
     if isinstance(x, Tensor):
         x = x if x.ndim == 4 else x.unsqueeze(0)
         return x.to(model.device)
@@ -193,7 +198,7 @@ def _as_batch(model: Any, x: Any) -> Tensor:
     return torch.cat([b for _, b in images.batches(model, 64)])
 
 
-def _display(model: Any, x: Tensor) -> Optional[np.ndarray]:
+def _display(model: HookedVisionModel, x: Tensor) -> Optional[np.ndarray]:
     try:
         if x.ndim == 3 and x.shape[0] in (1, 3):
             return denormalize(x, model.cfg)
@@ -202,7 +207,7 @@ def _display(model: Any, x: Tensor) -> Optional[np.ndarray]:
     return None
 
 
-def _pick(model: Any, images: Any, spec: Optional[str], default: int, what: str) -> tuple[Tensor, str]:
+def _pick(model: HookedVisionModel, images: Any, spec: Optional[str], default: int, what: str) -> tuple[Tensor, str]:
     n = len(images)
     if spec is None:
         if n < 2:
@@ -241,7 +246,14 @@ def _pick(model: Any, images: Any, spec: Optional[str], default: int, what: str)
 
 # ============================================================================ result
 def _result(
-    analysis: Any, model: Any, config: Any, outcome: Any, names: list[str], disp: list, target: str, total: float
+    analysis: Any,
+    model: HookedVisionModel,
+    config: Any,
+    outcome: Any,
+    names: list[str],
+    disp: list,
+    target: str,
+    total: float,
 ) -> "PatchingResult":
     tensors: dict[str, Tensor] = {}
     hooks = list(outcome.sweeps)

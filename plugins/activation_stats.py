@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import numpy as np
 import torch
@@ -43,13 +43,16 @@ from visionlens.reducers import FractionActive, RunningMoments, TopK, load_check
 from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError
 
+if TYPE_CHECKING:
+    from visionlens.hooked_model import HookedVisionModel
+
 __all__ = ["ActivationStats", "ActivationStatsResult", "default_hooks", "resolve_hooks", "unit_layout"]
 
 STATS = ("mean", "std", "min", "max", "frac_active")
 
 
 # ----------------------------------------------------------------------------- hooks
-def resolve_hooks(model: Any, specs: list[str]) -> list[str]:
+def resolve_hooks(model: HookedVisionModel, specs: list[str]) -> list[str]:
     """Expand hook names, layer aliases and globs (``blocks.*.hook_resid_post``) to hook names."""
     return _resolve_hooks(model, specs, owner="activation_stats")
 
@@ -82,14 +85,14 @@ class ActivationStats(Analysis):
             if self.figure_examples > self.top_k and self.figure_units:
                 self.figure_examples = self.top_k
 
-    def smoke_config(self, model: Any) -> dict[str, Any]:
+    def smoke_config(self, model: HookedVisionModel) -> dict[str, Any]:
         """A quick run: two units with two example crops in the figure, short tables."""
         return {"top_k": 2, "figure_units": 2, "figure_examples": 2, "table_rows": 5}
 
-    def supports(self, model: Any) -> tuple[bool, str]:
+    def supports(self, model: HookedVisionModel) -> tuple[bool, str]:
         return image_batch_support(model)
 
-    def run(self, model: Any, inputs: Any, config: Any) -> "ActivationStatsResult":
+    def run(self, model: HookedVisionModel, inputs: Any, config: Any) -> "ActivationStatsResult":
         images = as_images(inputs)
         explicit = bool(config.hooks)
         hooks = resolve_hooks(model, config.hooks) if explicit else default_hooks(model)
@@ -203,7 +206,7 @@ class ActivationStats(Analysis):
     # -------------------------------------------------------------- result
     def _result(
         self,
-        model: Any,
+        model: HookedVisionModel,
         images: Images,
         config: Any,
         hooks: list[str],
@@ -356,7 +359,7 @@ class ActivationStatsResult(Result):
 
     # ------------------------------------------------------------------ crops
     def _add_crops(
-        self, model: Any, images: Images, hook: str, rank_by: str, n_units: int, n_ex: int, size: int = 64
+        self, model: HookedVisionModel, images: Images, hook: str, rank_by: str, n_units: int, n_ex: int, size: int = 64
     ) -> None:
         from PIL import Image
 
@@ -385,7 +388,7 @@ class ActivationStatsResult(Result):
         self.meta["figure"] = {"hook": hook, "rank_by": rank_by, "units": labels}
 
     def _crop_window(
-        self, hook: str, loc: tuple[int, ...], H: int, W: int, model: Any
+        self, hook: str, loc: tuple[int, ...], H: int, W: int, model: HookedVisionModel
     ) -> tuple[tuple[int, int, int, int], Optional[tuple[float, float, float, float]]]:
         whole = (0, 0, H, W)
         kind = self.meta.get("position_kind", {}).get(hook, "")

@@ -33,7 +33,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 import torch
@@ -48,12 +48,15 @@ from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError
 from visionlens.viz import array_to_png, grid_shape, imshow_overlay, patch_grid
 
+if TYPE_CHECKING:
+    from visionlens.hooked_model import HookedVisionModel
+
 __all__ = ["AttentionPatterns", "AttentionResult", "attention_hooks", "head_statistics", "VIEWER_FILE"]
 
 VIEWER_FILE = "viewer.html"
 
 
-def attention_hooks(model: Any) -> list[str]:
+def attention_hooks(model: HookedVisionModel) -> list[str]:
     """Self-attention pattern hooks on the image path, in layer order (text-tower hooks excluded)."""
     fam = (model.cfg.family or "").lower()
     names = [n for n in model.hook_dict if n.endswith("hook_pattern") and not n.startswith("text.")]
@@ -62,7 +65,7 @@ def attention_hooks(model: Any) -> list[str]:
     return names
 
 
-def cross_attention_hooks(model: Any) -> list[str]:
+def cross_attention_hooks(model: HookedVisionModel) -> list[str]:
     return [n for n in model.hook_dict if n.endswith("attn2.hook_pattern")]
 
 
@@ -119,11 +122,11 @@ class AttentionPatterns(Analysis):
         tokens: list[str] = option(list, help="UNet: labels of the cross-attention tokens (text tokens)")
         max_tokens: int = option(16, min=1, help="UNet: cross-attention tokens drawn in the PNG grid")
 
-    def smoke_config(self, model: Any) -> dict[str, Any]:
+    def smoke_config(self, model: HookedVisionModel) -> dict[str, Any]:
         """A quick run: the last layer's first two heads drawn, two images averaged."""
         return {"layers": [-1], "heads": [0, 1], "max_images": 2}
 
-    def supports(self, model: Any) -> tuple[bool, str]:
+    def supports(self, model: HookedVisionModel) -> tuple[bool, str]:
         fam = (model.cfg.family or "").lower()
         if fam == "diffusion":
             if cross_attention_hooks(model) or attention_hooks(model):
@@ -136,13 +139,13 @@ class AttentionPatterns(Analysis):
             "vision transformer, a CLIP image tower or a UNet with attention"
         )
 
-    def run(self, model: Any, inputs: Any, config: Any) -> "AttentionResult":
+    def run(self, model: HookedVisionModel, inputs: Any, config: Any) -> "AttentionResult":
         if (model.cfg.family or "").lower() == "diffusion":
             return self._run_unet(model, inputs, config)
         return self._run_vit(model, inputs, config)
 
     # ------------------------------------------------------------------ transformers
-    def _run_vit(self, model: Any, inputs: Any, config: Any) -> "AttentionResult":
+    def _run_vit(self, model: HookedVisionModel, inputs: Any, config: Any) -> "AttentionResult":
         hooks_all = attention_hooks(model)
         n_all = len(hooks_all)
         layers = sorted({l % n_all for l in config.layers}) if config.layers else list(range(n_all))
@@ -269,7 +272,7 @@ class AttentionPatterns(Analysis):
         )
 
     # ------------------------------------------------------------------ UNet cross-attention
-    def _run_unet(self, model: Any, inputs: Any, config: Any) -> "AttentionResult":
+    def _run_unet(self, model: HookedVisionModel, inputs: Any, config: Any) -> "AttentionResult":
         cross = cross_attention_hooks(model)
         if not cross:
             raise VisionLensError(

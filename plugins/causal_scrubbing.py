@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import Tensor
@@ -25,6 +25,9 @@ from visionlens.hookspecs import hookimpl
 from visionlens.results import Result, Table, new_figure
 from visionlens.scrubbing import causal_scrub, parse_hypothesis
 from visionlens.validation import VisionLensError
+
+if TYPE_CHECKING:
+    from visionlens.hooked_model import HookedVisionModel
 
 __all__ = ["CausalScrubbing", "CausalScrubbingResult"]
 
@@ -63,7 +66,7 @@ class CausalScrubbing(Analysis):
         max_images: Optional[int] = option(None, min=2, help="use at most this many inputs")
         batch_size: int = option(64, min=1, help="images per preprocessing batch")
 
-    def smoke_config(self, model: Any) -> dict[str, Any]:
+    def smoke_config(self, model: HookedVisionModel) -> dict[str, Any]:
         """A quick run of the simplest hypothesis (the output depends on the deepest default hook),
         one resample, a small bootstrap, four images."""
         hook = default_hooks(model)[-1]
@@ -75,7 +78,7 @@ class CausalScrubbing(Analysis):
             "max_images": 4,
         }
 
-    def supports(self, model: Any) -> tuple[bool, str]:
+    def supports(self, model: HookedVisionModel) -> tuple[bool, str]:
         fam = (getattr(model.cfg, "family", "") or "").lower()
         if "diffusion" in fam:
             return False, "diffusion UNets need timestep and conditioning inputs; scrub an image model"
@@ -83,7 +86,7 @@ class CausalScrubbing(Analysis):
             return False, "the model has no hook points"
         return True, ""
 
-    def run(self, model: Any, inputs: Any, config: Any) -> "CausalScrubbingResult":
+    def run(self, model: HookedVisionModel, inputs: Any, config: Any) -> "CausalScrubbingResult":
         if isinstance(inputs, Tensor):
             x = inputs if config.max_images is None else inputs[: config.max_images]
         else:
@@ -126,7 +129,7 @@ class CausalScrubbingResult(Result):
 
     @classmethod
     def from_reports(
-        cls, reports: dict[str, Any], model: Any = None, config: Any = None, n_inputs: int = 0
+        cls, reports: dict[str, Any], model: Optional[HookedVisionModel] = None, config: Any = None, n_inputs: int = 0
     ) -> "CausalScrubbingResult":
         table = Table(
             [

@@ -33,7 +33,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -57,6 +57,9 @@ from visionlens.results import Result, Table, new_figure, safe_filename
 from visionlens.validation import VisionLensError
 
 from .activation_stats import resolve_hooks
+
+if TYPE_CHECKING:
+    from visionlens.hooked_model import HookedVisionModel
 
 __all__ = ["DatasetExamples", "DatasetExamplesResult", "DatasetImages", "as_example_images", "crop_box"]
 
@@ -83,7 +86,7 @@ class DatasetImages(Images):
             return item[0]
         return item
 
-    def _tensor(self, model: Any, items: list[Any]) -> Tensor:
+    def _tensor(self, model: HookedVisionModel, items: list[Any]) -> Tensor:
         if all(isinstance(t, Tensor) for t in items):
             try:
                 return torch.stack([t if t.ndim == 3 else t.squeeze(0) for t in items]).to(model.device)
@@ -94,13 +97,13 @@ class DatasetImages(Images):
         return model.preprocess(items)
 
     def batches(
-        self, model: Any, batch_size: int = 16, start: int = 0, limit: Optional[int] = None
+        self, model: HookedVisionModel, batch_size: int = 16, start: int = 0, limit: Optional[int] = None
     ) -> Iterator[tuple[int, Tensor]]:
         stop = len(self) if limit is None else min(len(self), limit)
         for i in range(start, stop, batch_size):
             yield i, self._tensor(model, [self._item(j) for j in range(i, min(i + batch_size, stop))])
 
-    def display(self, index: int, model: Any) -> np.ndarray:
+    def display(self, index: int, model: HookedVisionModel) -> np.ndarray:
         item = self._item(index)
         if isinstance(item, Tensor):
             return TensorImages(item.unsqueeze(0) if item.ndim == 3 else item).display(0, model)
@@ -123,7 +126,13 @@ def as_example_images(inputs: Any) -> Images:
 
 # ----------------------------------------------------------------------------- crops
 def crop_box(
-    model: Any, hook: str, position_kind: str, position_shape: list[int], loc: tuple[int, ...], H: int, W: int
+    model: HookedVisionModel,
+    hook: str,
+    position_kind: str,
+    position_shape: list[int],
+    loc: tuple[int, ...],
+    H: int,
+    W: int,
 ) -> tuple[tuple[int, int, int, int], Optional[tuple[int, int, int, int]]]:
     """``(crop window, marked cell)`` in an ``H x W`` image for an example at ``loc``; both ``(y0, x0, y1, x1)``.
 
@@ -164,7 +173,7 @@ def crop_box(
     return whole, None
 
 
-def _weights_fingerprint(model: Any) -> str:
+def _weights_fingerprint(model: HookedVisionModel) -> str:
     h = hashlib.sha1()
     for name, p in model.named_parameters():
         h.update(name.encode())
@@ -196,14 +205,14 @@ class DatasetExamples(Analysis):
         crop_units: Optional[int] = option(16, min=0, help="units per hook that get crop grids (None = all units)")
         crop_size: int = option(48, min=8, max=512, help="side of each saved crop in pixels")
 
-    def smoke_config(self, model: Any) -> dict[str, Any]:
+    def smoke_config(self, model: HookedVisionModel) -> dict[str, Any]:
         """A quick run: two top and one bottom example, crops for two units."""
         return {"top_k": 2, "bottom_k": 1, "crop_units": 2, "crop_size": 16}
 
-    def supports(self, model: Any) -> tuple[bool, str]:
+    def supports(self, model: HookedVisionModel) -> tuple[bool, str]:
         return image_batch_support(model)
 
-    def run(self, model: Any, inputs: Any, config: Any) -> "DatasetExamplesResult":
+    def run(self, model: HookedVisionModel, inputs: Any, config: Any) -> "DatasetExamplesResult":
         images = as_example_images(inputs)
         explicit = bool(config.hooks)
         hooks = resolve_hooks(model, config.hooks) if explicit else default_hooks(model)
@@ -316,7 +325,7 @@ class DatasetExamples(Analysis):
 
     def _result(
         self,
-        model: Any,
+        model: HookedVisionModel,
         images: Images,
         config: Any,
         hooks: list[str],
@@ -428,7 +437,7 @@ class DatasetExamplesResult(Result):
         return {"units": t}
 
     # ------------------------------------------------------------------ crops
-    def add_crops(self, model: Any, images: Images, n_units: Optional[int] = 16, size: int = 48) -> None:
+    def add_crops(self, model: HookedVisionModel, images: Images, n_units: Optional[int] = 16, size: int = 48) -> None:
         """Receptive-field crops of the top / bottom examples of the first ``n_units`` units of every hook."""
         from PIL import Image
 

@@ -38,13 +38,14 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from visionlens.analysis import Analysis, ConfigError, config_to_dict, option
+from visionlens.cache import VisionActivationCache
 from visionlens.clip import attach_head, encode_text, zero_shot_head
 from visionlens.data import as_images
 from visionlens.hookspecs import hookimpl
@@ -52,6 +53,9 @@ from visionlens.patching import activation_gradients
 from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError
 from visionlens.viz import diverging_limits, grid_shape, imshow_overlay, labels_fit, patch_grid, tokens_to_grid
+
+if TYPE_CHECKING:
+    from visionlens.hooked_model import HookedVisionModel
 
 __all__ = ["DirectLogitAttribution", "DLAResult", "textspan"]
 
@@ -61,7 +65,7 @@ GRAD_X_ACT = "grad_x_act (approximation)"
 
 
 # ============================================================================ model kinds
-def _kind(model: Any) -> str:
+def _kind(model: HookedVisionModel) -> str:
     fam = (getattr(model.cfg, "family", "") or "").lower()
     adapter = getattr(model, "adapter", None)
     if fam == "clip" or getattr(adapter, "name", "") == "open_clip":
@@ -113,14 +117,14 @@ class DirectLogitAttribution(Analysis):
             [0, 1, 2, 4, 8, 16, 32, 64], help="CLIP: numbers of top heads kept in the mean-ablation accuracy curve"
         )
 
-    def smoke_config(self, model: Any) -> dict[str, Any]:
+    def smoke_config(self, model: HookedVisionModel) -> dict[str, Any]:
         """A quick run: two images, short tables (CLIP: a three-class zero-shot head)."""
         cfg: dict[str, Any] = {"max_images": 2, "top_k": 5}
         if _kind(model) == "clip":
             cfg.update(class_prompts=["cat", "dog", "car"], text_pool=["a cat", "a dog", "a car", "stripes"])
         return cfg
 
-    def supports(self, model: Any) -> tuple[bool, str]:
+    def supports(self, model: HookedVisionModel) -> tuple[bool, str]:
         kind = _kind(model)
         if kind == "unet":
             return False, "a diffusion UNet has no class logits to attribute"
@@ -152,7 +156,7 @@ class DirectLogitAttribution(Analysis):
         return True, ""
 
     # ------------------------------------------------------------------ run
-    def run(self, model: Any, inputs: Any, config: Any) -> "DLAResult":
+    def run(self, model: HookedVisionModel, inputs: Any, config: Any) -> "DLAResult":
         images = as_images(inputs)
         kind = _kind(model)
         restore = None
@@ -200,7 +204,7 @@ class DirectLogitAttribution(Analysis):
             )
         return torch.tensor(config.classes, dtype=torch.long)
 
-    def _clip_head(self, model: Any, config: Any):
+    def _clip_head(self, model: HookedVisionModel, config: Any):
         previous = model.adapter.classifier
         if config.class_prompts:
             zero_shot_head(model, list(config.class_prompts), list(config.templates) or None, attach=True)
@@ -214,7 +218,7 @@ class DirectLogitAttribution(Analysis):
 
 
 # ============================================================================ transformers (ViT, CLIP)
-def _prefix(model: Any) -> str:
+def _prefix(model: HookedVisionModel) -> str:
     return model.cfg.extra.get("hook_prefix", "") or ""
 
 
@@ -240,7 +244,9 @@ def _check_classes(cls: Tensor, n_classes: int, what: str = "class") -> None:
         )
 
 
-def position_readout(model: Any, cache: Any, classes: Tensor, foil: Optional[Tensor], n_pos: int) -> Tensor:
+def position_readout(
+    model: HookedVisionModel, cache: Any, classes: Tensor, foil: Optional[Tensor], n_pos: int
+) -> Tensor:
     """``r [batch, pos, d_model]`` with ``logit contribution of x = sum_pos x[pos] . r[pos]`` for any
     residual-stream component ``x`` (final LayerNorm scale from the cache, its weight and the
     pooling folded in); the same numbers ``cache.logit_attrs`` gives, per position."""
@@ -269,7 +275,7 @@ def position_readout(model: Any, cache: Any, classes: Tensor, foil: Optional[Ten
     return r
 
 
-def _mlp_out_weight(model: Any, layer: int) -> tuple[Tensor, Optional[Tensor]]:
+def _mlp_out_weight(model: HookedVisionModel, layer: int) -> tuple[Tensor, Optional[Tensor]]:
     """``(W [d_model, d_mlp], b [d_model] or None)`` with ``mlp_out = post @ W.T + b`` (layer scale folded)."""
     src = model.source
     if getattr(model.adapter, "name", "") == "open_clip":
@@ -291,7 +297,9 @@ def _mlp_out_weight(model: Any, layer: int) -> tuple[Tensor, Optional[Tensor]]:
     return W, b
 
 
-def _transformer_batch(model: Any, x: Tensor, classes: Optional[Tensor], config: Any, clip: bool) -> dict[str, Any]:
+def _transformer_batch(
+    model: HookedVisionModel, x: Tensor, classes: Optional[Tensor], config: Any, clip: bool
+) -> dict[str, Any]:
     p = _prefix(model)
     L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
     neuron_layers = sorted({(l % L) for l in config.neuron_layers})
@@ -309,7 +317,9 @@ def _transformer_batch(model: Any, x: Tensor, classes: Optional[Tensor], config:
         names.append(p + "hook_proj")
     names = [n for n in names if n in model.hook_dict]
     with torch.no_grad():
-        logits, cache = model.run_with_cache(x, names_filter=names)
+        logits, cache_obj = model.run_with_cache(x, names_filter=names)
+        assert isinstance(cache_obj, VisionActivationCache)  # return_cache_object defaults to True
+        cache = cache_obj
         B = x.shape[0]
         cls, foil, target = _targets(logits, classes, config.foil)
         bias = cache.folded_head_bias(cls, foil).reshape(-1).expand(B)
@@ -379,7 +389,7 @@ def _transformer_batch(model: Any, x: Tensor, classes: Optional[Tensor], config:
     return out
 
 
-def _clip_head_vectors(model: Any, cache: Any, L: int) -> Tensor:
+def _clip_head_vectors(model: HookedVisionModel, cache: Any, L: int) -> Tensor:
     """Each head's direct contribution to the image embedding: ``[L, H, B, embed_dim]``."""
     vis = model.source.visual
     ro = model.adapter.readout()
@@ -421,7 +431,7 @@ def textspan(vectors: Tensor, texts: Tensor, k: int) -> tuple[list[int], list[fl
     return picks, fracs
 
 
-def _clip_extras(model: Any, res: dict[str, Any], config: Any) -> None:
+def _clip_extras(model: HookedVisionModel, res: dict[str, Any], config: Any) -> None:
     head = model.adapter.classifier
     vec = res["clip_vectors"]  # [L, H, B, E]
     L, H, B, _ = vec.shape
@@ -470,7 +480,7 @@ def _clip_extras(model: Any, res: dict[str, Any], config: Any) -> None:
 
 
 # ============================================================================ conv nets
-def _conv_batch(model: Any, x: Tensor, classes: Optional[Tensor], config: Any) -> dict[str, Any]:
+def _conv_batch(model: HookedVisionModel, x: Tensor, classes: Optional[Tensor], config: Any) -> dict[str, Any]:
     ro = model.adapter.readout()
     names = [ro.pooled_hook]
     if ro.features_hook and ro.features_hook in model.hook_dict:
@@ -526,7 +536,7 @@ def _layer_of(hook: Optional[str]) -> str:
     return (hook or "").removesuffix(".hook_out")
 
 
-def _block_hooks(model: Any) -> list[str]:
+def _block_hooks(model: HookedVisionModel) -> list[str]:
     """Residual-branch outputs (``hook_branch_out``) in forward order, else Inception's mixed layers."""
     names = [n for n in model.hook_dict if n.startswith("stages.") and n.endswith(".hook_branch_out")]
     if names:
@@ -537,7 +547,7 @@ def _block_hooks(model: Any) -> list[str]:
     return []
 
 
-def _final_stage_stream(model: Any, ro: Any, blocks: list[str]) -> list[str]:
+def _final_stage_stream(model: HookedVisionModel, ro: Any, blocks: list[str]) -> list[str]:
     """Candidate exact decomposition of the final feature map: last stage input + its branch outputs."""
     if not blocks or not ro.features_hook or not blocks[-1].startswith("stages."):
         return []
@@ -575,7 +585,7 @@ def _linear_readout(ro: Any, feats: Optional[Tensor], wdir: Tensor):
 
 
 def _grad_x_act(
-    model: Any, x: Tensor, hooks: list[str], cls: Tensor, foil: Optional[Tensor]
+    model: HookedVisionModel, x: Tensor, hooks: list[str], cls: Tensor, foil: Optional[Tensor]
 ) -> tuple[Tensor, list[str]]:
     def objective(logits: Tensor) -> Tensor:
         rows = torch.arange(x.shape[0], device=logits.device)
@@ -623,7 +633,13 @@ def _short(label: str) -> str:
 
 
 def _build_result(
-    analysis: Any, model: Any, config: Any, kind: str, res: dict[str, Any], names: list[str], disp: list[np.ndarray]
+    analysis: Any,
+    model: HookedVisionModel,
+    config: Any,
+    kind: str,
+    res: dict[str, Any],
+    names: list[str],
+    disp: list[np.ndarray],
 ) -> "DLAResult":
     class_names = model.cfg.extra.get("class_names") or []
     B = int(res["logit"].shape[0])

@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from visionlens.hookspecs import hookimpl
 from visionlens.reducers import atomic_write_bytes
 from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError
+
+if TYPE_CHECKING:
+    from visionlens.hooked_model import HookedVisionModel
 
 __all__ = ["FeatureVisualization", "FeatureVisualizationResult"]
 
@@ -77,17 +80,17 @@ class FeatureVisualization(Analysis):
             None, help="extra model arguments (diffusion UNets: timestep, encoder_hidden_states)"
         )
 
-    def smoke_config(self, model: Any) -> dict[str, Any]:
+    def smoke_config(self, model: HookedVisionModel) -> dict[str, Any]:
         """A quick run: channel 0 of the deepest default hook, two steps, small images."""
         fixed = model.cfg.image_size if not model.cfg.dynamic_img_size else None
         return {"objectives": [f"{default_hooks(model)[-1]}:0"], "steps": 2, "size": None if fixed else 32}
 
-    def supports(self, model: Any) -> tuple[bool, str]:
+    def supports(self, model: HookedVisionModel) -> tuple[bool, str]:
         if not getattr(model, "hook_dict", None):
             return False, "the model has no hook points"
         return True, ""
 
-    def run(self, model: Any, inputs: Any, config: Any) -> "FeatureVisualizationResult":
+    def run(self, model: HookedVisionModel, inputs: Any, config: Any) -> "FeatureVisualizationResult":
         try:
             objs = fv.as_objectives(list(config.objectives), model)
         except VisionLensError as exc:
@@ -140,7 +143,7 @@ class FeatureVisualization(Analysis):
         )
 
 
-def _init_images(model: Any, inputs: Any, size: int, n_img: int) -> Tensor:
+def _init_images(model: HookedVisionModel, inputs: Any, size: int, n_img: int) -> Tensor:
     """Start images ``[n_img, C, size, size]`` in [0, 1] from ``inputs`` (cycled when fewer)."""
     import torch.nn.functional as F
 
@@ -170,7 +173,7 @@ class FeatureVisualizationResult(Result):
     def from_rendering(
         cls,
         r: Any,
-        model: Any,
+        model: HookedVisionModel,
         config: dict,
         specs: list[str],
         analysis: str = "feature_visualization",

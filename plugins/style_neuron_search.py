@@ -29,7 +29,7 @@ import fnmatch
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -40,6 +40,9 @@ from visionlens.hook_select import DEFAULT_UNIT_HOOKS
 from visionlens.hookspecs import hookimpl
 from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError
+
+if TYPE_CHECKING:
+    from visionlens.hooked_model import HookedVisionModel
 
 __all__ = ["StyleNeuronSearch", "StyleNeuronResult", "DEFAULT_UNIT_HOOKS", "unit_summary", "clip_style_score"]
 
@@ -125,7 +128,7 @@ class StyleNeuronSearch(Analysis):
         max_batch: int = option(64, min=1, help="rows per UNet forward")
         seed: int = option(0, help="base random seed")
 
-    def smoke_config(self, model: Any) -> dict[str, Any]:
+    def smoke_config(self, model: HookedVisionModel) -> dict[str, Any]:
         """A quick run: one prompt, seed and timestep, one unit verified. Without a pipeline's text
         encoder, seeded random states (fixed per prompt string) stand in for the encoded prompts."""
         cfg: dict[str, Any] = {
@@ -146,7 +149,7 @@ class StyleNeuronSearch(Analysis):
             cfg["encode"] = encode
         return cfg
 
-    def supports(self, model: Any) -> tuple[bool, str]:
+    def supports(self, model: HookedVisionModel) -> tuple[bool, str]:
         if getattr(getattr(model, "adapter", None), "name", "") != "diffusers_unet":
             return False, "needs a diffusers UNet (HookedVisionModel.from_diffusers)"
         if not model.cfg.extra.get("conditional"):
@@ -154,7 +157,7 @@ class StyleNeuronSearch(Analysis):
         return True, ""
 
     # ------------------------------------------------------------------ inputs
-    def _encode(self, model: Any, config: Any, prompts: list[str]) -> tuple[Tensor, Optional[Tensor]]:
+    def _encode(self, model: HookedVisionModel, config: Any, prompts: list[str]) -> tuple[Tensor, Optional[Tensor]]:
         if config.encode is not None:
             return config.encode(prompts), None
         pipe = config.pipe if config.pipe is not None else model.adapter.pipeline
@@ -171,7 +174,7 @@ class StyleNeuronSearch(Analysis):
             states = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]
         return states.to(model.device), ids
 
-    def run(self, model: Any, inputs: Any, config: Any) -> "StyleNeuronResult":
+    def run(self, model: HookedVisionModel, inputs: Any, config: Any) -> "StyleNeuronResult":
         prompts = (
             list(inputs)
             if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(p, str) for p in inputs)
@@ -345,7 +348,7 @@ def _cfg_dict(config: Any) -> dict:
     return d
 
 
-def _resolve_hooks(model: Any, specs: list[str], explicit: bool) -> list[str]:
+def _resolve_hooks(model: HookedVisionModel, specs: list[str], explicit: bool) -> list[str]:
     out: list[str] = []
     for spec in specs:
         if spec.startswith("re:"):

@@ -25,7 +25,7 @@ import fnmatch
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import torch
 from torch import Tensor
@@ -34,6 +34,9 @@ from visionlens.analysis import Analysis, config_to_dict, option
 from visionlens.hookspecs import hookimpl
 from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError
+
+if TYPE_CHECKING:
+    from visionlens.hooked_model import HookedVisionModel
 
 __all__ = ["TimestepSweep", "TimestepSweepResult", "similarity_matrices"]
 
@@ -91,16 +94,16 @@ class TimestepSweep(Analysis):
         seed: int = option(0, help="random seed")
         pipe: Any = option(None, help="pipeline for text encoder / scheduler (default: model.adapter.pipeline)")
 
-    def smoke_config(self, model: Any) -> dict[str, Any]:
+    def smoke_config(self, model: HookedVisionModel) -> dict[str, Any]:
         """A quick run: two bands, one timestep and one latent each."""
         return {"bands": 2, "samples_per_band": 1, "seeds": 1}
 
-    def supports(self, model: Any) -> tuple[bool, str]:
+    def supports(self, model: HookedVisionModel) -> tuple[bool, str]:
         if getattr(getattr(model, "adapter", None), "name", "") != "diffusers_unet":
             return False, "needs a diffusers UNet (HookedVisionModel.from_diffusers)"
         return True, ""
 
-    def _hooks(self, model: Any, specs: list[str]) -> list[str]:
+    def _hooks(self, model: HookedVisionModel, specs: list[str]) -> list[str]:
         specs = specs or [f"re:{r}" for r in _DEFAULT]
         out: list[str] = []
         for spec in specs:
@@ -117,7 +120,7 @@ class TimestepSweep(Analysis):
             raise VisionLensError(f"timestep_sweep: hooks {specs} matched nothing.")
         return out
 
-    def run(self, model: Any, inputs: Any, config: Any) -> "TimestepSweepResult":
+    def run(self, model: HookedVisionModel, inputs: Any, config: Any) -> "TimestepSweepResult":
         hooks = self._hooks(model, config.hooks)
         pipe = config.pipe if config.pipe is not None else model.adapter.pipeline
         sched = getattr(pipe, "scheduler", None)
@@ -228,7 +231,7 @@ class TimestepSweep(Analysis):
         )
 
     # ------------------------------------------------------------------ measurements
-    def _measure(self, model: Any, args: list, hooks: list[str], config: Any) -> tuple[Tensor, list[str]]:
+    def _measure(self, model: HookedVisionModel, args: list, hooks: list[str], config: Any) -> tuple[Tensor, list[str]]:
         names: list[str] = []
         if config.measure == "activation":
             with torch.no_grad():

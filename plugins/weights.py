@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from visionlens.analysis import Analysis, ConfigError, config_to_dict, option
 from visionlens.hookspecs import hookimpl
 from visionlens.results import Result, Table, new_figure
 from visionlens.validation import closest_names
+
+if TYPE_CHECKING:
+    from visionlens.hooked_model import HookedVisionModel
 
 __all__ = ["Weights", "WeightsResult"]
 
@@ -46,17 +49,17 @@ class Weights(Analysis):
         image_size: int = option(32, min=4, max=1024, help="input size for execution order and expanded weights")
         nmf: bool = option(True, help="compute NMF-to-RGB weight pictures")
 
-    def smoke_config(self, model: Any) -> dict[str, Any]:
+    def smoke_config(self, model: HookedVisionModel) -> dict[str, Any]:
         """A quick run: two units per layer in the table."""
         return {"table_units": 2}
 
-    def supports(self, model: Any) -> tuple[bool, str]:
+    def supports(self, model: HookedVisionModel) -> tuple[bool, str]:
         src = getattr(model, "source", None)
         if src is None or not any(isinstance(m, torch.nn.Conv2d) for m in src.modules()):
             return False, "the model has no Conv2d layers"
         return True, ""
 
-    def run(self, model: Any, inputs: Any, config: Any) -> "WeightsResult":
+    def run(self, model: HookedVisionModel, inputs: Any, config: Any) -> "WeightsResult":
         layers = vw.conv_layers(model, config.image_size)
         names = [n for n, _ in layers]
         if config.layers:

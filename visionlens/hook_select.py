@@ -6,7 +6,7 @@ Shared by the analyses and the applications, so no one imports another plugin fo
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 from torch import Tensor
@@ -14,10 +14,13 @@ from torch import Tensor
 from .analysis import ConfigError
 from .validation import VisionLensError, closest_names
 
+if TYPE_CHECKING:
+    from visionlens.hooked_model import HookedVisionModel
+
 PER_HEAD_HOOKS = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")
 
 
-def resolve_hooks(model: Any, specs: Iterable[str], owner: str = "") -> list[str]:
+def resolve_hooks(model: HookedVisionModel, specs: Iterable[str], owner: str = "") -> list[str]:
     """Expand hook names, layer aliases and globs (``blocks.*.hook_resid_post``) to hook names, in order."""
     out: list[str] = []
     for spec in specs:
@@ -35,7 +38,7 @@ def resolve_hooks(model: Any, specs: Iterable[str], owner: str = "") -> list[str
     return out
 
 
-def image_batch_support(model: Any) -> tuple[bool, str]:
+def image_batch_support(model: HookedVisionModel) -> tuple[bool, str]:
     """``supports()`` for analyses that feed plain image batches through the model."""
     fam = (getattr(model.cfg, "family", "") or "").lower()
     if "unet" in fam or "diffusion" in fam:
@@ -60,7 +63,7 @@ def fired_hooks(cache: Any, hooks: list[str], explicit: bool, owner: str) -> lis
 
 
 # ----------------------------------------------------------------------------- defaults
-def default_hooks(model: Any) -> list[str]:
+def default_hooks(model: HookedVisionModel) -> list[str]:
     """A sensible hook set for unit statistics: residual-stream / block outputs, else the top-level module outputs."""
     names = list(model.hook_dict)
     picks = [n for n in names if fnmatch.fnmatchcase(n, "*blocks.*.hook_resid_post")]
@@ -74,7 +77,7 @@ def default_hooks(model: Any) -> list[str]:
     return picks
 
 
-def stream_family(model: Any) -> str:
+def stream_family(model: HookedVisionModel) -> str:
     """``"transformer"``, ``"conv"`` or ``"unet"``: which kind of residual stream the model has."""
     fam = (model.cfg.family or "").lower()
     if fam in ("vit", "clip"):
@@ -84,7 +87,7 @@ def stream_family(model: Any) -> str:
     return "conv"
 
 
-def default_patching_hooks(model: Any, target: str) -> list[str]:
+def default_patching_hooks(model: HookedVisionModel, target: str) -> list[str]:
     """The residual stream of every layer / stage: ViT ``blocks.l.hook_resid_pre`` (``attn.hook_z`` for
     ``target="head"``), conv-net stage outputs, UNet block outputs (what patching sweeps by default)."""
     names = list(model.hook_dict)
@@ -159,7 +162,7 @@ def unravel(flat: Tensor, shape: tuple[int, ...]) -> Tensor:
     return torch.stack(list(reversed(coords)), dim=-1) if coords else flat.new_zeros(*flat.shape, 0)
 
 
-def model_description(model: Any) -> str:
+def model_description(model: HookedVisionModel) -> str:
     """``"architecture (adapter)"``: how results and fingerprints name a model."""
     cfg = model.cfg
     return f"{cfg.architecture or cfg.family} ({cfg.adapter})"

@@ -25,7 +25,7 @@ import json
 import os
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from .hookspecs import hookimpl
 from .plugins.dataset_examples import DatasetExamples
 from .reducers import atomic_write_bytes
 from .validation import VisionLensError
+
+if TYPE_CHECKING:
+    from visionlens.hooked_model import HookedVisionModel
 
 __all__ = ["build_microscope", "add_microscope_subcommand", "run_microscope_command"]
 
@@ -77,7 +80,7 @@ def _page(title: str, body: str, depth: int) -> bytes:
     return doc.encode("utf-8")
 
 
-def _conv_module(model: Any, hook: str) -> Optional[torch.nn.Conv2d]:
+def _conv_module(model: HookedVisionModel, hook: str) -> Optional[torch.nn.Conv2d]:
     if not hook.endswith(".hook_out"):
         return None
     path = hook[: -len(".hook_out")]
@@ -86,7 +89,7 @@ def _conv_module(model: Any, hook: str) -> Optional[torch.nn.Conv2d]:
 
 
 def build_microscope(
-    model: Any,
+    model: HookedVisionModel,
     layers: Sequence[str],
     images: Any,
     out: Union[str, os.PathLike],

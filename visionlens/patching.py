@@ -58,13 +58,16 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from .validation import VisionLensError
 from .viz import patch_grid
+
+if TYPE_CHECKING:
+    from visionlens.hooked_model import HookedVisionModel
 
 __all__ = [
     "TargetSet",
@@ -140,7 +143,7 @@ class PatchInputs:
             1,
         )
 
-    def call(self, model: Any) -> Any:
+    def call(self, model: HookedVisionModel) -> Any:
         return model(*self.args, **self.kwargs)
 
 
@@ -291,7 +294,12 @@ def _splits(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 def build_targets(
-    model: Any, hook: str, act_shape: Sequence[int], kind: str, grid: int = 4, positions: Optional[Sequence[int]] = None
+    model: HookedVisionModel,
+    hook: str,
+    act_shape: Sequence[int],
+    kind: str,
+    grid: int = 4,
+    positions: Optional[Sequence[int]] = None,
 ) -> TargetSet:
     """Enumerate the targets of ``kind`` for an activation of ``act_shape`` (without batch) at ``hook``.
 
@@ -561,7 +569,7 @@ def _patch_hook(src: Tensor, masks: Tensor, n: int, expand: bool) -> Callable[[T
 
 
 def _run_chunk(
-    model: Any,
+    model: HookedVisionModel,
     hook: str,
     base: PatchInputs,
     src: Tensor,
@@ -583,7 +591,13 @@ def _run_chunk(
 
 
 def _run_mode(
-    model: Any, hook: str, base: PatchInputs, src: Tensor, masks: Tensor, metric: PatchingMetric, mode: str
+    model: HookedVisionModel,
+    hook: str,
+    base: PatchInputs,
+    src: Tensor,
+    masks: Tensor,
+    metric: PatchingMetric,
+    mode: str,
 ) -> tuple[Tensor, int]:
     """One chunk in ``mode`` (``expand``, ``expand_pairs`` or ``stack``): ``([k, N] values, forwards)``."""
     if mode == "expand_pairs":
@@ -595,7 +609,9 @@ def _run_mode(
     return _run_chunk(model, hook, base, src, masks, metric, expand=mode == "expand"), 1
 
 
-def _estimate_chunk(model: Any, base: PatchInputs, src: Tensor, max_batch: int, memory_budget_mb: float) -> int:
+def _estimate_chunk(
+    model: HookedVisionModel, base: PatchInputs, src: Tensor, max_batch: int, memory_budget_mb: float
+) -> int:
     per_row = 0
     for a in list(base.args) + list(base.kwargs.values()):
         if isinstance(a, Tensor) and a.ndim > 0 and a.shape[0] == base.n:
@@ -612,7 +628,7 @@ def _estimate_chunk(model: Any, base: PatchInputs, src: Tensor, max_batch: int, 
 
 
 def patch_sweep(
-    model: Any,
+    model: HookedVisionModel,
     base: Any,
     source_act: Tensor,
     targets: TargetSet,
@@ -677,7 +693,9 @@ def patch_sweep(
     return out
 
 
-def patch_loop(model: Any, base: Any, source_act: Tensor, targets: TargetSet, metric: PatchingMetric) -> Tensor:
+def patch_loop(
+    model: HookedVisionModel, base: Any, source_act: Tensor, targets: TargetSet, metric: PatchingMetric
+) -> Tensor:
     """The naive reference: one forward per target, each patching one target in a plain batch of ``N``."""
     base = PatchInputs.of(base)
     src = source_act.detach()
@@ -698,7 +716,7 @@ def patch_loop(model: Any, base: Any, source_act: Tensor, targets: TargetSet, me
 
 # ============================================================================ attribution patching
 def activation_gradients(
-    model: Any, hooks: Iterable[str], forward: Callable[[], Any], objective: Callable[[Any], Tensor]
+    model: HookedVisionModel, hooks: Iterable[str], forward: Callable[[], Any], objective: Callable[[Any], Tensor]
 ) -> dict[str, tuple[Tensor, Tensor]]:
     """``{hook: (activation, d objective / d activation)}`` from one forward and one backward.
 
@@ -724,7 +742,11 @@ def activation_gradients(
 
 
 def attribution_patching(
-    model: Any, base: Any, source_acts: dict[str, Tensor], targets: dict[str, TargetSet], metric: PatchingMetric
+    model: HookedVisionModel,
+    base: Any,
+    source_acts: dict[str, Tensor],
+    targets: dict[str, TargetSet],
+    metric: PatchingMetric,
 ) -> dict[str, Tensor]:
     """First-order estimates of patching every target: ``{hook: [K, N]}`` raw metric *changes*.
 
@@ -814,7 +836,7 @@ def correlation(a: Tensor, b: Tensor) -> dict[str, float]:
 
 
 def run_patching(
-    model: Any,
+    model: HookedVisionModel,
     clean: Any,
     corrupted: Any,
     hooks: Sequence[str],

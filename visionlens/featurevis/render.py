@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,9 @@ from visionlens.validation import VisionLensError
 from .objectives import OUTPUT, Objective, as_objectives
 from .param import ImageParam, make_param
 from .transforms import Compose, Resize, Transform, make_transforms
+
+if TYPE_CHECKING:
+    from visionlens.hooked_model import HookedVisionModel
 
 __all__ = ["render", "Rendering", "evaluate", "model_input_size", "to_model_input"]
 
@@ -121,7 +124,7 @@ def to_pil(images: Tensor) -> list[Any]:
 
 
 # ----------------------------------------------------------------------------- model plumbing
-def model_input_size(model: Any) -> Optional[tuple[int, int]]:
+def model_input_size(model: HookedVisionModel) -> Optional[tuple[int, int]]:
     """The fixed input size ``(H, W)`` a model needs, or ``None`` when any size works."""
     cfg = model.cfg
     if cfg.image_size is not None and not getattr(cfg, "dynamic_img_size", False):
@@ -129,7 +132,7 @@ def model_input_size(model: Any) -> Optional[tuple[int, int]]:
     return None
 
 
-def _mean_std(model: Any, channels: int, device: Any) -> tuple[Tensor, Tensor]:
+def _mean_std(model: HookedVisionModel, channels: int, device: Any) -> tuple[Tensor, Tensor]:
     cfg = model.cfg
 
     def vec(v: Sequence[float], fill: float) -> Tensor:
@@ -141,7 +144,7 @@ def _mean_std(model: Any, channels: int, device: Any) -> tuple[Tensor, Tensor]:
     return vec(cfg.mean, 0.0), vec(cfg.std, 1.0)
 
 
-def to_model_input(model: Any, images: Tensor) -> Tensor:
+def to_model_input(model: HookedVisionModel, images: Tensor) -> Tensor:
     """``[0, 1]`` images -> the model's normalised input (``(x - cfg.mean) / cfg.std``)."""
     mean, std = _mean_std(model, images.shape[1], images.device)
     return (images - mean.to(images.dtype)) / std.to(images.dtype)
@@ -177,7 +180,7 @@ def _first_tensor(out: Any) -> Tensor:
 class _Session:
     """Hooks that capture (and stop at) the needed activations; frozen params; eval mode; all undone on exit."""
 
-    def __init__(self, model: Any, hooks: Sequence[str], want_output: bool, stop: bool = True):
+    def __init__(self, model: HookedVisionModel, hooks: Sequence[str], want_output: bool, stop: bool = True):
         self.model = model
         self.hooks = list(dict.fromkeys(hooks))
         self.want_output = want_output
@@ -263,7 +266,7 @@ def _values(objectives: Sequence[Objective], acts: Mapping[str, Tensor], image: 
 
 
 def evaluate(
-    model: Any,
+    model: HookedVisionModel,
     objectives: Any,
     images: Tensor,
     *,
@@ -293,7 +296,7 @@ def evaluate(
 
 # ----------------------------------------------------------------------------- render
 def render(
-    model: Any,
+    model: HookedVisionModel,
     objectives: Any,
     *,
     steps: int = 512,
