@@ -12,7 +12,9 @@ transfer``, the demo) and applies it with ``torch.set_num_threads``:
    in the environment, or a ``torch.set_num_threads`` call (a count that is neither torch's default
    nor the last one this module set) -- left as it is;
 3. else ``auto``: ``max(1, cores - round(load))``, where ``cores`` are the CPUs this process may run
-   on and ``load`` the 1-minute load average of the other jobs. :func:`rebalance_threads` re-applies
+   on and ``load`` the cores the other jobs keep busy now (a 0.2 s sample of ``/proc/stat``; the
+   1-minute load average where there is none, which lags a job that just ended or started by up to a
+   minute). :func:`rebalance_threads` re-applies
    the rule during a job (between cells of a table), subtracting the job's own CPU use from the load,
    so a job started on an idle machine backs off when another one starts, and takes the cores back
    when it ends.
@@ -30,7 +32,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import torch
 
@@ -39,6 +41,7 @@ __all__ = [
     "ThreadChoice",
     "available_cores",
     "auto_threads",
+    "busy_cores_now",
     "configure_threads",
     "other_load",
     "rebalance_threads",
@@ -81,25 +84,65 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+SAMPLE_SECONDS = 0.2
+
+
+def _read_proc_stat(path: str = "/proc/stat") -> Optional[Tuple[int, int]]:
+    """``(total, idle)`` jiffies of all CPUs from ``/proc/stat``, or ``None`` where it cannot be read."""
+    try:
+        with open(path) as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 5:
+        return None
+    vals = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal (guest is in user)
+    return sum(vals), vals[3] + (vals[4] if len(vals) > 4 else 0)
+
+
+def busy_cores_now(seconds: float = SAMPLE_SECONDS) -> Optional[float]:
+    """Cores kept busy by *other* processes over the next ``seconds`` (machine-wide ``/proc/stat`` sample
+    minus this process's own CPU time), or ``None`` where ``/proc/stat`` is unavailable."""
+    a, cpu0, w0 = _read_proc_stat(), _cpu_seconds(), time.monotonic()
+    if a is None:
+        return None
+    time.sleep(seconds)
+    b, cpu1, w1 = _read_proc_stat(), _cpu_seconds(), time.monotonic()
+    if b is None or b[0] <= a[0]:
+        return None
+    busy = (1.0 - (b[1] - a[1]) / (b[0] - a[0])) * max(1, os.cpu_count() or 1)
+    return max(0.0, busy - (cpu1 - cpu0) / max(w1 - w0, 1e-9))
+
+
 def other_load(own_cpu: float = 0.0) -> float:
-    """The 1-minute load average on this process's cores, minus ``own_cpu`` (this job's share, in cores).
+    """The cores other jobs keep busy on this process's cores: a short ``/proc/stat`` sample
+    (:func:`busy_cores_now`), else the 1-minute load average minus ``own_cpu`` (this job's share, in cores).
 
     Where the process is pinned to a subset of the machine, the machine-wide load is scaled to that subset.
     """
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return 0.0
+    load = busy_cores_now()
+    if load is None:
+        try:
+            load = max(0.0, os.getloadavg()[0] - own_cpu)
+        except (AttributeError, OSError):
+            return 0.0
     cores, total = available_cores(), max(1, os.cpu_count() or 1)
     if cores < total:
         load *= cores / total
-    return max(0.0, load - own_cpu)
+    return max(0.0, load)
 
 
-def auto_threads(own_cpu: float = 0.0) -> int:
-    """``max(1, cores - round(other jobs' load))`` (never more than the cores)."""
+def auto_threads(own_cpu: float = 0.0, load: Optional[float] = None) -> int:
+    """``max(1, cores - round(other jobs' load))`` (never more than the cores); ``load``: a measured
+    :func:`other_load`, else one is taken."""
     cores = available_cores()
-    return max(1, min(cores, cores - round(other_load(own_cpu))))
+    load = other_load(own_cpu) if load is None else load
+    return max(1, min(cores, cores - round(load)))
+
+
+def _auto_choice(own_cpu: float = 0.0) -> ThreadChoice:
+    load = other_load(own_cpu)
+    return ThreadChoice(auto_threads(load=load), "auto", available_cores(), load)
 
 
 def user_threads() -> Optional[ThreadChoice]:
@@ -107,12 +150,12 @@ def user_threads() -> Optional[ThreadChoice]:
     for var in ENV_VARS:
         value = os.environ.get(var, "").strip()
         if value.isdigit() and int(value) >= 1:
-            return ThreadChoice(int(value), f"env {var}", available_cores(), other_load())
+            return ThreadChoice(int(value), f"env {var}", available_cores(), 0.0)
     current = torch.get_num_threads()
     # torch starts intra-op and inter-op pools at the same default size; a different intra-op count
     # that this module did not set is the user's
     if current != torch.get_num_interop_threads() and current != _State.ours:
-        return ThreadChoice(current, "torch.set_num_threads", available_cores(), other_load())
+        return ThreadChoice(current, "torch.set_num_threads", available_cores(), 0.0)
     return None
 
 
@@ -133,9 +176,9 @@ def configure_threads(n: Optional[int] = None) -> ThreadChoice:
     if n is not None:
         if n < 1:
             raise ValueError(f"threads must be >= 1, got {n}")
-        choice = ThreadChoice(int(n), "argument", available_cores(), other_load())
+        choice = ThreadChoice(int(n), "argument", available_cores(), 0.0)
     else:
-        choice = user_threads() or ThreadChoice(auto_threads(), "auto", available_cores(), other_load())
+        choice = user_threads() or _auto_choice()
     _apply(choice.threads)
     _State.auto = choice.source == "auto"
     return choice
@@ -146,7 +189,8 @@ def rebalance_threads(min_interval: float = 10.0) -> Optional[ThreadChoice]:
 
     Does nothing unless the last :func:`configure_threads` chose automatically (and the count was not
     changed by hand since), or when called within ``min_interval`` seconds of the last (re)balance.
-    This job's own load is its CPU use since then (CPU seconds / wall seconds).
+    This job's own load (subtracted from the load average where there is no ``/proc/stat``) is its CPU use
+    since then (CPU seconds / wall seconds).
     """
     if not _State.auto or torch.get_num_threads() != _State.ours:
         return None
@@ -154,12 +198,10 @@ def rebalance_threads(min_interval: float = 10.0) -> Optional[ThreadChoice]:
     if wall - _State.wall < min_interval:
         return None
     own = (_cpu_seconds() - _State.cpu) / max(wall - _State.wall, 1e-9)
-    n = auto_threads(own_cpu=own)
-    changed = n != _State.ours
-    _apply(n)
-    if not changed:
-        return None
-    return ThreadChoice(n, "auto", available_cores(), other_load(own))
+    choice = _auto_choice(own)
+    changed = choice.threads != _State.ours
+    _apply(choice.threads)
+    return choice if changed else None
 
 
 @contextlib.contextmanager

@@ -71,7 +71,14 @@ for _layer, _names in enumerate(
         # 4 plugins
         ["visionlens.plugins"],
         # 5 applications
-        ["visionlens.microscope", "visionlens.zoo", "visionlens.cli", "visionlens.apps", "visionlens.offline_weights"],
+        [
+            "visionlens.microscope",
+            "visionlens.zoo",
+            "visionlens.zoo.randomize",
+            "visionlens.cli",
+            "visionlens.apps",
+            "visionlens.offline_weights",
+        ],
     ]
 ):
     for _name in _names:

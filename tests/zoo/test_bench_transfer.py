@@ -39,10 +39,12 @@ def test_quick_table_rows_and_files(tmp_path):
             assert key in r
     by = {r["technique"]: r for r in rows}
     assert by["cls_attention"]["supported"] is False and "attention" in by["cls_attention"]["reason"]
-    # exact patching on the trained ResNet finds the trigger and object, and fails on random weights
+    # exact patching on the trained ResNet finds the trigger and object; on the randomized copy (every
+    # init-time zeroing undone, see zoo.randomize) minimal-pair patching still localizes much of the
+    # difference, so the row is flagged: the pair, not the model, carries the answer
     ap = by["activation_patching"]
-    assert ap["supported"] and ap["normalized"] > 0.6 and ap["sanity_passed"] is True
-    assert ap["sanity_normalized"] < 0.5 * ap["normalized"]
+    assert ap["supported"] and ap["normalized"] > 0.6
+    assert ap["sanity_normalized"] > 0.1 and ap["sanity_passed"] is False
     # different-image pairs: the corruption no longer gives the answer away, and the trained ResNet still finds it
     sw = by["activation_patching_swap"]
     assert sw["normalized"] > 0.3 and sw["sanity_passed"] is True, sw
@@ -130,23 +132,58 @@ def test_score_heatmap_perfect_and_uniform():
     assert u.details["grid"] == "4x4"
 
 
-def test_cli_quick_table_every_family(tmp_path, capsys):
-    """The whole quick table (every shipped family x every technique), through the CLI."""
+BENCH_FAMILIES = sorted({e.family for e in catalog.entries().values() if e.benchmark})
+
+
+@pytest.mark.parametrize("family", BENCH_FAMILIES)
+def test_cli_quick_table_every_family(family, tmp_path, capsys):
+    """The quick table, one family per test (xdist spreads them), through the CLI: a row for every
+    technique on every trained model of the family, a score for every supported one, a reason for every other."""
     from visionlens.cli import main
 
-    assert main(["bench", "transfer", "--quick", "--out", str(tmp_path), "-q"]) == 0
+    names = [n for n, e in catalog.entries().items() if e.family == family and e.benchmark]
+    names = [n for n in names if catalog.weights_path(n).is_file() and not catalog.get_entry(n).requires()]
+    if not names:
+        pytest.skip(f"no trained zoo model of family {family} can be benchmarked here")
+    assert main(["bench", "transfer", "--quick", "--families", family, "--out", str(tmp_path), "-q"]) == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    models = {r["model"] for r in rows}
-    assert {f"zoo:{n}" for n in catalog.available() if catalog.get_entry(n).benchmark} <= models
-    assert "zoo:style_judge" not in models  # a helper model, not a row
-    techs = {r["technique"] for r in rows}
-    assert len(rows) == len(models) * len(techs)
-    errors = [(r["model"], r["technique"], r["reason"]) for r in rows if r["supported"] and r["score"] is None]
+    assert {f"zoo:{n}" for n in names} <= {r["model"] for r in rows}
+    assert "zoo:style_judge" not in {r["model"] for r in rows}  # a helper model, not a row
+    techs = sorted(t.name for t in bench.all_techniques())
+    for n in names:
+        assert sorted(r["technique"] for r in rows if r["model"] == f"zoo:{n}") == techs
+    errors = [(r["technique"], r["reason"]) for r in rows if r["supported"] and r["score"] is None]
     assert not errors, errors
+    assert any(r["supported"] for r in rows)
     for r in rows:
         if not r["supported"]:
             assert r["reason"], r
     assert "| technique |" in capsys.readouterr().out
+
+
+def test_worker_processes_give_the_serial_scores(tmp_path):
+    """Two worker processes score what one process scores; a technique registered at run time (unknown to
+    a fresh worker process) is scored by the parent."""
+    pm = plugin_manager()
+    plugin = _Plugin()
+    pm.register(plugin, name="test-centre-bias")
+    try:
+        kw = dict(families=["vit", "clip"], techniques=["dla_heatmap", "gradient_x_input", "centre_bias"], quick=True)
+        serial = run_transfer(tmp_path / "serial", workers=1, **kw)
+        parallel = run_transfer(tmp_path / "parallel", workers=2, **kw)
+    finally:
+        pm.unregister(plugin)
+    key = lambda r: (r["model"], r["technique"])  # noqa: E731
+    assert [key(r) for r in serial] == [key(r) for r in parallel]
+    assert len(serial) == 6
+    for a, b in zip(serial, parallel):
+        assert a["supported"] == b["supported"] and a["reason"] == b["reason"], (a, b)
+        if a["score"] is not None:
+            assert b["score"] == pytest.approx(a["score"], abs=1e-6), key(a)
+            assert b["sanity_score"] == pytest.approx(a["sanity_score"], abs=1e-6), key(a)
+    assert any(r["technique"] == "centre_bias" and r["score"] is not None for r in parallel)
+    saved = json.loads((tmp_path / "parallel" / "results.json").read_text())["rows"]
+    assert [key(r) for r in saved] == [key(r) for r in parallel]
 
 
 def test_cli_zoo_list(capsys):

@@ -6,6 +6,7 @@
 * :mod:`visionlens.zoo.entry` / :mod:`visionlens.zoo.catalog` -- what a zoo model is, and the catalogue the
   entry modules (:mod:`~visionlens.zoo.classifiers`, :mod:`~visionlens.zoo.clip_model`,
   :mod:`~visionlens.zoo.diffusion_model`) register into; :mod:`visionlens.zoo.train` trains them;
+  :mod:`visionlens.zoo.randomize` gives their random controls (model / cascading randomization);
 * :mod:`visionlens.zoo.technique` / :mod:`visionlens.zoo.bench` -- what a transfer technique is, and the
   benchmark that runs every registered technique (``techniques_*``) on every zoo model;
 * :mod:`visionlens.zoo.planted` -- small models with hand-set weights (the true circuit is known);

@@ -14,16 +14,21 @@ from :mod:`visionlens.zoo.plugin`, third-party ones from their plugins (see :fun
 from __future__ import annotations
 
 import json
+import multiprocessing
+import queue
 import sys
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..registry import collect_transfer_techniques, plugin_manager, record_error
+from ..serialize import atomic_write_bytes
 from ..threads import rebalance_threads
 from ..validation import VisionLensError
 from .bench_report import write_report
@@ -119,6 +124,7 @@ def run_transfer(
     resume: bool = True,
     sanity: bool = True,
     verbose: bool = False,
+    workers: Optional[int] = None,
 ) -> List[Dict[str, Any]]:
     """Run the benchmark; writes ``results.json`` / ``results.md`` / ``index.html`` into ``out_dir``.
 
@@ -126,6 +132,10 @@ def run_transfer(
     With ``resume`` (default), rows already in ``out_dir/results.json`` for the same settings are kept.
     ``verbose``: one line per cell on stderr (``[i/n] model x technique  score  seconds``), plus a line
     when the thread count is rebalanced (:func:`visionlens.threads.rebalance_threads`, between cells).
+    ``workers``: zoo models scored at once, each in a process of its own with one torch thread (tiny
+    models use two processes far better than two threads); default: the current torch thread count (the
+    thread policy's share of the cores), so ``OMP_NUM_THREADS=1`` or a busy machine runs in-process.
+    Scores do not depend on it.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -148,76 +158,185 @@ def run_transfer(
 
     def flush() -> None:
         payload = {"settings": settings, "command": _command(families, techniques, quick, seed), "rows": rows}
-        tmp = res_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(payload, indent=1, default=_json_default) + "\n")
-        tmp.replace(res_path)
+        atomic_write_bytes(res_path, (json.dumps(payload, indent=1, default=_json_default) + "\n").encode())
 
+    def emit(kind: str, payload: Any) -> None:
+        if kind == "say":
+            say(payload)
+            return
+        rows.append(payload)
+        counter[0] += 1
+        if payload.get("seconds") is not None:
+            model, elapsed = str(payload["model"]).removeprefix("zoo:"), time.perf_counter() - t_run
+            say(_progress_line(counter[0], n_cells, model, payload["technique"], payload, elapsed))
+        flush()
+
+    jobs: List[_EntryJob] = []
     for entry in zoo:
+        rows.extend(done[(f"zoo:{entry.name}", t.name)] for t in techs if (f"zoo:{entry.name}", t.name) in done)
         todo = [t for t in techs if (f"zoo:{entry.name}", t.name) not in done]
-        kept = [done[(f"zoo:{entry.name}", t.name)] for t in techs if (f"zoo:{entry.name}", t.name) in done]
-        rows.extend(kept)
-        if not todo:
-            continue
-        reason = entry.requires() or (
-            None
-            if weights_path(entry.name).is_file()
-            else f"no trained weights (run `visionlens zoo train {entry.name}`)"
-        )
-        if reason:
-            rows.extend(_row(entry, t, reason=reason) for t in todo)
-            counter[0] += len(todo)
-            say(f"zoo:{entry.name}: skipped ({reason})")
-            flush()
-            continue
-        t_load = time.perf_counter()
-        model = load(entry.name)
-        random_model = load(entry.name, pretrained=False) if sanity else None
-        say(
-            f"zoo:{entry.name} ({entry.family}): loaded in {time.perf_counter() - t_load:.1f} s; {len(todo)} techniques"
-        )
-        ctx = BenchContext(entry=entry, quick=quick, seed=seed, out_dir=out)
-        for tech in todo:
-            counter[0] += 1
-            ok, why = tech.supports(model, entry)
-            if not ok:
-                rows.append(_row(entry, tech, reason=why))
-                flush()
-                continue
-            changed = rebalance_threads()
-            if changed is not None:
-                say(f"  threads: {changed.describe()}")
-            ctx.figures = {}
-            t0 = time.perf_counter()
-            try:
-                torch.manual_seed(seed)
-                s = tech.score(model, ctx)
-                row = _row(entry, tech, supported=True, **_score_fields("", s), details=s.to_dict()["details"])
-                if random_model is not None:
-                    rctx = BenchContext(entry=entry, quick=quick, seed=seed, out_dir=out, randomized=True)
-                    torch.manual_seed(seed)
-                    rs = tech.score(random_model, rctx)
-                    chk = sanity_check(s, rs)
-                    row.update(_score_fields("sanity_", rs), sanity_passed=chk["passed"])
-                row["figures"] = dict(ctx.figures)
-            except Exception as exc:  # a technique that crashes is a row with its error, not a dead run
-                row = _row(
-                    entry,
-                    tech,
-                    supported=True,
-                    reason=f"error: {type(exc).__name__}: {exc}",
-                    error=traceback.format_exc(limit=4),
-                )
-            row["seconds"] = round(time.perf_counter() - t0, 2)
-            say(_progress_line(counter[0], n_cells, entry.name, tech.name, row, time.perf_counter() - t_run))
-            rows.append(row)
-            flush()
-        del model, random_model
+        if todo:
+            jobs.append(_EntryJob(entry.name, tuple(t.name for t in todo), quick, seed, str(out), sanity))
+    by_name = {t.name: t for t in techs}
+    changed = rebalance_threads(min_interval=0.0)  # the idle cores now, when the count is chosen automatically
+    if changed is not None:
+        say(f"threads: {changed.describe()}")
+    n_workers = min(len(jobs), max(1, torch.get_num_threads() if workers is None else int(workers)))
+    if n_workers > 1:
+        cost = {e.name: e.bench_cost for e in zoo}
+        jobs.sort(key=lambda j: -cost[j.name] * len(j.techniques))  # costliest first
+        say(f"scoring {len(jobs)} zoo models in {n_workers} worker processes (1 torch thread each)")
+        leftover = _run_in_workers(jobs, n_workers, emit)
+    else:
+        leftover = jobs
+    for job in leftover:  # in-process: serial runs, and techniques a fresh worker process could not find
+        _score_entry(entries()[job.name], [by_name[n] for n in job.techniques], job, emit)
     order_m = {f"zoo:{e.name}": i for i, e in enumerate(zoo)}
     order_t = {t.name: i for i, t in enumerate(techs)}
     rows.sort(key=lambda r: (order_m.get(r["model"], 1 << 20), order_t.get(r["technique"], 1 << 20)))
     flush()
     write_report(out, rows, settings, _command(families, techniques, quick, seed))
     return rows
+
+
+@dataclass(frozen=True)
+class _EntryJob:
+    """The cells of one zoo model still to score (picklable: names, not objects)."""
+
+    name: str
+    techniques: Tuple[str, ...]
+    quick: bool
+    seed: int
+    out: str
+    sanity: bool
+
+
+Emit = Callable[[str, Any], None]
+
+
+def _score_entry(entry: ZooEntry, todo: Sequence[Any], job: _EntryJob, emit: Emit) -> None:
+    """Score ``todo`` on one zoo model (and its randomized copy); ``emit("row", row)`` after every cell."""
+    reason = entry.requires() or (
+        None if weights_path(entry.name).is_file() else f"no trained weights (run `visionlens zoo train {entry.name}`)"
+    )
+    if reason:
+        emit("say", f"zoo:{entry.name}: skipped ({reason})")
+        for t in todo:
+            emit("row", _row(entry, t, reason=reason))
+        return
+    t_load = time.perf_counter()
+    model = load(entry.name)
+    random_model = load(entry.name, pretrained=False) if job.sanity else None
+    emit(
+        "say",
+        f"zoo:{entry.name} ({entry.family}): loaded in {time.perf_counter() - t_load:.1f} s; {len(todo)} techniques",
+    )
+    out = Path(job.out)
+    ctx = BenchContext(entry=entry, quick=job.quick, seed=job.seed, out_dir=out)
+    for tech in todo:
+        ok, why = tech.supports(model, entry)
+        if not ok:
+            emit("row", _row(entry, tech, reason=why))
+            continue
+        changed = rebalance_threads()
+        if changed is not None:
+            emit("say", f"  threads: {changed.describe()}")
+        ctx.figures = {}
+        t0 = time.perf_counter()
+        try:
+            torch.manual_seed(job.seed)
+            s = tech.score(model, ctx)
+            row = _row(entry, tech, supported=True, **_score_fields("", s), details=s.to_dict()["details"])
+            if random_model is not None:
+                rctx = BenchContext(entry=entry, quick=job.quick, seed=job.seed, out_dir=out, randomized=True)
+                torch.manual_seed(job.seed)
+                rs = tech.score(random_model, rctx)
+                chk = sanity_check(s, rs)
+                row.update(_score_fields("sanity_", rs), sanity_passed=chk["passed"])
+            row["figures"] = dict(ctx.figures)
+        except Exception as exc:  # a technique that crashes is a row with its error, not a dead run
+            row = _row(
+                entry,
+                tech,
+                supported=True,
+                reason=f"error: {type(exc).__name__}: {exc}",
+                error=traceback.format_exc(limit=4),
+            )
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        emit("row", row)
+
+
+_WORKER_QUEUE: Any = None
+
+
+def _init_worker(q: Any) -> None:
+    global _WORKER_QUEUE
+    _WORKER_QUEUE = q
+    torch.set_num_threads(1)
+
+
+def _worker_score(job: _EntryJob) -> List[str]:
+    """Worker process: score ``job``, sending messages ``(name, kind, payload)``; returns the technique names
+    this process does not know (registered at run time in the parent), which the parent then scores itself."""
+    known = {t.name: t for t in all_techniques()}
+    todo = [known[n] for n in job.techniques if n in known]
+    missing = [n for n in job.techniques if n not in known]
+    entry = entries().get(job.name)
+    if entry is None:
+        return list(job.techniques)
+    _score_entry(entry, todo, job, lambda kind, payload: _WORKER_QUEUE.put((job.name, kind, payload)))
+    return missing
+
+
+def _run_in_workers(jobs: Sequence[_EntryJob], n_workers: int, emit: Emit) -> List[_EntryJob]:
+    """Score ``jobs`` in ``n_workers`` spawned processes, relaying their rows to ``emit`` as they come;
+    returns what the parent must still run (techniques unknown to a fresh process). A worker that dies
+    leaves error rows for its unscored cells."""
+    mp_ctx = multiprocessing.get_context("spawn")
+    q = mp_ctx.Queue()
+    leftover: List[_EntryJob] = []
+    seen: Dict[str, set] = {job.name: set() for job in jobs}
+    with ProcessPoolExecutor(n_workers, mp_context=mp_ctx, initializer=_init_worker, initargs=(q,)) as pool:
+        futures = {pool.submit(_worker_score, job): job for job in jobs}
+        pending = set(futures)
+
+        def drain(timeout: float) -> None:
+            try:
+                name, kind, payload = q.get(timeout=timeout)
+            except queue.Empty:
+                return
+            if kind == "row":
+                seen[name].add(payload["technique"])
+            emit(kind, payload)
+
+        while pending:
+            drain(0.5)
+            for fut in [f for f in pending if f.done()]:
+                while not q.empty():  # rows the worker sent before it returned
+                    drain(0.1)
+                pending.discard(fut)
+                job = futures[fut]
+                exc = fut.exception()
+                if exc is None:
+                    missing = fut.result()
+                    if missing:
+                        leftover.append(replace(job, techniques=tuple(missing)))
+                    continue
+                entry = entries()[job.name]
+                for name in job.techniques:
+                    if name not in seen[job.name]:
+                        row = _row(entry, _Named(name), supported=True, reason=f"error: worker process failed: {exc!r}")
+                        row["seconds"] = 0.0
+                        emit("row", row)
+        while not q.empty():
+            drain(0.1)
+    return leftover
+
+
+@dataclass(frozen=True)
+class _Named:
+    name: str
+    claim: str = ""
 
 
 def _progress_line(i: int, n: int, model: str, technique: str, row: Dict[str, Any], elapsed: float) -> str:

@@ -25,11 +25,13 @@ from ..checkpoints import load_state_dict_file
 from ..registry import plugin_manager
 from ..validation import VisionLensError
 from .entry import ZooEntry
+from .randomize import randomize_module
 
 if TYPE_CHECKING:
     from ..hooked_model import HookedVisionModel
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+RANDOM_SEED = 0  # the seed of the random control, load(name, pretrained=False)
 
 _ENTRIES: Dict[str, ZooEntry] = {}
 
@@ -77,7 +79,7 @@ def load_module(
 ) -> nn.Module:
     """Build zoo model ``name`` and load its trained weights (or a checkpoint file ``weights``)."""
     entry = get_entry(name)
-    reason = entry.requires()
+    reason = entry.build_reason()  # a missing library; the dataset is not needed to load
     if reason:
         raise VisionLensError(f"Zoo model {name!r} cannot be built here: {reason}")
     path = Path(weights) if weights is not None else weights_path(name, directory)
@@ -100,15 +102,22 @@ def load(
 ) -> HookedVisionModel:
     """``visionlens.load("zoo:NAME")``: the trained zoo model as a :class:`HookedVisionModel`.
 
-    ``pretrained=False`` gives the untrained (seeded, randomly initialised) model, e.g. for sanity checks.
+    ``pretrained=False`` gives the untrained model, the model-randomization control of sanity checks:
+    built with seed 0, then (where ``entry.randomize``: the classifiers, CLIP) re-initialised by
+    :func:`~visionlens.zoo.randomize.randomize_module` with seed 0, so no init-time zeroing (timm's
+    ``zero_init_last`` ResNet blocks, open_clip's zeroed ``bn3``, ...) leaves residual branches off.
+    Neither needs the entry's dataset.
     """
     entry = get_entry(name)
     if pretrained is False:
-        reason = entry.requires()
+        reason = entry.build_reason()
         if reason:
             raise VisionLensError(f"Zoo model {name!r} cannot be built here: {reason}")
         torch.manual_seed(0)
-        module = entry.build().eval()
+        module = entry.build()
+        if entry.randomize:
+            randomize_module(module, seed=RANDOM_SEED)
+        module = module.eval()
     else:
         module = load_module(name, directory=directory, weights=weights)
     model = entry.hooked(module)

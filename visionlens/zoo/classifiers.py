@@ -221,6 +221,18 @@ _MIXED_WIDTHS = {
 }
 
 
+class _InferenceFastMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` that pools a channels-last copy when no gradient is needed: the same values (a max
+    is exact), ~8x faster for the Inception branch's 3 x 3 / stride-1 pool on CPU, whose NCHW kernel is
+    slower than a 3 x 3 convolution. With gradients on (training), the stock kernel runs, so training
+    and its tie-breaking are unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.device.type != "cpu" or x.ndim != 4:
+            return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
 def build_inception() -> nn.Module:
     """torchvision ``GoogLeNet`` whose stem and nine ``Inception`` blocks are rebuilt at 1/8 width.
 
@@ -236,7 +248,12 @@ def build_inception() -> nn.Module:
     m.conv2 = BasicConv2d(8, 8, kernel_size=1)
     m.conv3 = BasicConv2d(8, 24, kernel_size=3, padding=1)
     for name, w in _MIXED_WIDTHS.items():
-        setattr(m, name, Inception(*w))
+        block = Inception(*w)
+        pool = block.branch4[0]
+        block.branch4[0] = _InferenceFastMaxPool2d(
+            pool.kernel_size, pool.stride, pool.padding, pool.dilation, ceil_mode=pool.ceil_mode
+        )
+        setattr(m, name, block)
     m.fc = nn.Linear(128, zdata.N_CLASSES)
     for mod in m.modules():
         if isinstance(mod, nn.Conv2d):
@@ -280,6 +297,7 @@ def _classifier(
     lr: float = 3e-3,
     kind: str = "shapes",
     thresholds: Optional[Dict[str, float]] = None,
+    bench_cost: float = 1.0,
     **config: Any,
 ) -> ZooEntry:
     data_card = dict(_DATA_CARD)
@@ -309,8 +327,10 @@ def _classifier(
         default_steps=steps,
         config={"lr": lr, "batch_size": 64, "optimizer": "AdamW(wd=0.05), cosine", **config},
         data=data_card,
-        requires=requires,
+        requires=requires,  # training / evaluating / benchmarking need the dataset ...
+        build_requires=lambda: None,  # ... loading (trained or random) does not: timm / torchvision only
         dataset=kind,
+        bench_cost=bench_cost,
     )
 
 
@@ -351,6 +371,7 @@ ENTRIES = [
         600,
         build_inception.__doc__ or "",
         constructor="torchvision.models.GoogLeNet with Inception blocks at 1/8 width",
+        bench_cost=2.0,
     ),
     _classifier(
         "mobilenet",
@@ -359,6 +380,7 @@ ENTRIES = [
         1200,
         build_mobilenet.__doc__ or "",
         constructor="torchvision.models.MobileNetV2(width_mult=0.5)",
+        bench_cost=2.0,
     ),
     _classifier(
         "resnet_fashion",

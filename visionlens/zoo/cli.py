@@ -87,6 +87,13 @@ def add_zoo_subcommands(subparsers: Any) -> None:
         help="torch CPU threads (default: VISIONLENS_THREADS / OMP_NUM_THREADS if set, else the idle cores: "
         "cores minus the load of other jobs, at least 1, re-checked between cells)",
     )
+    bt.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="zoo models scored at once, one process each (default: the thread count; 1 = in this process)",
+    )
     bt.add_argument("-q", "--quiet", action="store_true", help="no per-cell progress on stderr")
 
 
@@ -155,6 +162,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
             resume=not args.fresh,
             sanity=not args.no_sanity,
             verbose=not args.quiet,
+            workers=args.workers,
         )
     print(markdown_table(rows))
     print(f"wrote {args.out}/results.json, results.md, index.html")

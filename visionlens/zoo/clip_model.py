@@ -371,6 +371,7 @@ ENTRY = ZooEntry(
     },
     wrap=wrap_clip,
     requires=requires,
+    bench_cost=0.3,
 )
 
 ENTRIES = [ENTRY]

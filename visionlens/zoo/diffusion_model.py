@@ -645,6 +645,9 @@ DIFFUSION = ZooEntry(
     default_steps=DIFFUSION_STEPS,
     wrap=wrap_diffusion,
     requires=requires,
+    # the random control keeps diffusers' / transformers' own init: it zeroes nothing (checked: no weight of
+    # the built UNet or text encoder is 0 or a 1e-6 layer scale), unlike timm's ResNet
+    randomize=False,
     config={
         "unet": "diffusers.UNet2DConditionModel(sample_size=16, in/out_channels=3, block_out_channels=(32,32,64), "
         "layers_per_block=1, down=(Down,Down,CrossAttnDown), up=(CrossAttnUp,Up,Up), "
@@ -675,6 +678,7 @@ DIFFUSION = ZooEntry(
         "prompts": "visionlens.zoo.data.style_phrase ('a red circle in striped style'); 10% 'a red circle', 10% ''",
         "eval": {"prompts": "a {colour} {shape} in {style} style, style fastest", "n": EVAL_N, "seed": EVAL_SEED},
     },
+    bench_cost=2.5,
 )
 
 # The judge first: the diffusion model's evaluation uses it (registered by visionlens.zoo.plugin).

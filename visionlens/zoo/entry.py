@@ -79,7 +79,22 @@ class ZooEntry:
     wrap: Optional[Callable[[nn.Module], HookedVisionModel]] = None  # default: HookedVisionModel.from_module
     benchmark: bool = True  # a row of the transfer table (False for helpers such as the style judge)
     dataset: str = "shapes"  # "shapes" (visionlens.zoo.data.make_batch) or "fashion" (fashion_mnist_batch)
-    requires: Callable[[], Optional[str]] = lambda: None  # a reason this entry cannot be built here, or None
+    # a reason this entry cannot be trained, evaluated or benchmarked here (a library or its dataset is
+    # missing), or None
+    requires: Callable[[], Optional[str]] = lambda: None
+    # a reason its module cannot be built here (a missing library: loading needs no dataset), or None;
+    # None (the default): the same as ``requires``
+    build_requires: Optional[Callable[[], Optional[str]]] = None
+    # whether the random control (``catalog.load(name, pretrained=False)``) re-initialises the built module
+    # with zoo.randomize.randomize_module (False: keep the family's own init, which has no zeroing to undo)
+    randomize: bool = True
+    # the relative time of its row of the transfer table: a scheduling hint (parallel workers start the
+    # costliest models first, so none is left running alone at the end); it changes no result
+    bench_cost: float = 1.0
 
     def hooked(self, module: nn.Module) -> HookedVisionModel:
         return self.wrap(module) if self.wrap is not None else HookedVisionModel.from_module(module)
+
+    def build_reason(self) -> Optional[str]:
+        """A reason this entry's module cannot be built (so loaded) here, or None; needs no dataset."""
+        return (self.build_requires or self.requires)()

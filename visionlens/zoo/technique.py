@@ -42,7 +42,7 @@ class BenchContext:
     @property
     def n_images(self) -> int:
         """Images per localization batch (half triggered, half clean)."""
-        return 8 if self.quick else 32
+        return 6 if self.quick else 32
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
         """Memoise inputs shared by techniques on one model (e.g. the planted batch)."""

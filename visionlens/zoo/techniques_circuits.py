@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
 # ----------------------------------------------------------------------------- causal scrubbing
 def _causal_scrubbing(model: HookedVisionModel, ctx: BenchContext) -> Score:
-    n, n_resamples = (128, 2) if ctx.quick else (512, 4)
+    n, n_resamples = (64, 2) if ctx.quick else (512, 4)
     b = held_out(ctx, n, trigger_fraction=0.1)
     prepare(model, ctx)
     hook = ctx.cached(("block_hooks", id(model)), lambda: block_hooks(model, b.images[:2]))[-1]

@@ -5,7 +5,7 @@
   :func:`~visionlens.zoo.scores.pattern_correlation`: the best-window Pearson correlation with the
   planted trigger (chance: the same statistic on uniform noise). Settings, fixed for every family:
   pixel parameterization, no colour decorrelation, no transforms, Adam lr 0.05, 32 px, 4 (quick) /
-  8 (full) seeds, 128 / 512 steps. Lucid's defaults are tuned for ImageNet models at 128+ px: its
+  8 (full) seeds, 64 / 512 steps. Lucid's defaults are tuned for ImageNet models at 128+ px: its
   jitter / scale / rotation moves a 4 px pattern that the model detects at one fixed place, and its
   ImageNet colour decorrelation and FFT spectrum decay suppress a 1 px white / magenta checkerboard,
   so with them the trained ResNet's renders score at chance. Measured on the zoo ResNet: ~0.8
@@ -125,7 +125,7 @@ FV_SETTINGS = {"param": "pixel", "decorrelate": False, "transforms": "none", "lr
 
 
 def _feature_visualization(model: HookedVisionModel, ctx: BenchContext) -> Score:
-    steps, n_img = (128, 4) if ctx.quick else (512, 8)
+    steps, n_img = (64, 4) if ctx.quick else (512, 8)
     r = run(
         "feature_visualization",
         model,
@@ -230,7 +230,7 @@ TECHNIQUES = [
         "feature_visualization",
         "feature visualization",
         "Render the trigger class's logit (class 0) with the feature_visualization plugin (pixel "
-        "parameterization, no decorrelation or transforms, 32 px; 4 x 128 steps quick, 8 x 512 full) and "
+        "parameterization, no decorrelation or transforms, 32 px; 4 x 64 steps quick, 8 x 512 full) and "
         "score the best-window correlation of the renders with the planted trigger (chance: uniform noise).",
         _feature_visualization,
         plugin="feature_visualization",

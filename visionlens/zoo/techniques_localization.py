@@ -19,7 +19,7 @@ and ``gradient_x_input`` (the saliency baseline).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -228,10 +228,22 @@ def _cls_supported(model: HookedVisionModel, entry: Any) -> Tuple[bool, str]:
     return True, ""
 
 
-def _earliest_resid(model: HookedVisionModel) -> str:
-    """The first of the patching plugin's default residual / stage hooks (the finest spatial grid)."""
+QUICK_MAX_POSITIONS = 256  # --quick patches at most a 16 x 16 grid (ConvNeXt's 32 x 32 stem grid costs 4x)
+
+
+def _earliest_resid(model: HookedVisionModel, x: torch.Tensor, max_positions: Optional[int] = None) -> str:
+    """The first of the patching plugin's default residual / stage hooks (the finest spatial grid), or the
+    first with at most ``max_positions`` spatial positions (cells, or patch tokens) on input ``x``."""
     hooks = [h for h in default_patching_hooks(model, "position") if not h.startswith("text.")]
-    return hooks[0]
+    if max_positions is None:
+        return hooks[0]
+    _, cache = model.run_with_cache(x[:1], names_filter=hooks)
+    for h in hooks:
+        a = cache[h]
+        n = token_grid(a.shape[1])[1] ** 2 if a.ndim == 3 else int(np.prod(a.shape[2:]))
+        if n <= max_positions:
+            return h
+    return hooks[-1]
 
 
 def _swap_pairs(b: Dict[str, Any]) -> Dict[str, Any]:
@@ -251,7 +263,8 @@ def _patching(method: str, pairing: str = "minimal"):
         if pairing == "swap":
             b = _swap_pairs(b)
         prepare(model, ctx)
-        hook = ctx.cached(("patch_hook", id(model)), lambda: _earliest_resid(model))
+        cap = QUICK_MAX_POSITIONS if ctx.quick else None
+        hook = ctx.cached(("patch_hook", id(model)), lambda: _earliest_resid(model, b["images"], cap))
         maps = []
         for i in range(len(b["images"])):
             x = torch.stack([b["images"][i], b["corrupted"][i]])

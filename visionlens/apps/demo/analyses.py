@@ -141,6 +141,26 @@ def _features_hooks(model: Any) -> tuple[Optional[str], Optional[str]]:
     return feats, feats
 
 
+def gradient_support(model: Any, hook: str, pos: tuple[int, int], size: int = 224, seed: int = 0) -> tuple:
+    """``(y0, x0, y1, x1)``: the input pixels whose gradient on ``hook`` at position ``pos`` (all channels) is
+    nonzero, for one random input: the part of the image that can influence that position."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 3, size, size, generator=gen).to(model.device).requires_grad_(True)
+    acts: dict[str, torch.Tensor] = {}
+
+    def keep(a: torch.Tensor, hook: Any) -> torch.Tensor:
+        acts["a"] = a
+        return a
+
+    with torch.enable_grad():
+        model.run_with_hooks(x, fwd_hooks=[(hook, keep)])
+        (g,) = torch.autograd.grad(acts["a"][0, :, pos[0], pos[1]].sum(), x)
+    nz = (g.abs().sum(1)[0] > 0).nonzero()
+    if not len(nz):
+        return (0, 0, 0, 0)
+    return (int(nz[:, 0].min()), int(nz[:, 1].min()), int(nz[:, 0].max()) + 1, int(nz[:, 1].max()) + 1)
+
+
 def _example_tile(img: np.ndarray, box: tuple[int, int, int, int], cell: Any, size: int = 96) -> bytes:
     """The example with its receptive field (cyan, when smaller than the image) and peak cell (yellow)."""
     from PIL import Image, ImageDraw
@@ -153,7 +173,7 @@ def _example_tile(img: np.ndarray, box: tuple[int, int, int, int], cell: Any, si
         d.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(0, 220, 255), width=3)
     if cell is not None:
         cy0, cx0, cy1, cx1 = cell
-        d.rectangle([cx0, cy0, cx1 - 1, cy1 - 1], outline=(255, 230, 0), width=4)
+        d.rectangle([cx0, cy0, cx1 - 1, cy1 - 1], outline=(255, 230, 0), width=6)
     return _png_bytes(pil.resize((size, size), Image.BILINEAR))
 
 
@@ -233,9 +253,12 @@ def _dla_section(
             kind_pos = ex.meta["position_kind"][pre]
             pshape = ex.meta["position_shapes"][pre]
             H, W = int(x_tiles.shape[-2]), int(x_tiles.shape[-1])
+            ph, pw = (int(pshape[0]), int(pshape[1])) if len(pshape) == 2 else (1, 1)
+            # what one position sees: crop_box's receptive field, else the gradient support measured here
+            corner = gradient_support(model, pre, (0, 0), H) if len(pshape) == 2 else (0, 0, H, W)
+            centre = gradient_support(model, pre, (ph // 2, pw // 2), H) if len(pshape) == 2 else (0, 0, H, W)
         clean_photo = clean_name.split(".")[0]
         card_rows: list[str] = []
-        rf_note = ""
         for i, c in enumerate(top):
             exs = ex.examples(pre, c, "top")
             cells = []
@@ -243,8 +266,9 @@ def _dla_section(
             for j, exm in enumerate(exs):
                 img = tiles.display(exm["index"], model)
                 box, cell = crop_box(model, pre, kind_pos, pshape, exm["location"], H, W)
-                if box == (0, 0, H, W):
-                    rf_note = "whole"
+                if cell is None and len(exm["location"]) == 2:  # no measured receptive field: the stride cell
+                    y, x = exm["location"]
+                    cell = (y * H // ph, x * W // pw, (y + 1) * H // ph, (x + 1) * W // pw)
                 tile_png = _example_tile(img, box, cell)
                 (out / f"example_{i}_{j}.png").write_bytes(tile_png)
                 from_clean += exm["name"].startswith(clean_photo)
@@ -253,8 +277,10 @@ def _dla_section(
                     "</small></td>"
                 )
             if from_clean == len(exs):
+                article = "an" if label[0][:1].lower() in "aeiou" else "a"
                 reading = (
-                    f"fires most on the {e(clean_photo)} photo itself: a {e(label[0])}-like feature among these photos"
+                    f"fires most on the {e(clean_photo)} photo itself: {article} {e(label[0])}-like feature among "
+                    "these photos"
                 )
             elif from_clean:
                 reading = (
@@ -278,11 +304,17 @@ def _dla_section(
             f"</td><td colspan='{N_EXAMPLES + 1}' class='reading'>the whole readout for {e(label[0])} "
             "maximised at once, for comparison</td></tr>"
         )
+        whole = corner == (0, 0, H, W) and centre == (0, 0, H, W)
         rf_text = (
-            "At this depth one position's receptive field covers the whole 224-px tile, so the crop is the "
-            "whole tile; the yellow square is the 32-px cell (the stride) where the channel peaks."
-            if rf_note
-            else "Cyan: the receptive field of the peak position; yellow: its stride cell."
+            f"At this depth every position sees the whole tile (the input gradient of the corner and the centre "
+            f"position is nonzero on all {H} &times; {W} px), so the example is the whole tile; the yellow square "
+            f"is the peak position's cell of the {ph} &times; {pw} map ({H // ph} px, the stride)."
+            if whole
+            else (
+                f"One position sees about {centre[2] - centre[0]} &times; {centre[3] - centre[1]} px (the support of "
+                f"the centre position's input gradient); cyan: the receptive field of the peak position, yellow: "
+                "its stride cell."
+            )
         )
         cards = (
             "<table class='cards'><tr><th>channel, DLA term</th><th>feature visualization</th>"
