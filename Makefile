@@ -23,9 +23,11 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP) weights
 
-# Seed torch's hub cache ($TORCH_HOME) so torchvision's own hash-checked loader finds the ImageNet MobileNetV2.
+# Seed torch's hub cache ($TORCH_HOME) so torchvision's own hash-checked loader finds the ImageNet MobileNetV2
+# (skipped when it is there: the check costs no Python start-up).
+HUB_CHECKPOINT := $${TORCH_HOME:-$${XDG_CACHE_HOME:-$$HOME/.cache}/torch}/hub/checkpoints/mobilenet_v2-b0353104.pth
 weights: $(STAMP)
-	$(PY) -m visionlens.offline_weights
+	@test -f "$(HUB_CHECKPOINT)" || $(PY) -m visionlens.offline_weights
 
 demo: install
 	$(PY) -m visionlens.apps.demo --out report
