@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from ..hooked_model import HookedVisionModel
 
 
+LOCALIZATION_IMAGES = {"quick": 6, "full": 32}  # images per localization batch (half triggered, half clean)
+
+
 @dataclass
 class BenchContext:
     """What a technique gets besides the model: the zoo entry, the budget and a figure folder."""
@@ -42,7 +45,7 @@ class BenchContext:
     @property
     def n_images(self) -> int:
         """Images per localization batch (half triggered, half clean)."""
-        return 6 if self.quick else 32
+        return LOCALIZATION_IMAGES["quick" if self.quick else "full"]
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
         """Memoise inputs shared by techniques on one model (e.g. the planted batch)."""

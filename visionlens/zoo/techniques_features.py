@@ -122,10 +122,12 @@ def image_grid(rows: Sequence[np.ndarray], scale: int = 3, pad: int = 2) -> np.n
 
 # ----------------------------------------------------------------------------- feature visualization
 FV_SETTINGS = {"param": "pixel", "decorrelate": False, "transforms": "none", "lr": 0.05, "size": 32}
+FV_BUDGET = {"quick": (64, 4), "full": (512, 8)}  # (steps, images)
+EXAMPLES_N = {"quick": 200, "full": 1000}  # held-out images searched for dataset examples
 
 
 def _feature_visualization(model: HookedVisionModel, ctx: BenchContext) -> Score:
-    steps, n_img = (64, 4) if ctx.quick else (512, 8)
+    steps, n_img = FV_BUDGET["quick" if ctx.quick else "full"]
     r = run(
         "feature_visualization",
         model,
@@ -181,7 +183,7 @@ def _rank_matrix(top_index: torch.Tensor, n: int) -> np.ndarray:
 
 
 def _dataset_examples(model: HookedVisionModel, ctx: BenchContext) -> Score:
-    n = 200 if ctx.quick else 1000
+    n = EXAMPLES_N["quick" if ctx.quick else "full"]
     b = held_out(ctx, n)
     prepare(model, ctx)
     hooks = ctx.cached(("block_hooks", id(model)), lambda: block_hooks(model, b.images[:2]))

@@ -21,13 +21,20 @@ from ...zoo.bench import run_transfer
 from ...zoo.bench_report import cell_text, figure_caption, verdict, verdict_colour
 from ...zoo.catalog import available, get_entry
 from ...zoo.scores import planted_localization
-from ...zoo.technique import BenchContext
+from ...zoo.technique import LOCALIZATION_IMAGES, BenchContext
+from ...zoo.techniques_features import EXAMPLES_N, FV_BUDGET
 from ...zoo.techniques_localization import localization_batch, to_grid
 from .progress import Steps
 
 __all__ = ["demo_transfer_section", "constant_corner_baseline", "transfer_html"]
 
 SHOWN_FIGURES = (("resnet", "feature_visualization"), ("resnet", "activation_patching_swap"))
+
+
+def _budget(rows: Sequence[Dict[str, Any]], claim: str, key: str) -> str:
+    """What the quick run used (from the rows' details): e.g. the images of a localization batch (the largest)."""
+    seen = [r["details"][key] for r in rows if r.get("claim") == claim and key in (r.get("details") or {})]
+    return str(max(seen)) if seen else "?"
 
 
 def constant_corner_baseline(entry_name: str, grid: str, seed: int = 0) -> Optional[float]:
@@ -202,8 +209,11 @@ def transfer_html(out: Path, rows: Sequence[Mapping[str, Any]], secs: float) -> 
             + (f" That includes {len(fake)} <i>transfers</i> verdict(s): {', '.join(fake)}." if fake else "")
         )
     caveats = [
-        f"<b>Quick budgets.</b> {len(rows)} cells in {secs:.0f} s: 8 images per localization batch (32 in the full "
-        "run), 128 feature-visualization steps (512), 200 held-out images for dataset examples (1000). Scores move "
+        f"<b>Quick budgets.</b> {len(rows)} cells in {secs:.0f} s: {_budget(rows, 'localization', 'n_images')} images "
+        f"per localization batch ({LOCALIZATION_IMAGES['full']} in the full run), "
+        f"{_budget(rows, 'feature visualization', 'steps')} feature-visualization steps ({FV_BUDGET['full'][0]}), "
+        f"{_budget(rows, 'dataset examples', 'n_images')} held-out images for dataset examples "
+        f"({EXAMPLES_N['full']}). Scores move "
         "by ~0.1 between the quick and the full table (<code>docs/transfer.md</code>, made with full budgets); "
         "read verdicts near a threshold as undecided.",
         "<b>The trigger is always in the same place</b> (one pixel in from the bottom-right corner), so on triggered "
