@@ -270,7 +270,8 @@ class TLWeightsMixin:
         return (
             f"{name} exists on transformer models only (timm ViT / DeiT, CLIP ViT and text towers); this "
             f"{fam} model has no attention heads or token unembedding. Conv nets read their classifier through "
-            "model.adapter.readout() and cache.logit_attrs / cache.decompose_final_features (docs/tl_habits.md)."
+            "model.adapter.readout(); cache.logit_attrs, cache.folded_head_bias and cache.decompose_final_features "
+            "decompose the logits (docs/tl_habits.md)"  # no final period: Python may append ". Did you mean ..."
         )
 
     def tl_weights(self, tower: Optional[str] = None) -> TLWeightSource:

@@ -21,7 +21,7 @@ from .loading import load  # noqa: E402
 from .registry import get_analysis, list_analyses, plugin_errors  # noqa: E402
 from .runner import run  # noqa: E402
 from .units import Unit, parse_unit  # noqa: E402
-from .validation import UnknownHookError, VisionLensError  # noqa: E402
+from .validation import RandomWeightsWarning, UnknownHookError, VisionLensError  # noqa: E402
 from .version import __version__  # noqa: E402
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "VisionActivationCache",
     "VisionConfig",
     "VisionLensError",
+    "RandomWeightsWarning",
     "UnknownHookError",
     "Unit",
     "parse_unit",

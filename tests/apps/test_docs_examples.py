@@ -28,6 +28,7 @@ from visionlens import HookedVisionModel, VisionLensError, cli, hookspecs, regis
 from visionlens.adapters import available_adapters
 from visionlens.analysis import ConfigError
 from visionlens.hook_select import default_hooks
+from visionlens.validation import RandomWeightsWarning
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "writing_plugins.md"
 BLOCK = re.compile(r"^<!-- test: (\w+) -->\n```python\n(.*?)^```$", re.M | re.S)
@@ -185,3 +186,24 @@ def test_command_example(vit, capsys):
         assert cli.main(["count-hooks", "nope:x"]) == 2
         assert capsys.readouterr().err.startswith("visionlens: error: Unknown model spec prefix 'nope'")
     assert cli.main(argv) == 2  # unregistered: argparse no longer knows the command
+
+
+README = DOC.parents[1] / "README.md"
+
+
+def test_readme_quickstart_runs_on_real_weights():
+    """The README's quickstart runs as written (real ImageNet MobileNetV2, offline) and says what it shows."""
+    from visionlens.offline_weights import ensure_mobilenet_v2
+
+    if ensure_mobilenet_v2() is None:
+        pytest.skip("the offline MobileNetV2 weights package is not installed")
+    (code,) = [m.group(2) for m in BLOCK.finditer(README.read_text()) if m.group(1) == "readme_quickstart"]
+    ns: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)  # the ViT line says it is random
+        exec(compile(code, str(README), "exec"), ns)
+    assert ns["model"].class_names[int(ns["cls"])] == "Egyptian cat"
+    assert tuple(ns["cache"]["resid_post", 3].shape) == tuple(ns["cache"]["stages.2.blocks.0.hook_resid_post"].shape)
+    assert not torch.equal(ns["ablated"], ns["logits"])
+    assert tuple(ns["vcache"]["blocks.3.attn.hook_pattern"].shape) == (1, 3, 197, 197)
+    no_hooks_left(ns["model"])

@@ -52,6 +52,8 @@ ROW_KEYS = (
     "seconds",
     "supported",
     "reason",
+    "interval",  # localization: 95% bootstrap interval of the normalized score over images (else None)
+    "baselines",  # localization: {"constant" | "random" | "edge": {score, chance, normalized, interval}}
 )
 
 
@@ -247,6 +249,9 @@ def _score_entry(entry: ZooEntry, todo: Sequence[Any], job: _EntryJob, emit: Emi
             torch.manual_seed(job.seed)
             s = tech.score(model, ctx)
             row = _row(entry, tech, supported=True, **_score_fields("", s), details=s.to_dict()["details"])
+            for key in ("interval", "baselines"):  # localization cells (score_heatmap): top-level row fields
+                if key in row["details"]:
+                    row[key] = row["details"].pop(key)
             if random_model is not None:
                 rctx = BenchContext(entry=entry, quick=job.quick, seed=job.seed, out_dir=out, randomized=True)
                 torch.manual_seed(job.seed)

@@ -7,9 +7,12 @@ class) at its own resolution (patches, feature-map cells or pixels), and is scor
 :func:`~visionlens.zoo.scores.planted_localization` against the masks brought to that grid
 (attribution mass inside the mask; the chance is the fraction of cells inside). The score is the mean
 of the trigger and object scores (CLIP, trained without a trigger, is scored on objects only);
-pointing-game figures go in the details.
+pointing-game figures go in the details. Every localization cell also carries a bootstrap interval and
+three baselines on the same images and grid (:func:`score_heatmap`, :mod:`visionlens.zoo.baselines`).
 
-Techniques: ``dla_heatmap`` (the DLA plugin's per-patch / per-location map), ``cls_attention``
+Techniques: ``dla_heatmap`` (the DLA plugin's per-location map, exact on conv nets; on the ViT an
+*approximation*: the heads' direct contributions split over the source patches they attend to, whose
+share of ``logit - bias`` is reported as ``coverage``, see :func:`dla_coverage`), ``cls_attention``
 (last layer attention from the class token, mean over heads), ``activation_patching`` (denoising,
 per position of the earliest residual / stage hook, clean = the image, corrupted = the same image
 without the trigger or without the object), ``attribution_patching`` (its gradient approximation)
@@ -29,7 +32,8 @@ from ..plugins.activation_patching import default_patching_hooks
 from ..runner import run
 from . import data as zdata
 from .classifiers import held_out_batch
-from .scores import Score, planted_localization
+from .baselines import edge_map, fit_constant_map, random_map
+from .scores import Score, bootstrap_normalized, planted_localization
 from .technique import BenchContext, Technique
 from .techniques_features import prepare
 
@@ -107,12 +111,22 @@ def token_grid(n_tokens: int) -> Tuple[int, int]:
     raise ValueError(f"cannot lay {n_tokens} positions out on a square grid")
 
 
+N_BOOTSTRAP = 1000  # bootstrap resamples of the images for every localization interval
+FIT_SEED_OFFSET = 7919  # the constant baseline is fitted on the localization batch of seed + this offset
+
+
 def score_heatmap(heat: Any, b: Dict[str, Any], ctx: BenchContext, label: str, mode: str = "positive") -> Score:
     """Planted-truth localization score of heatmaps ``[N, h, w]`` at their own resolution (plus a figure).
 
     The masks are brought to the heatmap's grid (a cell counts as inside when any of its pixels is), so
     a coarse map is neither punished for its resolution nor rewarded: a perfect map scores 1 and a
     uniform one the fraction of cells inside (the chance, which is higher on coarse grids).
+
+    On the trained model (not while ``ctx.randomized``) the details also get ``interval``: a 95%
+    bootstrap interval of the normalized score over images (:func:`~visionlens.zoo.scores.bootstrap_normalized`,
+    :data:`N_BOOTSTRAP` resamples, seeded), and ``baselines``: the ``constant``, ``random`` and ``edge`` maps
+    of :mod:`visionlens.zoo.baselines` scored the same way on the same images and grid, each with its
+    normalized score and interval (see :func:`localization_baselines`).
     """
     heat = torch.as_tensor(heat).detach().float().numpy()
     if mode == "positive":
@@ -131,8 +145,55 @@ def score_heatmap(heat: Any, b: Dict[str, Any], ctx: BenchContext, label: str, m
     details.update({f"{k}_pointing": round(v.score, 4) for k, v in pts.items()})
     details["n_images"] = int(len(heat))
     details["grid"] = f"{h}x{w}"
+    if not ctx.randomized:
+        lo, hi = bootstrap_normalized(res, n_resamples=N_BOOTSTRAP, seed=ctx.seed)
+        details["interval"] = [round(lo, 4), round(hi, 4)]
+        details["baselines"] = localization_baselines(b, ctx, h, w)
     _figure(ctx, label, b, heat)
     return Score(score, chance, details)
+
+
+def _fit_batch(ctx: BenchContext) -> Dict[str, Any]:
+    """The batch the constant baseline is fitted on: the same generator at seed ``ctx.seed + FIT_SEED_OFFSET``."""
+    fit_ctx = BenchContext(entry=ctx.entry, quick=ctx.quick, seed=ctx.seed + FIT_SEED_OFFSET)
+    return ctx.cached(("baseline_fit", ctx.n_images, ctx.seed, ctx.entry.kind), lambda: localization_batch(fit_ctx))
+
+
+def localization_baselines(b: Dict[str, Any], ctx: BenchContext, h: int, w: int) -> Dict[str, Dict[str, Any]]:
+    """Baseline maps on the images of ``b`` at the ``h x w`` grid, scored like a technique's heatmap.
+
+    ``constant``: :func:`~visionlens.zoo.baselines.fit_constant_map` fitted on :func:`_fit_batch` (a separate
+    batch; only the parts the evaluation batch scores -- e.g. triggered images only for the swap pairs);
+    ``random``: :func:`~visionlens.zoo.baselines.random_map` (seed ``ctx.seed``); ``edge``:
+    :func:`~visionlens.zoo.baselines.edge_map` of ``b["images"]``. Each: ``score``, ``chance``,
+    ``normalized`` and the bootstrap ``interval`` (the same resampled images as the technique's).
+    """
+    tmask, omask = to_grid(b["trigger_mask"], h, w), to_grid(b["object_mask"], h, w)
+    trig = np.asarray(b["triggered"], bool)
+    n = len(trig)
+    parts = [p for p, present in (("trigger", trig.any()), ("object", (~trig).any())) if present]
+    fb = _fit_batch(ctx)
+    const = fit_constant_map(
+        to_grid(fb["trigger_mask"], h, w), to_grid(fb["object_mask"], h, w), fb["triggered"], parts=parts
+    )
+    maps = {
+        "constant": np.broadcast_to(const, (n, h, w)),
+        "random": random_map(n, h, w, seed=ctx.seed),
+        "edge": edge_map(b["images"], h, w),
+    }
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, m in maps.items():
+        res = planted_localization(m, tmask, omask, trig, method="mass")
+        score = float(np.mean([s.score for s in res.values()]))
+        chance = float(np.mean([s.chance for s in res.values()]))
+        lo, hi = bootstrap_normalized(res, n_resamples=N_BOOTSTRAP, seed=ctx.seed)
+        out[name] = {
+            "score": round(score, 4),
+            "chance": round(chance, 4),
+            "normalized": round(Score(score, chance).normalized, 4),
+            "interval": [round(lo, 4), round(hi, 4)],
+        }
+    return out
 
 
 def _figure(ctx: BenchContext, label: str, b: Dict[str, Any], heat: np.ndarray) -> None:
@@ -177,7 +238,42 @@ def _dla(model: HookedVisionModel, ctx: BenchContext) -> Score:
         top_k=5,
     )
     heat = r.tensors["heatmap"]
-    return score_heatmap(heat, b, ctx, "dla_heatmap")
+    s = score_heatmap(heat, b, ctx, "dla_heatmap")
+    s.details.update(dla_coverage(heat, r.tensors["logit"], r.tensors["bias"]))
+    kind = r.meta.get("kind")
+    s.details["dla_kind"] = kind
+    if kind in ("vit", "clip"):
+        s.details["approximation"] = (
+            "heads' direct contributions split over the source patches by attention; embeddings, attention "
+            "biases, MLPs and prefix-token sources are left out, and a source token already mixes other patches"
+        )
+    return s
+
+
+def dla_coverage(heat: Any, logit: Any, bias: Any) -> Dict[str, Any]:
+    """How much of ``logit - bias`` (the readout bias, or the ViT's folded head bias) a DLA heatmap accounts for.
+
+    Per image, ``coverage = heat.sum() / (logit - bias)`` (signed: heat of both signs counts, as the
+    decomposition adds it up); returns the ``coverage`` median over images (``coverage_min`` /
+    ``coverage_max`` too). It is 1 when the map is the whole exact decomposition (conv nets with a
+    plain average-pooled linear head). For the ViT's class-token map the map holds only the attention
+    heads' direct contributions split over the *patch* tokens they attend to (the DLA plugin's
+    ``source_attr`` summed over layers and heads, prefix tokens excluded), so the embeddings, the
+    attention biases, the MLPs and the heads' reads of the class token are missing and coverage is
+    below 1 (or above, when the missing parts are negative).
+    """
+    hm = torch.as_tensor(heat).detach().double()
+    tot = hm.reshape(len(hm), -1).sum(1).numpy()
+    den = (torch.as_tensor(logit).double() - torch.as_tensor(bias).double()).reshape(-1).numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cov = np.where(np.abs(den) > 1e-9, tot / np.where(np.abs(den) > 1e-9, den, 1.0), np.nan)
+    if not np.isfinite(cov).any():
+        return {"coverage": None}
+    return {
+        "coverage": round(float(np.nanmedian(cov)), 4),
+        "coverage_min": round(float(np.nanmin(cov)), 4),
+        "coverage_max": round(float(np.nanmax(cov)), 4),
+    }
 
 
 def _dla_supported(model: HookedVisionModel, entry: Any) -> Tuple[bool, str]:
@@ -309,8 +405,9 @@ TECHNIQUES = [
     Technique(
         "dla_heatmap",
         "localization",
-        "Direct logit attribution split over patches / feature-map "
-        "locations (exact through the pooled linear readout).",
+        "Direct logit attribution split over feature-map locations (conv nets: exact through the pooled "
+        "linear readout) or patches (ViT: an approximation -- the heads' direct contributions split over the "
+        "patches they attend to from the class token; its coverage of logit - bias is in the details).",
         _dla,
         plugin="direct_logit_attribution",
         extra_supports=_dla_supported,
