@@ -1,0 +1,50 @@
+"""Cascading randomization curves: the last step is the table's randomized copy, the trained point the trained score."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from visionlens.zoo import catalog
+from visionlens.zoo import techniques_localization as tl
+from visionlens.zoo.cascade import _pick, cascade_curve, cascade_figure
+from visionlens.zoo.randomize import cascading_randomization
+from visionlens.zoo.technique import BenchContext
+
+pytestmark = pytest.mark.skipif(not catalog.weights_path("resnet").is_file(), reason="zoo:resnet not trained")
+
+
+def _tech(name):
+    (t,) = [t for t in tl.TECHNIQUES if t.name == name]
+    return t
+
+
+def test_pick_keeps_the_ends():
+    assert _pick(10, None) == list(range(10))
+    assert _pick(10, 3) == [0, 4, 9] or _pick(10, 3) == [0, 5, 9]
+    assert _pick(10, 1) == [9]
+    assert _pick(3, 8) == [0, 1, 2]
+
+
+def test_last_step_is_the_tables_random_copy():
+    module = catalog.load_module("resnet")
+    *_, (name, last) = cascading_randomization(module, seed=0)
+    rand = catalog.load("resnet", pretrained=False).source
+    a, b = last.state_dict(), rand.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "the last cascade step differs from load(pretrained=False)"
+
+
+def test_curve_of_dla_falls_as_the_weights_go():
+    entry = catalog.get_entry("resnet")
+    tech = _tech("dla_heatmap")
+    pts = cascade_curve(tech, entry, quick=True, max_steps=3)
+    assert [p["step"] for p in pts][0] == 0 and len(pts) == 4
+    assert pts[1]["randomized_from"] == "fc" and pts[1]["units"] == 1
+    trained = tech.score(catalog.load("resnet"), BenchContext(entry=entry, quick=True)).normalized
+    assert pts[0]["normalized"] == pytest.approx(trained, abs=1e-6)
+    random_copy = tech.score(catalog.load("resnet", pretrained=False), BenchContext(entry=entry, quick=True))
+    assert pts[-1]["normalized"] == pytest.approx(random_copy.normalized, abs=1e-6)
+    assert pts[-1]["normalized"] < pts[0]["normalized"] - 0.3  # DLA reads the learned readout
+    fig = cascade_figure({"dla_heatmap": pts}, "zoo:resnet")
+    assert len(fig.axes[0].lines) >= 1

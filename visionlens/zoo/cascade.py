@@ -1,0 +1,96 @@
+"""Adebayo et al.'s cascading randomization as a curve: a technique's score as the trained weights are
+replaced by random ones, one unit at a time from the top (head first, then the last block, ...).
+
+A technique that explains what the model *learned* should lose its score as the layers it relies on are
+randomized; a curve that stays flat down to the input means the technique's output is explained by the
+architecture and the input (an edge detector), not by the weights. :func:`cascade_curve` scores a
+technique on each step of :func:`visionlens.zoo.randomize.cascading_randomization` of a zoo model's
+trained module (the same random values as the table's fully randomized copy at the last step), and
+:func:`cascade_figure` draws the curves of a model's techniques.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .catalog import load_module
+from .entry import ZooEntry
+from .randomize import cascading_randomization
+from .technique import BenchContext
+
+
+def _pick(n: int, max_steps: Optional[int]) -> List[int]:
+    """Indices of the steps to score: all, or ``max_steps`` evenly spaced ones that include the first and last."""
+    if max_steps is None or max_steps >= n:
+        return list(range(n))
+    if max_steps < 2:
+        return [n - 1]
+    return sorted({int(round(i)) for i in np.linspace(0, n - 1, max_steps)})
+
+
+def cascade_curve(
+    technique: Any,
+    entry: ZooEntry,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    max_steps: Optional[int] = None,
+    trained_score: Optional[float] = None,
+) -> List[Dict[str, Any]]:
+    """``[{"step", "randomized_from", "units", "score", "normalized"}, ...]``: the technique on the trained
+    model (step 0, ``randomized_from`` ``None``; pass ``trained_score`` (normalized) to reuse a known one),
+    then with the top 1, 2, ... units randomized (``max_steps`` evenly spaced steps; None: every unit).
+
+    A step whose scoring raises is recorded with ``error`` and no score; the curve goes on.
+    """
+    module = load_module(entry.name)
+    steps = list(cascading_randomization(module, seed=seed))
+    chosen = set(_pick(len(steps), max_steps))
+    points: List[Dict[str, Any]] = []
+    if trained_score is None:
+        torch.manual_seed(seed)
+        s = technique.score(entry.hooked(module.eval()), BenchContext(entry=entry, quick=quick, seed=seed))
+        trained_score = s.normalized
+    points.append({"step": 0, "randomized_from": None, "units": 0, "normalized": trained_score})
+    for i, (name, copy) in enumerate(steps):
+        if i not in chosen:
+            continue
+        point: Dict[str, Any] = {"step": i + 1, "randomized_from": name, "units": i + 1}
+        try:
+            torch.manual_seed(seed)
+            ctx = BenchContext(entry=entry, quick=quick, seed=seed, randomized=True)
+            s = technique.score(entry.hooked(copy.eval()), ctx)
+            point.update(score=float(s.score), normalized=s.normalized)
+        except Exception as exc:  # one failing step must not cost the curve
+            point.update(normalized=None, error=f"{type(exc).__name__}: {exc}")
+        points.append(point)
+    return points
+
+
+def cascade_figure(curves: Dict[str, Sequence[Dict[str, Any]]], title: str) -> Any:
+    """A matplotlib figure: one line per technique, normalized score against units randomized from the top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ticks: Dict[int, str] = {0: "trained"}
+    for tech, pts in curves.items():
+        xs = [p["units"] for p in pts if p.get("normalized") is not None]
+        ys = [p["normalized"] for p in pts if p.get("normalized") is not None]
+        ax.plot(xs, ys, marker="o", label=tech)
+        for p in pts:
+            if p.get("randomized_from"):
+                ticks[p["units"]] = str(p["randomized_from"])
+    ax.axhline(0.0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(sorted(ticks), [ticks[k] for k in sorted(ticks)], rotation=45, ha="right", fontsize=7)
+    ax.set_xlabel("randomized from the top down to (cascading randomization)")
+    ax.set_ylabel("normalized score")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
