@@ -57,12 +57,22 @@ def test_techniques_are_registered():
 
 
 @_needs("resnet")
-@pytest.mark.parametrize("tech", ["feature_visualization", "dataset_examples", "causal_scrubbing"])
+@pytest.mark.parametrize("tech", ["dataset_examples", "causal_scrubbing"])
 def test_resnet_trained_beats_random(tech, resnet_pair):
     s, r = _scores(tech, *resnet_pair, "resnet")
     assert s.normalized > 0.3, (tech, s.score, s.chance)
     assert s.normalized > r.normalized + 0.25, (tech, s.normalized, r.normalized)
     assert r.normalized < 0.5 * s.normalized  # the benchmark's sanity check passes
+
+
+@_needs("resnet")
+def test_resnet_feature_visualization_optimises_but_does_not_draw_the_trigger(resnet_pair):
+    """FFT + decorrelated colour + Lucid's transforms (the field's setup) reach a far higher trigger-class logit
+    on the trained ResNet than on the random copy, yet the renders do not carry the 1-px checkerboard: the
+    pattern scorer (which no colour-only image passes) stays near chance. A finding of the table, kept honest."""
+    s, r = _scores("feature_visualization", *resnet_pair, "resnet")
+    assert s.details["final_logit"] > 10 * max(r.details["final_logit"], 1.0)
+    assert abs(s.normalized) < 0.3 and abs(r.normalized) < 0.3, (s.normalized, r.normalized)
 
 
 @_needs("resnet")
