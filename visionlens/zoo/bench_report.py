@@ -2,7 +2,10 @@
 
 Cells show the normalized score ``(score - chance) / (1 - chance)`` (0 = chance, 1 = the planted
 truth recovered), the raw score, and a flag where the randomized-model sanity check failed
-(the score did not drop on random weights). Unsupported pairs show the reason.
+(the score did not drop on random weights). Unsupported pairs show the reason. Localization cells
+also carry a 95% bootstrap interval over images and three baselines on the same images and grid
+(``constant``, ``random``, ``edge``: :mod:`visionlens.zoo.baselines`); their :func:`verdict` comes
+from the interval, the other claims' from fixed cut-offs (they have no interval yet).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
 FLAG = "⚠"  # sanity check failed
+EDGE = "≈edge"  # the edge-detector baseline does as well as the technique (localization cells)
 
 # What each technique's figure shows, by figure label (else by the row's claim). Shared with the demo.
 FIGURE_CAPTIONS = {
@@ -51,7 +55,8 @@ def _techniques(rows: Sequence[Mapping[str, Any]]) -> List[str]:
 
 
 def cell_text(r: Mapping[str, Any]) -> str:
-    """``0.82 (0.91)`` = normalized (raw); ``—`` unsupported; ``error`` when it crashed."""
+    """``0.82`` = normalized, ``⚠`` when it failed the sanity check, ``≈edge`` when the edge detector does as
+    well (:func:`edge_as_good`); ``—`` unsupported; ``error`` when it crashed."""
     if not r.get("supported"):
         return "—"
     if r.get("score") is None:
@@ -59,22 +64,82 @@ def cell_text(r: Mapping[str, Any]) -> str:
     txt = f"{r['normalized']:.2f}"
     if r.get("sanity_passed") is False:
         txt += " " + FLAG
+    if has_interval(r) and edge_as_good(r):
+        txt += " " + EDGE
     return txt
 
 
+INPUT_INDEPENDENT = ("constant", "random")  # baselines a localization cell must beat to transfer
+
+
+def has_interval(r: Mapping[str, Any]) -> bool:
+    """Whether a row carries a bootstrap ``interval`` and the input-independent ``baselines`` (localization
+    cells scored by :func:`~visionlens.zoo.techniques_localization.score_heatmap`)."""
+    iv = r.get("interval") or []
+    bl = r.get("baselines") or {}
+    return len(iv) == 2 and all(k in bl for k in INPUT_INDEPENDENT)
+
+
+def baseline_bar(r: Mapping[str, Any]) -> float:
+    """What a localization cell's interval is compared with: max(0 = chance, the constant and random
+    baselines' normalized point estimates)."""
+    bl = r.get("baselines") or {}
+    return max([0.0] + [float(bl[k]["normalized"]) for k in INPUT_INDEPENDENT if k in bl])
+
+
+def edge_as_good(r: Mapping[str, Any]) -> bool:
+    """The edge-detector baseline does as well: its normalized point estimate reaches the lower end of the
+    technique's interval (the technique is not shown to beat an image filter that ignores the model)."""
+    e = (r.get("baselines") or {}).get("edge")
+    iv = r.get("interval") or []
+    if e is None or len(iv) != 2:
+        return False
+    return float(e["normalized"]) >= float(iv[0])
+
+
 def verdict(r: Mapping[str, Any]) -> str:
-    """``transfers`` (normalized >= 0.5 and passes sanity), ``fails sanity`` (above chance but as high on
-    random weights), ``partial`` (>= 0.2), ``breaks``, ``n/a``."""
+    """A cell's verdict: ``transfers``, ``partial``, ``breaks``, ``fails sanity`` or ``n/a``.
+
+    Rows with an interval (localization): with ``bar`` = max(0, the ``constant`` and ``random`` baselines'
+    normalized scores), ``transfers`` when the interval's lower end is above ``bar`` (above chance *and*
+    above every input-independent map), ``breaks`` when its upper end is at or below ``bar`` (no better
+    than chance or than a map that ignores the image), ``partial`` otherwise (the interval straddles
+    ``bar``: undecided on these images). No fixed cut-off. The edge baseline does not enter the verdict
+    (:func:`edge_as_good` marks the cell instead).
+
+    Rows without an interval (the other claims, for now): the fixed cut-offs ``transfers`` (normalized
+    >= 0.5), ``partial`` (>= 0.2), ``breaks`` (below).
+
+    Either way, a row that is not ``breaks`` but failed the randomized-weights sanity check is
+    ``fails sanity``.
+    """
     if not r.get("supported") or r.get("score") is None:
         return "n/a"
-    n = r["normalized"]
-    if r.get("sanity_passed") is False and n >= 0.2:
+    if has_interval(r):
+        lo, hi = (float(v) for v in r["interval"])
+        bar = baseline_bar(r)
+        v = "transfers" if lo > bar else ("breaks" if hi <= bar else "partial")
+    else:
+        n = r["normalized"]
+        v = "transfers" if n >= 0.5 else ("partial" if n >= 0.2 else "breaks")
+    if r.get("sanity_passed") is False and v != "breaks":
         return "fails sanity"
-    if n >= 0.5:
-        return "transfers"
-    if n >= 0.2:
-        return "partial"
-    return "breaks"
+    return v
+
+
+def interval_text(r: Mapping[str, Any]) -> str:
+    """``[0.41, 0.93]``, or ``no interval yet`` for a scored row without one."""
+    iv = r.get("interval")
+    if iv and len(iv) == 2:
+        return f"[{float(iv[0]):.2f}, {float(iv[1]):.2f}]"
+    return "no interval yet"
+
+
+def baselines_text(r: Mapping[str, Any]) -> str:
+    """``const 0.62, rnd 0.01, edge 0.20`` (normalized point estimates), empty without baselines."""
+    bl = r.get("baselines") or {}
+    short = {"constant": "const", "random": "rnd", "edge": "edge"}
+    return ", ".join(f"{short.get(k, k)} {float(v['normalized']):.2f}" for k, v in bl.items())
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -110,9 +175,21 @@ def write_markdown(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mappi
         "",
         "Cells: normalized score, 0 = chance, 1 = the planted truth recovered; "
         f"{FLAG} = the score did not drop on a randomly initialised copy (Adebayo et al. sanity check); "
-        "— = not supported (reason below).",
+        f"{EDGE} = an edge detector on the image (Sobel magnitude, no model) scores at least the lower end of "
+        "the cell's interval; — = not supported (reason below).",
         "",
         markdown_table(rows),
+        "",
+        "## Verdicts",
+        "",
+        "Localization cells: a 95% bootstrap interval over images (1000 resamples) of the normalized score, "
+        "compared with the normalized scores of two input-independent maps on the same images and grid: "
+        "`constant` (the best fixed map, fitted on a separate batch) and `random` (uniform noise). "
+        "**transfers**: the interval's lower end is above chance and above both; **breaks**: its upper end "
+        "is not; **partial**: the interval straddles them (undecided on these images). "
+        f"The edge-detector baseline is reported, not part of the verdict ({EDGE}). "
+        "Other claims have no interval yet: fixed cut-offs (transfers >= 0.5, partial >= 0.2). "
+        "Either way, a cell above *breaks* that fails the sanity check is **fails sanity**.",
         "",
         "## Headline",
         "",
@@ -124,21 +201,23 @@ def write_markdown(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mappi
         "",
         "## All rows",
         "",
-        "| model | technique | score | chance | normalized | random-weights score | sanity | seconds | note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | technique | score | chance | normalized | 95% interval | baselines (normalized) | verdict "
+        "| random-weights score | sanity | seconds | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if not r.get("supported") or r.get("score") is None:
             lines.append(
-                f"| {r['model']} | {r['technique']} | | | | | | {r.get('seconds') or ''} | "
+                f"| {r['model']} | {r['technique']} | | | | | | | | | {r.get('seconds') or ''} | "
                 f"{(r.get('reason') or '').replace('|', '/')} |"
             )
             continue
         lines.append(
             f"| {r['model']} | {r['technique']} | {r['score']:.3f} | {r['chance']:.3f} | "
-            f"{r['normalized']:.3f} | {_fmt(r.get('sanity_score'))} | "
+            f"{r['normalized']:.3f} | {interval_text(r)} | {baselines_text(r)} | {verdict(r)} | "
+            f"{_fmt(r.get('sanity_score'))} | "
             f"{'' if r.get('sanity_passed') is None else ('pass' if r['sanity_passed'] else 'FAIL')} | "
-            f"{r['seconds']} | |"
+            f"{r['seconds']} | {_note(r)} |"
         )
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
@@ -147,6 +226,19 @@ def write_markdown(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mappi
 
 def _fmt(v: Any) -> str:
     return "" if v is None else f"{v:.3f}"
+
+
+def _note(r: Mapping[str, Any]) -> str:
+    """Notes of a scored row: the edge baseline doing as well; the DLA map being an approximation and its coverage."""
+    d = r.get("details") or {}
+    notes = []
+    if has_interval(r) and edge_as_good(r):
+        notes.append("edge detector does as well")
+    if d.get("approximation"):
+        notes.append("approximation: " + str(d["approximation"]))
+    if d.get("coverage") is not None:
+        notes.append(f"coverage of logit - bias {float(d['coverage']):.2f} (median over images)")
+    return "; ".join(notes).replace("|", "/")
 
 
 def _img(out: Path, rel: str) -> str:
@@ -179,8 +271,12 @@ def write_html(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[s
         "</style></head><body><h1>Technique transfer across image-model families</h1>",
         f"<p>Command: <code>{html.escape(command)}</code>. Cell: normalized score (0 = chance, 1 = planted truth "
         f"recovered), raw score / chance and the random-weights normalized score below, {FLAG} = did not drop on "
-        "random weights. Green: transfers (&ge; 0.5 and passes the sanity check), orange: fails the sanity check, "
-        "yellow: partial (&ge; 0.2), red: breaks, grey: not supported.</p>",
+        "random weights; localization cells also show the 95% bootstrap interval over images and the baselines "
+        "on the same images and grid (const: the best fixed map, fitted on another batch; rnd: uniform noise; "
+        f"edge: Sobel magnitude of the image), {EDGE} = the edge detector does as well. Green: transfers "
+        "(localization: the interval's lower end above chance and above the constant and random maps; other "
+        "claims, which have no interval yet: &ge; 0.5), orange: fails the sanity check, yellow: partial "
+        "(the interval straddles them; other claims: &ge; 0.2), red: breaks, grey: not supported.</p>",
         "<table><tr><th>technique</th>"
         + "".join(
             f"<th>{html.escape(m.removeprefix('zoo:'))}<br><span class=s>{html.escape(fam[m])}</span></th>"
@@ -202,9 +298,13 @@ def write_html(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[s
                 )
                 continue
             anchor = f"{m.removeprefix('zoo:')}__{t}"
+            extra = (  # numbers and fixed words only: nothing to escape
+                f"<br>{interval_text(r)}<br>{baselines_text(r)}" if has_interval(r) else "<br>no interval yet"
+            )
             h.append(
                 f"<td style='background:{verdict_colour(r)}'><a href='#{html.escape(anchor)}'>{cell_text(r)}</a>"
-                f"<br><span class=s>{r['score']:.2f} / {r['chance']:.2f}; rnd {_fmt(r.get('sanity_normalized'))}"
+                f"<br><span class=s>{r['score']:.2f} / {r['chance']:.2f}; rnd weights "
+                f"{_fmt(r.get('sanity_normalized'))}{extra}"
                 f"</span></td>"
             )
         h.append("</tr>")
@@ -221,10 +321,12 @@ def write_html(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[s
         det = html.escape(
             ", ".join(f"{k}={v}" for k, v in (r.get("details") or {}).items() if not isinstance(v, (list, dict)))[:600]
         )
+        note = html.escape(_note(r))
         h.append(
             f"<details id='{html.escape(anchor)}'><summary>{html.escape(r['model'])} &times; "
-            f"{html.escape(r['technique'])}: {cell_text(r)} ({verdict(r)}, {r['seconds']} s)</summary>"
-            f"<p class=s>{det}</p>{imgs}</details>"
+            f"{html.escape(r['technique'])}: {cell_text(r)} {interval_text(r)} ({verdict(r)}, {r['seconds']} s)"
+            f"</summary><p class=s>{html.escape(baselines_text(r))}{'; ' if note and r.get('baselines') else ''}"
+            f"{note}</p><p class=s>{det}</p>{imgs}</details>"
         )
     h.append("</body></html>")
     (out / "index.html").write_text("\n".join(h))

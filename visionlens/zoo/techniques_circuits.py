@@ -31,11 +31,14 @@
   raises ``p`` by at least 0.1 (e.g. a randomly initialised UNet) there is no style to remove: the
   score is 0 at chance 0.
 
-  Caveat: the plugin's ``unit_summary`` ignores ``[B, D]`` activations, so ``add_embedding`` units
-  are silently dropped and the search only sees the cross-attention route: ablating its top 32 (or
-  128) units leaves the style intact (score ~0 = chance). With ``[B, D]`` units counted (one line in
-  the plugin), the top 32 remove ~0.3 (quick) / ~0.37 (full) of the "dotted" style vs ~0.002 for
-  random units; the details list ``searched_hooks``.
+  Vector units: the plugin's ``unit_summary`` keeps ``[B, D]`` activations as they are (one unit per
+  entry of the last axis; ``[B, C, H, W]`` maps become channel means, ``[B, pixels, C]`` token maps
+  pixel means, cross-attention patterns their mass on the style tokens; other shapes are skipped), so
+  the ``add_embedding`` units are ranked and ablated with the rest (``_unit_edit_hooks`` sets the last
+  axis of vector and token activations). When they were dropped (an earlier plugin version), the
+  search saw only the cross-attention route and ablating its top 32 (or 128) units left the style
+  intact (score ~0 = chance); with them, the top 32 remove ~0.3 (quick) / ~0.37 (full) of the
+  "dotted" style vs ~0.002 for random units. The details list ``searched_hooks``.
 """
 
 from __future__ import annotations

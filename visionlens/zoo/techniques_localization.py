@@ -31,8 +31,8 @@ from torch.nn import functional as F
 from ..plugins.activation_patching import default_patching_hooks
 from ..runner import run
 from . import data as zdata
-from .classifiers import held_out_batch
 from .baselines import edge_map, fit_constant_map, random_map
+from .classifiers import held_out_batch
 from .scores import Score, bootstrap_normalized, planted_localization
 from .technique import BenchContext, Technique
 from .techniques_features import prepare

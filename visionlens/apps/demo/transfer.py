@@ -3,8 +3,9 @@
 :func:`demo_transfer_section` runs :func:`visionlens.zoo.bench.run_transfer` over every shipped zoo
 model (quick budgets, one progress line per cell), writes the full result under ``out_dir/transfer``
 (results.json, results.md, index.html with the figures) and returns an HTML fragment: the table, a
-headline computed from it, its caveats (with a baseline computed here: how well a constant map that
-always points at the trigger's corner scores) and two captioned figures.
+headline computed from it (verdicts from :func:`visionlens.zoo.bench_report.verdict`: localization cells
+from their bootstrap interval against the constant and random baselines stored in each row, the other
+claims from fixed cut-offs, said so), its caveats and two captioned figures.
 """
 
 from __future__ import annotations
@@ -18,7 +19,17 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ...zoo.bench import run_transfer
-from ...zoo.bench_report import cell_text, figure_caption, verdict, verdict_colour
+from ...zoo.bench_report import (
+    baseline_bar,
+    baselines_text,
+    cell_text,
+    edge_as_good,
+    figure_caption,
+    has_interval,
+    interval_text,
+    verdict,
+    verdict_colour,
+)
 from ...zoo.catalog import available, get_entry
 from ...zoo.scores import planted_localization
 from ...zoo.technique import LOCALIZATION_IMAGES, BenchContext
@@ -31,7 +42,7 @@ __all__ = ["demo_transfer_section", "constant_corner_baseline", "transfer_html"]
 SHOWN_FIGURES = (("resnet", "feature_visualization"), ("resnet", "activation_patching_swap"))
 
 
-def _budget(rows: Sequence[Dict[str, Any]], claim: str, key: str) -> str:
+def _budget(rows: Sequence[Mapping[str, Any]], claim: str, key: str) -> str:
     """What the quick run used (from the rows' details): e.g. the images of a localization batch (the largest)."""
     seen = [r["details"][key] for r in rows if r.get("claim") == claim and key in (r.get("details") or {})]
     return str(max(seen)) if seen else "?"
@@ -39,7 +50,9 @@ def _budget(rows: Sequence[Dict[str, Any]], claim: str, key: str) -> str:
 
 def constant_corner_baseline(entry_name: str, grid: str, seed: int = 0) -> Optional[float]:
     """Normalized localization score of a map that ignores model and image: all its mass on the cells of
-    the (fixed) trigger corner, on the ``"HxW"`` grid, scored like the benchmark's localization cells."""
+    the first triggered image's trigger, on the ``"HxW"`` grid, scored like the benchmark's localization
+    cells. Kept for comparison; the table itself uses each row's fitted ``constant`` baseline
+    (:mod:`visionlens.zoo.baselines`), which does not assume where the trigger is."""
     try:
         h, w = (int(v) for v in grid.split("x"))
         b = localization_batch(BenchContext(entry=get_entry(entry_name), quick=True, seed=seed))
@@ -148,27 +161,12 @@ def transfer_html(out: Path, rows: Sequence[Mapping[str, Any]], secs: float) -> 
     by = {(r["model"], r["technique"]): r for r in rows}
     e = html.escape
 
-    # the constant-corner baseline for every (model, grid) of the localization cells
-    baseline: Dict[tuple, Optional[float]] = {}
-    below: Dict[str, List[str]] = {}  # technique -> models whose cell is at or under the constant map
-    under = set()
-    compared = 0
-    for r in rows:
-        grid = (r.get("details") or {}).get("grid")
-        if r.get("claim") != "localization" or not grid or r.get("normalized") is None or r["family"] == "clip":
-            continue
-        key = (r["model"].removeprefix("zoo:"), grid)
-        if key not in baseline:
-            baseline[key] = constant_corner_baseline(key[0], grid)
-        b = baseline[key]
-        compared += b is not None
-        if b is not None and r["normalized"] <= b:
-            below.setdefault(r["technique"], []).append(key[0])
-            under.add((r["model"], r["technique"]))
-    by_grid: Dict[str, List[float]] = {}
-    for (_, grid), v in baseline.items():
-        if v is not None:
-            by_grid.setdefault(grid, []).append(v)
+    # each localization row carries its own baselines (same images, same grid) and interval
+    loc = [r for r in rows if r.get("claim") == "localization" and r.get("normalized") is not None]
+    with_iv = [r for r in loc if has_interval(r)]
+    under = {(r["model"], r["technique"]) for r in with_iv if float(r["normalized"]) <= baseline_bar(r)}
+    edge = {(r["model"], r["technique"]) for r in with_iv if edge_as_good(r)}
+    no_iv = sorted({r["technique"] for r in rows if r.get("normalized") is not None and not has_interval(r)})
 
     head = "".join(f"<th>{e(m.removeprefix('zoo:'))}</th>" for m in models)
     body = []
@@ -183,30 +181,35 @@ def transfer_html(out: Path, rows: Sequence[Mapping[str, Any]], secs: float) -> 
                     f"<td style='background:#eee' title='{e(cell.get('reason') or '')}'>{cell_text(cell)}</td>"
                 )
             else:
-                mark = "<br><small>&le; constant map</small>" if (m, t) in under else ""
-                cells.append(f"<td style='background:{verdict_colour(cell)}'>{e(cell_text(cell))}{mark}</td>")
+                mark = "<br><small>&le; a constant map</small>" if (m, t) in under else ""
+                iv = f"<br><small>{e(interval_text(cell))}</small>" if has_interval(cell) else ""
+                cells.append(
+                    f"<td style='background:{verdict_colour(cell)}' title='{e(baselines_text(cell))}'>"
+                    f"{e(cell_text(cell))}{iv}{mark}</td>"
+                )
         body.append(f"<tr><td>{e(t)}</td>{''.join(cells)}</tr>")
     n_flag = sum(1 for r in rows if r.get("sanity_passed") is False)
     n_scored = sum(1 for r in rows if r.get("normalized") is not None)
-    n_under = sum(len(v) for v in below.values())
-    fake = [f"{t} on {m}" for t, ms in below.items() for m in ms if verdict(by[(f"zoo:{m}", t)]) == "transfers"]
+    by_const: Dict[str, List[str]] = {}
+    for r in sorted(with_iv, key=lambda r: r["technique"]):
+        if (r["model"], r["technique"]) in under:
+            by_const.setdefault(r["technique"], []).append(r["model"].removeprefix("zoo:"))
+    const_vals = [float(r["baselines"]["constant"]["normalized"]) for r in with_iv]
     base_txt = ""
-    if by_grid:
-        grids = sorted(by_grid, key=lambda g: int(g.split("x")[0]))
-        per_grid = ", ".join(
-            f"{g}: {min(by_grid[g]):.2f}"
-            + (f"&ndash;{max(by_grid[g]):.2f}" if max(by_grid[g]) - min(by_grid[g]) >= 0.005 else "")
-            for g in grids
-        )
+    if with_iv:
         base_txt = (
-            "A map that ignores the model and the image and puts all its mass on the trigger's corner scores, "
-            f"normalized and by heatmap grid, <b>{per_grid}</b>: close to the 0.5 line that counts as "
-            "<i>transfers</i>, and above it on the coarsest grids (one cell of a 2 &times; 2 map holds the trigger "
-            f"and often part of the object). <b>{n_under} of {compared}</b> localization cells do no better than that "
-            "constant map (marked &le; in the table): "
-            + "; ".join(f"<code>{e(t)}</code> on {', '.join(ms)}" for t, ms in below.items())
-            + "."
-            + (f" That includes {len(fake)} <i>transfers</i> verdict(s): {', '.join(fake)}." if fake else "")
+            "Every localization cell is compared with maps scored on the same images and grid: the best "
+            "<i>constant</i> map (fitted on a separate batch: it knows where the truth usually is, not the image), "
+            f"uniform noise and an edge detector. The constant map scores {min(const_vals):.2f}&ndash;"
+            f"{max(const_vals):.2f} normalized here. <b>{len(under)} of {len(with_iv)}</b> localization cells do no "
+            "better than it or than noise (marked &le;)"
+            + (
+                ": " + "; ".join(f"<code>{e(t)}</code> on {', '.join(ms)}" for t, ms in by_const.items())
+                if by_const
+                else ""
+            )
+            + f". On <b>{len(edge)}</b> the edge detector (no model at all) reaches the lower end of the interval "
+            "(&asymp;edge)."
         )
     caveats = [
         f"<b>Quick budgets.</b> {len(rows)} cells in {secs:.0f} s: {_budget(rows, 'localization', 'n_images')} images "
@@ -215,10 +218,22 @@ def transfer_html(out: Path, rows: Sequence[Mapping[str, Any]], secs: float) -> 
         f"{_budget(rows, 'dataset examples', 'n_images')} held-out images for dataset examples "
         f"({EXAMPLES_N['full']}). Scores move "
         "by ~0.1 between the quick and the full table (<code>docs/transfer.md</code>, made with full budgets); "
-        "read verdicts near a threshold as undecided.",
-        "<b>The trigger is always in the same place</b> (one pixel in from the bottom-right corner), so on triggered "
-        f"images a constant map is a strong localizer. {base_txt} The object half of the score (clean images) is "
-        "where a map has to look at the image; it is in each cell's details (<code>object_mass</code>).",
+        "a localization interval from this few images is wide, so many cells are <i>partial</i> (undecided).",
+        "<b>Where the truth usually is can be learned without the image.</b> While the trigger is in the same place "
+        "in every image (one pixel in from the bottom-right corner), a constant map is a strong localizer on "
+        f"triggered images. {base_txt} The object half of the score (clean images) is where a map has to look at the "
+        "image; it is in each cell's details (<code>object_mass</code>).",
+        "<b>Verdicts.</b> Localization: <i>transfers</i> when the 95% bootstrap interval over images lies above "
+        "chance and above the constant and random maps, <i>breaks</i> when it lies at or below one of them, "
+        "<i>partial</i> when it straddles them. "
+        + (
+            f"{', '.join(f'<code>{e(t)}</code>' for t in no_iv)} have <b>no interval yet</b>: their verdicts still "
+            "come from fixed cut-offs (&ge; 0.5 transfers, &ge; 0.2 partial)."
+            if no_iv
+            else ""
+        )
+        + " The ViT's <code>dla_heatmap</code> is an approximation (the heads' direct contributions split over the "
+        "patches they attend to); its coverage of logit &minus; bias is in the row's details.",
         f"<b>Randomization (the {e('⚠')} flag).</b> Each score is recomputed on one seeded random initialization of "
         f"the same architecture; {n_flag} of {n_scored} cells score at least half as much there, so their output "
         "is not explained by what the model learned. Minimal-pair patching (<code>activation_patching</code>, "
@@ -234,8 +249,9 @@ def transfer_html(out: Path, rows: Sequence[Mapping[str, Any]], secs: float) -> 
         "<p>Every technique on every family of the planted-truth zoo (small models trained here, with a known "
         "answer: a trigger patch that forces class 0, objects whose shape decides the label), scored against that "
         "answer. Cells: normalized score, 0 = chance, 1 = the planted truth recovered; "
-        f"{e('⚠')} = the score did not drop on random weights; — = not supported. Green: transfers (&ge; 0.5 and "
-        "passes the sanity check), orange: fails the sanity check, yellow: partial (&ge; 0.2), red: breaks. "
+        f"{e('⚠')} = the score did not drop on random weights; &asymp;edge = an edge detector does as well; "
+        "— = not supported. Green: transfers, orange: fails the sanity check, yellow: partial, red: breaks "
+        "(localization: from the interval against the baselines; see the caveats). "
         "<a href='transfer/index.html'>Full table with every figure</a>.</p>"
         f"<table><tr><th>technique</th>{head}</tr>{''.join(body)}</table>"
         f"<h3>Headline</h3><p>{_summary(rows)}</p><ul>" + "".join(_headline(rows)) + "</ul>"
