@@ -48,3 +48,17 @@ def test_curve_of_dla_falls_as_the_weights_go():
     assert pts[-1]["normalized"] < pts[0]["normalized"] - 0.3  # DLA reads the learned readout
     fig = cascade_figure({"dla_heatmap": pts}, "zoo:resnet")
     assert len(fig.axes[0].lines) >= 1
+
+
+def test_bench_rows_carry_the_curve_and_its_figure(tmp_path):
+    from visionlens.zoo.bench import CASCADE_STEPS, run_transfer
+
+    rows = run_transfer(tmp_path, families=["resnet"], techniques=["dla_heatmap"], quick=True, cascade=True, workers=1)
+    (row,) = [r for r in rows if r["model"] == "zoo:resnet"]
+    pts = row["cascade"]
+    assert len(pts) == CASCADE_STEPS + 1 and pts[0]["normalized"] == row["normalized"]
+    assert pts[-1]["normalized"] == pytest.approx(row["sanity_normalized"], abs=1e-6)  # fully random = the control
+    assert (tmp_path / row["figures"]["cascade_dla_heatmap"]).is_file()
+    assert "Cascading randomization" in (tmp_path / "index.html").read_text()
+    quick_default = run_transfer(tmp_path / "q", families=["resnet"], techniques=["dla_heatmap"], quick=True)
+    assert all(r.get("cascade") is None for r in quick_default)

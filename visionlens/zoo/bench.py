@@ -32,6 +32,7 @@ from ..serialize import atomic_write_bytes
 from ..threads import rebalance_threads
 from ..validation import VisionLensError
 from .bench_report import write_report
+from .cascade import cascade_curve, cascade_figure
 from .catalog import entries, load, weights_path
 from .entry import ZooEntry
 from .scores import Score, sanity_check
@@ -127,6 +128,7 @@ def run_transfer(
     sanity: bool = True,
     verbose: bool = False,
     workers: Optional[int] = None,
+    cascade: Optional[bool] = None,
 ) -> List[Dict[str, Any]]:
     """Run the benchmark; writes ``results.json`` / ``results.md`` / ``index.html`` into ``out_dir``.
 
@@ -138,6 +140,9 @@ def run_transfer(
     models use two processes far better than two threads); default: the current torch thread count (the
     thread policy's share of the cores), so ``OMP_NUM_THREADS=1`` or a busy machine runs in-process.
     Scores do not depend on it.
+    ``cascade``: also score each technique along Adebayo et al.'s cascading randomization
+    (:func:`visionlens.zoo.cascade.cascade_curve`, :data:`CASCADE_STEPS` steps from the head down), stored as
+    ``row["cascade"]`` with a figure; default: on for the full table, off for ``quick``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +183,17 @@ def run_transfer(
         rows.extend(done[(f"zoo:{entry.name}", t.name)] for t in techs if (f"zoo:{entry.name}", t.name) in done)
         todo = [t for t in techs if (f"zoo:{entry.name}", t.name) not in done]
         if todo:
-            jobs.append(_EntryJob(entry.name, tuple(t.name for t in todo), quick, seed, str(out), sanity))
+            jobs.append(
+                _EntryJob(
+                    entry.name,
+                    tuple(t.name for t in todo),
+                    quick,
+                    seed,
+                    str(out),
+                    sanity,
+                    cascade=(not quick) if cascade is None else bool(cascade),
+                )
+            )
     by_name = {t.name: t for t in techs}
     changed = rebalance_threads(min_interval=0.0)  # the idle cores now, when the count is chosen automatically
     if changed is not None:
@@ -201,6 +216,11 @@ def run_transfer(
     return rows
 
 
+# cascading-randomization points per technique (head, two in between, all; see zoo.cascade); zoo models whose
+# random control keeps the family's own init (entry.randomize False: the diffusion UNet) get no cascade
+CASCADE_STEPS = 4
+
+
 @dataclass(frozen=True)
 class _EntryJob:
     """The cells of one zoo model still to score (picklable: names, not objects)."""
@@ -211,6 +231,7 @@ class _EntryJob:
     seed: int
     out: str
     sanity: bool
+    cascade: bool = False
 
 
 Emit = Callable[[str, Any], None]
@@ -258,6 +279,16 @@ def _score_entry(entry: ZooEntry, todo: Sequence[Any], job: _EntryJob, emit: Emi
                 rs = tech.score(random_model, rctx)
                 chk = sanity_check(s, rs)
                 row.update(_score_fields("sanity_", rs), sanity_passed=chk["passed"])
+            if job.cascade and entry.randomize:
+                pts = cascade_curve(
+                    tech, entry, quick=job.quick, seed=job.seed, max_steps=CASCADE_STEPS, trained_score=s.normalized
+                )
+                row["cascade"] = pts
+                try:
+                    fig = cascade_figure({tech.name: pts}, f"zoo:{entry.name} x {tech.name}: cascading randomization")
+                    ctx.save_figure(f"cascade_{tech.name}", fig)
+                except Exception:  # a figure must never cost the row
+                    pass
             row["figures"] = dict(ctx.figures)
         except Exception as exc:  # a technique that crashes is a row with its error, not a dead run
             row = _row(

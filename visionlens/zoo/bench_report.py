@@ -20,6 +20,10 @@ EDGE = "≈edge"  # the edge-detector baseline does as well as the technique (lo
 
 # What each technique's figure shows, by figure label (else by the row's claim). Shared with the demo.
 FIGURE_CAPTIONS = {
+    "cascade": "Cascading randomization (Adebayo et al. 2018): the technique's normalized score on the trained "
+    "model, then with its weights replaced by random ones from the head down to the unit on the axis. A score "
+    "that survives randomizing the layers it reads is explained by the architecture and the input, not by what "
+    "the model learned.",
     "localization": "Top row: held-out images (titled <i>trigger</i> when the planted trigger is pasted in, else "
     "<i>clean</i>). Bottom row: the technique's heatmap for the target class at its own resolution; the cyan "
     "outline is the planted truth (the trigger on triggered images, the object on clean ones). Score: the "
@@ -43,6 +47,8 @@ FIGURE_CAPTIONS = {
 
 def figure_caption(label: str, row: Mapping[str, Any]) -> str:
     """The caption (HTML) of a row's figure ``label``: :data:`FIGURE_CAPTIONS` by label, then by claim."""
+    if label.startswith("cascade_"):
+        return FIGURE_CAPTIONS["cascade"]
     return FIGURE_CAPTIONS.get(label) or FIGURE_CAPTIONS.get(str(row.get("claim") or ""), "")
 
 

@@ -94,6 +94,13 @@ def add_zoo_subcommands(subparsers: Any) -> None:
         metavar="N",
         help="zoo models scored at once, one process each (default: the thread count; 1 = in this process)",
     )
+    bt.add_argument(
+        "--cascade",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also score every technique along a cascading randomization of the weights (default: on for the "
+        "full table, off with --quick)",
+    )
     bt.add_argument("-q", "--quiet", action="store_true", help="no per-cell progress on stderr")
 
 
@@ -163,6 +170,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
             sanity=not args.no_sanity,
             verbose=not args.quiet,
             workers=args.workers,
+            cascade=args.cascade,
         )
     print(markdown_table(rows))
     print(f"wrote {args.out}/results.json, results.md, index.html")
