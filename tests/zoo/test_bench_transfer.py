@@ -9,7 +9,7 @@ import torch
 
 from visionlens import hookimpl
 from visionlens.registry import plugin_manager
-from visionlens.zoo import bench, catalog
+from visionlens.zoo import bench, catalog, techniques_captum
 from visionlens.zoo import techniques_localization as tl
 from visionlens.zoo.bench import run_transfer
 from visionlens.zoo.scores import Score
@@ -23,7 +23,7 @@ def test_quick_table_rows_and_files(tmp_path):
     assert {r["model"] for r in all_rows} >= {"zoo:resnet"}  # the family selects every ResNet in the zoo
     rows = [r for r in all_rows if r["model"] == "zoo:resnet"]
     names = {r["technique"] for r in rows}
-    assert names == {t.name for t in tl.TECHNIQUES}
+    assert names == {t.name for t in tl.TECHNIQUES + techniques_captum.TECHNIQUES}
     for r in rows:
         for key in (
             "family",

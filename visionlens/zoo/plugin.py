@@ -15,6 +15,7 @@ from . import (
     classifiers,
     clip_model,
     diffusion_model,
+    techniques_captum,
     techniques_circuits,
     techniques_features,
     techniques_localization,
@@ -38,7 +39,12 @@ def visionlens_register_model_specs() -> List[Tuple[str, Any]]:
 @hookimpl
 def visionlens_register_transfer_techniques() -> List[Any]:
     """The built-in techniques of ``visionlens bench transfer``, in table order."""
-    return [*techniques_localization.TECHNIQUES, *techniques_features.TECHNIQUES, *techniques_circuits.TECHNIQUES]
+    return [
+        *techniques_localization.TECHNIQUES,
+        *techniques_captum.TECHNIQUES,
+        *techniques_features.TECHNIQUES,
+        *techniques_circuits.TECHNIQUES,
+    ]
 
 
 @hookimpl
