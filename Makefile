@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint hook-docs install weights clean bench
+.PHONY: demo test lint hook-docs transfer-docs install weights clean bench
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ weights: $(STAMP)
 demo: install
 	$(PY) -m visionlens.apps.demo --out report
 
-test: install lint hook-docs
+test: install lint hook-docs transfer-docs
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --timeout 900
 
 # ruff (lint + format check) and mypy, configured in pyproject.toml
@@ -44,6 +44,10 @@ lint: $(STAMP)
 # docs/hooks.md is generated: fail when it no longer matches the adapters
 hook-docs: $(STAMP)
 	$(PY) scripts/gen_hook_docs.py --check
+
+# the transfer headline in README.md / docs/transfer.md is generated from benchmarks/results/transfer/results.json
+transfer-docs: $(STAMP)
+	$(PY) scripts/gen_transfer_docs.py --check
 
 bench: install
 	$(PY) benchmarks/hook_overhead.py

@@ -1,0 +1,69 @@
+"""scripts/gen_transfer_docs.py: the README / docs headline comes from results rows; --check catches drift."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("gen_transfer_docs", ROOT / "scripts" / "gen_transfer_docs.py")
+gen = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gen)
+
+
+def _row(model, tech, normalized, interval=None, sanity=True, baselines=None):
+    return {
+        "family": model,
+        "model": f"zoo:{model}",
+        "technique": tech,
+        "claim": "localization" if interval else "dataset examples",
+        "score": normalized,
+        "chance": 0.0,
+        "normalized": normalized,
+        "sanity_passed": sanity,
+        "sanity_normalized": 0.0,
+        "supported": True,
+        "reason": "",
+        "seconds": 1.5,
+        "interval": interval,
+        "baselines": baselines,
+    }
+
+
+def test_blocks_follow_the_rows_and_check_detects_drift(tmp_path, monkeypatch):
+    base = {"constant": {"normalized": 0.3}, "random": {"normalized": 0.0}}
+    rows = [
+        _row("resnet", "occlusion", 0.8, [0.6, 0.9], baselines=base),
+        _row("vit", "occlusion", 0.4, [0.2, 0.5], baselines=base),
+        _row("vit", "dataset_examples", 0.7),
+    ]
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"command": "visionlens bench transfer --out DIR", "settings": {}, "rows": rows}))
+    readme, doc = tmp_path / "README.md", tmp_path / "transfer.md"
+    for p in (readme, doc):
+        p.write_text(f"intro\n{gen.BEGIN}\nold typed text\n{gen.END}\noutro\n")
+    monkeypatch.setattr(gen, "RESULTS", results)
+    monkeypatch.setattr(gen, "README", readme)
+    monkeypatch.setattr(gen, "DOC", doc)
+    assert gen.main(["--check"]) == 1
+    assert gen.main([]) == 0 and gen.main(["--check"]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old typed text" not in text
+    assert "- `occlusion`: **transfers**: resnet; **partial**: vit" in text
+    assert "- `dataset_examples`: **transfers**: vit" in text
+    assert "| occlusion |" in doc.read_text()
+    rows[1]["interval"] = [0.35, 0.5]  # now above the constant map: the headline must change
+    results.write_text(json.dumps({"command": "x", "settings": {}, "rows": rows}))
+    assert gen.main(["--check"]) == 1
+
+
+def test_a_target_without_markers_is_an_error(tmp_path, monkeypatch):
+    (tmp_path / "r.json").write_text(json.dumps({"rows": []}))
+    (tmp_path / "README.md").write_text("no markers\n")
+    monkeypatch.setattr(gen, "RESULTS", tmp_path / "r.json")
+    monkeypatch.setattr(gen, "README", tmp_path / "README.md")
+    with pytest.raises(SystemExit, match="no <!-- transfer-headline"):
+        gen.main([])
