@@ -30,9 +30,10 @@ FIGURE_CAPTIONS = {
     "fraction of positive heat inside the outline.",
     "feature_visualization": "First image: the planted truth, the trigger (a white/magenta checkerboard one pixel in "
     "from the bottom-right corner) on the background. The others: renders from noise that maximise the trigger "
-    "class's logit (pixel parameterization, no colour decorrelation or transforms, 32 px). Score: the best-position "
-    "correlation of each render with the trigger pattern (chance: the same statistic on noise); a render that "
-    "recovers the trigger shows a checkerboard patch, wherever it is.",
+    "class's logit as the field renders them (FFT parameterization, decorrelated colour, Lucid's transforms scaled "
+    "to 32 px). Score: the best 4 x 4 window's share of zero-mean per-channel energy explained by the checkerboard "
+    "pattern, in any colour (chance: the same statistic on phase-scrambled copies of each render), so a colour-only "
+    "render cannot pass; a render that recovers the trigger shows a checkerboard patch, wherever it is.",
     "dataset_examples": "One row per unit (the 6 units of the last block whose top examples are purest): its top "
     "held-out images, best first. Score: how often a unit's top-16 images share the label-relevant factor (shape "
     "and texture; Fashion-MNIST: the class; CLIP: shape, colour, texture), against random top-k sets.",
