@@ -127,7 +127,7 @@ def run_transfer(
     resume: bool = True,
     sanity: bool = True,
     verbose: bool = False,
-    workers: Optional[int] = None,
+    workers: Optional[int] = 1,
     cascade: Optional[bool] = None,
 ) -> List[Dict[str, Any]]:
     """Run the benchmark; writes ``results.json`` / ``results.md`` / ``index.html`` into ``out_dir``.
@@ -136,10 +136,12 @@ def run_transfer(
     With ``resume`` (default), rows already in ``out_dir/results.json`` for the same settings are kept.
     ``verbose``: one line per cell on stderr (``[i/n] model x technique  score  seconds``), plus a line
     when the thread count is rebalanced (:func:`visionlens.threads.rebalance_threads`, between cells).
-    ``workers``: zoo models scored at once, each in a process of its own with one torch thread (tiny
-    models use two processes far better than two threads); default: the current torch thread count (the
-    thread policy's share of the cores), so ``OMP_NUM_THREADS=1`` or a busy machine runs in-process.
-    Scores do not depend on it.
+    ``workers``: zoo models scored at once, each in a spawned process with one torch thread (tiny models
+    use two processes far better than two threads); ``None``: the current torch thread count (the thread
+    policy's share of the cores, so ``OMP_NUM_THREADS=1`` or a busy machine runs in-process), which the CLI
+    and the demo use. The default, 1, scores in this process: spawned workers re-import the caller's main
+    script, so a script that calls this with ``workers != 1`` needs an ``if __name__ == "__main__":`` guard
+    (as any ``multiprocessing`` program). Scores do not depend on it.
     ``cascade``: also score each technique along Adebayo et al.'s cascading randomization
     (:func:`visionlens.zoo.cascade.cascade_curve`, :data:`CASCADE_STEPS` steps from the head down), stored as
     ``row["cascade"]`` with a figure; default: on for the full table, off for ``quick``.

@@ -150,7 +150,9 @@ def demo_transfer_section(
         return "<h2>Technique transfer</h2><p class='warn'>No trained zoo models in this install.</p>"
     t0 = time.perf_counter()
     with steps(f"technique transfer table (quick), {len(names)} zoo models"):
-        rows = run_transfer(out, families=names, techniques=techniques, quick=True, resume=False, verbose=steps.enabled)
+        rows = run_transfer(
+            out, families=names, techniques=techniques, quick=True, resume=False, verbose=steps.enabled, workers=None
+        )
     return transfer_html(out, rows, time.perf_counter() - t0)
 
 
