@@ -87,6 +87,17 @@ def layer_norm_parts(norm: Optional[nn.Module]) -> tuple[Optional[Tensor], Optio
     return norm.weight, norm.bias
 
 
+def fold_layer_norm(W: Tensor, b: Tensor, norm: Optional[nn.Module]) -> tuple[Tensor, Tensor]:
+    """TransformerLens's fold of the norm a linear map ``W [out, D]``, ``b [out]`` reads after: the norm's
+    bias into ``b`` (``b + W @ b_ln``), its scale into ``W``'s input columns."""
+    w_ln, b_ln = layer_norm_parts(norm)
+    if b_ln is not None:
+        b = b + W @ b_ln
+    if w_ln is not None:
+        W = W * w_ln[None, :]
+    return W, b
+
+
 @dataclass
 class TLBlock:
     """One pre-LN transformer block, as the pieces TransformerLens's matrices are made of.
@@ -117,15 +128,9 @@ class TLBlock:
         n = H * dh
         W = self.qkv_weight[i * n : (i + 1) * n]  # [H*dh, D]
         b = self.qkv_bias[i * n : (i + 1) * n] if self.qkv_bias is not None else W.new_zeros(n)
-        W_h = W.view(H, dh, -1).transpose(1, 2)  # [H, D, dh]
-        b_h = b.view(H, dh)
         if fold_ln:
-            w_ln, b_ln = layer_norm_parts(self.ln1)
-            if b_ln is not None:
-                b_h = b_h + torch.einsum("d,hde->he", b_ln, W_h)
-            if w_ln is not None:
-                W_h = W_h * w_ln[None, :, None]
-        return W_h, b_h
+            W, b = fold_layer_norm(W, b, self.ln1)
+        return W.view(H, dh, -1).transpose(1, 2), b.view(H, dh)  # [H, D, dh], [H, dh]
 
     def get(self, name: str, fold_ln: bool) -> Tensor:
         if name in ("W_Q", "W_K", "b_Q", "b_K") and self.qk_why:
@@ -146,11 +151,7 @@ class TLBlock:
             W = _linear_weight(self.fc1)  # [d_mlp, D]
             b = self.fc1.bias if self.fc1.bias is not None else W.new_zeros(W.shape[0])
             if fold_ln:
-                w_ln, b_ln = layer_norm_parts(self.ln2)
-                if b_ln is not None:
-                    b = b + W @ b_ln
-                if w_ln is not None:
-                    W = W * w_ln[None, :]
+                W, b = fold_layer_norm(W, b, self.ln2)
             return W.T if name == "W_in" else b
         if name in ("W_out", "b_out"):
             if self.mlp_out_why:
@@ -203,11 +204,7 @@ class TLWeightSource:
             W = self.unembed_weight  # [V, D]
             b = self.unembed_bias if self.unembed_bias is not None else W.new_zeros(W.shape[0])
             if fold_ln:
-                w_ln, b_ln = layer_norm_parts(self.unembed_norm)
-                if b_ln is not None:
-                    b = b + W @ b_ln
-                if w_ln is not None:
-                    W = W * w_ln[None, :]
+                W, b = fold_layer_norm(W, b, self.unembed_norm)
             return W.T if name == "W_U" else b
         if name in TL_WEIGHT_NAMES:
             return torch.stack([blk.get(name, fold_ln) for blk in self.blocks])
