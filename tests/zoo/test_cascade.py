@@ -8,7 +8,7 @@ import torch
 from visionlens.zoo import catalog
 from visionlens.zoo import techniques_localization as tl
 from visionlens.zoo.cascade import _pick, cascade_curve, cascade_figure
-from visionlens.zoo.randomize import cascading_randomization
+from visionlens.zoo.randomize import cascading_randomization, parameter_groups
 from visionlens.zoo.technique import BenchContext
 
 pytestmark = pytest.mark.skipif(not catalog.weights_path("resnet").is_file(), reason="zoo:resnet not trained")
@@ -33,6 +33,9 @@ def test_last_step_is_the_tables_random_copy():
     a, b = last.state_dict(), rand.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "the last cascade step differs from load(pretrained=False)"
+    n = len(parameter_groups(module))
+    ((only_name, only_last),) = list(cascading_randomization(module, seed=0, steps={n - 1}))  # no other copies
+    assert only_name == name and all(torch.equal(v, a[k]) for k, v in only_last.state_dict().items())
 
 
 def test_curve_of_dla_falls_as_the_weights_go():

@@ -18,7 +18,7 @@ import torch
 
 from .catalog import load_module
 from .entry import ZooEntry
-from .randomize import cascading_randomization
+from .randomize import cascading_randomization, parameter_groups
 from .technique import BenchContext
 
 
@@ -47,17 +47,14 @@ def cascade_curve(
     A step whose scoring raises is recorded with ``error`` and no score; the curve goes on.
     """
     module = load_module(entry.name)
-    steps = list(cascading_randomization(module, seed=seed))
-    chosen = set(_pick(len(steps), max_steps))
+    chosen = set(_pick(len(parameter_groups(module)), max_steps))
     points: List[Dict[str, Any]] = []
     if trained_score is None:
         torch.manual_seed(seed)
         s = technique.score(entry.hooked(module.eval()), BenchContext(entry=entry, quick=quick, seed=seed))
         trained_score = s.normalized
     points.append({"step": 0, "randomized_from": None, "units": 0, "normalized": trained_score})
-    for i, (name, copy) in enumerate(steps):
-        if i not in chosen:
-            continue
+    for i, (name, copy) in zip(sorted(chosen), cascading_randomization(module, seed=seed, steps=chosen)):
         point: Dict[str, Any] = {"step": i + 1, "randomized_from": name, "units": i + 1}
         try:
             torch.manual_seed(seed)

@@ -37,7 +37,7 @@ from __future__ import annotations
 import copy
 import math
 import re
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Collection, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -202,20 +202,25 @@ def parameter_groups(module: nn.Module) -> List[Tuple[str, List[str]]]:
     return groups
 
 
-def cascading_randomization(module: nn.Module, seed: int = 0) -> Iterator[Tuple[str, nn.Module]]:
+def cascading_randomization(
+    module: nn.Module, seed: int = 0, steps: Optional[Collection[int]] = None
+) -> Iterator[Tuple[str, nn.Module]]:
     """Adebayo et al.'s cascading randomization: ``(name, copy)`` pairs, the top unit first.
 
     Step ``k`` is a deep copy of ``module`` whose top ``k`` units (:func:`parameter_groups`, e.g.
     ``fc``, then ``layer4.0``, ``layer3.0``, ... for a ResNet) are randomized, named after the unit
     randomized last; the last step is fully random and equals ``randomize_module(copy, seed)``. A unit
     gets the same random values at every step (they come from one :func:`randomize_module` of a copy).
-    ``module`` itself is not changed. Copies are made one at a time, as the iterator is consumed.
+    ``module`` itself is not changed. Copies are made one at a time, as the iterator is consumed;
+    ``steps`` (0-based step indices) yields only those, copying nothing for the others.
     """
     groups = parameter_groups(module)
     random_state = randomize_module(copy.deepcopy(module), seed).state_dict()
     done: List[str] = []
-    for name, keys in reversed(groups):
+    for i, (name, keys) in enumerate(reversed(groups)):
         done.extend(keys)
+        if steps is not None and i not in steps:
+            continue
         step = copy.deepcopy(module)
         state = step.state_dict(keep_vars=True)
         with torch.no_grad():
