@@ -32,6 +32,41 @@ REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
+# ----------------------------------------------------------------------------- CLI runs
+TINY_VIT_SPEC = "timm:vit_tiny_patch16_224"
+
+
+def image_folder(path: Path, n: int = 2, size: int = 40, seed: int = 0) -> Path:
+    """``path`` (created) holding ``n`` random ``size`` x ``size`` RGB PNGs ``img0.png``, ``img1.png``, ..."""
+    import numpy as np
+    from PIL import Image
+
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path / f"img{i}.png")
+    return path
+
+
+def run_args(
+    analysis: str,
+    images: Path,
+    out: Path,
+    *settings: str,
+    model: str = TINY_VIT_SPEC,
+    pretrained: Optional[Path] = None,
+    image_size: int = 32,
+) -> list[str]:
+    """The arguments of ``visionlens run ANALYSIS --model ... --images IMAGES --out OUT --set K=V ...``."""
+    args = ["run", analysis, "--model", model]
+    if pretrained is not None:
+        args += ["--pretrained", str(pretrained)]
+    args += ["--image-size", str(image_size), "--images", str(images), "--out", str(out)]
+    for kv in settings:
+        args += ["--set", kv]
+    return args
+
+
 # ----------------------------------------------------------------------------- hook hygiene
 def no_hooks_left(model: Any) -> None:
     """Assert that nothing is attached to ``model`` any more: no hook, capture or bridge on a hook

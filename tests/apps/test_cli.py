@@ -15,6 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import visionlens
+from tests.conftest import run_args
 from visionlens.cli import main
 
 VIT = "timm:vit_tiny_patch16_224"
@@ -102,26 +103,9 @@ def test_run_api_analyze_and_cli_agree(vit_ckpt, folder, tmp_path, capsys):
     meth = model.analyze("activation_stats", str(folder), hooks=hooks.split(","), top_k=3, batch_size=3)
     out = tmp_path / "cli"
     rc = main(
-        [
-            "run",
-            "activation_stats",
-            "--model",
-            VIT,
-            "--pretrained",
-            str(ckpt),
-            "--image-size",
-            "32",
-            "--images",
-            str(folder),
-            "--out",
-            str(out),
-            "--set",
-            f"hooks={hooks}",
-            "--set",
-            "top_k=3",
-            "--set",
-            "batch_size=2",
-        ]
+        run_args(
+            "activation_stats", folder, out, f"hooks={hooks}", "top_k=3", "batch_size=2", model=VIT, pretrained=ckpt
+        )
     )
     assert rc == 0, capsys.readouterr().err
     assert f"wrote {out}" in capsys.readouterr().out
@@ -247,24 +231,9 @@ def test_real_subprocess(vit_ckpt, folder, tmp_path):
     out = tmp_path / "sub"
     proc = subprocess.run(
         cmd
-        + [
-            "run",
-            "activation_stats",
-            "--model",
-            VIT,
-            "--pretrained",
-            str(ckpt),
-            "--image-size",
-            "32",
-            "--images",
-            str(folder),
-            "--out",
-            str(out),
-            "--set",
-            "hooks=blocks.5.hook_resid_post",
-            "--set",
-            "top_k=2",
-        ],
+        + run_args(
+            "activation_stats", folder, out, "hooks=blocks.5.hook_resid_post", "top_k=2", model=VIT, pretrained=ckpt
+        ),
         capture_output=True,
         text=True,
         timeout=300,

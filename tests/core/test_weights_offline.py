@@ -235,20 +235,10 @@ def test_timm_forward_features_and_head_fire_their_part():
 
 
 def test_diffusers_unet_call_signature():
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    ).eval()
+    pytest.importorskip("diffusers")
+    from visionlens.diffusion import tiny_unet
+
+    unet = tiny_unet("conditional")
     model = HookedVisionModel.from_module(unet)
     sample, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor(10), torch.randn(1, 5, 32)
     with torch.no_grad():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import visionlens
-from tests.conftest import needs_chromium, no_hooks_left, run_chromium, tiny_clip, tiny_vit
+from tests.conftest import image_folder, needs_chromium, no_hooks_left, run_args, run_chromium, tiny_clip, tiny_vit
 from visionlens import VisionLensError
 from visionlens.data import ImageList
 
@@ -176,32 +176,12 @@ def test_clip_image_tower_and_distilled_prefix():
 
 
 def test_cli_run(tmp_path):
-    from PIL import Image
 
     from visionlens.cli import main
 
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(folder / "a.png")
+    folder = image_folder(tmp_path / "imgs", n=1, size=48)
     out = tmp_path / "out"
-    code = main(
-        [
-            "run",
-            "attention_patterns",
-            "--model",
-            "timm:vit_tiny_patch16_224",
-            "--image-size",
-            "32",
-            "--images",
-            str(folder),
-            "--out",
-            str(out),
-            "--set",
-            "layers=0,-1",
-            "--set",
-            "query=2",
-        ]
-    )
+    code = main(run_args("attention_patterns", folder, out, "layers=0,-1", "query=2"))
     assert code == 0
     d = json.loads((out / "result.json").read_text())
     assert d["meta"]["layers"] == [0, 11] and d["meta"]["query"] == 2

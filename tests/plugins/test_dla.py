@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import visionlens
-from tests.conftest import image_batch, no_hooks_left, perturb, tiny_clip
+from tests.conftest import image_batch, image_folder, no_hooks_left, perturb, run_args, tiny_clip
 from visionlens import VisionLensError, registry
 from visionlens.analysis import ConfigError
 from visionlens.results import load_result
@@ -248,35 +248,12 @@ def test_real_mobilenet_cat_photo():
 
 # ----------------------------------------------------------------------------- CLI and demo
 def test_cli_run(tmp_path):
-    import numpy as np
-    from PIL import Image
 
     from visionlens.cli import main
 
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+    folder = image_folder(tmp_path / "imgs", size=48)
     out = tmp_path / "out"
-    code = main(
-        [
-            "run",
-            "direct_logit_attribution",
-            "--model",
-            "timm:vit_tiny_patch16_224",
-            "--image-size",
-            "32",
-            "--images",
-            str(folder),
-            "--out",
-            str(out),
-            "--set",
-            "neuron_layers=11",
-            "--set",
-            "foil=7",
-        ]
-    )
+    code = main(run_args("direct_logit_attribution", folder, out, "neuron_layers=11", "foil=7"))
     assert code == 0
     d = json.loads((out / "result.json").read_text())
     assert d["meta"]["max_sum_error"] < TOL and d["meta"]["foil"] == 7

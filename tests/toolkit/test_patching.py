@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import visionlens
-from tests.conftest import no_hooks_left, tiny_clip, tiny_resnet, tiny_vit
+from tests.conftest import image_folder, no_hooks_left, run_args, tiny_clip, tiny_resnet, tiny_vit
 from visionlens import VisionLensError
 from visionlens.analysis import ConfigError
 from visionlens.patching import (
@@ -273,33 +273,11 @@ def test_plugin_conv_regions_named_images(resnet, tmp_path):
 def test_cli_run(tmp_path):
     from visionlens.cli import main
 
-    rng = np.random.default_rng(1)
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+    folder = image_folder(tmp_path / "imgs", seed=1)
     out = tmp_path / "out"
+    hooks = "hooks=blocks.0.hook_resid_pre,blocks.5.hook_resid_pre"
     code = main(
-        [
-            "run",
-            "activation_patching",
-            "--model",
-            "timm:vit_tiny_patch16_224",
-            "--image-size",
-            "32",
-            "--images",
-            str(folder),
-            "--out",
-            str(out),
-            "--set",
-            "hooks=blocks.0.hook_resid_pre,blocks.5.hook_resid_pre",
-            "--set",
-            "method=exact",
-            "--set",
-            "corrupted=img0.png",
-            "--set",
-            "clean=img1.png",
-        ]
+        run_args("activation_patching", folder, out, hooks, "method=exact", "corrupted=img0.png", "clean=img1.png")
     )
     assert code == 0
     d = json.loads((out / "result.json").read_text())
