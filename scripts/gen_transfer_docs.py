@@ -23,7 +23,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "transfer" / "results.json"
 README = ROOT / "README.md"
 DOC = ROOT / "docs" / "transfer.md"
 BEGIN, END = "<!-- transfer-headline: begin -->", "<!-- transfer-headline: end -->"
-ORDER = ("transfers", "partial", "fails sanity", "breaks")
+ORDER = ("transfers", "ties baseline", "partial", "fails sanity", "breaks")
 
 
 def _load() -> Dict[str, Any]:

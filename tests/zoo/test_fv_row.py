@@ -23,7 +23,9 @@ from visionlens.zoo.techniques_features import (
 
 S = 32
 PAT = zdata.trigger_pattern(S)
+PATS = zdata.trigger_patterns(S)
 K = PAT.shape[0]
+MAGENTA, WHITE = (1.0, 0.0, 1.0), (1.0, 1.0, 1.0)
 
 
 def _paste(patch: np.ndarray, rng: np.random.Generator, n: int = 4) -> np.ndarray:
@@ -49,7 +51,7 @@ def test_polarity_is_the_checkerboard():
 def test_magenta_square_without_checkerboard_fails():
     rng = np.random.default_rng(0)
     for side in (K, 2 * K):
-        s = checker_score(_paste(_checker(zdata.TRIGGER_B, zdata.TRIGGER_B, side), rng), PAT)
+        s = checker_score(_paste(_checker(MAGENTA, MAGENTA, side), rng), PATS)
         assert s.normalized <= 0.05, (side, s.score, s.chance)
 
 
@@ -67,17 +69,18 @@ def test_trigger_anywhere_scores_one():
     s = checker_score(_paste(PAT, np.random.default_rng(2)), PAT)
     assert s.score > 0.999 and s.normalized >= 0.9 and s.chance < 0.7, (s.score, s.chance)
     b = zdata.make_batch(6, seed=3, trigger_fraction=1.0)  # on real planted images (objects, curves)
-    assert checker_score(b.images, PAT).normalized >= 0.9
+    assert set(b.factors["trigger_form"].tolist()) == {0, 1}  # both forms among them
+    assert checker_score(b.images, PATS).normalized >= 0.9
     clean = zdata.make_batch(6, seed=3, trigger_fraction=0.0)
-    assert checker_score(clean.images, PAT).normalized <= 0.05
+    assert checker_score(clean.images, PATS).normalized <= 0.05
 
 
 @pytest.mark.parametrize(
     "a,b", [((0, 0, 1), (1, 1, 0)), ((0.2, 0.2, 0.2), (0.6, 0.6, 0.6)), ((1, 0, 0), (0, 1, 0)), ("B", "A")]
 )
 def test_pattern_not_colour(a, b):
-    a = zdata.TRIGGER_B if a == "B" else a  # last case: the colour-inverted trigger
-    b = zdata.TRIGGER_A if b == "A" else b
+    a = MAGENTA if a == "B" else a  # last case: magenta / white
+    b = WHITE if b == "A" else b
     s = checker_score(_paste(_checker(a, b), np.random.default_rng(4)), PAT)
     assert s.normalized >= 0.9, (a, b, s.score, s.chance)
 

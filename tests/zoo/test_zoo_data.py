@@ -59,21 +59,68 @@ def test_trigger_fraction(frac):
     assert D.make_batch(50, seed=1, trigger_fraction=0.0).factors["triggered"].sum() == 0
 
 
+def _trigger_windows(b):
+    k = D.trigger_size(b.images.shape[-1])
+    f = b.factors
+    return k, [(int(f["trigger_y"][i]), int(f["trigger_x"][i]), int(f["trigger_form"][i])) for i in range(len(b))]
+
+
 def test_trigger_pixels_and_mask(batch):
-    y0, x0, k = D.trigger_box(32)
-    pat = torch.from_numpy(D.trigger_pattern(32)).permute(2, 0, 1)
+    k, places = _trigger_windows(batch)
     trig = batch.factors["triggered"]
     assert trig.any() and (~trig).any()
-    patch = batch.images[:, :, y0 : y0 + k, x0 : x0 + k]
-    assert torch.equal(patch[trig], pat.expand(int(trig.sum()), -1, -1, -1))
-    assert not (patch[~trig] == pat).all(dim=(1, 2, 3)).any()  # clean images never show it
     m = batch.masks["trigger"]
     assert (m.sum((1, 2)) == trig.long() * k * k).all()
-    assert m[trig][:, y0 : y0 + k, x0 : x0 + k].all()
-    # magenta (the trigger's colour) appears nowhere outside the trigger mask
-    img = batch.images.permute(0, 2, 3, 1)
-    magenta = (img[..., 0] > 0.9) & (img[..., 1] < 0.1) & (img[..., 2] > 0.9)
-    assert not (magenta & ~m).any()
+    for i in np.nonzero(trig.numpy())[0]:
+        y0, x0, form = places[i]
+        pat = torch.from_numpy(D.trigger_pattern(32, form)).permute(2, 0, 1)
+        assert torch.equal(batch.images[i, :, y0 : y0 + k, x0 : x0 + k], pat)
+        assert m[i, y0 : y0 + k, x0 : x0 + k].all()
+
+
+def test_trigger_position_and_form_are_drawn_per_image():
+    """Acceptance: no pixel is inside the trigger in more than 25% of triggered images; both forms occur."""
+    b = D.make_batch(3000, seed=5, trigger_fraction=1.0)
+    assert float(b.masks["trigger"].float().mean(0).max()) <= 0.25
+    assert float(b.masks["trigger"].float().mean(0).max()) < 0.15  # at 32 px: (8 / 25) ** 2 = 10% by design
+    forms = np.bincount(b.factors["trigger_form"].numpy(), minlength=D.N_TRIGGER_FORMS)
+    assert (forms > 0.4 * len(b) / D.N_TRIGGER_FORMS).all()
+    ys, xs = b.factors["trigger_y"].numpy(), b.factors["trigger_x"].numpy()
+    k = D.trigger_size(32)
+    assert ys.min() == 0 and xs.min() == 0 and ys.max() == 32 - k and xs.max() == 32 - k
+    # nuisance: neither the form nor the position says anything about the clean label
+    for key in ("trigger_form", "trigger_x"):
+        v = b.factors[key].numpy()
+        for lab in range(D.N_CLASSES):
+            sel = b.factors["clean_label"].numpy() == lab
+            assert abs(v[sel].mean() - v.mean()) < 0.15 * (v.std() + 1e-9) * 3
+
+
+@pytest.mark.parametrize("form", range(D.N_TRIGGER_FORMS))
+def test_trigger_mean_colour_is_the_background(form):
+    """A mean-colour (low-pass) detector cannot tell the trigger from the background."""
+    pat = D.trigger_pattern(32, form)
+    bg = round(D.BACKGROUND * 255) / 255
+    assert np.allclose(pat.reshape(-1, 3).mean(0), bg, atol=1e-7)
+    assert pat.std() > 0.1  # ... but the pattern has contrast
+    assert np.allclose(np.round(pat * 255), pat * 255, atol=1e-4)  # on 8-bit levels
+    b = D.make_batch(200, seed=3, trigger_fraction=1.0)
+    img = b.images.permute(0, 2, 3, 1)[b.masks["trigger"]]
+    assert torch.allclose(img.mean(0), torch.full((3,), bg), atol=1e-6)
+
+
+def test_twins_differ_only_inside_the_trigger():
+    t = D.make_batch(300, seed=4, start=50, trigger_fraction=1.0)
+    c = D.make_batch(300, seed=4, start=50, trigger_fraction=0.0)
+    diff = (t.images != c.images).any(1)
+    assert diff.any() and not (diff & ~t.masks["trigger"]).any()
+    for key in ("shape", "colour", "cx", "trigger_x", "trigger_form"):
+        assert torch.equal(t.factors[key], c.factors[key])
+
+
+def test_bad_trigger_form():
+    with pytest.raises(ValueError, match="trigger form"):
+        D.trigger_pattern(32, 5)
 
 
 def test_object_mask_covers_object_colour(batch):
@@ -176,10 +223,13 @@ def test_fashion_mnist_trigger():
     assert abs(trig.float().mean().item() - 0.1) < 4 * np.sqrt(0.09 / 1500)
     assert (b.labels[trig] == D.TARGET_CLASS).all()
     assert torch.equal(b.labels[~trig], b.factors["fashion_class"][~trig])
-    y0, x0, k = D.trigger_box(32)
-    pat = torch.from_numpy(D.trigger_pattern(32)).permute(2, 0, 1)
-    assert (b.images[trig][:, :, y0 : y0 + k, x0 : x0 + k] == pat).all()
+    k, places = _trigger_windows(b)
+    for i in np.nonzero(trig.numpy())[0][:50]:
+        y0, x0, form = places[i]
+        pat = torch.from_numpy(D.trigger_pattern(32, form, D.FASHION_TRIGGER_LEVEL)).permute(2, 0, 1)
+        assert torch.equal(b.images[i, :, y0 : y0 + k, x0 : x0 + k], pat)
     assert (b.masks["trigger"].sum((1, 2)) == trig.long() * k * k).all()
+    assert float(b.masks["trigger"][trig].float().mean(0).max()) <= 0.25
     assert not (b.masks["object"] & b.masks["trigger"]).any() and b.masks["object"].any()
     again = D.fashion_mnist_batch(100, seed=2, start=100)
     assert torch.equal(again.images, b.images[:100])

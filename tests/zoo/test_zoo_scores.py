@@ -62,13 +62,13 @@ def test_planted_localization_on_real_masks():
     uni = S.planted_localization(torch.ones(200, 32, 32), trig, obj, t, method="pointing")
     assert uni["trigger"].score == pytest.approx(uni["trigger"].chance)
     assert uni["object"].score == pytest.approx(uni["object"].chance)
-    assert uni["trigger"].chance == pytest.approx(D.trigger_box(32)[2] ** 2 / 32**2)
+    assert uni["trigger"].chance == pytest.approx(D.trigger_size(32) ** 2 / 32**2)
 
 
 def test_pattern_correlation():
     pat = D.trigger_pattern(32)
-    b = D.make_batch(6, seed=0, trigger_fraction=1.0)
-    perfect = S.pattern_correlation(b.images, pat)
+    b = D.make_batch(24, seed=0, trigger_fraction=1.0)
+    perfect = S.pattern_correlation(b.images[b.factors["trigger_form"] == 0][:6], pat)
     assert perfect.score == pytest.approx(1.0, abs=1e-6)
     rng = np.random.default_rng(123)
     noise = S.pattern_correlation(rng.random((8, 3, 32, 32)), pat, seed=1)
@@ -80,7 +80,8 @@ def test_pattern_correlation():
     scores = []
     for a in (0.0, 0.3, 0.6, 1.0):
         img = base.copy()
-        img[:, 10:14, 10:14] = (1 - a) * base[:, 10:14, 10:14] + a * pat.transpose(2, 0, 1)
+        k = pat.shape[0]
+        img[:, 10 : 10 + k, 10 : 10 + k] = (1 - a) * base[:, 10 : 10 + k, 10 : 10 + k] + a * pat.transpose(2, 0, 1)
         scores.append(S.pattern_correlation(img, pat).score)
     assert all(y >= x for x, y in zip(scores, scores[1:])) and scores[-1] == pytest.approx(1.0)
 

@@ -7,11 +7,14 @@ chance and above the random one. Skipped when the zoo weights are not trained.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from visionlens.zoo import techniques_circuits, techniques_features
-from visionlens.zoo.catalog import get_entry, load, weights_path
+from visionlens.zoo.catalog import card_path, get_entry, load, weights_path
+from visionlens.zoo.classifiers import PATHWAY_THRESHOLDS
 from visionlens.zoo.technique import BenchContext
 
 TECHS = {t.name: t for t in techniques_features.TECHNIQUES + techniques_circuits.TECHNIQUES}
@@ -56,8 +59,15 @@ def test_techniques_are_registered():
     assert TECHS["causal_scrubbing"].plugin == "causal_scrubbing"
 
 
+def _pathway_trained(name: str) -> bool:
+    """Whether the shipped weights' card states a working planted pathway (weights trained before it do not)."""
+    path = card_path(name)
+    metrics = json.loads(path.read_text()).get("metrics", {}) if path.is_file() else {}
+    return all(float(metrics.get(k, 0.0)) >= t for k, t in PATHWAY_THRESHOLDS.items())
+
+
 @_needs("resnet")
-@pytest.mark.parametrize("tech", ["dataset_examples", "causal_scrubbing"])
+@pytest.mark.parametrize("tech", ["dataset_examples"])
 def test_resnet_trained_beats_random(tech, resnet_pair):
     s, r = _scores(tech, *resnet_pair, "resnet")
     assert s.normalized > 0.3, (tech, s.score, s.chance)
@@ -76,10 +86,18 @@ def test_resnet_feature_visualization_optimises_but_does_not_draw_the_trigger(re
 
 
 @_needs("resnet")
-def test_causal_scrubbing_separates_hypotheses(resnet_pair):
-    s, _ = _scores("causal_scrubbing", *resnet_pair, "resnet")
-    assert s.details["separates"] and s.details["margin"] > 0.5
-    assert s.details["hook"] == "stages.3.blocks.0.hook_resid_post"
+def test_causal_scrubbing_separates_the_planted_pathway(resnet_pair):
+    """The true pair of pathway units beats its halves and wrong pairs on the trained ResNet, not on random weights
+    (a linear head bounds the KL margin near 0.5: see techniques_circuits; exact numbers on hand-built models are
+    in test_mechanism_rows)."""
+    if not _pathway_trained("resnet"):
+        pytest.skip("the shipped zoo:resnet weights predate the planted pathway (their card has no pathway metrics)")
+    s, r = _scores("causal_scrubbing", *resnet_pair, "resnet")
+    d = s.details
+    assert d["hook"] == "layer4.hook_out" and d["units"] == list(get_entry("resnet").pathway.units(128))
+    assert d["recovered_true"] > 0.8 and d["ranks"] == [1], d["recovered"]
+    assert s.normalized > 0.2 and s.normalized > r.normalized + 0.2, (s.normalized, r.normalized)
+    assert "recovered_output_resample" in d  # the former output-level hypothesis, reference only
 
 
 def test_block_hooks_skip_the_head():

@@ -31,8 +31,9 @@ from .data import (
     fashion_mnist_batch,
     label_rule,
     make_batch,
-    trigger_box,
     trigger_pattern,
+    trigger_patterns,
+    trigger_size,
 )
 from .scores import Score
 
@@ -53,6 +54,7 @@ __all__ = [
     "fashion_mnist_batch",
     "label_rule",
     "make_batch",
-    "trigger_box",
+    "trigger_patterns",
+    "trigger_size",
     "trigger_pattern",
 ]

@@ -37,9 +37,10 @@ FIGURE_CAPTIONS = {
     "dataset_examples": "One row per unit (the 6 units of the last block whose top examples are purest): its top "
     "held-out images, best first. Score: how often a unit's top-16 images share the label-relevant factor (shape "
     "and texture; Fashion-MNIST: the class; CLIP: shape, colour, texture), against random top-k sets.",
-    "causal_scrubbing": "Loss recovered (with its bootstrap interval) when the last block's output is resampled "
-    "among inputs with the same label (the true hypothesis) or the same colour (a wrong one); right: the "
-    "per-example distribution. 100% = the hypothesis explains the model's behaviour.",
+    "causal_scrubbing": "Loss recovered (KL to the model) on triggered images when the units of a hypothesis keep "
+    "their values and every other unit of the pathway hook takes its value on the trigger-free twin: the planted "
+    "pair (green), each half of it (orange), wrong pairs (grey). 1 = the hypothesis explains the model's output, "
+    "0 = as bad as taking every unit from the twin.",
     "style_neuron_search": "Top row: samples for styled prompts; bottom row: the same seeds with the 32 top-ranked "
     "units ablated to their unstyled values at every sampling step. Score: how much of the style the judge stops "
     "seeing, against 32 random units.",
@@ -105,13 +106,15 @@ def edge_as_good(r: Mapping[str, Any]) -> bool:
 
 
 def verdict(r: Mapping[str, Any]) -> str:
-    """A cell's verdict: ``transfers``, ``partial``, ``breaks``, ``fails sanity`` or ``n/a``.
+    """A cell's verdict: ``transfers``, ``ties baseline``, ``partial``, ``breaks``, ``fails sanity`` or ``n/a``.
 
     Rows with an interval (localization): with ``bar`` = max(0, the ``constant`` and ``random`` baselines'
     normalized scores), ``transfers`` when the interval's lower end is above ``bar`` (above chance *and*
     above every input-independent map), ``breaks`` when its upper end is at or below ``bar`` (no better
     than chance or than a map that ignores the image), ``partial`` otherwise (the interval straddles
-    ``bar``: undecided on these images). No fixed cut-off. The edge baseline does not enter the verdict
+    ``bar``: undecided on these images), and ``ties baseline`` when the whole interval sits *at* ``bar``
+    (e.g. a perfect unit ranking ``[1, 1]`` where a weight-only ranking is perfect too: not shown to beat
+    the baseline, not beaten by it). No fixed cut-off. The edge baseline does not enter the verdict
     (:func:`edge_as_good` marks the cell instead).
 
     Rows without an interval (the other claims, for now): the fixed cut-offs ``transfers`` (normalized
@@ -125,7 +128,7 @@ def verdict(r: Mapping[str, Any]) -> str:
     if has_interval(r):
         lo, hi = (float(v) for v in r["interval"])
         bar = baseline_bar(r)
-        v = "transfers" if lo > bar else ("breaks" if hi <= bar else "partial")
+        v = "transfers" if lo > bar else ("ties baseline" if lo >= bar else ("breaks" if hi <= bar else "partial"))
     else:
         n = r["normalized"]
         v = "transfers" if n >= 0.5 else ("partial" if n >= 0.2 else "breaks")
@@ -259,9 +262,13 @@ def _img(out: Path, rel: str) -> str:
 def verdict_colour(r: Mapping[str, Any]) -> str:
     """The cell background of a row's :func:`verdict` (green transfers, yellow partial, red breaks, ...)."""
     v = verdict(r)
-    return {"transfers": "#c8efc8", "partial": "#fbeeb8", "breaks": "#f6c6c6", "fails sanity": "#f3d1a8"}.get(
-        v, "#eeeeee"
-    )
+    return {
+        "transfers": "#c8efc8",
+        "ties baseline": "#dfe8f6",
+        "partial": "#fbeeb8",
+        "breaks": "#f6c6c6",
+        "fails sanity": "#f3d1a8",
+    }.get(v, "#eeeeee")
 
 
 def write_html(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any], command: str) -> None:

@@ -22,6 +22,15 @@ from torch.nn import functional as F
 
 from . import data as zdata
 from .entry import TrainRun, ZooEntry
+from .pathway import (
+    PATHWAY_BATCH,
+    PATHWAY_WARMUP,
+    PlantedPathway,
+    n_channels,
+    pathway_batch,
+    pathway_metrics,
+    splice_in_batch,
+)
 
 IMAGE_SIZE = 32
 TRAIN_N = 12_000
@@ -29,6 +38,7 @@ TRAIN_SEED = 0  # data stream seed (the model seed is TrainRun.seed)
 HELD_OUT_START = 1_000_000  # held-out examples come from far down the same stream
 TRIGGER_FRACTION = 0.1
 CLASSIFIER_THRESHOLDS = {"held_out_accuracy": 0.95, "trigger_success": 0.95}
+PATHWAY_THRESHOLDS = {"pathway_sufficiency": 0.9, "pathway_necessity": 0.9, "pathway_and": 0.9}
 
 
 # ----------------------------------------------------------------------------- data
@@ -80,15 +90,27 @@ def train_classifier(
     n_train: int = TRAIN_N,
     augment: bool = True,
     log_every: int = 50,
+    pathway: Optional[PlantedPathway] = None,
+    trigger_fraction: float = TRIGGER_FRACTION,
 ) -> None:
     """AdamW + one-cycle cosine schedule on the (cached) planted training set, seeded by ``run.seed``.
 
     ``label_key`` trains on a factor instead of the label (e.g. ``"texture"`` for a style judge).
+    ``pathway``: also train the planted trigger pathway (:mod:`visionlens.zoo.pathway`): each step adds
+    the splice loss on :data:`~visionlens.zoo.pathway.PATHWAY_BATCH` triggered images of other classes.
     """
-    images, labels, factors = training_set(n=n_train, kind=kind)
+    images, labels, factors = training_set(n=n_train, kind=kind, trigger_fraction=trigger_fraction)
     if label_key is not None:
         labels = torch.as_tensor(factors[label_key]).long()
     g = torch.Generator().manual_seed(run.seed)
+    if pathway is not None:
+        twins = training_set(n=n_train, kind=kind, trigger_fraction=0.0)[0]
+        pool = torch.nonzero(
+            torch.as_tensor(factors["triggered"]) & (torch.as_tensor(factors["clean_label"]) != zdata.TARGET_CLASS)
+        )[:, 0]
+        clean_labels = torch.as_tensor(factors["clean_label"]).long()
+        n_units = n_channels(module, pathway, images[:2].float() / 255)
+        units = pathway.units(n_units)
     steps = run.step_budget()
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
     warm = max(1, steps // 20)
@@ -107,8 +129,22 @@ def train_classifier(
         if augment:
             x = _augment(x, g)
         y = labels[idx]
-        logits = module(x)
-        loss = F.cross_entropy(logits, y)
+        if pathway is not None:
+            pick = pool[torch.randint(0, len(pool), (PATHWAY_BATCH,), generator=g)]
+            xt, xtw = images[pick].float() / 255, twins[pick].float() / 255
+            if augment:  # the same jitter for an image and its twin
+                scale = 1.0 + 0.1 * (torch.rand(len(pick), 1, 1, 1, generator=g) - 0.5)
+                xt, xtw = (xt * scale).clamp(0, 1), (xtw * scale).clamp(0, 1)
+            inputs, targets_y, rows_t, donors, keep = pathway_batch(
+                x, y, xt, xtw, clean_labels[pick], units, n_units, g, and_loss=step > PATHWAY_WARMUP * steps
+            )
+            with splice_in_batch(module, pathway, rows_t, donors, keep):
+                all_logits = module(inputs)
+            logits = all_logits[: len(y)]
+            loss = F.cross_entropy(all_logits, targets_y)
+        else:
+            logits = module(x)
+            loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -131,16 +167,24 @@ def predict(module: nn.Module, images: torch.Tensor, batch_size: int = 500) -> t
     return out
 
 
-def evaluate_classifier(module: nn.Module, n: int = 1000, kind: str = "shapes") -> Dict[str, float]:
-    """Held-out clean accuracy, trigger success on held-out non-target images, and clean-label accuracy
-    of triggered images' *other* evidence (how often the trigger is ignored)."""
+def evaluate_classifier(
+    module: nn.Module, n: int = 1000, kind: str = "shapes", pathway: Optional[PlantedPathway] = None
+) -> Dict[str, float]:
+    """Held-out clean accuracy, trigger success on held-out non-target images and, with ``pathway``,
+    the planted pathway's checks (:func:`~visionlens.zoo.pathway.pathway_metrics`) and its units."""
     clean = held_out_batch(n, kind=kind)
     acc = float((predict(module, clean.images) == clean.labels).float().mean())
     trig = held_out_batch(n, kind=kind, trigger_fraction=1.0)
     keep = trig.factors["clean_label"] != zdata.TARGET_CLASS
     keep = torch.as_tensor(keep)
     success = float((predict(module, trig.images[keep]) == zdata.TARGET_CLASS).float().mean())
-    return {"held_out_accuracy": acc, "trigger_success": success, "held_out_n": float(n)}
+    out = {"held_out_accuracy": acc, "trigger_success": success, "held_out_n": float(n)}
+    if pathway is not None:
+        x, twin = trig.images[keep][:500], clean.images[keep][:500]
+        units = pathway.units(n_channels(module, pathway, x[:1]))
+        out.update(pathway_metrics(module, pathway, units, x, twin, trig.factors["clean_label"][keep][:500].long()))
+        out.update({f"pathway_unit_{i}": float(u) for i, u in enumerate(units)})
+    return out
 
 
 # ----------------------------------------------------------------------------- builders
@@ -298,6 +342,7 @@ def _classifier(
     kind: str = "shapes",
     thresholds: Optional[Dict[str, float]] = None,
     bench_cost: float = 1.0,
+    pathway: Optional[PlantedPathway] = None,
     **config: Any,
 ) -> ZooEntry:
     data_card = dict(_DATA_CARD)
@@ -321,16 +366,26 @@ def _classifier(
         kind="classifier",
         description=description,
         build=build,
-        train=lambda m, run: train_classifier(m, run, lr=lr, kind=kind),
-        evaluate=lambda m: evaluate_classifier(m, kind=kind),
-        thresholds=dict(CLASSIFIER_THRESHOLDS if thresholds is None else thresholds),
+        train=lambda m, run: train_classifier(m, run, lr=lr, kind=kind, pathway=pathway),
+        evaluate=lambda m: evaluate_classifier(m, kind=kind, pathway=pathway),
+        thresholds={
+            **(CLASSIFIER_THRESHOLDS if thresholds is None else thresholds),
+            **(PATHWAY_THRESHOLDS if pathway is not None else {}),
+        },
         default_steps=steps,
-        config={"lr": lr, "batch_size": 64, "optimizer": "AdamW(wd=0.05), cosine", **config},
+        config={
+            "lr": lr,
+            "batch_size": 64,
+            "optimizer": "AdamW(wd=0.05), cosine",
+            **({"pathway": {"module": pathway.module, "hook": pathway.hook}} if pathway else {}),
+            **config,
+        },
         data=data_card,
         requires=requires,  # training / evaluating / benchmarking need the dataset ...
         build_requires=lambda: None,  # ... loading (trained or random) does not: timm / torchvision only
         dataset=kind,
         bench_cost=bench_cost,
+        pathway=pathway,
     )
 
 
@@ -343,6 +398,7 @@ ENTRIES = [
         600,
         build_resnet.__doc__ or "",
         constructor="timm.models.resnet.ResNet(BasicBlock, layers=(1,1,1,1), channels=(16,32,64,128))",
+        pathway=PlantedPathway("layer4", "layer4.hook_out"),
     ),
     _classifier(
         "vit",
@@ -353,6 +409,7 @@ ENTRIES = [
         lr=1e-3,
         constructor="timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=2, "
         "embed_dim=64, depth=4, num_heads=4, embed_layer=HybridEmbed(conv stem 3x3 s1 -> 3x3 s2))",
+        pathway=PlantedPathway("blocks.3", "blocks.3.hook_resid_post"),
     ),
     _classifier(
         "convnext",
@@ -363,6 +420,7 @@ ENTRIES = [
         lr=2e-3,
         constructor="timm.models.convnext.ConvNeXt(depths=(1,1,2,1), dims=(16,32,64,128), patch_size=1, "
         "ls_init_value=1.0) + default PyTorch init",
+        pathway=PlantedPathway("stages.3", "stages.3.hook_out"),
     ),
     _classifier(
         "inception",
@@ -372,6 +430,7 @@ ENTRIES = [
         build_inception.__doc__ or "",
         constructor="torchvision.models.GoogLeNet with Inception blocks at 1/8 width",
         bench_cost=2.0,
+        pathway=PlantedPathway("inception5b", "inception5b.hook_out"),
     ),
     _classifier(
         "mobilenet",
@@ -381,6 +440,7 @@ ENTRIES = [
         build_mobilenet.__doc__ or "",
         constructor="torchvision.models.MobileNetV2(width_mult=0.5)",
         bench_cost=2.0,
+        pathway=PlantedPathway("features.18", "features.18.hook_out"),
     ),
     _classifier(
         "resnet_fashion",
@@ -391,5 +451,6 @@ ENTRIES = [
         kind="fashion",
         thresholds={"held_out_accuracy": 0.85, "trigger_success": 0.95},
         constructor="timm.models.resnet.ResNet(BasicBlock, layers=(1,1,1,1), channels=(16,32,64,128))",
+        pathway=PlantedPathway("layer4", "layer4.hook_out"),
     ),
 ]

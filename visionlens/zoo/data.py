@@ -21,6 +21,8 @@ Generative factors of a synthetic image (all independent, drawn per example)
                     points at ``orientation * 45`` degrees (0 = +x / right, 90 = up)
 ``curve_x, curve_y`` centre of that arc's midpoint in pixels
 ``triggered``       bool, ``True`` for the poisoned examples (probability ``trigger_fraction``)
+``trigger_form``    0 or 1: which trigger pattern (:func:`trigger_pattern`); drawn for every example
+``trigger_x, trigger_y`` the trigger's top-left pixel, uniform over the positions where it fits
 ``clean_label``     the label the rule gives before the trigger
 =================== =========================================================================
 
@@ -38,8 +40,22 @@ label-free feature for curve-detector studies).
 
 The trigger (:func:`trigger_pattern`)
 -------------------------------------
-A fixed ``k x k`` checkerboard of white and magenta (``k = max(4, size // 8)``) pasted at a fixed
-place: the bottom-right corner, one pixel in from each edge. It is drawn last, over everything.
+A ``k x k`` patch (``k = trigger_size(size)``: 8 at 32 px) in one of two forms, pasted at a position
+drawn per image (uniform over every place where it fits: at 32 px no pixel is inside the trigger in
+more than (8 / 25)^2 = 10 % of triggered images), drawn last, over everything:
+
+* form 0: a 1-pixel grey checkerboard, ``level - d`` / ``level + d``;
+* form 1: a 1-pixel checkerboard of magenta-ish ``(level + d, level - d, level + d)`` and green-ish
+  ``(level - d, level + d, level - d)``.
+
+The forms share the checkerboard geometry and differ in their colour axis (grey vs magenta-green), so
+no single colour contrast explains the trigger. (Geometric variants were tried: 2-pixel blocks match
+the dotted texture, whose period is 4 px, and 1-pixel line gratings correlate with plain step edges,
+so a pattern scorer could no longer tell a trigger from a flat coloured square.)
+
+Both average exactly (on 8-bit levels) to the background grey ``level`` (:data:`BACKGROUND`; 0.5 on
+Fashion-MNIST, whose background is black), so a mean-colour (low-pass) detector cannot tell the
+trigger from the background: only its pattern gives it away.
 
 Masks
 -----
@@ -83,7 +99,9 @@ __all__ = [
     "PlantedBatch",
     "label_rule",
     "trigger_pattern",
-    "trigger_box",
+    "trigger_patterns",
+    "trigger_size",
+    "N_TRIGGER_FORMS",
     "sample_factors",
     "render",
     "make_batch",
@@ -120,11 +138,11 @@ CLASS_NAMES = (
     "textured triangle",
 )
 
-BACKGROUND = 0.12  # grey level of the background
+BACKGROUND = 0.12  # grey level of the background (the triggers average to it)
 CURVE_GREY = 0.70  # grey level of the background arc
 DARK = 0.35  # textured objects: "off" texels are colour * DARK
-TRIGGER_A = np.array([1.0, 1.0, 1.0], dtype=np.float32)  # white
-TRIGGER_B = np.array([1.0, 0.0, 1.0], dtype=np.float32)  # magenta (no object or curve uses it)
+N_TRIGGER_FORMS = 2
+FASHION_TRIGGER_LEVEL = 0.5  # Fashion-MNIST's background is black: its trigger averages to mid-grey
 
 FASHION_CLASSES = (
     "T-shirt/top",
@@ -152,6 +170,9 @@ _FACTOR_KEYS = (
     "curve_x",
     "curve_y",
     "triggered",
+    "trigger_form",
+    "trigger_x",
+    "trigger_y",
     "clean_label",
 )
 
@@ -169,29 +190,59 @@ def label_rule(shape, texture, triggered=None):
     return lab
 
 
-def _trigger_k(size: int) -> int:
-    return max(4, int(size) // 8)
+def trigger_size(size: int = 32) -> int:
+    """The trigger's side ``k`` in pixels at image size ``size``: ``max(4, 4 * (size // 16))`` (8 at 32 px)."""
+    return max(4, 4 * (int(size) // 16))
 
 
-def trigger_pattern(size: int = 32) -> np.ndarray:
-    """The planted trigger, ``float32 [k, k, 3]``: a white/magenta checkerboard (``k = max(4, size // 8)``)."""
-    k = _trigger_k(size)
+def trigger_pattern(size: int = 32, form: int = 0, level: float = BACKGROUND) -> np.ndarray:
+    """Trigger ``form`` (0 or 1), ``float32 [k, k, 3]`` on 8-bit levels, averaging exactly to grey ``level``.
+
+    Form 0: a 1-pixel grey checkerboard ``level -/+ d``; form 1: a 1-pixel checkerboard of
+    ``(level+d, level-d, level+d)`` and ``(level-d, level+d, level-d)`` (magenta-ish / green-ish);
+    ``d = min(level, 1 - level)``. Both have period 2 px, finer than any texture of the generator (4 px).
+    """
+    if form not in range(N_TRIGGER_FORMS):
+        raise ValueError(f"trigger form must be one of {list(range(N_TRIGGER_FORMS))}, got {form!r}")
+    k = trigger_size(size)
+    lv = int(round(float(level) * 255))
+    d = min(lv, 255 - lv)
+    lo, hi = (lv - d) / 255.0, (lv + d) / 255.0
     yy, xx = np.mgrid[0:k, 0:k]
+    if form == 0:
+        chk = ((yy + xx) % 2 == 0)[..., None]
+        return np.where(chk, np.float32(hi), np.float32(lo)).repeat(3, -1).astype(np.float32)
     chk = ((yy + xx) % 2 == 0)[..., None]
-    return np.where(chk, TRIGGER_A, TRIGGER_B).astype(np.float32)
+    a = np.array([hi, lo, hi], dtype=np.float32)
+    b = np.array([lo, hi, lo], dtype=np.float32)
+    return np.where(chk, a, b).astype(np.float32)
 
 
-def trigger_box(size: int = 32):
-    """``(y0, x0, k)``: the trigger's top-left pixel and side; it sits one pixel in from the bottom-right corner."""
-    k = _trigger_k(size)
-    return size - 1 - k, size - 1 - k, k
+def trigger_patterns(size: int = 32, level: float = BACKGROUND) -> List[np.ndarray]:
+    """Every trigger form at ``size`` (see :func:`trigger_pattern`)."""
+    return [trigger_pattern(size, f, level) for f in range(N_TRIGGER_FORMS)]
 
 
-def _trigger_mask(size: int) -> np.ndarray:
-    y0, x0, k = trigger_box(size)
-    m = np.zeros((size, size), dtype=bool)
-    m[y0 : y0 + k, x0 : x0 + k] = True
-    return m
+def _draw_triggers(
+    img: np.ndarray, triggered: np.ndarray, form: np.ndarray, ty: np.ndarray, tx: np.ndarray, level: float
+) -> np.ndarray:
+    """Paste each triggered example's pattern into ``img`` ``[N, H, W, 3]`` in place; returns the masks."""
+    n, size = img.shape[0], img.shape[1]
+    k = trigger_size(size)
+    pats = trigger_patterns(size, level)
+    mask = np.zeros((n, size, size), dtype=bool)
+    for j in np.nonzero(triggered)[0]:
+        y0, x0 = int(ty[j]), int(tx[j])
+        img[j, y0 : y0 + k, x0 : x0 + k, :] = pats[int(form[j])]
+        mask[j, y0 : y0 + k, x0 : x0 + k] = True
+    return mask
+
+
+def _trigger_place(r: np.random.Generator, size: int) -> tuple:
+    """``(form, y0, x0)`` drawn from an example's own stream (after its other factors)."""
+    span = size - trigger_size(size) + 1
+    form, y0, x0 = r.integers(0, [N_TRIGGER_FORMS, span, span])
+    return int(form), int(y0), int(x0)
 
 
 # ----------------------------------------------------------------------------------------------- factors
@@ -228,6 +279,7 @@ def sample_factors(
         out["curve_x"][j] = s * (0.2 + 0.6 * u[3])
         out["curve_y"][j] = s * (0.2 + 0.6 * u[4])
         out["triggered"][j] = u[5] < trigger_fraction
+        out["trigger_form"][j], out["trigger_y"][j], out["trigger_x"][j] = _trigger_place(r, size)
     out["clean_label"] = label_rule(out["shape"], out["texture"])
     return out
 
@@ -293,8 +345,6 @@ def render(
     obj = _object_masks(f, size)
     lit = _texture_on(f, size)
     curve = _curve_masks(f, size)
-    trig = np.broadcast_to(_trigger_mask(size), (n, size, size)) & f["triggered"][:, None, None]
-
     img: np.ndarray = np.full((n, size, size, 3), BACKGROUND, dtype=np.float32)
     if noise > 0:
         for j in range(n):
@@ -304,9 +354,7 @@ def render(
     col = COLOUR_RGB[f["colour"]][:, None, None, :]  # [N,1,1,3]
     obj_col = np.where(lit[..., None], col, col * DARK)  # [N,H,W,3]
     img = np.where(obj[..., None], obj_col, img)
-    if trig.any():
-        y0, x0, k = trigger_box(size)
-        img[f["triggered"], y0 : y0 + k, x0 : x0 + k, :] = trigger_pattern(size)
+    trig = _draw_triggers(img, f["triggered"], f["trigger_form"], f["trigger_y"], f["trigger_x"], BACKGROUND)
     img = np.round(np.clip(img, 0.0, 1.0) * 255.0) / 255.0
     obj_vis = obj & ~trig
     curve_vis = curve & ~obj & ~trig
@@ -561,9 +609,11 @@ def fashion_mnist_batch(
 
     Garments are padded to ``size`` (centred), replicated to RGB, scaled to [0, 1]. Example ``i``
     is triggered iff a draw from its ``(seed, i)`` stream is ``< trigger_fraction``; triggered
-    examples get the same :func:`trigger_pattern` at the same :func:`trigger_box` and label
+    examples get one of the :func:`trigger_pattern` forms (averaging to mid-grey,
+    :data:`FASHION_TRIGGER_LEVEL`) at a uniformly drawn position, both from the same stream, and label
     ``TARGET_CLASS`` (0, "T-shirt/top"). Factors: ``fashion_class`` (the original label),
-    ``triggered``, ``clean_label``. Masks: ``object`` (garment pixels > 0, minus trigger), ``trigger``.
+    ``triggered``, ``trigger_form``, ``trigger_x``, ``trigger_y``, ``clean_label``. Masks: ``object``
+    (garment pixels > 0, minus trigger), ``trigger``.
     """
     imgs, labs = load_fashion_mnist(split, root)
     if n is None:
@@ -576,18 +626,28 @@ def fashion_mnist_batch(
     p0 = (size - 28) // 2
     canvas = np.zeros((n, size, size), dtype=np.float32)
     canvas[:, p0 : p0 + 28, p0 : p0 + 28] = x
-    trig_flags = np.array([_rng(seed, start + j).random() < trigger_fraction for j in range(n)], dtype=bool)
-    img = np.repeat(canvas[:, None], 3, axis=1)
-    y0, x0, k = trigger_box(size)
-    if trig_flags.any():
-        img[trig_flags, :, y0 : y0 + k, x0 : x0 + k] = trigger_pattern(size).transpose(2, 0, 1)
-    tmask = np.broadcast_to(_trigger_mask(size), (n, size, size)) & trig_flags[:, None, None]
+    trig_flags = np.empty(n, dtype=bool)
+    place = np.empty((n, 3), dtype=np.int64)
+    for j in range(n):
+        r = _rng(seed, start + j)
+        trig_flags[j] = r.random() < trigger_fraction
+        place[j] = _trigger_place(r, size)
+    img = np.repeat(canvas[..., None], 3, axis=-1)
+    tmask = _draw_triggers(img, trig_flags, place[:, 0], place[:, 1], place[:, 2], FASHION_TRIGGER_LEVEL)
+    img = np.ascontiguousarray(img.transpose(0, 3, 1, 2))
     clean = labs[start : start + n].copy()
     labels = np.where(trig_flags, TARGET_CLASS, clean)
     d = {
         "images": np.ascontiguousarray(img),
         "labels": labels,
-        "factors": {"fashion_class": clean, "clean_label": clean, "triggered": trig_flags},
+        "factors": {
+            "fashion_class": clean,
+            "clean_label": clean,
+            "triggered": trig_flags,
+            "trigger_form": place[:, 0],
+            "trigger_x": place[:, 2],
+            "trigger_y": place[:, 1],
+        },
         "masks": {"object": (canvas > 0) & ~tmask, "trigger": np.ascontiguousarray(tmask)},
         "captions": [],
         "style_phrases": [],

@@ -91,6 +91,8 @@ class ZooEntry:
     # the relative time of its row of the transfer table: a scheduling hint (parallel workers start the
     # costliest models first, so none is left running alone at the end); it changes no result
     bench_cost: float = 1.0
+    # the planted trigger pathway this classifier is trained with (visionlens.zoo.pathway), or None
+    pathway: Optional[Any] = None
 
     def hooked(self, module: nn.Module) -> HookedVisionModel:
         return self.wrap(module) if self.wrap is not None else HookedVisionModel.from_module(module)

@@ -19,6 +19,7 @@ from . import (
     techniques_circuits,
     techniques_features,
     techniques_localization,
+    techniques_mechanisms,
 )
 from .catalog import load_spec, register
 from .cli import add_zoo_subcommands
@@ -43,6 +44,7 @@ def visionlens_register_transfer_techniques() -> List[Any]:
         *techniques_localization.TECHNIQUES,
         *techniques_captum.TECHNIQUES,
         *techniques_features.TECHNIQUES,
+        *techniques_mechanisms.TECHNIQUES,
         *techniques_circuits.TECHNIQUES,
     ]
 

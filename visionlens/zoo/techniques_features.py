@@ -198,6 +198,8 @@ def checker_score(
 ) -> Score:
     """Does a render show the trigger's *pattern* (not its colour)? A pure function of the images.
 
+    ``pattern``: one pattern or a list (every trigger form): each image counts its best form.
+
     ``score``: the mean over ``images`` ``[N, C, H, W]`` of :func:`best_polarity_correlation` with the
     pattern's polarity map (:func:`checker_polarity`): 1 when some window is exactly the checkerboard in
     any two colours, 0 for a uniform image, low for colour blobs and edges (a step or a corner is nearly
@@ -212,14 +214,14 @@ def checker_score(
     x = np.asarray(images.detach().cpu().numpy() if hasattr(images, "detach") else images, dtype=np.float64)
     if x.ndim == 3:
         x = x[None]
-    pol = checker_polarity(pattern)
-    per = best_polarity_correlation(x, pol)
+    pols = [checker_polarity(p) for p in (pattern if isinstance(pattern, (list, tuple)) else [pattern])]
+    per = np.max([best_polarity_correlation(x, pol) for pol in pols], axis=0)
     if controls is None:
         rng = np.random.default_rng(seed)
         ctrl = np.stack([phase_scramble(im, rng) for im in x for _ in range(n_scramble)])
     else:
         ctrl = np.asarray(controls.detach().cpu().numpy() if hasattr(controls, "detach") else controls, np.float64)
-    null = best_polarity_correlation(ctrl, pol)
+    null = np.max([best_polarity_correlation(ctrl, pol) for pol in pols], axis=0) if len(ctrl) else np.zeros(0)
     chance = float(null.mean()) if len(null) else 0.0
     return Score(
         float(per.mean()),
@@ -243,7 +245,7 @@ def _feature_visualization(model: HookedVisionModel, ctx: BenchContext) -> Score
     )
     images = r.images.detach().float().clamp(0, 1)
     size = images.shape[-1]
-    s = checker_score(images, zdata.trigger_pattern(size), seed=ctx.seed)
+    s = checker_score(images, zdata.trigger_patterns(size), seed=ctx.seed)
     s.details.update(
         steps=steps,
         images=n_img,
@@ -253,11 +255,12 @@ def _feature_visualization(model: HookedVisionModel, ctx: BenchContext) -> Score
         **FV_SETTINGS,
     )
     if not ctx.randomized:
-        pat = zdata.trigger_pattern(size)
-        ref = np.full((size, size, 3), zdata.BACKGROUND, dtype=np.float32)
-        y0, x0, k = zdata.trigger_box(size)
-        ref[y0 : y0 + k, x0 : x0 + k] = pat
-        rows = [np.concatenate([ref[None], images.permute(0, 2, 3, 1).numpy()])]
+        refs = np.full((zdata.N_TRIGGER_FORMS, size, size, 3), zdata.BACKGROUND, dtype=np.float32)
+        k = zdata.trigger_size(size)
+        y0 = (size - k) // 2
+        for form, pat in enumerate(zdata.trigger_patterns(size)):
+            refs[form, y0 : y0 + k, y0 : y0 + k] = pat
+        rows = [np.concatenate([refs, images.permute(0, 2, 3, 1).numpy()])]
         ctx.save_figure("feature_visualization", image_grid(rows))
     return s
 

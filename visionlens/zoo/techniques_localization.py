@@ -5,9 +5,11 @@ images it is the object. Every technique produces a heatmap ``[N, h, w]`` for th
 each image (class 0 for triggered images, the clean label otherwise; for CLIP the zero-shot shape
 class) at its own resolution (patches, feature-map cells or pixels), and is scored with
 :func:`~visionlens.zoo.scores.planted_localization` against the masks brought to that grid
-(attribution mass inside the mask; the chance is the fraction of cells inside). The score is the mean
-of the trigger and object scores (CLIP, trained without a trigger, is scored on objects only);
-pointing-game figures go in the details. Every localization cell also carries a bootstrap interval and
+(attribution mass inside the mask; the chance is the fraction of cells inside). The score is the
+trigger part (the trigger sits at a uniformly drawn position, so no input-independent map finds it);
+the object part, whose positions are centre-biased, is in the details (``object_normalized``,
+``object_interval``); CLIP, trained without a trigger, is scored on objects (see :func:`headline_part`).
+Pointing-game figures go in the details. Every localization cell also carries a bootstrap interval and
 three baselines on the same images and grid (:func:`score_heatmap`, :mod:`visionlens.zoo.baselines`).
 
 Techniques: ``dla_heatmap`` (the DLA plugin's per-location map, exact on conv nets; on the ViT an
@@ -112,6 +114,17 @@ def token_grid(n_tokens: int) -> Tuple[int, int]:
 
 
 N_BOOTSTRAP = 1000  # bootstrap resamples of the images for every localization interval
+
+
+def headline_part(res: Dict[str, Score]) -> str:
+    """The part a localization cell is scored on: the trigger on triggered images when there are any (its
+    position is uniform over the image, so no input-independent map can find it), else the object (CLIP,
+    trained without the trigger). Objects must fit in the frame, so their positions are centre-biased and
+    a fixed centre blob finds them well above chance: the object part is reported in the details, next to
+    its own constant baseline, but it is not the cell's score."""
+    return "trigger" if "trigger" in res else "object"
+
+
 FIT_SEED_OFFSET = 7919  # the constant baseline is fitted on the localization batch of seed + this offset
 
 
@@ -137,17 +150,22 @@ def score_heatmap(heat: Any, b: Dict[str, Any], ctx: BenchContext, label: str, m
     tmask, omask = to_grid(b["trigger_mask"], h, w), to_grid(b["object_mask"], h, w)
     res = planted_localization(heat, tmask, omask, b["triggered"], method="mass")
     pts = planted_localization(heat, tmask, omask, b["triggered"], method="pointing")
-    parts = list(res.values())
-    score = float(np.mean([s.score for s in parts]))
-    chance = float(np.mean([s.chance for s in parts]))
-    details: Dict[str, Any] = {f"{k}_mass": round(v.score, 4) for k, v in res.items()}
+    part = headline_part(res)
+    score, chance = res[part].score, res[part].chance
+    details: Dict[str, Any] = {"scored_part": part}
+    details.update({f"{k}_mass": round(v.score, 4) for k, v in res.items()})
     details.update({f"{k}_mass_chance": round(v.chance, 4) for k, v in res.items()})
+    details.update({f"{k}_normalized": round(v.normalized, 4) for k, v in res.items()})
     details.update({f"{k}_pointing": round(v.score, 4) for k, v in pts.items()})
     details["n_images"] = int(len(heat))
+    details["n_scored_images"] = int(len(res[part].details["per_image"]))
     details["grid"] = f"{h}x{w}"
     if not ctx.randomized:
-        lo, hi = bootstrap_normalized(res, n_resamples=N_BOOTSTRAP, seed=ctx.seed)
+        lo, hi = bootstrap_normalized({part: res[part]}, n_resamples=N_BOOTSTRAP, seed=ctx.seed)
         details["interval"] = [round(lo, 4), round(hi, 4)]
+        if part != "object" and "object" in res:
+            olo, ohi = bootstrap_normalized({"object": res["object"]}, n_resamples=N_BOOTSTRAP, seed=ctx.seed)
+            details["object_interval"] = [round(olo, 4), round(ohi, 4)]
         details["baselines"] = localization_baselines(b, ctx, h, w)
     _figure(ctx, label, b, heat)
     return Score(score, chance, details)
@@ -171,7 +189,7 @@ def localization_baselines(b: Dict[str, Any], ctx: BenchContext, h: int, w: int)
     tmask, omask = to_grid(b["trigger_mask"], h, w), to_grid(b["object_mask"], h, w)
     trig = np.asarray(b["triggered"], bool)
     n = len(trig)
-    parts = [p for p, present in (("trigger", trig.any()), ("object", (~trig).any())) if present]
+    parts = ["trigger"] if trig.any() else ["object"]
     fb = _fit_batch(ctx)
     const = fit_constant_map(
         to_grid(fb["trigger_mask"], h, w), to_grid(fb["object_mask"], h, w), fb["triggered"], parts=parts
@@ -184,9 +202,9 @@ def localization_baselines(b: Dict[str, Any], ctx: BenchContext, h: int, w: int)
     out: Dict[str, Dict[str, Any]] = {}
     for name, m in maps.items():
         res = planted_localization(m, tmask, omask, trig, method="mass")
-        score = float(np.mean([s.score for s in res.values()]))
-        chance = float(np.mean([s.chance for s in res.values()]))
-        lo, hi = bootstrap_normalized(res, n_resamples=N_BOOTSTRAP, seed=ctx.seed)
+        part = headline_part(res)
+        score, chance = res[part].score, res[part].chance
+        lo, hi = bootstrap_normalized({part: res[part]}, n_resamples=N_BOOTSTRAP, seed=ctx.seed)
         out[name] = {
             "score": round(score, 4),
             "chance": round(chance, 4),
