@@ -61,6 +61,7 @@ def test_bench_rows_carry_the_curve_and_its_figure(tmp_path):
     pts = row["cascade"]
     assert len(pts) == CASCADE_STEPS + 1 and pts[0]["normalized"] == row["normalized"]
     assert pts[-1]["normalized"] == pytest.approx(row["sanity_normalized"], abs=1e-6)  # fully random = the control
+    assert pts[-1].get("reused") is True and not pts[1].get("reused")  # ... so its score is not recomputed
     assert (tmp_path / row["figures"]["cascade_dla_heatmap"]).is_file()
     assert "Cascading randomization" in (tmp_path / "index.html").read_text()
     quick_default = run_transfer(tmp_path / "q", families=["resnet"], techniques=["dla_heatmap"], quick=True)

