@@ -54,8 +54,10 @@ def readme_block(payload: Mapping[str, Any]) -> str:
     return "\n".join(
         [
             _provenance(payload),
-            "Localization verdicts come from 95% bootstrap intervals against a fitted constant map and a random "
-            "map; the other claims still use fixed cut-offs (see docs/transfer.md).",
+            "Verdicts of localization, unit and causal-scrubbing cells come from 95% bootstrap intervals against "
+            "input-independent baselines (a fitted constant map / a weight-only unit ranking, and a random one); "
+            "feature visualization, dataset examples and style neurons still use fixed cut-offs "
+            "(see docs/transfer.md).",
             "",
             *_verdict_lines(rows),
         ]

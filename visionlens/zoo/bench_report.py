@@ -4,8 +4,9 @@ Cells show the normalized score ``(score - chance) / (1 - chance)`` (0 = chance,
 truth recovered), the raw score, and a flag where the randomized-model sanity check failed
 (the score did not drop on random weights). Unsupported pairs show the reason. Localization cells
 also carry a 95% bootstrap interval over images and three baselines on the same images and grid
-(``constant``, ``random``, ``edge``: :mod:`visionlens.zoo.baselines`); their :func:`verdict` comes
-from the interval, the other claims' from fixed cut-offs (they have no interval yet).
+(``constant``, ``random``, ``edge``: :mod:`visionlens.zoo.baselines`); unit and causal-scrubbing cells an
+interval and a weight-only (``constant``) and a random baseline. Their :func:`verdict` comes from the
+interval; feature visualization, dataset examples and style neurons still use fixed cut-offs.
 """
 
 from __future__ import annotations
@@ -192,13 +193,15 @@ def write_markdown(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mappi
         "",
         "## Verdicts",
         "",
-        "Localization cells: a 95% bootstrap interval over images (1000 resamples) of the normalized score, "
-        "compared with the normalized scores of two input-independent maps on the same images and grid: "
-        "`constant` (the best fixed map, fitted on a separate batch) and `random` (uniform noise). "
-        "**transfers**: the interval's lower end is above chance and above both; **breaks**: its upper end "
-        "is not; **partial**: the interval straddles them (undecided on these images). "
+        "Localization, unit and causal-scrubbing cells: a 95% bootstrap interval over images (1000 resamples) "
+        "of the normalized score, compared with the normalized scores of two input-independent answers on "
+        "the same images: `constant` (localization: the best fixed map, fitted on a separate batch; units: "
+        "the ranking by readout-weight norm) and `random`. **transfers**: the interval's lower end is above "
+        "chance and above both; **ties baseline**: the whole interval sits at that bar; **breaks**: its upper "
+        "end is not above it; **partial**: the interval straddles it (undecided on these images). "
         f"The edge-detector baseline is reported, not part of the verdict ({EDGE}). "
-        "Other claims have no interval yet: fixed cut-offs (transfers >= 0.5, partial >= 0.2). "
+        "Feature visualization, dataset examples and style neurons have no interval yet: fixed cut-offs "
+        "(transfers >= 0.5, partial >= 0.2). "
         "Either way, a cell above *breaks* that fails the sanity check is **fails sanity**.",
         "",
         "## Headline",
@@ -288,8 +291,9 @@ def write_html(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[s
         "random weights; localization cells also show the 95% bootstrap interval over images and the baselines "
         "on the same images and grid (const: the best fixed map, fitted on another batch; rnd: uniform noise; "
         f"edge: Sobel magnitude of the image), {EDGE} = the edge detector does as well. Green: transfers "
-        "(localization: the interval's lower end above chance and above the constant and random maps; other "
-        "claims, which have no interval yet: &ge; 0.5), orange: fails the sanity check, yellow: partial "
+        "(cells with an interval: its lower end above chance and above the constant and random baselines; "
+        "other claims, which have no interval yet: &ge; 0.5), blue: ties a baseline, orange: fails the sanity "
+        "check, yellow: partial "
         "(the interval straddles them; other claims: &ge; 0.2), red: breaks, grey: not supported.</p>",
         "<table><tr><th>technique</th>"
         + "".join(
