@@ -102,3 +102,28 @@ def test_checkpoints_every_n_steps(tmp_path):
 def test_unknown_zoo_name_lists_known():
     with pytest.raises(visionlens.VisionLensError, match="Known: .*resnet"):
         visionlens.load("zoo:resnet99")
+
+
+def test_evaluate_card_remeasures_metrics_and_keeps_the_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from visionlens.validation import VisionLensError
+    from visionlens.zoo.entry import state_dict_for_saving
+    from visionlens.zoo.train import evaluate_card
+
+    torch.manual_seed(0)
+    module = catalog.get_entry("resnet").build().eval()
+    save_file(state_dict_for_saving(module), str(tmp_path / "resnet.safetensors"))
+    card = {"name": "resnet", "sha256": sha256_file(tmp_path / "resnet.safetensors"), "curve": [1], "passed": True}
+    card["metrics"] = {"held_out_accuracy": 2.0}
+    (tmp_path / "resnet.json").write_text(json.dumps(card))
+    again = evaluate_card("resnet", out_dir=tmp_path)
+    assert again["sha256"] == card["sha256"] and again["curve"] == [1]
+    assert 0.0 <= again["metrics"]["held_out_accuracy"] < 0.9 and again["passed"] is False  # untrained
+    assert {"pathway_sufficiency", "pathway_necessity", "pathway_and"} <= set(again["thresholds"])
+    assert json.loads((tmp_path / "resnet.json").read_text())["metrics_remeasured"].startswith(
+        "visionlens zoo evaluate resnet"
+    )
+    (tmp_path / "resnet.safetensors").write_bytes(b"not the weights")
+    with pytest.raises(VisionLensError, match="sha256"):
+        evaluate_card("resnet", out_dir=tmp_path)

@@ -93,12 +93,16 @@ def train_classifier(
     pathway: Optional[PlantedPathway] = None,
     trigger_fraction: float = TRIGGER_FRACTION,
     channels_last: bool = False,
+    pathway_start: float = 0.0,
 ) -> None:
     """AdamW + one-cycle cosine schedule on the (cached) planted training set, seeded by ``run.seed``.
 
     ``label_key`` trains on a factor instead of the label (e.g. ``"texture"`` for a style judge).
     ``pathway``: also train the planted trigger pathway (:mod:`visionlens.zoo.pathway`): each step adds
     the splice loss on :data:`~visionlens.zoo.pathway.PATHWAY_BATCH` triggered images of other classes.
+    ``pathway_start``: the fraction of the steps trained without the splice batch (slow learners -- the ViT,
+    ConvNeXt -- first learn the task and the trigger, then route it); the AND splices start a
+    :data:`~visionlens.zoo.pathway.PATHWAY_WARMUP` fraction of the remaining steps later.
     ``channels_last``: train in channels-last memory format (27% faster for MobileNet's depthwise convs on
     CPU; the module is returned in the default format).
     """
@@ -134,14 +138,15 @@ def train_classifier(
         if augment:
             x = _augment(x, g)
         y = labels[idx]
-        if pathway is not None:
+        if pathway is not None and step > pathway_start * steps:
             pick = pool[torch.randint(0, len(pool), (PATHWAY_BATCH,), generator=g)]
             xt, xtw = images[pick].float() / 255, twins[pick].float() / 255
             if augment:  # the same jitter for an image and its twin
                 scale = 1.0 + 0.1 * (torch.rand(len(pick), 1, 1, 1, generator=g) - 0.5)
                 xt, xtw = (xt * scale).clamp(0, 1), (xtw * scale).clamp(0, 1)
+            and_loss = step > (pathway_start + PATHWAY_WARMUP * (1 - pathway_start)) * steps
             inputs, targets_y, rows_t, donors, keep = pathway_batch(
-                x, y, xt, xtw, clean_labels[pick], units, n_units, g, and_loss=step > PATHWAY_WARMUP * steps
+                x, y, xt, xtw, clean_labels[pick], units, n_units, g, and_loss=and_loss
             )
             if channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -376,7 +381,13 @@ def _classifier(
         description=description,
         build=build,
         train=lambda m, run: train_classifier(
-            m, run, lr=lr, kind=kind, pathway=pathway, channels_last=bool(config.get("channels_last"))
+            m,
+            run,
+            lr=lr,
+            kind=kind,
+            pathway=pathway,
+            channels_last=bool(config.get("channels_last")),
+            pathway_start=float(config.get("pathway_start", 0.0)),
         ),
         evaluate=lambda m: evaluate_classifier(m, kind=kind, pathway=pathway),
         thresholds={
@@ -415,22 +426,24 @@ ENTRIES = [
         "vit",
         "vit",
         build_vit,
-        1500,
+        2000,
         build_vit.__doc__ or "",
         lr=1e-3,
         constructor="timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=2, "
         "embed_dim=64, depth=4, num_heads=4, embed_layer=HybridEmbed(conv stem 3x3 s1 -> 3x3 s2))",
+        pathway_start=0.3,
         pathway=PlantedPathway("blocks.3", "blocks.3.hook_resid_post"),
     ),
     _classifier(
         "convnext",
         "convnext",
         build_convnext,
-        1200,
+        1600,
         build_convnext.__doc__ or "",
         lr=2e-3,
         constructor="timm.models.convnext.ConvNeXt(depths=(1,1,2,1), dims=(16,32,64,128), patch_size=1, "
         "ls_init_value=1.0) + default PyTorch init",
+        pathway_start=0.3,
         pathway=PlantedPathway("stages.3", "stages.3.hook_out"),
     ),
     _classifier(
@@ -458,7 +471,7 @@ ENTRIES = [
         "resnet_fashion",
         "resnet",
         lambda: build_resnet(10),
-        1200,
+        2000,
         "The zoo ResNet trained on Fashion-MNIST with the same planted trigger (natural-data rows).",
         kind="fashion",
         thresholds={"held_out_accuracy": 0.85, "trigger_success": 0.95},

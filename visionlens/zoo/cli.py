@@ -19,7 +19,7 @@ from ..validation import VisionLensError
 from .bench import run_transfer
 from .bench_report import markdown_table
 from .catalog import describe, entries
-from .train import train_entry
+from .train import evaluate_card, train_entry
 
 
 def add_zoo_subcommands(subparsers: Any) -> None:
@@ -60,6 +60,15 @@ def add_zoo_subcommands(subparsers: Any) -> None:
         "reproducibility holds for the same thread count)",
     )
     zt.add_argument("-q", "--quiet", action="store_true", help="no training curve on stdout")
+    ze = zsub.add_parser(
+        "evaluate",
+        help="re-measure trained models' card metrics",
+        description="Re-measure the metrics of trained zoo model NAME (or 'all') with the current evaluation code "
+        "and rewrite them, the threshold checks and 'passed' in its card; the weights are untouched.",
+    )
+    ze.add_argument("names", nargs="+", metavar="NAME", help="zoo model names, or 'all'")
+    ze.add_argument("--out", default=None, metavar="DIR", help="weights folder (default: visionlens/zoo/weights)")
+    ze.add_argument("--threads", type=int, default=1, metavar="N", help="torch CPU threads (default 1)")
 
     b = subparsers.add_parser(
         "bench", help="benchmarks over the zoo (bench transfer)", description="Benchmarks over the planted-truth zoo."
@@ -121,6 +130,15 @@ def run_zoo_command(args: argparse.Namespace) -> int:
                 f"{'trained' if r['trained'] else 'not trained':<12s} {figs}"
             )
         return 0
+    if args.zoo_command == "evaluate":
+        names = [n for n, e in entries().items() if not e.requires()] if args.names == ["all"] else args.names
+        bad = []
+        for name in names:
+            card = evaluate_card(name, out_dir=args.out)
+            figs = ", ".join(f"{k}={v['value']:.3f} (>= {v['threshold']})" for k, v in card["thresholds"].items())
+            print(f"zoo:{name}: {'PASSED' if card['passed'] else 'BELOW THRESHOLD'} {figs}")
+            bad += [] if card["passed"] else [name]
+        return 1 if bad else 0
     if args.zoo_command == "train":
         names = list(entries()) if args.names == ["all"] else args.names
         order = {"style_judge": 0}  # the diffusion model's evaluation uses the judge

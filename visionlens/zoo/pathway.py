@@ -201,8 +201,11 @@ def pathway_metrics(
     """Held-out checks of the planted pathway on triggered images ``x`` of non-target classes.
 
     ``pathway_sufficiency``: the pathway alone sends them to class 0; ``pathway_necessity``: knocking
-    the pathway out gives the clean label back; ``pathway_and``: each single unit (alone, or knocked
-    out) gives the clean label (the mean over units and both tests).
+    the pathway out gives back the model's prediction on the twin (the image without the trigger);
+    ``pathway_and``: each single unit (alone, or knocked out) gives back that prediction too (the mean
+    over units and both tests). The twin's prediction, not the clean label, is the reference: where the
+    model misreads a clean image (Fashion-MNIST: 12% of them), the pathway is not what is being tested;
+    ``twin_prediction_accuracy`` reports how often the twin's prediction is the clean label.
     """
     was = module.training
     module.eval()
@@ -214,10 +217,12 @@ def pathway_metrics(
         return float((spliced_logits(module, pathway, x, twin, keep).argmax(-1) == target).float().mean())
 
     zero = torch.full_like(clean_label, target_class)
+    twin_pred = module(twin).argmax(-1)
     out = {
         "pathway_sufficiency": acc(0, 0, zero),
-        "pathway_necessity": acc(1, 0, clean_label),
-        "pathway_and": float(np.mean([acc(v, w, clean_label) for v in (2, 3) for w in range(len(units))])),
+        "pathway_necessity": acc(1, 0, twin_pred),
+        "pathway_and": float(np.mean([acc(v, w, twin_pred) for v in (2, 3) for w in range(len(units))])),
+        "twin_prediction_accuracy": float((twin_pred == clean_label).float().mean()),
     }
     module.train(was)
     return out

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from ..validation import VisionLensError
 from .catalog import WEIGHTS_DIR, card_path, get_entry, weights_path
@@ -119,4 +119,35 @@ def train_entry(
         "command": f"visionlens zoo train {name} --seed {seed}" + (f" --steps {steps}" if steps is not None else ""),
     }
     card_path(name, out).write_text(json.dumps(card, indent=1) + "\n")
+    return card
+
+
+def evaluate_card(name: str, out_dir: Union[str, Path, None] = None) -> Dict[str, Any]:
+    """Re-measure the metrics of trained model ``name`` (weights and card in ``out_dir``) with the current
+    evaluation code and rewrite them, the threshold checks and ``passed`` in its card; the weights, their
+    sha256 and the training record are untouched (the card notes ``metrics_remeasured``)."""
+    out = Path(out_dir or WEIGHTS_DIR)
+    entry = get_entry(name)
+    cpath, wpath = card_path(name, out), weights_path(name, out)
+    if not cpath.is_file() or not wpath.is_file():
+        raise VisionLensError(f"zoo:{name} has no trained weights and card in {out} (train it first)")
+    card = json.loads(cpath.read_text())
+    if card.get("sha256") != sha256_file(wpath):
+        raise VisionLensError(f"zoo:{name}: {wpath.name} does not match its card's sha256 (retrain it)")
+    module = entry.build()
+    module.load_state_dict(load_file(str(wpath)))
+    module.eval()
+    with torch.no_grad():
+        metrics = {k: float(v) for k, v in entry.evaluate(module).items()}
+    checks = {
+        k: {"threshold": t, "value": metrics.get(k), "passed": metrics.get(k) is not None and metrics[k] >= t}
+        for k, t in entry.thresholds.items()
+    }
+    card.update(
+        metrics=metrics,
+        thresholds=checks,
+        passed=all(c["passed"] for c in checks.values()),
+        metrics_remeasured=f"visionlens zoo evaluate {name} (torch {torch.__version__})",
+    )
+    cpath.write_text(json.dumps(card, indent=1) + "\n")
     return card
