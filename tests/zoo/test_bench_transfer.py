@@ -43,11 +43,17 @@ def test_quick_table_rows_and_files(tmp_path):
     # init-time zeroing undone, see zoo.randomize) minimal-pair patching still localizes much of the
     # difference, so the row is flagged: the pair, not the model, carries the answer
     ap = by["activation_patching"]
-    assert ap["supported"] and ap["normalized"] > 0.6
+    assert ap["supported"] and ap["normalized"] > 0.5
     assert ap["sanity_normalized"] > 0.1 and ap["sanity_passed"] is False
-    # different-image pairs: the corruption no longer gives the answer away, and the trained ResNet still finds it
+    # the trigger moves: no input-independent map finds it (issue 14's acceptance: <= 0.1 normalized)
+    for r in rows:
+        if r.get("baselines"):
+            assert r["baselines"]["constant"]["normalized"] <= 0.1, (r["technique"], r["baselines"]["constant"])
+            assert r["details"]["scored_part"] == "trigger"
+    # different-image pairs: the corruption no longer gives the answer away, and the trained ResNet still finds
+    # it, above chance and the baselines over the whole interval
     sw = by["activation_patching_swap"]
-    assert sw["normalized"] > 0.3 and sw["sanity_passed"] is True, sw
+    assert sw["interval"][0] > max(0.0, sw["baselines"]["constant"]["normalized"]) and sw["sanity_passed"] is True
     saved = json.loads((tmp_path / "results.json").read_text())
     assert len(saved["rows"]) == len(all_rows)
     md = (tmp_path / "results.md").read_text()
