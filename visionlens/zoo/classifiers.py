@@ -439,13 +439,14 @@ ENTRIES = [
         "convnext",
         "convnext",
         build_convnext,
-        1600,
+        3000,
         build_convnext.__doc__ or "",
         lr=1e-3,
         constructor="timm.models.convnext.ConvNeXt(depths=(1,1,2,1), dims=(16,32,64,128), patch_size=1, "
         "ls_init_value=1.0) + default PyTorch init",
         # no planted pathway: with its splice batch (from 30% of the steps, lr 1e-3) clean training accuracy fell
-        # from 0.48 to 0.24 and had not recovered 300 steps later; at lr 2e-3 it sat at chance (data v2)
+        # from 0.48 to 0.24 and had not recovered 300 steps later; at lr 2e-3 it sat at chance (data v2); without
+        # it, lr 1e-3 over 1600 steps plateaued at 0.65 train accuracy, hence 3000 steps
         pathway=None,
     ),
     _classifier(

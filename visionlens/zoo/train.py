@@ -116,7 +116,9 @@ def train_entry(
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "command": f"visionlens zoo train {name} --seed {seed}" + (f" --steps {steps}" if steps is not None else ""),
+        "command": f"visionlens zoo train {name} --seed {seed}"
+        + (f" --steps {steps}" if steps is not None else "")
+        + (f" --threads {torch.get_num_threads()}" if torch.get_num_threads() != 1 else ""),
     }
     card_path(name, out).write_text(json.dumps(card, indent=1) + "\n")
     return card
