@@ -147,7 +147,7 @@ def test_quick_run_rows_have_interval_and_baselines(tmp_path):
     for b in r["baselines"].values():
         assert b["interval"][0] <= b["normalized"] <= b["interval"][1]
         assert b["chance"] == pytest.approx(r["chance"], abs=1e-3)  # the same images and grid
-    assert r["baselines"]["constant"]["normalized"] > 0.2  # the trigger's place is predictable
+    assert r["baselines"]["constant"]["normalized"] <= 0.1  # the trigger moves: no fixed map finds it
     assert abs(r["baselines"]["random"]["normalized"]) < 0.1
     assert "interval" not in r["details"] and r["details"]["grid"] == "32x32"
     md = (tmp_path / "results.md").read_text()

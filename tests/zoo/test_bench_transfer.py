@@ -63,13 +63,13 @@ def test_quick_table_rows_and_files(tmp_path):
 
 
 def test_resume_keeps_rows(tmp_path, monkeypatch):
-    run_transfer(tmp_path, families=["convnext"], techniques=["gradient_x_input"], quick=True)
+    run_transfer(tmp_path, families=["mobilenet"], techniques=["gradient_x_input"], quick=True)
     calls = []
     orig = tl.TECHNIQUES[-1].scorer
     monkeypatch.setattr(tl.TECHNIQUES[-1], "scorer", lambda m, c: calls.append(1) or orig(m, c))
-    rows = run_transfer(tmp_path, families=["convnext"], techniques=["gradient_x_input"], quick=True)
+    rows = run_transfer(tmp_path, families=["mobilenet"], techniques=["gradient_x_input"], quick=True)
     assert calls == [] and len(rows) == 1
-    run_transfer(tmp_path, families=["convnext"], techniques=["gradient_x_input"], quick=True, resume=False)
+    run_transfer(tmp_path, families=["mobilenet"], techniques=["gradient_x_input"], quick=True, resume=False)
     assert len(calls) == 2  # trained + randomized copy
 
 
@@ -110,7 +110,7 @@ def test_third_party_technique_joins_the_table(tmp_path):
     pm.register(plugin, name="test-centre-bias")
     try:
         assert "centre_bias" in [t.name for t in bench.all_techniques()]
-        rows = run_transfer(tmp_path, families=["convnext"], techniques=["centre_bias"], quick=True)
+        rows = run_transfer(tmp_path, families=["mobilenet"], techniques=["centre_bias"], quick=True)
     finally:
         pm.unregister(plugin)
     (r,) = rows

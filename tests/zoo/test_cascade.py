@@ -39,8 +39,10 @@ def test_last_step_is_the_tables_random_copy():
 
 
 def test_curve_of_dla_falls_as_the_weights_go():
+    from visionlens.zoo import techniques_mechanisms as tm
+
     entry = catalog.get_entry("resnet")
-    tech = _tech("dla_heatmap")
+    (tech,) = [t for t in tm.TECHNIQUES if t.name == "unit_dla"]  # DLA of the planted units
     pts = cascade_curve(tech, entry, quick=True, max_steps=3)
     assert [p["step"] for p in pts][0] == 0 and len(pts) == 4
     assert pts[1]["randomized_from"] == "fc" and pts[1]["units"] == 1

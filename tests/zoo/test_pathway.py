@@ -110,7 +110,12 @@ def test_metrics_of_a_model_with_a_hand_built_and_pathway():
     x = twin.clone()
     x[:, 0] = 1.0  # "triggered": all red
     out = pathway_metrics(m, PW, (1, 3), x, twin, torch.ones(8, dtype=torch.long))
-    assert out == {"pathway_sufficiency": 1.0, "pathway_necessity": 1.0, "pathway_and": 1.0}
+    assert {k: out[k] for k in ("pathway_sufficiency", "pathway_necessity", "pathway_and")} == {
+        "pathway_sufficiency": 1.0,
+        "pathway_necessity": 1.0,
+        "pathway_and": 1.0,
+    }
+    assert out["twin_prediction_accuracy"] == 1.0
     assert n_channels(m, PW, x[:1]) == 4
 
 

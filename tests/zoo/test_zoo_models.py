@@ -35,7 +35,7 @@ def test_shipped_classifier_reaches_card_figures(name):
     assert card["sha256"] == sha256_file(catalog.weights_path(name))
     module = catalog.load_module(name)
     kind = "fashion" if "fashion" in card["data"]["generator"] else "shapes"
-    got = evaluate_classifier(module, n=300, kind=kind)
+    got = evaluate_classifier(module, n=300, kind=kind, pathway=catalog.get_entry(name).pathway)
     for metric, check in card["thresholds"].items():
         assert got[metric] >= check["threshold"] - 0.03, (metric, got[metric])
         assert got[metric] >= card["metrics"][metric] - 0.04, (metric, got[metric], card["metrics"][metric])

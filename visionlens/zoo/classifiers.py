@@ -358,6 +358,7 @@ def _classifier(
     bench_cost: float = 1.0,
     pathway: Optional[PlantedPathway] = None,
     pathway_thresholds: Optional[Dict[str, float]] = None,
+    benchmark: bool = True,
     **config: Any,
 ) -> ZooEntry:
     data_card = dict(_DATA_CARD)
@@ -409,6 +410,7 @@ def _classifier(
         dataset=kind,
         bench_cost=bench_cost,
         pathway=pathway,
+        benchmark=benchmark,
     )
 
 
@@ -444,10 +446,12 @@ ENTRIES = [
         lr=1e-3,
         constructor="timm.models.convnext.ConvNeXt(depths=(1,1,2,1), dims=(16,32,64,128), patch_size=1, "
         "ls_init_value=1.0) + default PyTorch init",
-        # no planted pathway: with its splice batch (from 30% of the steps, lr 1e-3) clean training accuracy fell
-        # from 0.48 to 0.24 and had not recovered 300 steps later; at lr 2e-3 it sat at chance (data v2); without
-        # it, lr 1e-3 over 1600 steps plateaued at 0.65 train accuracy, hence 3000 steps
+        # NOT at the zoo's bar on data v2, so not a row of the transfer table (benchmark=False) until a recipe is
+        # found: with the pathway's splice batch (from 30% of the steps, lr 1e-3) clean training accuracy fell
+        # from 0.48 to 0.24; at lr 2e-3 it sat at chance; without a pathway, lr 1e-3 over 1600 steps plateaued at
+        # 0.65 train accuracy and over 3000 steps reached held-out 0.72, trigger success 0.12 (its card)
         pathway=None,
+        benchmark=False,
     ),
     _classifier(
         "inception",

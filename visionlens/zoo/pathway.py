@@ -59,7 +59,7 @@ def channel_axis(act: torch.Tensor) -> int:
 
 def n_channels(module: nn.Module, pathway: PlantedPathway, example: torch.Tensor) -> int:
     """Number of units at the pathway's module output (one no-grad forward of ``example``)."""
-    acts = {}
+    acts: Dict[str, torch.Tensor] = {}
     was = module.training
     module.eval()  # no BatchNorm statistics from a probe
     with torch.no_grad(), capture(module, pathway, acts):
