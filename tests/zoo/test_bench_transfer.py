@@ -73,6 +73,22 @@ def test_resume_keeps_rows(tmp_path, monkeypatch):
     assert len(calls) == 2  # trained + randomized copy
 
 
+def test_a_narrower_rerun_keeps_the_other_cells(tmp_path):
+    """Resuming into the same folder with another selection adds cells; it never drops earlier ones."""
+    first = run_transfer(tmp_path, families=["mobilenet"], techniques=["gradient_x_input"], quick=True, workers=1)
+    run_transfer(tmp_path, families=["mobilenet"], techniques=["grad_cam"], quick=True, workers=1)
+    saved = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [(r["model"], r["technique"]) for r in saved] == [
+        ("zoo:mobilenet", "gradient_x_input"),
+        ("zoo:mobilenet", "grad_cam"),
+    ]
+    assert saved[0]["score"] == first[0]["score"]
+    assert (
+        "grad_cam" in (tmp_path / "results.md").read_text()
+        and "gradient_x_input" in (tmp_path / "results.md").read_text()
+    )
+
+
 def test_unknown_family_or_technique_is_a_clear_error(tmp_path):
     from visionlens import VisionLensError
 

@@ -156,6 +156,8 @@ def run_transfer(
     if old and json.loads(res_path.read_text()).get("settings") != settings:
         old = []
     done = {(r["model"], r["technique"]): r for r in old}
+    selected = {(f"zoo:{e.name}", t.name) for e in zoo for t in techs}
+    kept = [r for r in old if (r["model"], r["technique"]) not in selected]  # other cells of earlier runs stay
     rows: List[Dict[str, Any]] = []
     n_cells = sum(1 for e in zoo for t in techs if (f"zoo:{e.name}", t.name) not in done)
     counter = [0]
@@ -166,7 +168,11 @@ def run_transfer(
             print(msg, file=sys.stderr, flush=True)
 
     def flush() -> None:
-        payload = {"settings": settings, "command": _command(families, techniques, quick, seed), "rows": rows}
+        payload = {
+            "settings": settings,
+            "command": _command(families, techniques, quick, seed),
+            "rows": _in_table_order(kept + rows),
+        }
         atomic_write_bytes(res_path, (json.dumps(payload, indent=1, default=_json_default) + "\n").encode())
 
     def emit(kind: str, payload: Any) -> None:
@@ -210,12 +216,17 @@ def run_transfer(
         leftover = jobs
     for job in leftover:  # in-process: serial runs, and techniques a fresh worker process could not find
         _score_entry(entries()[job.name], [by_name[n] for n in job.techniques], job, emit)
-    order_m = {f"zoo:{e.name}": i for i, e in enumerate(zoo)}
-    order_t = {t.name: i for i, t in enumerate(techs)}
-    rows.sort(key=lambda r: (order_m.get(r["model"], 1 << 20), order_t.get(r["technique"], 1 << 20)))
+    rows[:] = _in_table_order(rows)
     flush()
-    write_report(out, rows, settings, _command(families, techniques, quick, seed))
+    write_report(out, _in_table_order(kept + rows), settings, _command(families, techniques, quick, seed))
     return rows
+
+
+def _in_table_order(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Rows sorted by the catalogue's model order, then the technique order (unknown names last)."""
+    order_m = {f"zoo:{n}": i for i, n in enumerate(entries())}
+    order_t = {t.name: i for i, t in enumerate(all_techniques())}
+    return sorted(rows, key=lambda r: (order_m.get(r["model"], 1 << 20), order_t.get(r["technique"], 1 << 20)))
 
 
 # cascading-randomization points per technique (head, two in between, all; see zoo.cascade); zoo models whose
