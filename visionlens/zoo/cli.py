@@ -22,6 +22,12 @@ from .catalog import describe, entries
 from .train import evaluate_card, train_entry
 
 
+def _add_names_and_out(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """The ``NAME ... | all`` positional and ``--out DIR`` shared by ``zoo train`` and ``zoo evaluate``."""
+    parser.add_argument("names", nargs="+", metavar="NAME", help="zoo model names, or 'all'")
+    parser.add_argument("--out", default=None, metavar="DIR", help=out_help)
+
+
 def add_zoo_subcommands(subparsers: Any) -> None:
     """Add ``zoo`` (handler :func:`run_zoo_command`) and ``bench`` (:func:`run_bench_command`) to the
     ``visionlens`` CLI's subparsers."""
@@ -40,8 +46,7 @@ def add_zoo_subcommands(subparsers: Any) -> None:
         description="Train zoo model NAME (or 'all'); writes NAME.safetensors and the model card "
         "NAME.json into --out (default: the package's weights folder).",
     )
-    zt.add_argument("names", nargs="+", metavar="NAME", help="zoo model names, or 'all'")
-    zt.add_argument("--out", default=None, metavar="DIR", help="output folder (default: visionlens/zoo/weights)")
+    _add_names_and_out(zt, out_help="output folder (default: visionlens/zoo/weights)")
     zt.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     zt.add_argument("--steps", type=int, default=None, metavar="N", help="optimizer steps (default: the entry's)")
     zt.add_argument(
@@ -66,8 +71,7 @@ def add_zoo_subcommands(subparsers: Any) -> None:
         description="Re-measure the metrics of trained zoo model NAME (or 'all') with the current evaluation code "
         "and rewrite them, the threshold checks and 'passed' in its card; the weights are untouched.",
     )
-    ze.add_argument("names", nargs="+", metavar="NAME", help="zoo model names, or 'all'")
-    ze.add_argument("--out", default=None, metavar="DIR", help="weights folder (default: visionlens/zoo/weights)")
+    _add_names_and_out(ze, out_help="weights folder (default: visionlens/zoo/weights)")
     ze.add_argument("--threads", type=int, default=1, metavar="N", help="torch CPU threads (default 1)")
 
     b = subparsers.add_parser(

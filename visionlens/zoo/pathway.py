@@ -90,21 +90,6 @@ def capture(module: nn.Module, pathway: PlantedPathway, store: Dict[str, torch.T
         handle.remove()
 
 
-@contextmanager
-def splice(module: nn.Module, pathway: PlantedPathway, donor: torch.Tensor, keep: torch.Tensor) -> Iterator[None]:
-    """While the block runs, the pathway module's output keeps units where ``keep`` ``[B, C]`` is True
-    and takes the rest from ``donor`` (the same module's output on the twin images)."""
-
-    def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> torch.Tensor:
-        return torch.where(_mask_shape(out, keep), out, donor)
-
-    handle = module.get_submodule(pathway.module).register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def splice_masks(n: int, n_units: int, units: Tuple[int, ...], variant: torch.Tensor, which: torch.Tensor):
     """Keep-masks ``[n, n_units]`` for the four splice variants (see the module docstring):
     0 the pathway alone, 1 pathway knocked out, 2 one pathway unit alone, 3 one pathway unit knocked out;
