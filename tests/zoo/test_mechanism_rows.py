@@ -301,3 +301,18 @@ def test_dla_through_a_layernorm_head_adds_up(name):
     np.testing.assert_allclose(dla.sum(1), delta.double().numpy(), atol=1e-4)
     exact = techniques_mechanisms.patching_effects(model, d)
     assert exact.shape == dla.shape and np.isfinite(exact).all()
+
+
+def test_scrub_hypotheses_keep_wrong_ones_disjoint_from_the_pathway():
+    from visionlens.zoo.techniques_circuits import scrub_hypotheses
+
+    mean_act = np.zeros(10)
+    mean_act[[3, 7]] = [5.0, 4.0]  # the top two by activation: one pathway unit (3) and one other (7)
+    mean_act[6] = 3.0
+    hyps = scrub_hypotheses(10, [3, 9], mean_act, seed=0)
+    assert hyps["true"] == (3, 9)
+    assert hyps["partial_top2_activation"] == (3, 7)  # overlaps the pathway: partial, never a rival
+    assert hyps["top2_activation"] == (6, 7)  # the best guess outside the pathway
+    for name, units in hyps.items():
+        if not name.startswith(("true", "partial_")):
+            assert not set(units) & {3, 9}, name

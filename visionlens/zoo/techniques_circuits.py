@@ -7,7 +7,7 @@
   scrubbed run keeps the units of ``K`` from the triggered image and takes every other unit of the hook
   from the twin (:func:`splice_logits`: one forward per chunk of hypotheses, the copies stacked after the
   hook). Hypotheses (:func:`scrub_hypotheses`): *true* ``K = S``; *partial*, each single unit of ``S``;
-  *wrong*, 8 seeded random pairs disjoint from ``S`` and the two units with the largest mean activation on
+  *wrong*, 8 seeded random pairs disjoint from ``S`` and the two units outside ``S`` with the largest mean activation on
   the triggered images. The plugin's hypothesis format resamples unclaimed parts from random inputs, not
   from each image's own twin, so the splice is done here with ``run_with_hooks``.
 
@@ -99,7 +99,10 @@ SPLICE_FLOATS = 2**24  # activation floats per stacked splice forward
 def scrub_hypotheses(n_units: int, units: Sequence[int], mean_act: np.ndarray, seed: int) -> Dict[str, Tuple[int, ...]]:
     """``{name: units kept from the triggered image}``: ``true`` (the pathway), ``partial_u`` (each unit of it),
     ``wrong_i`` (:data:`N_WRONG` seeded random pairs disjoint from it) and ``top2_activation`` (the two units
-    with the largest mean activation on the triggered images; left out when that pair is the pathway)."""
+    outside the pathway with the largest mean activation on the triggered images: the most plausible wrong
+    guess). Every wrong hypothesis is disjoint from the pathway; when the overall top two by activation
+    overlap it without being it, that pair names part of the pathway and is kept as ``partial_top2_activation``
+    (a partial hypothesis recovers part of the loss by construction, so it is not a rival of the margin)."""
     s = tuple(sorted(int(u) for u in units))
     hyps: Dict[str, Tuple[int, ...]] = {"true": s}
     hyps.update({f"partial_{u}": (u,) for u in s})
@@ -113,9 +116,13 @@ def scrub_hypotheses(n_units: int, units: Sequence[int], mean_act: np.ndarray, s
         if p not in pairs:
             pairs.append(p)
     hyps.update({f"wrong_{i}": p for i, p in enumerate(pairs)})
-    top = tuple(sorted(int(u) for u in np.argsort(-mean_act, kind="stable")[: len(s)]))
-    if top != s:
-        hyps["top2_activation"] = top
+    ranked = [int(u) for u in np.argsort(-mean_act, kind="stable")]
+    top = tuple(sorted(ranked[: len(s)]))
+    if top != s and set(top) & set(s):  # names part of the pathway: a partial hypothesis, not a wrong one
+        hyps["partial_top2_activation"] = top
+    outside = tuple(sorted([u for u in ranked if u not in s][: len(s)]))
+    if len(outside) == len(s):
+        hyps["top2_activation"] = outside
     return hyps
 
 
