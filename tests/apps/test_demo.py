@@ -37,16 +37,14 @@ def test_demo_writes_report(tmp_path, capsys):
 
 
 def test_demo_transfer_section_states_caveats(tmp_path):
-    from visionlens.apps.demo.transfer import constant_corner_baseline, demo_transfer_section
+    from visionlens.apps.demo.transfer import demo_transfer_section
 
     html = demo_transfer_section(tmp_path, families=["resnet"], techniques=["dla_heatmap"])
     if "No trained zoo models" in html:
         pytest.skip("no trained zoo models")
     assert (tmp_path / "transfer" / "results.json").is_file()
-    for words in ("Caveats", "same place", "random", "Quick budgets", "Headline"):
+    for words in ("Caveats", "trigger moves", "random", "Quick budgets", "Headline"):
         assert words in html, words
-    b = constant_corner_baseline("resnet", "32x32")
-    assert b is not None and 0.0 < b < 1.0  # a constant corner map beats chance: the fixed trigger's caveat
 
 
 def test_demo_main_thread_policy(tmp_path, monkeypatch):

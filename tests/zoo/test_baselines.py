@@ -152,3 +152,90 @@ def test_quick_run_rows_have_interval_and_baselines(tmp_path):
     assert "interval" not in r["details"] and r["details"]["grid"] == "32x32"
     md = (tmp_path / "results.md").read_text()
     assert "95% interval" in md and "const " in md
+
+
+def test_a_coarse_map_scores_as_the_same_map_spread_over_its_pixels():
+    """Fractional cell masks: the mass of a 4 x 4 map inside a pixel mask equals the mass of its upsampled
+    pixel map inside the mask; the chance is the mask's pixel area; ``best`` is the best cell's share."""
+    import torch
+
+    from visionlens.zoo.scores import localization_mass
+    from visionlens.zoo.techniques_localization import to_grid_fraction
+
+    rng = np.random.default_rng(0)
+    pix = _squares(20, 32, 8, rng, p_home=0.0)
+    heat = rng.random((20, 4, 4))
+    coarse = localization_mass(heat, to_grid_fraction(pix, 4, 4))
+    up = torch.nn.functional.interpolate(torch.as_tensor(heat)[:, None], size=(32, 32), mode="nearest")[:, 0].numpy()
+    fine = localization_mass(up, pix)
+    assert coarse.score == pytest.approx(fine.score, abs=1e-12)
+    assert coarse.chance == pytest.approx(fine.chance, abs=1e-12) == pytest.approx(64 / 1024)
+    best = coarse.details["best"]
+    assert np.all(best <= 1.0) and np.all(best >= 64 / 1024 / 4)  # an 8 px square covers >= 1/4 of some 8 px cell
+    assert np.mean(best) < 1.0  # a moving 8 px square usually straddles 8 px cells
+
+
+def test_within_counts_the_mass_inside_a_region():
+    """Target against distractor: a map uniform over both scores the target's share of their area (chance)."""
+    from visionlens.zoo.scores import localization_mass
+
+    t = np.zeros((2, 8, 8), bool)
+    d = np.zeros((2, 8, 8), bool)
+    t[:, 0:2, 0:2] = True
+    d[:, 5:8, 5:8] = True
+    u = t | d
+    uniform = localization_mass(np.ones((2, 8, 8)), t, within=u)
+    assert uniform.score == pytest.approx(4 / 13) and uniform.chance == pytest.approx(4 / 13)
+    on_target = localization_mass(t.astype(float) + 0.0, t, within=u)
+    assert on_target.score == pytest.approx(1.0) and on_target.normalized == pytest.approx(1.0)
+    off_region = np.zeros((2, 8, 8))
+    off_region[:, 3, 3] = 1.0  # mass only outside both objects: counts as uniform
+    assert localization_mass(off_region, t, within=u).score == pytest.approx(4 / 13)
+
+
+@pytest.mark.parametrize("name", ["resnet", "clip"])
+def test_no_input_independent_map_localizes_on_the_full_batch(name):
+    """Issue 14's acceptance, on the benchmark's own batch (full size, seed 0): no pixel is inside the trigger
+    in more than 25% of triggered images, and the fitted constant map scores <= 0.1 normalized on every grid
+    (CLIP: the target object against a distractor)."""
+    from visionlens.zoo.technique import BenchContext
+    from visionlens.zoo.techniques_localization import localization_baselines, localization_batch
+
+    ctx = BenchContext(entry=catalog.get_entry(name), quick=False, seed=0)
+    b = localization_batch(ctx)
+    trig = np.asarray(b["triggered"], bool)
+    if name == "clip":
+        assert not trig.any() and len(b["images"]) >= 256
+        assert not np.any(b["object_mask"] & (b["object_within"] & ~b["object_mask"]))
+    else:
+        assert trig.sum() >= 256
+        assert b["trigger_mask"][trig].mean(0).max() <= 0.25
+    for g in (2, 4, 8, 16, 32):
+        bl = localization_baselines(b, ctx, g, g)
+        assert bl["constant"]["normalized"] <= 0.1, (g, bl)
+        assert abs(bl["random"]["normalized"]) <= 0.05, (g, bl)
+
+
+def test_two_object_images_pair_different_disjoint_shapes_and_flip_a_fair_coin():
+    from visionlens.zoo.classifiers import held_out_batch
+    from visionlens.zoo.techniques_localization import two_object_batch
+
+    pool = held_out_batch(400, trigger_fraction=0.0, seed=3)
+    b = two_object_batch(pool, 100, seed=3)
+    t, u = b["object_mask"], b["object_within"]
+    d = u & ~t
+    assert t.any((1, 2)).all() and d.any((1, 2)).all()
+    shapes = np.asarray(pool.factors["shape"])
+    assert set(np.unique(b["targets"].numpy())) <= set(np.unique(shapes))
+    # the target is the first image's object of its pair about half of the time, and the masks say which
+    pairs, first = b["pairs"], b["target_first"]
+    assert 35 <= first.sum() <= 65
+    for k in range(100):
+        src = pairs[k, 0] if first[k] else pairs[k, 1]
+        assert np.array_equal(t[k], pool.masks["object"][src].numpy())
+        assert shapes[pairs[k, 0]] != shapes[pairs[k, 1]] and b["targets"][k] == shapes[src]
+    share = t.sum((1, 2)) / u.sum((1, 2))
+    assert 0.3 < share.mean() < 0.7
+    # the corrupted image differs from the image only inside the target
+    diff = (b["images"] - b["corrupted"]).abs().sum(1).numpy() > 0
+    assert not (diff & ~t).any() and diff.any()

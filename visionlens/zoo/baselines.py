@@ -40,35 +40,62 @@ def fit_constant_map(
     triggered: Any,
     parts: Sequence[str] = ("trigger", "object"),
     tol: float = 1e-9,
+    object_within: Any = None,
 ) -> np.ndarray:
     """The input-independent map ``[h, w]`` that maximizes the planted-localization mass score on a batch.
 
-    ``trigger_mask`` / ``object_mask`` ``[N, h, w]`` (bool, already at the heatmap's grid), ``triggered``
-    ``[N]``; ``parts`` are the parts the evaluation scores (``"trigger"`` on triggered images,
-    ``"object"`` on clean ones; only those present in the batch are used).
+    ``trigger_mask`` / ``object_mask`` ``[N, h, w]`` (bool, or the fraction of each cell inside the truth,
+    already at the heatmap's grid), ``triggered`` ``[N]``; ``parts`` are the parts the evaluation scores
+    (``"trigger"`` on triggered images, ``"object"`` on clean ones; only those present in the batch are
+    used); ``object_within`` (optional) the region the object part is counted in.
 
     Why this map: for a constant non-negative map ``c`` with ``p = c / sum(c)``, the mass score of image
     ``i`` is ``<p, m_i>`` (``m_i`` its truth mask), so the score -- the mean over parts of each part's
     mean over images -- is ``<p, q>`` with ``q`` = the mean over parts of that part's mean truth mask
-    (per cell: how often the truth covers it). That is linear in ``p`` on the simplex, so it is maximal,
+    (per cell: how much the truth covers it). That is linear in ``p`` on the simplex, so it is maximal,
     with value ``max(q)``, for any ``p`` supported on the cells where ``q`` is maximal; the chance
     depends only on the evaluation masks, so the same map maximizes the normalized score. We return the
-    indicator of those cells (ties within ``tol`` share the mass). The mean mask ``q`` itself scores
-    ``sum(q^2) / sum(q) <= max(q)``, equal only when ``q`` is 0/1 (truth always in the same cells), so
-    it is not used. The map is fitted on a separate batch and scored on the evaluation images, so its
-    score is not inflated by choosing the cells on the images it is scored on.
+    indicator of those cells (ties within ``tol`` share the mass). With a counting region the score
+    ``<p, m_i> / <p, w_i>`` is not linear in ``p``: then the candidates (the cells where the truth's share
+    of the region is highest, the top 1, 2, 4, ... cells of that share, and the share itself) are scored
+    on the batch and the best is returned. The map is fitted on a separate batch and scored on the
+    evaluation images, so its score is not inflated by choosing the cells on the images it is scored on.
     """
     t = _np(triggered).astype(bool)
-    tm, om = _np(trigger_mask).astype(bool), _np(object_mask).astype(bool)
+    tm, om = _np(trigger_mask).astype(np.float64), _np(object_mask).astype(np.float64)
     groups = []
     if "trigger" in parts and t.any():
         groups.append(tm[t].mean(0))
     if "object" in parts and (~t).any():
+        if object_within is not None:
+            return _fit_ratio_map(om[~t], np.maximum(_np(object_within).astype(np.float64)[~t], om[~t]))
         groups.append(om[~t].mean(0))
     if not groups:
         raise ValueError("no image of the requested parts to fit on")
     q = np.mean(groups, axis=0)
     return (q >= q.max() - tol).astype(np.float64)
+
+
+def _fit_ratio_map(m: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The best of a few constant maps for the score ``mean_i <p, m_i> / <p, w_i>`` on masks ``m``, regions ``w``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(w.sum(0) > 0, m.sum(0) / np.where(w.sum(0) > 0, w.sum(0), 1.0), 0.0)
+    order = np.argsort(-share.reshape(-1), kind="stable")
+    cands = [share.copy(), np.ones_like(share)]
+    k = 1
+    while k <= order.size:
+        c = np.zeros(share.size)
+        c[order[:k]] = 1.0
+        cands.append(c.reshape(share.shape))
+        k *= 2
+
+    def score(c: np.ndarray) -> float:
+        inside = (m * c).reshape(len(m), -1).sum(1)
+        tot = (w * c).reshape(len(w), -1).sum(1)
+        area = m.reshape(len(m), -1).sum(1) / w.reshape(len(w), -1).sum(1)
+        return float(np.where(tot > 0, inside / np.where(tot > 0, tot, 1.0), area).mean())
+
+    return max(cands, key=score)
 
 
 def random_map(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -27,7 +27,7 @@ sanity check (Adebayo 2018)     :func:`sanity_check`                            
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Hashable, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, Hashable, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -101,8 +101,11 @@ def _np(x) -> np.ndarray:
 
 
 def _maps(heatmap, mask):
+    """``(heat [N, H, W] float64, mask [N, H, W])``: the mask stays fractional (cells partly inside, in
+    [0, 1]) when given as floats, else bool."""
     h = _np(heatmap).astype(np.float64)
-    m = _np(mask).astype(bool)
+    m = _np(mask)
+    m = np.clip(m.astype(np.float64), 0.0, 1.0) if np.issubdtype(m.dtype, np.floating) else m.astype(bool)
     if h.ndim == 2:
         h = h[None]
     if m.ndim == 2:
@@ -114,7 +117,7 @@ def _maps(heatmap, mask):
             f"heatmap {h.shape} and mask {m.shape} must have the same [N, H, W] shape "
             "(upsample patch-level maps to pixels first)"
         )
-    if not m.reshape(len(m), -1).any(1).all():
+    if not (m.reshape(len(m), -1) > 0).any(1).all():
         raise ValueError("every mask must contain at least one pixel")
     return h, m
 
@@ -122,13 +125,23 @@ def _maps(heatmap, mask):
 # ----------------------------------------------------------------------------------------------- localization
 
 
-def localization_mass(heatmap, mask, mode: str = "abs") -> Score:
+def localization_mass(heatmap, mask, mode: str = "abs", within=None) -> Score:
     """Fraction of attribution mass inside the mask, averaged over images.
 
     ``heatmap`` ``[N, H, W]`` (or ``[H, W]``, or ``[N, C, H, W]`` summed in absolute value over C),
-    ``mask`` bool of the same spatial shape. ``mode="abs"`` uses ``|heatmap|``, ``"positive"`` its
-    positive part. Perfect (all mass inside) = 1; a uniform heatmap scores exactly the mean mask
-    area fraction, which is the ``chance``. Images whose heatmap has no mass count as uniform.
+    ``mask`` of the same spatial shape: bool, or float in [0, 1] = the fraction of each cell inside the
+    truth (a coarse map against a pixel mask; then the mass inside is the mass of the map spread evenly
+    over its cells' pixels). ``mode="abs"`` uses ``|heatmap|``, ``"positive"`` its positive part.
+
+    A uniform heatmap scores exactly the mean mask area fraction, the ``chance``; perfect is 1. A coarse
+    map cannot reach 1 when the truth is smaller than its cells: the best map on its grid puts all its
+    mass on the cell most inside the truth, which scores ``max(mask)`` per image (``details["best"]``; 1
+    for pixel maps and bool masks). The score is not rescaled by that ceiling: a fixed map's edge from a
+    centre-biased truth would grow with the rescaling (on a 4 x 4 grid, cells the size of the trigger,
+    0.08 normalized instead of 0.04). ``within`` (same shape, optional; must contain ``mask``) restricts the
+    count to a region: the score is the mass inside ``mask`` over the mass inside ``within`` (e.g. a
+    target object against the union with a distractor object: a map that points at both equally scores
+    the chance). Images whose heatmap has no mass (inside ``within``) count as uniform.
     """
     h, m = _maps(heatmap, mask)
     if mode == "abs":
@@ -138,11 +151,20 @@ def localization_mass(heatmap, mask, mode: str = "abs") -> Score:
     else:
         raise ValueError(f"mode must be 'abs' or 'positive', got {mode!r}")
     n = len(h)
-    tot = h.reshape(n, -1).sum(1)
-    area = m.reshape(n, -1).mean(1)
+    m = m.astype(np.float64)
+    if within is None:
+        w = np.ones_like(m)
+    else:
+        _, w = _maps(heatmap, within)
+        w = np.maximum(w.astype(np.float64), m)
+    tot = (h * w).reshape(n, -1).sum(1)
+    area = m.reshape(n, -1).sum(1) / w.reshape(n, -1).sum(1)
     inside = (h * m).reshape(n, -1).sum(1)
     frac = np.where(tot > 0, inside / np.where(tot > 0, tot, 1.0), area)
-    return Score(float(frac.mean()), float(area.mean()), {"per_image": frac, "area": area})
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(w > 0, m / np.where(w > 0, w, 1.0), 0.0)
+    best = ratio.reshape(n, -1).max(1)
+    return Score(float(frac.mean()), float(area.mean()), {"per_image": frac, "area": area, "best": best})
 
 
 def pointing_game(heatmap, mask, tolerance: int = 0) -> Score:
@@ -153,6 +175,7 @@ def pointing_game(heatmap, mask, tolerance: int = 0) -> Score:
     (``chance``, computed on the dilated mask) and a random one does so in expectation.
     """
     h, m = _maps(heatmap, mask)
+    m = m > 0  # a cell partly inside the truth counts as inside
     if tolerance > 0:
         m = _dilate(m, int(tolerance))
     n = len(h)
@@ -179,19 +202,29 @@ def _dilate(m: np.ndarray, r: int) -> np.ndarray:
     return out
 
 
-def planted_localization(heatmap, trigger_mask, object_mask, triggered, method: str = "mass") -> Dict[str, Score]:
+def planted_localization(
+    heatmap, trigger_mask, object_mask, triggered, method: str = "mass", object_within=None
+) -> Dict[str, Score]:
     """The benchmark's localization claim: mass (or pointing) inside the trigger mask on triggered
     images and inside the object mask on clean ones. Returns ``{"trigger": Score, "object": Score}``
-    (a key is missing when no image of that kind is given)."""
-    methods: Dict[str, Callable[[Any, Any], Score]] = {"mass": localization_mass, "pointing": pointing_game}
-    fn = methods[method]
+    (a key is missing when no image of that kind is given). ``object_within`` (optional, mass only): the
+    region the object part is counted in (see :func:`localization_mass`)."""
     h = _np(heatmap)
     t = _np(triggered).astype(bool)
     out = {}
+    if method == "mass":
+        if t.any():
+            out["trigger"] = localization_mass(h[t], _np(trigger_mask)[t])
+        if (~t).any():
+            within = None if object_within is None else _np(object_within)[~t]
+            out["object"] = localization_mass(h[~t], _np(object_mask)[~t], within=within)
+        return out
+    if method != "pointing":
+        raise ValueError(f"method must be 'mass' or 'pointing', got {method!r}")
     if t.any():
-        out["trigger"] = fn(h[t], _np(trigger_mask)[t])
+        out["trigger"] = pointing_game(h[t], _np(trigger_mask)[t])
     if (~t).any():
-        out["object"] = fn(h[~t], _np(object_mask)[~t])
+        out["object"] = pointing_game(h[~t], _np(object_mask)[~t])
     return out
 
 

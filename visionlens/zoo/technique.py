@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from ..hooked_model import HookedVisionModel
 
 
-LOCALIZATION_IMAGES = {"quick": 6, "full": 32}  # images per localization batch (half triggered, half clean)
+LOCALIZATION_IMAGES = {"quick": 6, "full": 320}  # images per localization batch (4/5 triggered and scored, 1/5 clean)
+LOCALIZATION_SCORED_FRACTION = 0.8  # the scored part: triggered images (CLIP: two-object images); the rest clean
 
 
 @dataclass
@@ -39,13 +40,21 @@ class BenchContext:
     seed: int = 0
     out_dir: Optional[Path] = None
     randomized: bool = False  # True while scoring the randomized copy (sanity check)
+    localization_images: Optional[int] = None  # overrides :data:`LOCALIZATION_IMAGES` (e.g. the baseline fit batch)
     figures: Dict[str, str] = field(default_factory=dict)  # label -> PNG path relative to out_dir
     _cache: Dict[Any, Any] = field(default_factory=dict)
 
     @property
     def n_images(self) -> int:
-        """Images per localization batch (half triggered, half clean)."""
+        """Images per localization batch (:data:`LOCALIZATION_SCORED_FRACTION` triggered, the rest clean)."""
+        if self.localization_images is not None:
+            return int(self.localization_images)
         return LOCALIZATION_IMAGES["quick" if self.quick else "full"]
+
+    @property
+    def n_scored_images(self) -> int:
+        """Images of the localization batch that carry the scored truth (triggered; CLIP: two objects)."""
+        return int(self.n_images * LOCALIZATION_SCORED_FRACTION)
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
         """Memoise inputs shared by techniques on one model (e.g. the planted batch)."""

@@ -48,23 +48,14 @@ def localization_batch(ctx: BenchContext) -> Dict[str, Any]:
     """Held-out images for localization: triggered ones (with their trigger-free twins) and clean ones."""
 
     def make() -> Dict[str, Any]:
-        n = ctx.n_images
+        n, n_trig = ctx.n_images, ctx.n_scored_images
         pool = 4 * n
         trig = held_out_batch(pool, kind=ctx.entry.dataset, trigger_fraction=1.0, seed=ctx.seed)
         twin = held_out_batch(pool, kind=ctx.entry.dataset, trigger_fraction=0.0, seed=ctx.seed)
-        if ctx.entry.kind == "clip":  # trained without the trigger: objects only
-            sel = np.arange(n)
-            images, targets = twin.images[sel], torch.as_tensor(twin.factors["shape"][sel]).long()
-            return {
-                "images": images,
-                "corrupted": _remove_object(images, twin.masks["object"][sel]),
-                "targets": targets,
-                "triggered": np.zeros(n, bool),
-                "trigger_mask": twin.masks["trigger"][sel].numpy(),
-                "object_mask": twin.masks["object"][sel].numpy(),
-            }
-        other = np.nonzero(np.asarray(trig.factors["clean_label"]) != zdata.TARGET_CLASS)[0][: n // 2]
-        clean = np.arange(pool - (n - n // 2), pool)
+        if ctx.entry.kind == "clip":  # trained without the trigger: objects, against a distractor object
+            return two_object_batch(twin, n_trig, seed=ctx.seed)
+        other = np.nonzero(np.asarray(trig.factors["clean_label"]) != zdata.TARGET_CLASS)[0][:n_trig]
+        clean = np.arange(pool - (n - n_trig), pool)
         t_img, c_img = trig.images[other], twin.images[clean]
         images = torch.cat([t_img, c_img])
         corrupted = torch.cat([twin.images[other], _remove_object(c_img, twin.masks["object"][clean])])
@@ -86,6 +77,67 @@ def localization_batch(ctx: BenchContext) -> Dict[str, Any]:
     return ctx.cached(("localization", ctx.n_images, ctx.seed, ctx.entry.kind), make)
 
 
+def _disjoint_pairs(masks: torch.Tensor, shapes: np.ndarray, n: int) -> List[Tuple[int, int]]:
+    """``n`` pairs ``(i, j)`` of distinct pool images whose objects differ in shape and stay >= 2 px apart
+    (greedy in pool order, each image used once)."""
+    near = F.max_pool2d(masks.float()[:, None], 5, stride=1, padding=2)[:, 0] > 0  # objects dilated by 2 px
+    flat, nflat = masks.reshape(len(masks), -1).float(), near.reshape(len(masks), -1).float()
+    clash = (flat @ nflat.T) > 0  # [P, P]: i's object touches j's dilated object
+    used = np.zeros(len(masks), bool)
+    pairs: List[Tuple[int, int]] = []
+    for i in range(len(masks)):
+        if used[i]:
+            continue
+        ok = ~clash[i].numpy() & ~clash[:, i].numpy() & ~used & (shapes != shapes[i])
+        ok[: i + 1] = False
+        js = np.nonzero(ok)[0]
+        if len(js):
+            used[[i, js[0]]] = True
+            pairs.append((i, int(js[0])))
+            if len(pairs) == n:
+                return pairs
+    raise ValueError(f"only {len(pairs)} disjoint object pairs in a pool of {len(masks)} images (need {n})")
+
+
+def two_object_batch(pool: Any, n: int, seed: int = 0) -> Dict[str, Any]:
+    """CLIP's localization images: two objects of different shapes in one frame, one the target (its shape
+    is the class asked), the other a distractor.
+
+    Objects must fit in the frame, so alone they are centre-biased and a fixed centre blob finds them (an
+    input-independent map scored 0.80 normalized on the former one-object batch). Here each image pastes
+    the object of pool image ``j`` into pool image ``i`` (disjoint, different shapes, :func:`_disjoint_pairs`)
+    and a seeded coin picks which object is the target, so target and distractor are exchangeable: a map
+    that does not look at the image puts, in expectation, as much mass on one as on the other. The mass is
+    counted inside the two objects (``object_within``): 1 = all of it on the target, chance = the target's
+    share of their area. ``corrupted`` = the image with the target painted over (the distractor stays)."""
+    masks = torch.as_tensor(pool.masks["object"]).bool()
+    shapes = np.asarray(pool.factors["shape"])
+    pairs = _disjoint_pairs(masks, shapes, n)
+    coin = np.random.default_rng([int(seed), 0x2B0]).random(n) < 0.5
+    images, target_masks, unions, targets = [], [], [], []
+    for (i, j), flip in zip(pairs, coin):
+        img = pool.images[i].clone()
+        img[:, masks[j]] = pool.images[j][:, masks[j]]
+        t, d = (j, i) if flip else (i, j)
+        images.append(img)
+        target_masks.append(masks[t])
+        unions.append(masks[i] | masks[j])
+        targets.append(int(shapes[t]))
+    x = torch.stack(images)
+    tm = torch.stack(target_masks)
+    return {
+        "images": x,
+        "corrupted": _remove_object(x, tm),
+        "targets": torch.as_tensor(targets).long(),
+        "triggered": np.zeros(n, bool),
+        "trigger_mask": np.zeros(tuple(tm.shape), bool),
+        "object_mask": tm.numpy(),
+        "object_within": torch.stack(unions).numpy(),
+        "pairs": np.asarray(pairs),  # pool indices (i, j): j's object pasted into i
+        "target_first": ~coin,  # the target is i's object
+    }
+
+
 def _remove_object(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """The same images with the object painted over in the background colour (median of non-object pixels)."""
     out = images.clone()
@@ -102,6 +154,19 @@ def to_grid(mask: np.ndarray, h: int, w: int) -> np.ndarray:
     if m.shape[-2:] == (h, w):
         return m[:, 0].numpy() > 0.5
     return F.adaptive_max_pool2d(m, (h, w))[:, 0].numpy() > 0.5
+
+
+def to_grid_fraction(mask: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Pixel masks ``[N, H, W]`` -> ``[N, h, w]`` float: the fraction of each cell's pixels inside the mask.
+
+    Scoring a coarse map against these is scoring it as a pixel map (each cell's mass spread evenly over its
+    pixels) against the pixel mask. (Counting a cell as inside when *any* pixel is made a cell that the
+    moving trigger often touches -- a central one -- worth a full hit, so a fixed map on a 4 x 4 grid beat
+    chance by 0.12-0.19 normalized.)"""
+    m = torch.as_tensor(np.asarray(mask)).float()[:, None]
+    if m.shape[-2:] == (h, w):
+        return m[:, 0].double().numpy()
+    return F.adaptive_avg_pool2d(m, (h, w))[:, 0].double().numpy()
 
 
 def token_grid(n_tokens: int) -> Tuple[int, int]:
@@ -147,12 +212,14 @@ def score_heatmap(heat: Any, b: Dict[str, Any], ctx: BenchContext, label: str, m
     elif mode == "abs":
         heat = np.abs(heat)
     h, w = heat.shape[-2:]
-    tmask, omask = to_grid(b["trigger_mask"], h, w), to_grid(b["object_mask"], h, w)
-    res = planted_localization(heat, tmask, omask, b["triggered"], method="mass")
+    tmask, omask, within = grid_masks(b, h, w)
+    res = planted_localization(heat, tmask, omask, b["triggered"], method="mass", object_within=within)
     pts = planted_localization(heat, tmask, omask, b["triggered"], method="pointing")
     part = headline_part(res)
     score, chance = res[part].score, res[part].chance
-    details: Dict[str, Any] = {"scored_part": part}
+    best = float(np.mean(res[part].details["best"]))
+    # the best normalized score a map on this grid can reach (< 1 when cells are as large as the truth)
+    details: Dict[str, Any] = {"scored_part": part, "grid_ceiling": round(Score(best, chance).normalized, 4)}
     details.update({f"{k}_mass": round(v.score, 4) for k, v in res.items()})
     details.update({f"{k}_mass_chance": round(v.chance, 4) for k, v in res.items()})
     details.update({f"{k}_normalized": round(v.normalized, 4) for k, v in res.items()})
@@ -171,9 +238,29 @@ def score_heatmap(heat: Any, b: Dict[str, Any], ctx: BenchContext, label: str, m
     return Score(score, chance, details)
 
 
+def grid_masks(b: Dict[str, Any], h: int, w: int) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """The batch's trigger and object masks, and the object part's counting region (``object_within``, or
+    ``None``), as fractions of the cells of an ``h x w`` grid (:func:`to_grid_fraction`)."""
+    within = b.get("object_within")
+    return (
+        to_grid_fraction(b["trigger_mask"], h, w),
+        to_grid_fraction(b["object_mask"], h, w),
+        None if within is None else to_grid_fraction(within, h, w),
+    )
+
+
+FIT_SCALE = 2  # the constant baseline's fit batch has this many times the evaluation batch's images
+
+
 def _fit_batch(ctx: BenchContext) -> Dict[str, Any]:
-    """The batch the constant baseline is fitted on: the same generator at seed ``ctx.seed + FIT_SEED_OFFSET``."""
-    fit_ctx = BenchContext(entry=ctx.entry, quick=ctx.quick, seed=ctx.seed + FIT_SEED_OFFSET)
+    """The batch the constant baseline is fitted on: the same generator at seed ``ctx.seed + FIT_SEED_OFFSET``,
+    :data:`FIT_SCALE` times as many images (no model runs on it, and a larger fit finds the best cells)."""
+    fit_ctx = BenchContext(
+        entry=ctx.entry,
+        quick=ctx.quick,
+        seed=ctx.seed + FIT_SEED_OFFSET,
+        localization_images=FIT_SCALE * ctx.n_images,
+    )
     return ctx.cached(("baseline_fit", ctx.n_images, ctx.seed, ctx.entry.kind), lambda: localization_batch(fit_ctx))
 
 
@@ -186,14 +273,13 @@ def localization_baselines(b: Dict[str, Any], ctx: BenchContext, h: int, w: int)
     :func:`~visionlens.zoo.baselines.edge_map` of ``b["images"]``. Each: ``score``, ``chance``,
     ``normalized`` and the bootstrap ``interval`` (the same resampled images as the technique's).
     """
-    tmask, omask = to_grid(b["trigger_mask"], h, w), to_grid(b["object_mask"], h, w)
+    tmask, omask, within = grid_masks(b, h, w)
     trig = np.asarray(b["triggered"], bool)
     n = len(trig)
     parts = ["trigger"] if trig.any() else ["object"]
     fb = _fit_batch(ctx)
-    const = fit_constant_map(
-        to_grid(fb["trigger_mask"], h, w), to_grid(fb["object_mask"], h, w), fb["triggered"], parts=parts
-    )
+    ft, fo, fw = grid_masks(fb, h, w)
+    const = fit_constant_map(ft, fo, fb["triggered"], parts=parts, object_within=fw)
     maps = {
         "constant": np.broadcast_to(const, (n, h, w)),
         "random": random_map(n, h, w, seed=ctx.seed),
@@ -201,14 +287,14 @@ def localization_baselines(b: Dict[str, Any], ctx: BenchContext, h: int, w: int)
     }
     out: Dict[str, Dict[str, Any]] = {}
     for name, m in maps.items():
-        res = planted_localization(m, tmask, omask, trig, method="mass")
+        res = planted_localization(m, tmask, omask, trig, method="mass", object_within=within)
         part = headline_part(res)
         score, chance = res[part].score, res[part].chance
         lo, hi = bootstrap_normalized({part: res[part]}, n_resamples=N_BOOTSTRAP, seed=ctx.seed)
         out[name] = {
             "score": round(score, 4),
             "chance": round(chance, 4),
-            "normalized": round(Score(score, chance).normalized, 4),
+            "normalized": round(res[part].normalized, 4),
             "interval": [round(lo, 4), round(hi, 4)],
         }
     return out

@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-import numpy as np
-
 from ...zoo.bench import run_transfer
 from ...zoo.bench_report import (
     baseline_bar,
@@ -31,13 +29,11 @@ from ...zoo.bench_report import (
     verdict_colour,
 )
 from ...zoo.catalog import available, get_entry
-from ...zoo.scores import planted_localization
-from ...zoo.technique import LOCALIZATION_IMAGES, BenchContext
+from ...zoo.technique import LOCALIZATION_IMAGES
 from ...zoo.techniques_features import EXAMPLES_N, FV_BUDGET
-from ...zoo.techniques_localization import localization_batch, to_grid
 from .progress import Steps
 
-__all__ = ["demo_transfer_section", "constant_corner_baseline", "transfer_html"]
+__all__ = ["demo_transfer_section", "transfer_html"]
 
 SHOWN_FIGURES = (("resnet", "feature_visualization"), ("resnet", "activation_patching_swap"))
 
@@ -46,29 +42,6 @@ def _budget(rows: Sequence[Mapping[str, Any]], claim: str, key: str) -> str:
     """What the quick run used (from the rows' details): e.g. the images of a localization batch (the largest)."""
     seen = [r["details"][key] for r in rows if r.get("claim") == claim and key in (r.get("details") or {})]
     return str(max(seen)) if seen else "?"
-
-
-def constant_corner_baseline(entry_name: str, grid: str, seed: int = 0) -> Optional[float]:
-    """Normalized localization score of a map that ignores model and image: all its mass on the cells of
-    the first triggered image's trigger, on the ``"HxW"`` grid, scored like the benchmark's localization
-    cells. Kept for comparison; the table itself uses each row's fitted ``constant`` baseline
-    (:mod:`visionlens.zoo.baselines`), which does not assume where the trigger is."""
-    try:
-        h, w = (int(v) for v in grid.split("x"))
-        b = localization_batch(BenchContext(entry=get_entry(entry_name), quick=True, seed=seed))
-    except (ValueError, KeyError, TypeError):
-        return None
-    tmask = to_grid(b["trigger_mask"], h, w)
-    omask = to_grid(b["object_mask"], h, w)
-    trig = np.asarray(b["triggered"], bool)
-    if not trig.any():
-        return None
-    corner = tmask[trig][0].astype(np.float64)
-    heat = np.broadcast_to(corner, tmask.shape)
-    res = planted_localization(heat, tmask, omask, trig, method="mass")
-    score = float(np.mean([s.score for s in res.values()]))
-    chance = float(np.mean([s.chance for s in res.values()]))
-    return (score - chance) / (1 - chance) if chance < 1 else None
 
 
 def _summary(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -221,10 +194,12 @@ def transfer_html(out: Path, rows: Sequence[Mapping[str, Any]], secs: float) -> 
         f"({EXAMPLES_N['full']}). Scores move "
         "by ~0.1 between the quick and the full table (<code>docs/transfer.md</code>, made with full budgets); "
         "a localization interval from this few images is wide, so many cells are <i>partial</i> (undecided).",
-        "<b>Where the truth usually is can be learned without the image.</b> While the trigger is in the same place "
-        "in every image (one pixel in from the bottom-right corner), a constant map is a strong localizer on "
-        f"triggered images. {base_txt} The object half of the score (clean images) is where a map has to look at the "
-        "image; it is in each cell's details (<code>object_mass</code>).",
+        "<b>Where the truth usually is must not be learnable without the image.</b> The trigger moves: its "
+        "position is drawn per image over every place it fits, in one of two forms that average to the "
+        "background grey, so a map that ignores the image cannot find it (CLIP, trained without the trigger, "
+        "is scored on a target object against a distractor object, which a fixed map cannot tell apart). "
+        f"{base_txt} Objects alone are centre-biased, so the object part of the classifiers' cells (clean "
+        "images) is only in each cell's details (<code>object_normalized</code>), next to its own interval.",
         "<b>Verdicts.</b> Localization: <i>transfers</i> when the 95% bootstrap interval over images lies above "
         "chance and above the constant and random maps, <i>breaks</i> when it lies at or below one of them, "
         "<i>partial</i> when it straddles them. "
