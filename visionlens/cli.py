@@ -24,7 +24,8 @@ from typing import Any, NoReturn, Optional, Sequence
 
 from .adapters import available_adapters
 from .analysis import analysis_config_class, describe_config, parse_set_options
-from .commands import add_model_options, load_model, positive_int, print_table
+from .apps import dict_cmd
+from .commands import add_model_options, csv_list, load_model, positive_int, print_table
 from .data import as_images
 from .registry import (
     analysis_origin,
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--image-size", type=positive_int, default=None, metavar="N", help="model input size N x N")
     add_model_options(r)
     r.set_defaults(handler=_cmd_run)
+    _add_dict_commands(sub)
     register_commands(sub)  # plugin commands (microscope, zoo, bench, third-party), same hook for all
     return p
 
@@ -219,6 +221,56 @@ def _cmd_run(args: argparse.Namespace) -> int:
     files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     print(f"{args.name}: wrote {out} ({', '.join(files)})")
     return 0
+
+
+def _add_dict_commands(sub: Any) -> None:
+    """``visionlens dict train|planted|dashboard``: sparse dictionaries (needs the ``dict`` extra)."""
+    d = sub.add_parser("dict", help="sparse dictionaries (SAEs, NMF) on any hook", description=_DICT_DOC)
+    dsub = d.add_subparsers(dest="dict_command", metavar="COMMAND")
+    t = dsub.add_parser("train", help="train a dictionary on one hook and save it with its card")
+    t.add_argument("--model", required=True, metavar="SPEC")
+    t.add_argument("--hook", required=True, metavar="NAME", help="hook name or layer alias")
+    t.add_argument("--kind", default="topk", choices=list(dict_cmd.KINDS))
+    t.add_argument("--size", type=positive_int, default=256, metavar="N", help="number of features")
+    t.add_argument("--top-k", type=positive_int, default=None, metavar="K", help="active features per vector (TopK)")
+    t.add_argument("--images", default=None, metavar="DATA", help=dict_cmd.DATA_HELP)
+    t.add_argument("--n-images", type=positive_int, default=2000, metavar="N", help="training images")
+    t.add_argument("--positions", type=positive_int, default=None, metavar="P", help="random positions per image")
+    t.add_argument("--timesteps", type=csv_list, default=None, metavar="T,..", help="UNet timesteps, e.g. 100,500")
+    t.add_argument("--epochs", type=positive_int, default=None)
+    t.add_argument("--batch-size", type=positive_int, default=256)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--max-vectors", type=positive_int, default=200_000)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True, metavar="PATH", help="where to save (PATH.safetensors + PATH.json)")
+    t.add_argument("--image-size", type=positive_int, default=None, metavar="N")
+    add_model_options(t)
+    t.set_defaults(handler=dict_cmd.cmd_train)
+    p = dsub.add_parser("planted", help="score a dictionary at a zoo model's last block against the planted factors")
+    p.add_argument("--model", required=True, metavar="zoo:NAME")
+    p.add_argument("--size", type=positive_int, default=None, metavar="N")
+    p.add_argument("--top-k", type=positive_int, default=8, metavar="K")
+    p.add_argument("--quick", action="store_true", help="the transfer table's quick budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, metavar="DIR", help="save the dictionary and planted.json here")
+    p.set_defaults(handler=dict_cmd.cmd_planted)
+    b = dsub.add_parser("dashboard", help="a static site of feature dashboards")
+    b.add_argument("--dict", dest="dict_path", required=True, metavar="PATH")
+    b.add_argument("--model", required=True, metavar="SPEC")
+    b.add_argument("--images", default=None, metavar="DATA", help=dict_cmd.DATA_HELP)
+    b.add_argument("--n-images", type=positive_int, default=500, metavar="N")
+    b.add_argument("--features", type=csv_list, default=None, metavar="F,..", help="feature indices")
+    b.add_argument("--n-features", type=positive_int, default=16)
+    b.add_argument("--fv-steps", type=int, default=0, help="feature-visualization steps per feature (0: none)")
+    b.add_argument("--out", required=True, metavar="DIR")
+    add_model_options(b)
+    b.set_defaults(handler=dict_cmd.cmd_dashboard)
+
+
+_DICT_DOC = (
+    "Train sparse dictionaries (overcomplete's TopK, BatchTopK, JumpReLU, archetypal SAEs and NMF) on any hook of "
+    "any family, score them against the zoo's planted factors, and build feature dashboards."
+)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -14,6 +14,7 @@ from ..hookspecs import hookimpl
 from . import (
     classifiers,
     clip_model,
+    dictionary_transfer,
     diffusion_model,
     techniques_captum,
     techniques_circuits,
@@ -46,6 +47,7 @@ def visionlens_register_transfer_techniques() -> List[Any]:
         *techniques_features.TECHNIQUES,
         *techniques_mechanisms.TECHNIQUES,
         *techniques_circuits.TECHNIQUES,
+        *dictionary_transfer.TECHNIQUES,
     ]
 
 

@@ -1,0 +1,56 @@
+"""Planted truth (AUROC helpers, a toy with a known sparse factor, the transfer row) and dashboards."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from visionlens.plugins.dictionaries import fit_dictionary
+from visionlens.plugins.dictionaries.dashboard import build_dashboard
+from visionlens.registry import collect_transfer_techniques
+from visionlens.zoo.dictionary_transfer import _auroc_matrix, weighted_auroc_rows
+from visionlens.zoo.scores import auroc
+
+
+def test_weighted_auroc_matches_auroc_with_ties_and_resamples():
+    rng = np.random.default_rng(0)
+    s = np.round(rng.normal(size=60), 1)  # ties
+    y = rng.random(60) < 0.4
+    assert abs(weighted_auroc_rows(s, y, np.ones((1, 60)))[0] - auroc(s, y)) < 1e-12
+    idx = rng.integers(0, 60, 60)
+    counts = np.bincount(idx, minlength=60)[None].astype(float)
+    assert abs(weighted_auroc_rows(s, y, counts)[0] - auroc(s[idx], y[idx])) < 1e-12
+    assert abs(_auroc_matrix(s[:, None], y)[0] - auroc(s, y)) < 1e-12
+
+
+def test_topk_dictionary_recovers_a_planted_sparse_factor():
+    g = torch.Generator().manual_seed(0)
+    n, d = 1200, 24
+    atoms = torch.linalg.qr(torch.randn(d, d, generator=g))[0][:8]  # orthonormal factor directions
+    on = torch.rand(n, 8, generator=g) < 0.15
+    x = (on.float() * (1 + torch.rand(n, 8, generator=g))) @ atoms + 0.02 * torch.randn(n, d, generator=g)
+    dic, _ = fit_dictionary(x, "topk", 32, 4, epochs=30, batch_size=64)
+    feats = dic.features(x).double().numpy()
+    best = [_auroc_matrix(feats, on[:, j].numpy()).max() for j in range(8)]
+    assert min(best) > 0.95, best
+
+
+def test_transfer_row_is_registered():
+    techs = {t.name: t for _, t in collect_transfer_techniques()}
+    assert techs["dictionary_features"].claim == "dictionary features recover planted factors"
+
+
+def test_dashboard_site_and_notebook_html(zoo_resnet, resnet_dict, planted, tmp_path):
+    dash = build_dashboard(
+        zoo_resnet, resnet_dict, planted.images[:48], hook="layer4.hook_out", n_features=3, k=4, effect_images=16
+    )
+    assert len(dash.cards) == 3
+    c = dash.cards[0]
+    assert 0 < c.density <= 1 and len(c.top_images) <= 4 and c.top_values == sorted(c.top_values, reverse=True)
+    assert set(c.logit_effect) and set(c.readout)  # ablation effect and the decoder direction through fc
+    assert len(c.hist_counts) == 24
+    site = dash.save(tmp_path / "site")
+    index = (site / "index.html").read_text()
+    assert "feature_" in index and (site / f"feature_{c.index}.html").exists()
+    assert "<script" not in index and "http" not in index  # offline, no scripts
+    assert "data:image/png;base64," in dash._repr_html_()
