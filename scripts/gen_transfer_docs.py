@@ -16,10 +16,11 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
-from visionlens.zoo.bench_report import headline, markdown_table, verdict
+from visionlens.zoo.bench_report import headline, markdown_table, seed_table, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "transfer" / "results.json"
+SEEDS = ROOT / "benchmarks" / "results" / "transfer" / "seeds"  # seedN/results.json: other training seeds
 README = ROOT / "README.md"
 DOC = ROOT / "docs" / "transfer.md"
 BEGIN, END = "<!-- transfer-headline: begin -->", "<!-- transfer-headline: end -->"
@@ -28,6 +29,29 @@ ORDER = ("transfers", "ties baseline", "partial", "fails sanity", "breaks")
 
 def _load() -> Dict[str, Any]:
     return json.loads(RESULTS.read_text())
+
+
+def _seed_runs(payload: Mapping[str, Any]) -> Dict[int, List[Mapping[str, Any]]]:
+    """``{model seed: rows}``: the shipped models' table (seed 0) and every committed ``seeds/seedN`` run."""
+    runs: Dict[int, List[Mapping[str, Any]]] = {0: list(payload["rows"])}
+    for p in sorted(SEEDS.glob("seed*/results.json")) if SEEDS.is_dir() else []:
+        rows = json.loads(p.read_text())["rows"]
+        seeds = {int(r["model_seed"]) for r in rows if r.get("model_seed") is not None}
+        if len(seeds) == 1:
+            runs[seeds.pop()] = rows
+    return runs
+
+
+def _seed_lines(payload: Mapping[str, Any]) -> List[str]:
+    runs = _seed_runs(payload)
+    if len(runs) < 2:
+        return ["Training seeds: only the shipped models (seed 0) are scored in the committed results."]
+    return [
+        f"Across training seeds {', '.join(str(s) for s in sorted(runs))} (each seed's verdict: T transfers, = ties "
+        "baseline, p partial, B breaks, S fails sanity, · not scored; then the normalized scores' range):",
+        "",
+        seed_table(runs),
+    ]
 
 
 def _verdict_lines(rows: Sequence[Mapping[str, Any]]) -> List[str]:
@@ -54,10 +78,9 @@ def readme_block(payload: Mapping[str, Any]) -> str:
     return "\n".join(
         [
             _provenance(payload),
-            "Verdicts of localization, unit and causal-scrubbing cells come from 95% bootstrap intervals against "
-            "input-independent baselines (a fitted constant map / a weight-only unit ranking, and a random one); "
-            "feature visualization, dataset examples and style neurons still use fixed cut-offs "
-            "(see docs/transfer.md).",
+            "Every verdict comes from a 95% bootstrap interval against input-independent baselines (e.g. a fitted "
+            "constant map, a weight-only unit ranking, the data's mean image, the same examples for every unit) and "
+            "a random answer (see docs/transfer.md).",
             "",
             *_verdict_lines(rows),
         ]
@@ -66,7 +89,19 @@ def readme_block(payload: Mapping[str, Any]) -> str:
 
 def doc_block(payload: Mapping[str, Any]) -> str:
     rows = payload["rows"]
-    return "\n".join([_provenance(payload), "", markdown_table(rows), "", "Verdicts:", "", *_verdict_lines(rows)])
+    return "\n".join(
+        [
+            _provenance(payload),
+            "",
+            markdown_table(rows),
+            "",
+            "Verdicts:",
+            "",
+            *_verdict_lines(rows),
+            "",
+            *_seed_lines(payload),
+        ]
+    )
 
 
 def _replace(text: str, block: str, path: Path) -> str:

@@ -43,7 +43,8 @@ def test_quick_table_rows_and_files(tmp_path):
     # init-time zeroing undone, see zoo.randomize) minimal-pair patching still localizes much of the
     # difference, so the row is flagged: the pair, not the model, carries the answer
     ap = by["activation_patching"]
-    assert ap["supported"] and ap["normalized"] > 0.5
+    # (scored as a pixel map: the 8 x 8 patching grid's 4 px cells around the 8 px trigger cap it below 1)
+    assert ap["supported"] and ap["normalized"] > 0.3 and ap["interval"][0] > ap["baselines"]["constant"]["normalized"]
     assert ap["sanity_normalized"] > 0.1 and ap["sanity_passed"] is False
     # the trigger moves: no input-independent map finds it (issue 14's acceptance: <= 0.1 normalized)
     for r in rows:
@@ -214,3 +215,53 @@ def test_cli_zoo_list(capsys):
     assert main(["zoo", "list"]) == 0
     out = capsys.readouterr().out
     assert "zoo:resnet" in out and "held_out_accuracy" in out
+
+
+def test_weights_folder_scores_another_training_seed(tmp_path):
+    """`--weights DIR` scores the models trained into DIR; rows carry the card's training seed."""
+    import shutil
+
+    from visionlens.zoo.catalog import card_path, weights_path
+
+    folder = tmp_path / "seed7"
+    folder.mkdir()
+    shutil.copy(weights_path("mobilenet"), folder / "mobilenet.safetensors")
+    card = json.loads(card_path("mobilenet").read_text())
+    card["seed"] = 7
+    (folder / "mobilenet.json").write_text(json.dumps(card))
+    rows = run_transfer(
+        tmp_path / "out",
+        families=["mobilenet", "resnet"],
+        techniques=["gradient_x_input"],
+        quick=True,
+        sanity=False,
+        weights=folder,
+    )
+    by = {r["model"]: r for r in rows}
+    assert by["zoo:mobilenet"]["supported"] and by["zoo:mobilenet"]["model_seed"] == 7
+    assert by["zoo:resnet"]["supported"] is False and "no trained weights in" in by["zoo:resnet"]["reason"]
+    shipped = run_transfer(
+        tmp_path / "out0", families=["mobilenet"], techniques=["gradient_x_input"], quick=True, sanity=False
+    )
+    assert shipped[0]["model_seed"] == 0 and shipped[0]["score"] == pytest.approx(by["zoo:mobilenet"]["score"])
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["settings"]["weights"] == str(folder) and f"--weights {folder}" in saved["command"]
+
+
+def test_seed_table_shows_each_seeds_verdict_and_the_range():
+    from visionlens.zoo.bench_report import seed_table
+
+    def row(model, norm, lo, hi):
+        return {
+            "model": model,
+            "technique": "occlusion",
+            "supported": True,
+            "score": norm,
+            "normalized": norm,
+            "interval": [lo, hi],
+            "baselines": {"constant": {"normalized": 0.02}, "random": {"normalized": 0.0}},
+        }
+
+    runs = {0: [row("zoo:resnet", 0.5, 0.4, 0.6)], 1: [row("zoo:resnet", 0.1, -0.05, 0.2)], 2: []}
+    t = seed_table(runs)
+    assert "| occlusion | Tp· 0.10–0.50 |" in t, t

@@ -124,3 +124,7 @@ def test_style_neurons_trained_beats_random():
         pytest.xfail("style_neuron_search skips [B, D] hooks (add_embedding), where the zoo UNet's style lives")
     assert s.normalized > 0.2, (s.score, s.chance, s.details)
     assert s.normalized > r.normalized + 0.2
+    lo, hi = s.details["interval"]  # a bootstrap over the samples, paired across conditions
+    assert lo <= s.normalized + 1e-9 and hi >= s.normalized - 1e-9 and lo > 0.0
+    assert set(s.details["baselines"]) == {"constant", "random"}
+    assert s.details["baselines"]["constant"]["normalized"] < s.normalized

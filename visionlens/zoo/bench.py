@@ -33,10 +33,10 @@ from ..threads import rebalance_threads
 from ..validation import VisionLensError
 from .bench_report import write_report
 from .cascade import cascade_curve, cascade_figure
-from .catalog import entries, load, weights_path
+from .catalog import entries, load, model_card, weights_path
 from .entry import ZooEntry
 from .scores import Score, sanity_check
-from .technique import BenchContext
+from .technique import CONTROL_IMAGES, BenchContext
 
 ROW_KEYS = (
     "family",
@@ -129,6 +129,7 @@ def run_transfer(
     verbose: bool = False,
     workers: Optional[int] = 1,
     cascade: Optional[bool] = None,
+    weights: Union[str, Path, None] = None,
 ) -> List[Dict[str, Any]]:
     """Run the benchmark; writes ``results.json`` / ``results.md`` / ``index.html`` into ``out_dir``.
 
@@ -145,12 +146,18 @@ def run_transfer(
     ``cascade``: also score each technique along Adebayo et al.'s cascading randomization
     (:func:`visionlens.zoo.cascade.cascade_curve`, :data:`CASCADE_STEPS` steps from the head down), stored as
     ``row["cascade"]`` with a figure; default: on for the full table, off for ``quick``.
+    ``weights``: a folder of trained zoo models (``NAME.safetensors`` + card ``NAME.json``, as
+    ``visionlens zoo train NAME --seed S --out DIR`` writes them) to score instead of the shipped ones: the
+    other training seeds of the statistics. Each row records the card's training seed as ``model_seed``
+    (0 for the shipped models); a model missing from the folder is a row that says so.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     zoo = _select([e for e in entries().values() if e.benchmark], families, lambda e: (e.family, e.name), "family")
     techs = _select(all_techniques(), techniques, lambda t: (t.name, getattr(t, "claim", "")), "technique")
-    settings = {"quick": quick, "seed": seed, "sanity": sanity}
+    settings: Dict[str, Any] = {"quick": quick, "seed": seed, "sanity": sanity}
+    if weights is not None:
+        settings["weights"] = str(weights)
     res_path = out / "results.json"
     old = _load_results(res_path) if resume else []
     if old and json.loads(res_path.read_text()).get("settings") != settings:
@@ -170,7 +177,7 @@ def run_transfer(
     def flush() -> None:
         payload = {
             "settings": settings,
-            "command": _command(families, techniques, quick, seed),
+            "command": _command(families, techniques, quick, seed, weights),
             "rows": _in_table_order(kept + rows),
         }
         atomic_write_bytes(res_path, (json.dumps(payload, indent=1, default=_json_default) + "\n").encode())
@@ -200,6 +207,7 @@ def run_transfer(
                     str(out),
                     sanity,
                     cascade=(not quick) if cascade is None else bool(cascade),
+                    weights=None if weights is None else str(weights),
                 )
             )
     by_name = {t.name: t for t in techs}
@@ -218,7 +226,7 @@ def run_transfer(
         _score_entry(entries()[job.name], [by_name[n] for n in job.techniques], job, emit)
     rows[:] = _in_table_order(rows)
     flush()
-    write_report(out, _in_table_order(kept + rows), settings, _command(families, techniques, quick, seed))
+    write_report(out, _in_table_order(kept + rows), settings, _command(families, techniques, quick, seed, weights))
     return rows
 
 
@@ -245,6 +253,7 @@ class _EntryJob:
     out: str
     sanity: bool
     cascade: bool = False
+    weights: Optional[str] = None  # a folder of trained zoo models (other training seeds); None: the shipped ones
 
 
 Emit = Callable[[str, Any], None]
@@ -253,7 +262,9 @@ Emit = Callable[[str, Any], None]
 def _score_entry(entry: ZooEntry, todo: Sequence[Any], job: _EntryJob, emit: Emit) -> None:
     """Score ``todo`` on one zoo model (and its randomized copy); ``emit("row", row)`` after every cell."""
     reason = entry.requires() or (
-        None if weights_path(entry.name).is_file() else f"no trained weights (run `visionlens zoo train {entry.name}`)"
+        None
+        if weights_path(entry.name, job.weights).is_file()
+        else f"no trained weights in {job.weights or 'the package'} (run `visionlens zoo train {entry.name}`)"
     )
     if reason:
         emit("say", f"zoo:{entry.name}: skipped ({reason})")
@@ -261,7 +272,8 @@ def _score_entry(entry: ZooEntry, todo: Sequence[Any], job: _EntryJob, emit: Emi
             emit("row", _row(entry, t, reason=reason))
         return
     t_load = time.perf_counter()
-    model = load(entry.name)
+    model = load(entry.name, directory=job.weights)
+    model_seed = int(model_card(entry.name, job.weights).get("seed", 0))
     random_model = load(entry.name, pretrained=False) if job.sanity else None
     emit(
         "say",
@@ -282,12 +294,26 @@ def _score_entry(entry: ZooEntry, todo: Sequence[Any], job: _EntryJob, emit: Emi
         try:
             torch.manual_seed(job.seed)
             s = tech.score(model, ctx)
-            row = _row(entry, tech, supported=True, **_score_fields("", s), details=s.to_dict()["details"])
+            row = _row(
+                entry,
+                tech,
+                supported=True,
+                model_seed=model_seed,
+                **_score_fields("", s),
+                details=s.to_dict()["details"],
+            )
             for key in ("interval", "baselines"):  # localization cells (score_heatmap): top-level row fields
                 if key in row["details"]:
                     row[key] = row["details"].pop(key)
             if random_model is not None:
-                rctx = BenchContext(entry=entry, quick=job.quick, seed=job.seed, out_dir=out, randomized=True)
+                rctx = BenchContext(
+                    entry=entry,
+                    quick=job.quick,
+                    seed=job.seed,
+                    out_dir=out,
+                    randomized=True,
+                    localization_images=None if job.quick else CONTROL_IMAGES,
+                )
                 torch.manual_seed(job.seed)
                 rs = tech.score(random_model, rctx)
                 chk = sanity_check(s, rs)
@@ -301,6 +327,7 @@ def _score_entry(entry: ZooEntry, todo: Sequence[Any], job: _EntryJob, emit: Emi
                     max_steps=CASCADE_STEPS,
                     trained_score=s.normalized,
                     random_control=(random_model.source, rs.normalized) if random_model is not None else None,
+                    directory=job.weights,
                 )
                 row["cascade"] = pts
                 try:
@@ -405,7 +432,13 @@ def _progress_line(i: int, n: int, model: str, technique: str, row: Dict[str, An
     return f"  {count} {model:>14s} x {technique:<24s} {result:<40s} {row['seconds']:6.1f} s  (total {elapsed:.0f} s)"
 
 
-def _command(families: Optional[Sequence[str]], techniques: Optional[Sequence[str]], quick: bool, seed: int) -> str:
+def _command(
+    families: Optional[Sequence[str]],
+    techniques: Optional[Sequence[str]],
+    quick: bool,
+    seed: int,
+    weights: Union[str, Path, None] = None,
+) -> str:
     cmd = "visionlens bench transfer"
     if families:
         cmd += " --families " + ",".join(families)
@@ -415,6 +448,8 @@ def _command(families: Optional[Sequence[str]], techniques: Optional[Sequence[st
         cmd += " --quick"
     if seed:
         cmd += f" --seed {seed}"
+    if weights is not None:
+        cmd += f" --weights {weights}"
     return cmd + " --out DIR"
 
 

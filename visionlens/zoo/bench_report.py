@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import html
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 FLAG = "⚠"  # sanity check failed
 EDGE = "≈edge"  # the edge-detector baseline does as well as the technique (localization cells)
@@ -176,6 +176,45 @@ def headline(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, List[str]
             continue
         out.setdefault(r["technique"], {}).setdefault(v, []).append(r["model"].removeprefix("zoo:"))
     return out
+
+
+VERDICT_SHORT = {"transfers": "T", "ties baseline": "=", "partial": "p", "breaks": "B", "fails sanity": "S"}
+
+
+def seed_table(runs: Mapping[int, Sequence[Mapping[str, Any]]]) -> str:
+    """Markdown: one cell per (technique, model) with each training seed's verdict (``T`` transfers, ``=`` ties
+    baseline, ``p`` partial, ``B`` breaks, ``S`` fails sanity, ``·`` not scored) and the normalized scores'
+    range over the seeds. ``runs``: ``{model seed: rows}`` (the rows of one ``results.json`` per seed). A
+    verdict that holds on every seed is what the table can claim; a split one is seed-dependent."""
+    seeds = sorted(runs)
+    cells: Dict[Tuple[str, str], Dict[int, Mapping[str, Any]]] = {}
+    techs: List[str] = []
+    models: List[str] = []
+    for sd in seeds:
+        for r in runs[sd]:
+            if verdict(r) == "n/a":
+                continue
+            key = (r["technique"], r["model"])
+            cells.setdefault(key, {})[sd] = r
+            if r["technique"] not in techs:
+                techs.append(r["technique"])
+            if r["model"] not in models:
+                models.append(r["model"])
+    head = "| technique | " + " | ".join(m.removeprefix("zoo:") for m in models) + " |"
+    lines = [head, "|---|" + "---|" * len(models)]
+    for t in techs:
+        row = []
+        for m in models:
+            c = cells.get((t, m), {})
+            if not c:
+                row.append("—")
+                continue
+            vs = "".join(VERDICT_SHORT.get(verdict(c[sd]), "?") if sd in c else "·" for sd in seeds)
+            vals = [float(c[sd]["normalized"]) for sd in seeds if sd in c]
+            rng = f"{min(vals):.2f}" if len(vals) == 1 else f"{min(vals):.2f}–{max(vals):.2f}"
+            row.append(f"{vs} {rng}")
+        lines.append(f"| {t} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 def write_markdown(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any], command: str) -> str:

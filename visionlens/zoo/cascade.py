@@ -20,7 +20,7 @@ from torch import nn
 from .catalog import load_module
 from .entry import ZooEntry
 from .randomize import cascading_randomization, parameter_groups
-from .technique import BenchContext
+from .technique import CONTROL_IMAGES, BenchContext
 
 
 def _pick(n: int, max_steps: Optional[int]) -> List[int]:
@@ -41,6 +41,7 @@ def cascade_curve(
     max_steps: Optional[int] = None,
     trained_score: Optional[float] = None,
     random_control: Optional[Tuple[nn.Module, float]] = None,
+    directory: Optional[str] = None,
 ) -> List[Dict[str, Any]]:
     """``[{"step", "randomized_from", "units", "score", "normalized"}, ...]``: the technique on the trained
     model (step 0, ``randomized_from`` ``None``; pass ``trained_score`` (normalized) to reuse a known one),
@@ -50,9 +51,10 @@ def cascade_curve(
     check's); a step whose weights equal it exactly (the last step, when the seeds agree) reuses its score
     instead of scoring the same network again (``reused: True``).
 
-    A step whose scoring raises is recorded with ``error`` and no score; the curve goes on.
+    A step whose scoring raises is recorded with ``error`` and no score; the curve goes on. ``directory``: the
+    folder of the trained weights (default: the shipped ones).
     """
-    module = load_module(entry.name)
+    module = load_module(entry.name, directory=directory)
     chosen = set(_pick(len(parameter_groups(module)), max_steps))
     points: List[Dict[str, Any]] = []
     if trained_score is None:
@@ -68,7 +70,13 @@ def cascade_curve(
             continue
         try:
             torch.manual_seed(seed)
-            ctx = BenchContext(entry=entry, quick=quick, seed=seed, randomized=True)
+            ctx = BenchContext(
+                entry=entry,
+                quick=quick,
+                seed=seed,
+                randomized=True,
+                localization_images=None if quick else CONTROL_IMAGES,
+            )
             s = technique.score(entry.hooked(copy.eval()), ctx)
             point.update(score=float(s.score), normalized=s.normalized)
         except Exception as exc:  # one failing step must not cost the curve

@@ -119,6 +119,12 @@ def load(
             randomize_module(module, seed=RANDOM_SEED)
         module = module.eval()
     else:
+        if isinstance(pretrained, (str, Path)) and weights is None:  # a checkpoint path, as load_spec takes it
+            weights = pretrained
+        elif pretrained is not True:
+            raise VisionLensError(
+                f"pretrained must be True, False or a checkpoint path for zoo model {name!r}, got {pretrained!r}"
+            )
         module = load_module(name, directory=directory, weights=weights)
     model = entry.hooked(module)
     model.zoo_name = name

@@ -93,6 +93,13 @@ def add_zoo_subcommands(subparsers: Any) -> None:
     bt.add_argument("--fresh", action="store_true", help="ignore rows already in OUT/results.json")
     bt.add_argument("--out", required=True, metavar="DIR", help="output folder")
     bt.add_argument(
+        "--weights",
+        default=None,
+        metavar="DIR",
+        help="score the zoo models trained into DIR (`visionlens zoo train NAME --seed S --out DIR`: another "
+        "training seed) instead of the shipped ones",
+    )
+    bt.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -193,6 +200,7 @@ def run_bench_command(args: argparse.Namespace) -> int:
             verbose=not args.quiet,
             workers=args.workers,
             cascade=args.cascade,
+            weights=args.weights,
         )
     print(markdown_table(rows))
     print(f"wrote {args.out}/results.json, results.md, index.html")

@@ -38,6 +38,7 @@ __all__ = [
     "pointing_game",
     "planted_localization",
     "bootstrap_normalized",
+    "bootstrap_ratio_interval",
     "pattern_correlation",
     "factor_selectivity",
     "topk_factor_purity",
@@ -258,6 +259,34 @@ def bootstrap_normalized(
     chance /= len(parts)
     with np.errstate(divide="ignore", invalid="ignore"):
         norm = np.where(chance < 1.0, (score - chance) / (1.0 - chance), np.nan)
+    lo, hi = np.nanpercentile(norm, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
+
+
+def bootstrap_ratio_interval(
+    per_item: Any,
+    chance_per_item: Any = None,
+    chance: Optional[float] = None,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Tuple[float, float]:
+    """Percentile bootstrap interval of ``(mean(score) - mean(chance)) / (1 - mean(chance))`` over items.
+
+    ``per_item`` ``[N]`` (or ``[N, F]``: F factors averaged per item) are the scored items (renders, units);
+    ``chance_per_item`` the paired chance of each item (resampled with it), or ``chance`` one fixed value."""
+    per = np.asarray(per_item, dtype=np.float64)
+    per = per.mean(1) if per.ndim == 2 else per
+    if chance_per_item is not None:
+        ch = np.asarray(chance_per_item, dtype=np.float64)
+        ch = ch.mean(1) if ch.ndim == 2 else ch
+    else:
+        ch = np.full_like(per, float(chance if chance is not None else 0.0))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(per), size=(n_resamples, len(per)))
+    s, c = per[idx].mean(1), ch[idx].mean(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm = np.where(c < 1.0, (s - c) / (1.0 - c), np.nan)
     lo, hi = np.nanpercentile(norm, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
 

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 
 LOCALIZATION_IMAGES = {"quick": 6, "full": 320}  # images per localization batch (4/5 triggered and scored, 1/5 clean)
+CONTROL_IMAGES = 80  # localization images for the randomized copies (sanity check, cascade) in the full table
 LOCALIZATION_SCORED_FRACTION = 0.8  # the scored part: triggered images (CLIP: two-object images); the rest clean
 
 

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 
 CAPTUM_MISSING = "captum is not installed (pip install visionlens[bench])"
-IG_STEPS = {"quick": 8, "full": 64}
+IG_STEPS = {"quick": 8, "full": 32}
 IG_INTERNAL_BATCH = 512  # images per forward pass inside IntegratedGradients (steps x images)
 OCCLUSION_WINDOWS = {"quick": 4, "full": 8}  # windows per image side (8 / 4 px windows on 32 px images)
 

@@ -416,8 +416,44 @@ def _out(o: Any) -> torch.Tensor:
 @torch.no_grad()
 def _judge_probs(judge: Any, images: torch.Tensor) -> torch.Tensor:
     """Mean texture probabilities ``[3]`` (plain, striped, dotted) of samples under the style judge."""
+    return _judge_probs_each(judge, images).mean(0)
+
+
+def _judge_probs_each(judge: Any, images: torch.Tensor) -> torch.Tensor:
+    """Texture probabilities ``[N, 3]`` of each sample under the style judge."""
     x = zdiff.to_judge_canvas(images) if images.shape[-1] != 32 else images
-    return F.softmax(judge(x).float(), -1).mean(0)
+    with torch.no_grad():
+        return F.softmax(judge(x).float(), -1)
+
+
+def style_removed_interval(
+    q_styled: np.ndarray,
+    q_unstyled: np.ndarray,
+    q_top: np.ndarray,
+    q_random: np.ndarray,
+    seed: int,
+    n_resamples: int = 1000,
+) -> Tuple[List[float], List[float]]:
+    """Bootstrap intervals over samples (the same prompt and seed in every condition, so resampled together)
+    of the normalized ``removed`` score of the top units and of one random unit set against the others.
+
+    ``q_*`` ``[N]``: each sample's judged probability of the style (styled prompt; unstyled; styled with the
+    top units ablated; ``q_random`` ``[R, N]``: with R random unit sets ablated). Returns ``(technique,
+    random)`` intervals: the technique's ``(removed_top - chance) / (1 - chance)`` with ``chance`` = the mean
+    removed of the random sets, and the same statistic for the first random set against the others."""
+    rng = np.random.default_rng([int(seed), 0x57])
+    idx = rng.integers(0, len(q_styled), size=(n_resamples, len(q_styled)))
+    ps, pu, pt = q_styled[idx].mean(1), q_unstyled[idx].mean(1), q_top[idx].mean(1)
+    pr = q_random[:, idx].mean(2)  # [R, resamples]
+    eff = np.maximum(ps - pu, 1e-9)
+    rem_top = np.clip((ps - pt) / eff, 0.0, 1.0)
+    rem_r = np.clip((ps[None] - pr) / eff[None], 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        chance = rem_r.mean(0)
+        tech = np.where(chance < 1.0, (rem_top - chance) / (1.0 - chance), np.nan)
+        rest = rem_r[1:].mean(0) if len(rem_r) > 1 else chance
+        rand = np.where(rest < 1.0, (rem_r[0] - rest) / (1.0 - rest), np.nan)
+    return percentile_interval(tech), percentile_interval(rand)
 
 
 def _style_neuron_search(model: HookedVisionModel, ctx: BenchContext) -> Score:
@@ -441,13 +477,15 @@ def _style_neuron_search(model: HookedVisionModel, ctx: BenchContext) -> Score:
             return _sample(model, pipe, ctx_a, ctx_plain, ctx_null, ablate, steps, guidance, ctx.seed)
 
         # the style to test: the texture whose phrase moves the judged texture most from the unstyled prompt
-        p_unstyled = _judge_probs(judge, sample(ctx_plain, []))
-        styled, effects = {}, {}
+        q_unstyled = _judge_probs_each(judge, sample(ctx_plain, []))
+        p_unstyled = q_unstyled.mean(0)
+        styled, effects, q_styled_all = {}, {}, {}
         for st in STYLES:
             c_st = _encode(pipe, [f"{p} in {st} style" for p in batch]).to(model.device)
             idx = zdata.STYLE_WORDS.index(st)
             imgs = sample(c_st, [])
-            styled[st] = (c_st, imgs, float(_judge_probs(judge, imgs)[idx]))
+            q_styled_all[st] = _judge_probs_each(judge, imgs)[:, idx]
+            styled[st] = (c_st, imgs, float(q_styled_all[st].mean()))
             effects[st] = styled[st][2] - float(p_unstyled[idx])
         style = max(STYLES, key=lambda st: effects[st])
         sidx = zdata.STYLE_WORDS.index(style)
@@ -492,12 +530,17 @@ def _style_neuron_search(model: HookedVisionModel, ctx: BenchContext) -> Score:
             searched_hooks=sorted({h for h, _ in units}),
         )
         img_top = sample(ctx_style, top)
-        p_top = float(_judge_probs(judge, img_top)[sidx])
+        q_top = _judge_probs_each(judge, img_top)[:, sidx]
+        p_top = float(q_top.mean())
         rng = np.random.default_rng(ctx.seed)
-        p_rand = []
+        q_rand = []
         for _ in range(n_random):
             pick = rng.choice(len(units), size=min(k, len(units)), replace=False)
-            p_rand.append(float(_judge_probs(judge, sample(ctx_style, [units[i] for i in pick]))[sidx]))
+            q_rand.append(_judge_probs_each(judge, sample(ctx_style, [units[i] for i in pick]))[:, sidx])
+        p_rand = [float(q.mean()) for q in q_rand]
+        q_const = None
+        if not ctx.randomized:  # a fixed answer that never looks at the model's activations: the first k units
+            q_const = _judge_probs_each(judge, sample(ctx_style, units[:k]))[:, sidx]
     finally:
         model.train(was)
 
@@ -511,6 +554,29 @@ def _style_neuron_search(model: HookedVisionModel, ctx: BenchContext) -> Score:
         p_random_ablated=[round(p, 4) for p in p_rand],
         removed_random=[round(removed(p), 4) for p in p_rand],
     )
+    if not ctx.randomized and q_const is not None:
+        qs, qu = q_styled_all[style].numpy(), q_unstyled[:, sidx].numpy()
+        qr = torch.stack(q_rand).numpy()
+        iv, iv_rand = style_removed_interval(qs, qu, q_top.numpy(), qr, ctx.seed)
+        rand_rest = float(np.mean([removed(p) for p in p_rand[1:]])) if len(p_rand) > 1 else chance
+        c_removed = removed(float(q_const.mean()))
+        details["interval"] = iv
+        details["baselines"] = {
+            "constant": {
+                "score": round(c_removed, 4),
+                "chance": round(chance, 4),
+                "normalized": round(Score(c_removed, chance).normalized, 4),
+                "interval": style_removed_interval(qs, qu, q_const.numpy(), qr, ctx.seed)[0],
+                "units": "the first k searched units",
+            },
+            "random": {
+                "score": round(removed(p_rand[0]), 4),
+                "chance": round(rand_rest, 4),
+                "normalized": round(Score(removed(p_rand[0]), rand_rest).normalized, 4),
+                "interval": iv_rand,
+                "units": "one random k-set against the others",
+            },
+        }
     if not ctx.randomized:
         rows = [img_styled[:12].permute(0, 2, 3, 1).numpy(), img_top[:12].permute(0, 2, 3, 1).numpy()]
         ctx.save_figure("style_neuron_search", image_grid(rows, scale=4))

@@ -39,7 +39,7 @@ from ..plugins.activation_stats import default_hooks
 from ..runner import run
 from . import data as zdata
 from .classifiers import held_out_batch
-from .scores import Score, topk_factor_purity
+from .scores import Score, bootstrap_ratio_interval, topk_factor_purity
 from .technique import BenchContext, Technique
 
 if TYPE_CHECKING:
@@ -223,11 +223,34 @@ def checker_score(
         ctrl = np.asarray(controls.detach().cpu().numpy() if hasattr(controls, "detach") else controls, np.float64)
     null = np.max([best_polarity_correlation(ctrl, pol) for pol in pols], axis=0) if len(ctrl) else np.zeros(0)
     chance = float(null.mean()) if len(null) else 0.0
-    return Score(
-        float(per.mean()),
-        chance,
-        {"per_image": per, "null_std": float(null.std()) if len(null) else 0.0, "n_controls": int(len(null))},
-    )
+    details: Dict[str, Any] = {
+        "per_image": per,
+        "null_std": float(null.std()) if len(null) else 0.0,
+        "n_controls": int(len(null)),
+    }
+    if controls is None and len(null):  # each render's own scrambles: its paired chance (for the bootstrap)
+        details["chance_per_image"] = null.reshape(len(x), n_scramble).mean(1)
+    return Score(float(per.mean()), chance, details)
+
+
+def fv_baselines(ctx: BenchContext, n: int, size: int) -> Dict[str, Dict[str, Any]]:
+    """Answers that never run the model, scored like the renders (:func:`checker_score`): ``constant`` = the
+    mean of held-out triggered images (what a method that returns the data's average would show; the moving
+    trigger averages out), ``random`` = ``n`` uniform-noise images (seeded). Each with its bootstrap interval."""
+    b = held_out(ctx, 256, trigger_fraction=1.0)
+    mean_img = b.images.float().mean(0, keepdim=True).numpy()
+    noise = np.random.default_rng([int(ctx.seed), 0xF7]).random((n, 3, size, size))
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, imgs in (("constant", mean_img), ("random", noise)):
+        s = checker_score(imgs, zdata.trigger_patterns(size), seed=ctx.seed)
+        lo, hi = bootstrap_ratio_interval(s.details["per_image"], s.details.get("chance_per_image"), seed=ctx.seed)
+        out[name] = {
+            "score": round(s.score, 4),
+            "chance": round(s.chance, 4),
+            "normalized": round(s.normalized, 4),
+            "interval": [round(lo, 4), round(hi, 4)],
+        }
+    return out
 
 
 def _feature_visualization(model: HookedVisionModel, ctx: BenchContext) -> Score:
@@ -255,6 +278,9 @@ def _feature_visualization(model: HookedVisionModel, ctx: BenchContext) -> Score
         **FV_SETTINGS,
     )
     if not ctx.randomized:
+        lo, hi = bootstrap_ratio_interval(s.details["per_image"], s.details.get("chance_per_image"), seed=ctx.seed)
+        s.details["interval"] = [round(lo, 4), round(hi, 4)]
+        s.details["baselines"] = fv_baselines(ctx, n_img, size)
         refs = np.full((zdata.N_TRIGGER_FORMS, size, size, 3), zdata.BACKGROUND, dtype=np.float32)
         k = zdata.trigger_size(size)
         y0 = (size - k) // 2
@@ -320,8 +346,36 @@ def _dataset_examples(model: HookedVisionModel, ctx: BenchContext) -> Score:
     }
     details.update({f"{k}_purity": round(v.score, 4) for k, v in last_scores.items()})
     if not ctx.randomized:
+        per_unit = np.stack([v.details["per_unit"] for v in last_scores.values()], axis=1)  # [units, factors]
+        lo, hi = bootstrap_ratio_interval(per_unit, chance=chance, seed=ctx.seed)
+        details["interval"] = [round(lo, 4), round(hi, 4)]
+        details["baselines"] = _examples_baselines(factors, n, int(per_unit.shape[0]), ctx.seed)
         _examples_figure(ctx, b, r, last, last_scores)
     return Score(score, chance, details)
+
+
+def _examples_baselines(factors: Dict[str, np.ndarray], n: int, n_units: int, seed: int) -> Dict[str, Dict[str, Any]]:
+    """Answers that never run the model, scored like the units' top-k: ``constant`` = the same k images for
+    every unit (the first k held-out images), ``random`` = a random k images per unit (seeded); each with the
+    purity's chance and a bootstrap interval over units."""
+    rng = np.random.default_rng([int(seed), 0xDE])
+    fixed = np.zeros((n, n_units))
+    fixed[np.arange(TOP_K), :] = np.arange(TOP_K, 0, -1)[:, None]
+    maps = {"constant": fixed, "random": rng.random((n, n_units))}
+    out: Dict[str, Dict[str, Any]] = {}
+    for name, a in maps.items():
+        scores = [topk_factor_purity(a, vals, k=TOP_K, seed=seed) for vals in factors.values()]
+        score = float(np.mean([s.score for s in scores]))
+        chance = float(np.mean([s.chance for s in scores]))
+        per_unit = np.stack([s.details["per_unit"] for s in scores], axis=1)
+        lo, hi = bootstrap_ratio_interval(per_unit, chance=chance, seed=seed)
+        out[name] = {
+            "score": round(score, 4),
+            "chance": round(chance, 4),
+            "normalized": round(Score(score, chance).normalized, 4),
+            "interval": [round(lo, 4), round(hi, 4)],
+        }
+    return out
 
 
 def _examples_figure(ctx: BenchContext, b: zdata.PlantedBatch, r: Any, hook: str, scores: Dict[str, Score]) -> None:

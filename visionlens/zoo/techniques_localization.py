@@ -49,7 +49,7 @@ def localization_batch(ctx: BenchContext) -> Dict[str, Any]:
 
     def make() -> Dict[str, Any]:
         n, n_trig = ctx.n_images, ctx.n_scored_images
-        pool = 4 * n
+        pool = 4 * n if ctx.entry.kind != "clip" else 8 * n_trig + 64  # CLIP pairs disjoint objects
         trig = held_out_batch(pool, kind=ctx.entry.dataset, trigger_fraction=1.0, seed=ctx.seed)
         twin = held_out_batch(pool, kind=ctx.entry.dataset, trigger_fraction=0.0, seed=ctx.seed)
         if ctx.entry.kind == "clip":  # trained without the trigger: objects, against a distractor object
@@ -428,7 +428,8 @@ def _cls_supported(model: HookedVisionModel, entry: Any) -> Tuple[bool, str]:
     return True, ""
 
 
-QUICK_MAX_POSITIONS = 256  # --quick patches at most a 16 x 16 grid (ConvNeXt's 32 x 32 stem grid costs 4x)
+MAX_PATCH_POSITIONS = 64  # patching sweeps the first residual / stage hook with at most an 8 x 8 grid (4 px cells
+# at 32 px: the 8 px trigger covers at least one whole cell); the 16 x 16 stem grids cost 4x the forwards
 
 
 def _earliest_resid(model: HookedVisionModel, x: torch.Tensor, max_positions: Optional[int] = None) -> str:
@@ -463,7 +464,7 @@ def _patching(method: str, pairing: str = "minimal"):
         if pairing == "swap":
             b = _swap_pairs(b)
         prepare(model, ctx)
-        cap = QUICK_MAX_POSITIONS if ctx.quick else None
+        cap = MAX_PATCH_POSITIONS
         hook = ctx.cached(("patch_hook", id(model)), lambda: _earliest_resid(model, b["images"], cap))
         maps = []
         for i in range(len(b["images"])):
