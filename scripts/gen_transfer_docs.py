@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
-from visionlens.zoo.bench_report import headline, markdown_table, seed_table, verdict
+from visionlens.zoo.bench_report import cascade_table, headline, markdown_table, seed_table, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "transfer" / "results.json"
@@ -100,8 +100,22 @@ def doc_block(payload: Mapping[str, Any]) -> str:
             *_verdict_lines(rows),
             "",
             *_seed_lines(payload),
+            *_cascade_lines(rows),
         ]
     )
+
+
+def _cascade_lines(rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    table = cascade_table(rows)
+    if not table:
+        return ["", "Cascading randomization: no curve in the committed results (run without `--no-cascade`)."]
+    return [
+        "",
+        "Cascading randomization (Adebayo et al. 2018): each cell's normalized score on the trained model, then with "
+        "the weights randomized from the head down to the named unit (steps on 80 images):",
+        "",
+        table,
+    ]
 
 
 def _replace(text: str, block: str, path: Path) -> str:

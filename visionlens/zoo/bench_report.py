@@ -5,8 +5,9 @@ truth recovered), the raw score, and a flag where the randomized-model sanity ch
 (the score did not drop on random weights). Unsupported pairs show the reason. Localization cells
 also carry a 95% bootstrap interval over images and three baselines on the same images and grid
 (``constant``, ``random``, ``edge``: :mod:`visionlens.zoo.baselines`); unit and causal-scrubbing cells an
-interval and a weight-only (``constant``) and a random baseline. Their :func:`verdict` comes from the
-interval; feature visualization, dataset examples and style neurons still use fixed cut-offs.
+interval and a weight-only (``constant``) and a random baseline; feature visualization, dataset examples and
+style neurons an interval and their own input-independent answers (see docs/transfer.md). The :func:`verdict`
+comes from the interval; a third-party row without one falls back to fixed cut-offs, said so.
 """
 
 from __future__ import annotations
@@ -78,22 +79,23 @@ def cell_text(r: Mapping[str, Any]) -> str:
     return txt
 
 
-INPUT_INDEPENDENT = ("constant", "random")  # baselines a localization cell must beat to transfer
+INPUT_INDEPENDENT = ("constant", "random")  # baselines a cell must beat to transfer (answers that ignore the input)
+STANDARD_METHODS = ("pca",)  # the standard method a new one must beat too, where a row has it (dictionary row)
 
 
 def has_interval(r: Mapping[str, Any]) -> bool:
-    """Whether a row carries a bootstrap ``interval`` and the input-independent ``baselines`` (localization
-    cells scored by :func:`~visionlens.zoo.techniques_localization.score_heatmap`)."""
+    """Whether a row carries a bootstrap ``interval``, a ``random`` baseline and a ``constant`` one or a
+    standard method (``pca``) to be compared with."""
     iv = r.get("interval") or []
     bl = r.get("baselines") or {}
-    return len(iv) == 2 and all(k in bl for k in INPUT_INDEPENDENT)
+    return len(iv) == 2 and "random" in bl and any(k in bl for k in ("constant", *STANDARD_METHODS))
 
 
 def baseline_bar(r: Mapping[str, Any]) -> float:
-    """What a localization cell's interval is compared with: max(0 = chance, the constant and random
-    baselines' normalized point estimates)."""
+    """What a cell's interval is compared with: max(0 = chance, the normalized point estimates of the
+    ``constant`` and ``random`` baselines and of a standard method (``pca``) where the row has one)."""
     bl = r.get("baselines") or {}
-    return max([0.0] + [float(bl[k]["normalized"]) for k in INPUT_INDEPENDENT if k in bl])
+    return max([0.0] + [float(bl[k]["normalized"]) for k in (*INPUT_INDEPENDENT, *STANDARD_METHODS) if k in bl])
 
 
 def edge_as_good(r: Mapping[str, Any]) -> bool:
@@ -217,6 +219,29 @@ def seed_table(runs: Mapping[int, Sequence[Mapping[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def cascade_text(r: Mapping[str, Any]) -> str:
+    """``0.65 → 0.41 (layer3.0) → 0.08 (conv1)``: the cascading-randomization curve of a row (normalized score
+    on the trained model, then with the weights randomized from the head down to the named unit), or ``""``."""
+    pts = [p for p in (r.get("cascade") or []) if p.get("normalized") is not None]
+    if len(pts) < 2:
+        return ""
+    out = [f"{float(pts[0]['normalized']):.2f}"]
+    out += [f"{float(p['normalized']):.2f} ({p.get('randomized_from')})" for p in pts[1:]]
+    return " → ".join(out)
+
+
+def cascade_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown: every row with a cascading-randomization curve, one line each (empty when none has one)."""
+    lines = [
+        f"| {r['model'].removeprefix('zoo:')} | {r['technique']} | {cascade_text(r)} |" for r in rows if cascade_text(r)
+    ]
+    if not lines:
+        return ""
+    return "\n".join(
+        ["| model | technique | trained → randomized from the head down to ... |", "|---|---|---|", *lines]
+    )
+
+
 def write_markdown(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any], command: str) -> str:
     lines = [
         "# Technique transfer: every technique on every zoo family",
@@ -232,14 +257,17 @@ def write_markdown(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mappi
         "",
         "## Verdicts",
         "",
-        "Localization, unit and causal-scrubbing cells: a 95% bootstrap interval over images (1000 resamples) "
-        "of the normalized score, compared with the normalized scores of two input-independent answers on "
-        "the same images: `constant` (localization: the best fixed map, fitted on a separate batch; units: "
-        "the ranking by readout-weight norm) and `random`. **transfers**: the interval's lower end is above "
+        "Every cell: a 95% bootstrap interval (1000 resamples over images; feature visualization: over renders; "
+        "dataset examples: over units; style: over samples) of the normalized score, compared with the "
+        "normalized scores of two input-independent answers: `constant` (localization: the best fixed map, "
+        "fitted on a separate batch; units: the ranking by readout-weight norm; feature visualization: the "
+        "data's mean image; dataset examples: the same images for every unit; style: the first units searched) "
+        "and `random` (and `pca`, the standard method, on the dictionary row). "
+        "**transfers**: the interval's lower end is above "
         "chance and above both; **ties baseline**: the whole interval sits at that bar; **breaks**: its upper "
         "end is not above it; **partial**: the interval straddles it (undecided on these images). "
         f"The edge-detector baseline is reported, not part of the verdict ({EDGE}). "
-        "Feature visualization, dataset examples and style neurons have no interval yet: fixed cut-offs "
+        "A row without an interval (a third-party technique that gives none) falls back to fixed cut-offs "
         "(transfers >= 0.5, partial >= 0.2). "
         "Either way, a cell above *breaks* that fails the sanity check is **fails sanity**.",
         "",
@@ -271,6 +299,9 @@ def write_markdown(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mappi
             f"{'' if r.get('sanity_passed') is None else ('pass' if r['sanity_passed'] else 'FAIL')} | "
             f"{r['seconds']} | {_note(r)} |"
         )
+    casc = cascade_table(rows)
+    if casc:
+        lines += ["", "## Cascading randomization (Adebayo et al. 2018)", "", casc]
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     return text
@@ -330,10 +361,9 @@ def write_html(out: Path, rows: Sequence[Mapping[str, Any]], settings: Mapping[s
         "random weights; localization cells also show the 95% bootstrap interval over images and the baselines "
         "on the same images and grid (const: the best fixed map, fitted on another batch; rnd: uniform noise; "
         f"edge: Sobel magnitude of the image), {EDGE} = the edge detector does as well. Green: transfers "
-        "(cells with an interval: its lower end above chance and above the constant and random baselines; "
-        "other claims, which have no interval yet: &ge; 0.5), blue: ties a baseline, orange: fails the sanity "
-        "check, yellow: partial "
-        "(the interval straddles them; other claims: &ge; 0.2), red: breaks, grey: not supported.</p>",
+        "(the interval's lower end above chance and above the constant and random baselines; a row without an "
+        "interval: &ge; 0.5), blue: ties a baseline, orange: fails the sanity check, yellow: partial "
+        "(the interval straddles them; without an interval: &ge; 0.2), red: breaks, grey: not supported.</p>",
         "<table><tr><th>technique</th>"
         + "".join(
             f"<th>{html.escape(m.removeprefix('zoo:'))}<br><span class=s>{html.escape(fam[m])}</span></th>"
