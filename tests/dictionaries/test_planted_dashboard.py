@@ -54,3 +54,21 @@ def test_dashboard_site_and_notebook_html(zoo_resnet, resnet_dict, planted, tmp_
     assert "feature_" in index and (site / f"feature_{c.index}.html").exists()
     assert "<script" not in index and "http" not in index  # offline, no scripts
     assert "data:image/png;base64," in dash._repr_html_()
+
+
+def test_row_trains_on_positions_and_the_image_vector_the_head_reads(zoo_resnet, zoo_vit, planted):
+    from visionlens.zoo.dictionary_transfer import SIZE, TOKENS_PER_IMAGE, TOP_K, image_vector, training_vectors
+
+    imgs = planted.images[:10]
+    x, layout = training_vectors(zoo_resnet, "layer4.hook_out", imgs)
+    _, cache = zoo_resnet.run_with_cache(imgs, names_filter=["layer4.hook_out"], return_cache_object=False)
+    act = cache["layer4.hook_out"]  # [10, 128, 2, 2]: 4 positions + the pooled vector per image
+    assert layout == "map" and x.shape == (10 * (act[0, 0].numel() + 1), 128)
+    assert torch.allclose(image_vector(act), act.mean((2, 3)))
+    assert torch.allclose(x[-10:], act.mean((2, 3)))  # the last chunk's image-level vectors
+    x, layout = training_vectors(zoo_vit, "blocks.3.hook_resid_post", imgs)
+    _, cache = zoo_vit.run_with_cache(imgs, names_filter=["blocks.3.hook_resid_post"], return_cache_object=False)
+    cls = cache["blocks.3.hook_resid_post"][:, 0]  # the token the ViT's head reads
+    assert layout == "tokens" and x.shape == (10 * (TOKENS_PER_IMAGE + 1), 64)
+    assert torch.allclose(x[-10:], cls)
+    assert SIZE == 32 and TOP_K == {"map": 8, "tokens": 24}

@@ -1,20 +1,23 @@
 """The transfer-table row "dictionary features recover planted factors", and its evaluation helpers.
 
 On every classifier of the zoo and the CLIP image tower, a TopK SAE (``overcomplete``, through
-:func:`visionlens.plugins.dictionaries.fit_dictionary`) is trained on the last block's unit vectors (every
-position of a conv map, a seeded subset of tokens) over the model's own *training* images (10 % triggered),
-then read on held-out images (half triggered). Each planted factor value is a binary label per image
-(``trigger``; ``shape=circle`` ...; ``textured``; ``texture=...`` and ``colour=...``; Fashion-MNIST:
-``class=k``); a feature's score of an image is its largest value over positions. Per factor: the feature is
-*chosen* on one half of the held-out images (best AUROC) and its AUROC *measured* on the other half, so a
-large dictionary gets no credit for the maximum of many noisy candidates.
+:func:`visionlens.plugins.dictionaries.fit_dictionary`; :data:`SIZE` = 32 features, k = :data:`TOP_K` by layout:
+8 on conv maps, 24 on token maps) is trained at the last block over the model's own *training* images (10 %
+triggered) on per-position vectors (every position of a conv map, a seeded subset of patch tokens) *and* the
+image-level vector the head reads (the spatial mean of a map, the class token), then read on held-out images
+(half triggered). Each planted factor value is a binary label per image (``trigger``; ``shape=circle`` ...;
+``textured``; ``texture=...`` and ``colour=...``; Fashion-MNIST: ``class=k``); a feature's score of an image is
+its mean over positions. Per factor: the feature is *chosen* on one half of the held-out images (best AUROC)
+and its AUROC *measured* on the other half, so a dictionary gets no credit for the maximum of many noisy
+candidates. The sizes, k and the representation were chosen by a measured sweep (docs/dictionaries.md).
 
 Score: mean measured AUROC over the label-relevant factors (trigger, the label's factors; CLIP: shape, colour,
 texture), chance 0.5. ``details``: per-factor AUROCs, ``fraction_above`` (factors with AUROC >= 0.95),
 ``interval`` (95 % percentile bootstrap of the normalized score over the measuring images), and
-``baselines`` scored identically: ``pca`` (the top principal directions of the same training vectors, as many
-as the dictionary has features up to the unit count, each with both signs) and ``random`` (that many seeded
-Gaussian directions, both signs). Also the dictionary's reconstruction R^2, L0, dead fraction and the task
+``baselines`` scored identically (mean over positions of the projection): ``pca`` (the top principal
+directions of the same training vectors, as many as the dictionary has features up to the unit count, each
+with both signs) and ``random`` (as many seeded Gaussian directions as the dictionary has features, both
+signs). Also the dictionary's reconstruction R^2, L0, dead fraction and the task
 accuracy kept with the reconstruction spliced in (no error term).
 """
 
@@ -43,6 +46,10 @@ if TYPE_CHECKING:
 __all__ = [
     "TECHNIQUES",
     "BUDGET",
+    "SIZE",
+    "TOP_K",
+    "image_vector",
+    "training_vectors",
     "planted_factors",
     "dictionary_hook",
     "training_images",
@@ -54,9 +61,14 @@ __all__ = [
 THRESHOLD = 0.95
 LEVEL = 0.95
 # (training images, held-out images, optimizer steps, bootstrap resamples)
-BUDGET = {"quick": (300, 200, 120, 200), "full": (3000, 1000, 800, 1000)}
-TOKENS_PER_IMAGE = 16  # token maps: a seeded subset per training image (conv maps: every position)
-TOP_K = 8
+BUDGET = {"quick": (400, 200, 150, 200), "full": (8000, 2000, 1500, 1000)}
+TOKENS_PER_IMAGE = 12  # token maps: a seeded subset per training image (conv maps: every position)
+# Measured (docs/dictionaries.md, a sweep of size x k x representation x reduction, two seeds): small dictionaries
+# whose features are read as the mean over positions recover the label factors; 4 x units / 512 features with
+# k = 8 split them into position- and colour-specific pieces (a third of the features dead).
+SIZE = 32
+TOP_K = {"map": 8, "tokens": 24}  # by the hook's layout; the ViT needs a dense code (k = 16 measured 0.89-0.90)
+SPLICE_IMAGES = 1000
 TRAIN_TRIGGER_FRACTION = 0.1  # the classifiers' own training mix
 EVAL_TRIGGER_FRACTION = 0.5
 
@@ -90,8 +102,7 @@ def planted_factors(entry: Any, b: zdata.PlantedBatch) -> Dict[str, Tuple[np.nda
     if not clip:
         out["textured"] = (f["texture"] != 0, True)
     for i, t in enumerate(zdata.TEXTURES):
-        if i or clip:
-            out[f"texture={t}"] = (f["texture"] == i, clip)
+        out[f"texture={t}"] = (f["texture"] == i, clip)
     for i, c in enumerate(zdata.COLOURS):
         out[f"colour={c}"] = (f["colour"] == i, clip)
     return {k: v for k, v in out.items() if 0 < v[0].sum() < len(v[0])}
@@ -142,14 +153,42 @@ class Candidates:
 
 
 def _directions_scores(vectors: Tensor, n_img: int, dirs: Tensor, centre: Tensor) -> np.ndarray:
-    """Max over positions of ``+-(x - centre) . dir`` per image: ``[N, 2K]``."""
-    p = ((vectors - centre) @ dirs.T).reshape(n_img, -1, dirs.shape[0])
-    return torch.cat([p.amax(1), (-p).amax(1)], 1).double().numpy()
+    """Mean over positions of ``+-(x - centre) . dir`` per image: ``[N, 2K]`` (both signs)."""
+    p = ((vectors - centre) @ dirs.T).reshape(n_img, -1, dirs.shape[0]).mean(1)
+    return torch.cat([p, -p], 1).double().numpy()
 
 
 def _feature_scores(d: SparseDictionary, vectors: Tensor, n_img: int) -> np.ndarray:
+    """Mean over positions of each feature per image: ``[N, F]``."""
     codes = torch.cat([d.features(vectors[i : i + 8192]) for i in range(0, len(vectors), 8192)])
-    return codes.reshape(n_img, -1, d.n_features).amax(1).double().numpy()
+    return codes.reshape(n_img, -1, d.n_features).mean(1).double().numpy()
+
+
+def image_vector(act: Tensor) -> Tensor:
+    """What a head reads: the spatial mean of a map ``[B, C, *spatial]``, the class token of tokens ``[B, T, D]``."""
+    if act.ndim == 3:
+        return act[:, 0]
+    return act.flatten(2).mean(-1) if act.ndim > 2 else act
+
+
+def training_vectors(model: HookedVisionModel, hook: str, images: Tensor, seed: int = 0) -> Tuple[Tensor, str]:
+    """Per-position vectors (every position of a map, :data:`TOKENS_PER_IMAGE` seeded patch tokens of a token map)
+    and one image-level vector per image (:func:`image_vector`), ``[M, units]``; and the hook's layout."""
+    vecs, layout = [], "map"
+    with torch.no_grad():
+        for i in range(0, len(images), 250):
+            _, cache = model.run_with_cache(images[i : i + 250], names_filter=[hook], return_cache_object=False)
+            act = cache[hook]
+            layout = "tokens" if act.ndim == 3 else "map"
+            v, _ = to_vectors(hook, act)
+            n = act.shape[0]
+            v = v.reshape(n, -1, v.shape[-1])
+            if act.ndim == 3 and v.shape[1] - 1 > TOKENS_PER_IMAGE:
+                g = torch.Generator().manual_seed(seed + i)
+                idx = torch.rand(n, v.shape[1] - 1, generator=g).argsort(1)[:, :TOKENS_PER_IMAGE] + 1
+                v = torch.gather(v, 1, idx[..., None].expand(-1, -1, v.shape[-1]))
+            vecs += [v.reshape(-1, v.shape[-1]).float(), image_vector(act).reshape(n, -1).float()]
+    return torch.cat(vecs), layout
 
 
 def _pick_and_measure(
@@ -207,31 +246,19 @@ def planted_recovery(
     quick: bool = False,
     seed: int = 0,
     size: Optional[int] = None,
-    top_k: int = TOP_K,
+    top_k: Optional[int] = None,
     kind: str = "topk",
 ) -> PlantedRecovery:
     """Train a dictionary at the last block of a zoo model and score its features against the planted factors
-    (see the module docstring); ``size`` defaults to ``min(4 * units, 512)``."""
+    (see the module docstring); ``size`` defaults to :data:`SIZE`, ``top_k`` to :data:`TOP_K` of the layout."""
     t0 = time.perf_counter()
     n_train, n_eval, steps, n_boot = BUDGET["quick" if quick else "full"]
     hook = dictionary_hook(model, entry)
     torch.manual_seed(seed)
-    x_train = training_images(entry, n_train)
-    with torch.no_grad():
-        vecs, per_img = [], None
-        for i in range(0, n_train, 250):
-            _, cache = model.run_with_cache(x_train[i : i + 250], names_filter=[hook], return_cache_object=False)
-            v, pos = to_vectors(hook, cache[hook])
-            per_img = max(1, len(v) // len(x_train[i : i + 250]))
-            v = v.reshape(-1, per_img, v.shape[-1])
-            if per_img > TOKENS_PER_IMAGE and cache[hook].ndim == 3:
-                g = torch.Generator().manual_seed(seed + i)
-                idx = torch.rand(v.shape[0], per_img, generator=g).argsort(1)[:, :TOKENS_PER_IMAGE]
-                v = torch.gather(v, 1, idx[..., None].expand(-1, -1, v.shape[-1]))
-            vecs.append(v.reshape(-1, v.shape[-1]).float())
-    x = torch.cat(vecs)
+    x, layout = training_vectors(model, hook, training_images(entry, n_train), seed)
     d_units = int(x.shape[1])
-    size = int(size or min(4 * d_units, 512))
+    size = int(size or SIZE)
+    top_k = int(top_k or TOP_K[layout])
     batch = 256
     epochs = max(1, round(steps * batch / len(x)))
     d, log = fit_dictionary(x, kind, size, top_k, epochs=epochs, batch_size=batch, seed=seed)
@@ -257,11 +284,13 @@ def planted_recovery(
     n_dirs = min(size, d_units)
     _, _, v = torch.linalg.svd(x - centre, full_matrices=False)
     g = torch.Generator().manual_seed(seed)
-    rand = torch.randn(n_dirs, d_units, generator=g)
+    rand = torch.randn(size, d_units, generator=g)  # as many random directions as the dictionary has features
     rand = rand / rand.norm(dim=1, keepdim=True)
     feats = _feature_scores(d, ev, n_eval)
     cands = {
-        "dictionary": np.concatenate([feats, -feats], 1),  # a feature may mark a value by firing or by silence
+        # a feature may mark a value by firing or by silence (for the binary factor ``textured``, silence is
+        # firing for ``texture=plain``, reported as its own row)
+        "dictionary": np.concatenate([feats, -feats], 1),
         "dictionary_firing": feats,
         "pca": _directions_scores(ev, n_eval, v[:n_dirs], centre),
         "random": _directions_scores(ev, n_eval, rand, centre),
@@ -275,7 +304,7 @@ def planted_recovery(
         labels = torch.as_tensor(np.asarray(b.factors["shape"])).long()
     else:
         labels = b.labels
-    metrics.update(downstream(model, d, hook, b.images, labels, max_images=n_eval))
+    metrics.update(downstream(model, d, hook, b.images, labels, max_images=min(n_eval, SPLICE_IMAGES)))
     per_factor = {
         k: {
             "dictionary": res["dictionary"][k]["auroc"],
@@ -296,7 +325,9 @@ def planted_recovery(
         "n_features": size,
         "top_k": top_k,
         "n_units": d_units,
-        "n_directions_baselines": n_dirs,
+        "n_directions_pca": n_dirs,
+        "n_directions_random": size,
+        "representation": "per-position vectors + one image-level vector per image; image score: mean over positions",
         "n_train_images": n_train,
         "n_train_vectors": int(len(x)),
         "n_images": n_eval,
@@ -343,8 +374,9 @@ TECHNIQUES: List[Technique] = [
     Technique(
         "dictionary_features",
         "dictionary features recover planted factors",
-        "TopK SAE (overcomplete) at the last block, trained on the model's training images; per planted factor "
-        "value the feature chosen on half the held-out images (max over positions), its AUROC on the other "
+        "TopK SAE (overcomplete; 32 features, k 8 on maps / 24 on tokens) at the last block, trained on the "
+        "model's training images (per-position and image-level vectors); per planted factor value the feature "
+        "chosen on half the held-out images (mean over positions), its AUROC on the other "
         "half; score = mean over the label-relevant factors (trigger, shape, textured; Fashion-MNIST: class; "
         "CLIP: shape, colour, texture), chance 0.5; baselines: as many PCA / random directions (both signs).",
         _score,
