@@ -249,7 +249,9 @@ def _add_dict_commands(sub: Any) -> None:
     p = dsub.add_parser("planted", help="score a dictionary at a zoo model's last block against the planted factors")
     p.add_argument("--model", required=True, metavar="zoo:NAME")
     p.add_argument("--size", type=positive_int, default=None, metavar="N")
-    p.add_argument("--top-k", type=positive_int, default=8, metavar="K")
+    p.add_argument(
+        "--top-k", type=positive_int, default=None, metavar="K", help="active features (default: the row's, by layout)"
+    )
     p.add_argument("--quick", action="store_true", help="the transfer table's quick budget")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, metavar="DIR", help="save the dictionary and planted.json here")

@@ -113,8 +113,7 @@ def cmd_planted(args: argparse.Namespace) -> int:
     if entry.kind == "clip":
         prepare(model, BenchContext(entry))
     # the parser's --top-k default (8) predates the measured per-layout default: an unset flag means that default
-    top_k = args.top_k if any(a == "--top-k" or a.startswith("--top-k=") for a in sys.argv[1:]) else None
-    r = planted_recovery(model, entry, quick=args.quick, seed=args.seed, size=args.size, top_k=top_k)
+    r = planted_recovery(model, entry, quick=args.quick, seed=args.seed, size=args.size, top_k=args.top_k)
     det = r.score.details
     out = sys.stdout
     out.write(f"{args.model} {r.hook}: {det['kind']} x {det['n_features']} (k={det['top_k']}), {r.seconds:.1f} s\n")
