@@ -73,6 +73,10 @@ def test_resnet_trained_beats_random(tech, resnet_pair):
     assert s.normalized > 0.3, (tech, s.score, s.chance)
     assert s.normalized > r.normalized + 0.25, (tech, s.normalized, r.normalized)
     assert r.normalized < 0.5 * s.normalized  # the benchmark's sanity check passes
+    lo, hi = s.details["interval"]  # a bootstrap over units; baselines that never run the model
+    assert lo <= s.normalized <= hi and lo > 0.0
+    assert set(s.details["baselines"]) == {"constant", "random"}
+    assert abs(s.details["baselines"]["random"]["normalized"]) < 0.1 and "interval" not in r.details
 
 
 @_needs("resnet")
@@ -83,6 +87,10 @@ def test_resnet_feature_visualization_optimises_but_does_not_draw_the_trigger(re
     s, r = _scores("feature_visualization", *resnet_pair, "resnet")
     assert s.details["final_logit"] > 10 * max(r.details["final_logit"], 1.0)
     assert abs(s.normalized) < 0.3 and abs(r.normalized) < 0.3, (s.normalized, r.normalized)
+    lo, hi = s.details["interval"]  # a bootstrap over the renders with their own scrambled controls
+    assert lo <= s.normalized <= hi
+    bl = s.details["baselines"]  # the data's mean image and noise: no pattern, so about chance
+    assert set(bl) == {"constant", "random"} and all(abs(v["normalized"]) < 0.15 for v in bl.values()), bl
 
 
 @_needs("resnet")
