@@ -26,14 +26,17 @@ FIGURE_CAPTIONS = {
     "model, then with its weights replaced by random ones from the head down to the unit on the axis. A score "
     "that survives randomizing the layers it reads is explained by the architecture and the input, not by what "
     "the model learned.",
-    "localization": "Top row: held-out images (titled <i>trigger</i> when the planted trigger is pasted in, else "
-    "<i>clean</i>). Bottom row: the technique's heatmap for the target class at its own resolution; the cyan "
-    "outline is the planted truth (the trigger on triggered images, the object on clean ones). Score: the "
-    "fraction of positive heat inside the outline.",
-    "feature_visualization": "First image: the planted truth, the trigger (a white/magenta checkerboard one pixel in "
-    "from the bottom-right corner) on the background. The others: renders from noise that maximise the trigger "
-    "class's logit as the field renders them (FFT parameterization, decorrelated colour, Lucid's transforms scaled "
-    "to 32 px). Score: the best 4 x 4 window's share of zero-mean per-channel energy explained by the checkerboard "
+    "localization": "Top row: held-out images (titled <i>trigger</i> when the planted trigger is pasted in, "
+    "<i>clean</i> without it; CLIP: <i>target + distractor</i>, two objects of which the outlined one is the class "
+    "asked). Bottom row: the technique's heatmap for the target class at its own resolution; the cyan outline is "
+    "the planted truth (the trigger on triggered images, the object on clean ones, the target on CLIP's). Score: "
+    "the fraction of positive heat inside the outline, the map read as a pixel map (CLIP: of the heat on the two "
+    "objects).",
+    "feature_visualization": "First images: the planted truth, the trigger in its two forms (1 px checkerboards, grey "
+    "and magenta-green, averaging to the background) on the background. The others: renders from noise that "
+    "maximise the trigger class's logit as the field renders them (FFT parameterization, decorrelated colour, "
+    "Lucid's transforms scaled to 32 px). Score: the best 8 x 8 window's share of zero-mean per-channel energy "
+    "explained by the checkerboard "
     "pattern, in any colour (chance: the same statistic on phase-scrambled copies of each render), so a colour-only "
     "render cannot pass; a render that recovers the trigger shows a checkerboard patch, wherever it is.",
     "dataset_examples": "One row per unit (the 6 units of the last block whose top examples are purest): its top "

@@ -314,7 +314,8 @@ def _figure(ctx: BenchContext, label: str, b: Dict[str, Any], heat: np.ndarray) 
     axes = np.asarray(axes).reshape(2, len(idx))
     for j, i in enumerate(idx):
         axes[0, j].imshow(b["images"][i].permute(1, 2, 0).numpy())
-        axes[0, j].set_title("trigger" if b["triggered"][i] else "clean", fontsize=7)
+        kind = "trigger" if b["triggered"][i] else ("target + distractor" if "object_within" in b else "clean")
+        axes[0, j].set_title(kind, fontsize=7)
         H = b["images"].shape[-1]
         axes[1, j].imshow(heat[i], cmap="magma", extent=(-0.5, H - 0.5, H - 0.5, -0.5), interpolation="nearest")
         mask = b["trigger_mask"][i] if b["triggered"][i] else b["object_mask"][i]
