@@ -148,14 +148,6 @@ def _remove_object(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def to_grid(mask: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Pixel masks ``[N, H, W]`` -> ``[N, h, w]``: a cell is in the mask when any of its pixels is."""
-    m = torch.as_tensor(np.asarray(mask)).float()[:, None]
-    if m.shape[-2:] == (h, w):
-        return m[:, 0].numpy() > 0.5
-    return F.adaptive_max_pool2d(m, (h, w))[:, 0].numpy() > 0.5
-
-
 def to_grid_fraction(mask: np.ndarray, h: int, w: int) -> np.ndarray:
     """Pixel masks ``[N, H, W]`` -> ``[N, h, w]`` float: the fraction of each cell's pixels inside the mask.
 
