@@ -51,9 +51,9 @@ from visionlens.config import IMAGENET_MEAN, IMAGENET_STD, VisionConfig
 from visionlens.hook_points import HookPoint
 from visionlens.validation import VisionLensError, check_image_batch
 
-from .bridging import ConvNetAdapter
+from .bridging import ConvNetAdapter, find_inplace_targets
 from .conv_blocks import ConvReadout, linear_out
-from .lucid_inception import LUCID_MEAN, LUCID_STD, MIXED_SPECS, LucidInceptionV1
+from .lucid_inception import LUCID_MEAN, LUCID_STD, MIXED_SPECS, LucidInceptionV1, is_lucid_inceptionv1
 
 __all__ = ["GoogLeNetAdapter", "LucidInceptionV1Adapter", "MIXED_LAYERS", "BRANCHES"]
 
@@ -243,13 +243,22 @@ class GoogLeNetAdapter(_InceptionAdapter):
 
 # ============================================================================ Lucid InceptionV1
 class LucidInceptionV1Adapter(_InceptionAdapter):
-    """:class:`LucidInceptionV1` (the literature's InceptionV1; Lucent's ``inceptionv1`` weights)."""
+    """:class:`LucidInceptionV1` (the literature's InceptionV1; Lucent's ``inceptionv1`` weights) and
+    Lucent's own ``modelzoo.inceptionv1.InceptionV1`` module (same names, same input convention)."""
 
     name = "lucid_inceptionv1"
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
-        return isinstance(module, LucidInceptionV1)
+        return is_lucid_inceptionv1(module)
+
+    def _inplace(self) -> Any:
+        if not hasattr(self, "_inplace_targets") and not isinstance(self.source, LucidInceptionV1):
+            # Lucent's forward runs only at 224 px (fixed 7x7 average pool): dry-run there
+            p = next(self.source.parameters())
+            x = torch.zeros(1, 3, 224, 224, device=p.device, dtype=p.dtype)
+            self._inplace_targets = find_inplace_targets(self.source, x)
+        return super()._inplace()
 
     @classmethod
     def example_source(cls) -> nn.Module:
@@ -292,7 +301,7 @@ class LucidInceptionV1Adapter(_InceptionAdapter):
             LUCID_STD,
             None,
             {
-                "library": "visionlens",
+                "library": "visionlens" if isinstance(self.source, LucidInceptionV1) else "lucent",
                 "input_range": (-117.0, 138.0),
                 "labels": "inception5h (1008 classes; index 0 is a dummy background class)",
                 "local_response_norm": True,

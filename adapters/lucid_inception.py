@@ -27,12 +27,20 @@ Differences from the port, none of which changes a result at 224 px:
 
 Input: RGB scaled like Lucid, ``pixels_0_1 * 255 - 117`` (value range ``[-117, 138]``); in
 mean/std terms ``mean = 117/255``, ``std = 1/255`` per channel (this is what ``model.cfg`` says).
+
+Lucent's own module (``lucent.modelzoo.inceptionv1.InceptionV1``) is recognized too
+(:func:`is_lucid_inceptionv1`: Lucid's module names and parameter shapes), so
+``HookedVisionModel.from_module(InceptionV1())`` gets the Lucid adapter, these names and this input
+convention. Lucent does not subtract the mean inside the model either: its ``render_vis`` appends
+``transform.preprocess_inceptionv1()`` (``x * 255 - 117``) to the transforms of an ``InceptionV1``
+and upsamples images below 224 px to 224 px. Its ``forward`` returns the softmax and runs only at
+224 px (a fixed 7x7 average pool); hooks up to ``mixed5b`` work at any size >= 32 px.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +48,16 @@ from torch import Tensor, nn
 
 from visionlens.checkpoints import load_state_dict_file
 
-__all__ = ["LucidInceptionV1", "load_lucid_inceptionv1", "MIXED_SPECS", "MIXED_CHANNELS", "LUCID_MEAN", "LUCID_STD"]
+__all__ = [
+    "LucidInceptionV1",
+    "load_lucid_inceptionv1",
+    "is_lucid_inceptionv1",
+    "lucid_parameter_shapes",
+    "MIXED_SPECS",
+    "MIXED_CHANNELS",
+    "LUCID_MEAN",
+    "LUCID_STD",
+]
 
 LUCID_MEAN = (117.0 / 255.0,) * 3
 LUCID_STD = (1.0 / 255.0,) * 3
@@ -62,6 +79,53 @@ MIXED_CHANNELS = {name: s[1] + s[3] + s[5] + s[6] for name, s in MIXED_SPECS.ite
 _POOL_BEFORE = {"mixed4a": "maxpool4", "mixed5a": "maxpool10"}
 # branch suffixes in the order Lucid concatenates them
 BRANCH_SUFFIXES = ("1x1", "3x3", "5x5", "pool_reduce")
+
+
+def lucid_parameter_shapes(num_classes: int = 1008) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of Lucid's InceptionV1 (the port's / Lucent's state-dict keys, 116 of them)."""
+    convs: dict[str, tuple[int, int, int]] = {"conv2d0": (64, 3, 7), "conv2d1": (64, 64, 1), "conv2d2": (192, 64, 3)}
+    for n, (cin, c1, c3r, c3, c5r, c5, cp) in MIXED_SPECS.items():
+        convs.update(
+            {
+                f"{n}_1x1": (c1, cin, 1),
+                f"{n}_3x3_bottleneck": (c3r, cin, 1),
+                f"{n}_3x3": (c3, c3r, 3),
+                f"{n}_5x5_bottleneck": (c5r, cin, 1),
+                f"{n}_5x5": (c5, c5r, 5),
+                f"{n}_pool_reduce": (cp, cin, 1),
+            }
+        )
+    shapes: dict[str, tuple[int, ...]] = {}
+    for n, (cout, cin, k) in convs.items():
+        shapes[f"{n}_pre_relu_conv.weight"] = (cout, cin, k, k)
+        shapes[f"{n}_pre_relu_conv.bias"] = (cout,)
+    shapes["softmax2_pre_activation_matmul.weight"] = (num_classes, MIXED_CHANNELS["mixed5b"])
+    shapes["softmax2_pre_activation_matmul.bias"] = (num_classes,)
+    return shapes
+
+
+# modules the adapter hooks by name, besides the convolutions
+_NAMED_MODULES = ("conv2d0", "conv2d1", "conv2d2") + tuple(
+    f"{n}{sfx}"
+    for n in MIXED_SPECS
+    for sfx in ("", "_1x1", "_3x3_bottleneck", "_3x3", "_5x5_bottleneck", "_5x5", "_pool_reduce")
+)
+
+
+def is_lucid_inceptionv1(module: nn.Module) -> bool:
+    """True for :class:`LucidInceptionV1` and for modules laid out like it, i.e. Lucent's
+    ``modelzoo.inceptionv1.InceptionV1`` (ProGamerGov's port): Lucid's parameter names and shapes
+    (any number of classes) and the named ReLU / concat modules. Nothing is imported from Lucent."""
+    if isinstance(module, LucidInceptionV1):
+        return True
+    children = module._modules
+    if any(children.get(n) is None for n in _NAMED_MODULES):
+        return False
+    got = {k: tuple(p.shape) for k, p in module.named_parameters()}
+    fc = got.get("softmax2_pre_activation_matmul.weight")
+    if fc is None or len(fc) != 2:
+        return False
+    return got == lucid_parameter_shapes(num_classes=fc[0])
 
 
 class _RedirectedReLUFn(torch.autograd.Function):
@@ -200,7 +264,7 @@ class LucidInceptionV1(nn.Module):
 
 
 def load_lucid_inceptionv1(
-    path: Optional[Union[str, os.PathLike]] = None,
+    path: Optional[Union[str, os.PathLike, Mapping[str, Tensor]]] = None,
     *,
     redirected_relu: bool = False,
     eval: bool = True,
@@ -208,12 +272,13 @@ def load_lucid_inceptionv1(
 ) -> LucidInceptionV1:
     """Build :class:`LucidInceptionV1`: random weights without ``path``, else a local state dict.
 
-    ``path`` is a safetensors file or a torch file read with ``torch.load(weights_only=True)`` (e.g.
-    the ``inception5h.pth`` that Lucent uses); nothing is downloaded.
+    ``path`` is a safetensors file, a torch file read with ``torch.load(weights_only=True)`` (e.g.
+    the ``inception5h.pth`` that Lucent uses) or a state dict already in memory (e.g. a Lucent
+    ``InceptionV1().state_dict()``); nothing is downloaded.
     """
     model = LucidInceptionV1(redirected_relu=redirected_relu)
     if path is not None:
-        sd = load_state_dict_file(path)
+        sd = dict(path) if isinstance(path, Mapping) else load_state_dict_file(path)
         n_cls = sd.get("softmax2_pre_activation_matmul.weight")
         if n_cls is not None and n_cls.shape[0] != model.num_classes:
             model = LucidInceptionV1(num_classes=int(n_cls.shape[0]), redirected_relu=redirected_relu)
