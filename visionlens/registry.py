@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "visionlens.plugins.causal_scrubbing",
     "visionlens.plugins.style_neuron_search",
     "visionlens.plugins.timestep_sweep",
+    "visionlens.plugins.clip_attnpool_dla",
     "visionlens.microscope",  # the `microscope` command
     "visionlens.zoo.plugin",  # zoo: spec, transfer techniques, `zoo` and `bench` commands
 )
