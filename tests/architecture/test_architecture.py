@@ -78,6 +78,7 @@ for _layer, _names in enumerate(
             "visionlens.cli",
             "visionlens.apps",
             "visionlens.offline_weights",
+            "visionlens.scale",
         ],
     ]
 ):

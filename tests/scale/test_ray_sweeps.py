@@ -1,0 +1,154 @@
+"""Sweeps on a local Ray instance equal the in-process sweep: after a killed actor, after a killed driver.
+
+One module-scoped Ray instance (``num_cpus=2``) and a tiny conv net; shards of 2 batches of 2 images.
+Skipped (with the reason) when ray is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import visionlens
+from visionlens.reducers import load_checkpoint
+from visionlens.validation import VisionLensError
+
+ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'visionlens[ray]')")
+from visionlens.scale.ray_backend import RayOptions, run_sweep_on_ray  # noqa: E402
+
+NET_SRC = """
+import torch
+from torch import nn
+def make_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1),
+                         nn.ReLU(), nn.Conv2d(8, 5, 3))
+def make_images():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(22, 3, 16, 16, generator=g)
+    x[3] *= 4  # image 3 tops (and bottoms) many units
+    x[5] = x[3]  # exact ties between images in different shards: the lower index must win
+    x[17] = x[3]
+    return x
+"""
+_ns: dict = {}
+exec(NET_SRC, _ns)
+EXAMPLES = dict(hooks=["2.hook_out", "4.hook_out"], top_k=3, bottom_k=2, batch_size=2, crop_units=0)
+OPTS = RayOptions(num_workers=2, cpus_per_worker=0.5, shard_batches=2)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return visionlens.HookedVisionModel.from_module(_ns["make_net"]()).eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return _ns["make_images"]()
+
+
+@pytest.fixture(scope="module")
+def local_examples(model, images):
+    return visionlens.run("dataset_examples", model, images, **EXAMPLES)
+
+
+def _assert_same(a, b):
+    assert set(a.tensors) == set(b.tensors)
+    for k in b.tensors:
+        assert a.tensors[k].dtype == b.tensors[k].dtype, k
+        assert torch.equal(a.tensors[k], b.tensors[k]), k
+
+
+def test_dataset_examples_equal_after_an_actor_is_killed(cluster, model, images, local_examples, tmp_path):
+    marker = tmp_path / "crash-once"
+    marker.write_text("")
+    res = run_sweep_on_ray("dataset_examples", model, images, OPTS, crash_at=(8, str(marker)), **EXAMPLES)
+    assert not marker.exists()  # the actor that took shard [8, 12) removed it and SIGKILLed itself
+    assert res.meta["backend"]["shards"] == res.meta["backend"]["shards_run"] == 6
+    _assert_same(res, local_examples)
+    # images 3, 5 and 17 (three shards) are exact copies: the ties are ordered by image index
+    idx = res.tensors["4.hook_out/top_index"]
+    tied = idx[:, 0] == 3
+    assert tied.any() and (idx[tied] == torch.tensor([3, 5, 17])).all()
+
+
+def test_activation_stats_moments_and_topk(cluster, model, images):
+    cfg = dict(hooks=["2.hook_out"], batch_size=2, top_k=4, figure_units=0)
+    res = visionlens.run("activation_stats", model, images, backend="ray", **cfg)
+    ref = visionlens.run("activation_stats", model, images, **cfg)
+    assert res.meta["backend"]["name"] == "ray" and res.meta["n_images"] == ref.meta["n_images"] == 22
+    for k in ("topk_index", "topk_location", "topk_values", "frac_active", "min", "max"):
+        assert torch.equal(res.tensors[f"2.hook_out/{k}"], ref.tensors[f"2.hook_out/{k}"]), k
+    for k in ("mean", "std"):
+        a, b = res.tensors[f"2.hook_out/{k}"].double(), ref.tensors[f"2.hook_out/{k}"].double()
+        assert float((a - b).abs().max()) <= 1e-6, k
+
+
+DRIVER = """
+import sys, warnings, torch
+torch.set_num_threads(1)
+warnings.simplefilter("ignore")
+import ray, visionlens
+from visionlens.scale.ray_backend import RayOptions, run_sweep_on_ray
+{src}
+ray.init(address=sys.argv[1], log_to_driver=False, configure_logging=False)
+model = visionlens.HookedVisionModel.from_module(make_net()).eval()
+run_sweep_on_ray("dataset_examples", model, make_images(), RayOptions(num_workers=1, cpus_per_worker=0.5,
+                 shard_batches=2), stop_after=2, checkpoint=sys.argv[2], **{examples!r})
+print("not killed", flush=True)
+"""
+
+
+def test_killed_driver_resumes_from_committed_shards(cluster, model, images, local_examples, tmp_path):
+    ckpt = tmp_path / "sweep.safetensors"
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER.format(src=textwrap.dedent(NET_SRC), examples=EXAMPLES))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(script), cluster, str(ckpt)], capture_output=True, text=True, timeout=240, env=env
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-2000:]
+    committed = sorted(p.name for p in (tmp_path / "sweep.safetensors.shards").glob("shard-*.safetensors"))
+    assert 2 <= len(committed) < 6 and not ckpt.exists()
+    res = run_sweep_on_ray("dataset_examples", model, images, OPTS, checkpoint=str(ckpt), **EXAMPLES)
+    assert res.meta["backend"]["shards_run"] == 6 - len(committed)
+    assert res.meta["resumed_from"] == 4 * len(committed)
+    _assert_same(res, local_examples)
+    # the merged checkpoint is an ordinary in-process checkpoint: resuming from it changes nothing
+    assert load_checkpoint(ckpt)[1]["next_index"] == 22
+    again = visionlens.run("dataset_examples", model, images, checkpoint=str(ckpt), **EXAMPLES)
+    _assert_same(again, local_examples)
+
+
+def test_ray_backend_refuses_what_it_cannot_shard(cluster, model, images, tmp_path):
+    with pytest.raises(VisionLensError, match="not a checkpointable dataset sweep"):
+        visionlens.run("attention_patterns", model, images, backend="ray")
+    with pytest.raises(VisionLensError, match="Unknown backend 'dask'"):
+        visionlens.run("dataset_examples", model, images, backend="dask")
+    with pytest.raises(VisionLensError, match="known length"):
+        visionlens.run("dataset_examples", model, iter([images[:2]]), backend="ray", **EXAMPLES)
+    ckpt = tmp_path / "c.safetensors"
+    (tmp_path / "c.safetensors.shards").mkdir()
+    (tmp_path / "c.safetensors.shards" / "plan.json").write_text('{"other": 1}')
+    with pytest.raises(VisionLensError, match="belongs to a different sweep"):
+        run_sweep_on_ray("dataset_examples", model, images, OPTS, checkpoint=str(ckpt), **EXAMPLES)

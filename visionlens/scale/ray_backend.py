@@ -1,0 +1,322 @@
+"""The ``ray`` backend: a checkpointable sweep as a Ray Data pipeline, and independent tasks on Ray.
+
+:func:`run_sweep_on_ray` runs ``activation_stats`` / ``dataset_examples`` (any checkpointable sweep,
+see :mod:`visionlens.scale.shards`) as::
+
+    shards (batch-aligned [start, stop) ranges not yet committed)
+      -> map_batches(read)             Ray Data tasks: read + preprocess one shard's images (CPU)
+      -> map_batches(ShardWorker)      actors, one model copy each (CPU or GPU): the analysis's own
+                                       ``run`` over the shard -> the shard's reducer checkpoint
+      -> driver: commit each shard file atomically, merge all shards in order, assemble the result
+         (figures and crops) with the analysis's own resume path.
+
+Fault tolerance: worker actors restart and Ray Data retries the shard that was in flight on a dead
+actor; the driver commits a shard once (a duplicate delivery is dropped) and checks that the
+committed shards tile the dataset exactly, so nothing is lost or counted twice. With
+``checkpoint=PATH`` the committed shards live in ``PATH.shards/``; a driver killed at any point
+resumes from them. :func:`map_on_ray` runs independent picklable jobs as Ray tasks (the transfer
+table's cells).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
+
+import numpy as np
+import torch
+
+from visionlens.analysis import analysis_config_class, config_to_dict, make_config
+from visionlens.data import Images
+from visionlens.hooked_model import HookedVisionModel
+from visionlens.loading import load
+from visionlens.plugins.dataset_examples import as_example_images
+from visionlens.registry import get_analysis
+from visionlens.runner import register_backend, run
+from visionlens.validation import VisionLensError
+
+from .shards import (
+    CPUPreprocessor,
+    Shard,
+    ShardImages,
+    ShardStore,
+    check_sweep_config,
+    merge_shards,
+    plan_shards,
+    read_shard,
+    write_merged,
+)
+
+__all__ = ["RayOptions", "ray_available", "ensure_ray", "run_sweep_on_ray", "map_on_ray"]
+
+T = TypeVar("T")
+
+
+def ray_available() -> bool:
+    """Whether ``ray`` (with Ray Data) can be imported."""
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def ensure_ray(address: Optional[str] = None, **init_kwargs: Any) -> Any:
+    """Import ray and connect: to ``address`` (``"auto"`` or ``"ray://host:10001"``) or a new local instance.
+
+    An already initialised Ray is reused as it is. Returns the ``ray`` module.
+    """
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise VisionLensError(
+            "The ray backend needs Ray: pip install 'visionlens[ray]' (or 'ray[data]>=2.9')."
+        ) from None
+    if not ray.is_initialized():
+        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        kw.update(init_kwargs)
+        ray.init(address=address, **kw)
+    return ray
+
+
+@dataclass
+class RayOptions:
+    """How a sweep runs on Ray.
+
+    ``num_workers`` model actors (default: the cluster's GPUs when ``gpus_per_worker > 0``, else its
+    CPUs minus one, at least 1); ``cpus_per_worker`` (default: an equal share of the CPUs left after
+    half a CPU for the read tasks, at most 1); ``gpus_per_worker`` (0 = CPU actors); ``shard_batches``
+    batches per shard (the unit of commit and retry); ``read_cpus`` per read task.
+    """
+
+    address: Optional[str] = None
+    num_workers: Optional[int] = None
+    cpus_per_worker: Optional[float] = None
+    gpus_per_worker: float = 0.0
+    shard_batches: int = 4
+    read_cpus: float = 0.5
+
+
+# ----------------------------------------------------------------------------- Ray Data stages
+def _read_stage(batch: dict[str, np.ndarray], images_ref: Any, pre_ref: Any, batch_size: int) -> dict[str, Any]:
+    """Read + preprocess the shards of a Ray Data batch (one shard per row)."""
+    import ray
+
+    images, pre = ray.get(images_ref), ray.get(pre_ref)
+    pixels = [read_shard(images, pre, (int(s), int(e)), batch_size) for s, e in zip(batch["start"], batch["stop"])]
+    return {"start": batch["start"], "stop": batch["stop"], "pixels": pixels}
+
+
+class ShardWorker:
+    """A Ray actor with one model copy: runs the analysis over each shard it is given.
+
+    ``crash_at`` is a fault-injection hook for tests: ``(shard start, marker file)``; the first actor
+    to reach that shard while the marker exists removes it and kills its own process (SIGKILL).
+    """
+
+    def __init__(
+        self,
+        model_ref: Any,
+        name: str,
+        config: dict[str, Any],
+        n_images: int,
+        crash_at: Optional[tuple[int, str]] = None,
+    ) -> None:
+        import ray
+
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        model = ray.get(model_ref)
+        model = load(model) if isinstance(model, str) else model
+        if ray.get_gpu_ids() and torch.cuda.is_available():
+            model = model.to("cuda")
+        self.model = model.eval()
+        self.name = name
+        self.config = config
+        self.n_images = n_images
+        self.crash_at = crash_at
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        payloads = []
+        for s, e, px in zip(batch["start"], batch["stop"], batch["pixels"]):
+            payloads.append(self._shard(int(s), int(e), np.array(px, copy=True)))
+        return {"start": batch["start"], "stop": batch["stop"], "state": np.array(payloads, dtype=object)}
+
+    def _shard(self, start: int, stop: int, pixels: np.ndarray) -> bytes:
+        if self.crash_at is not None and start == self.crash_at[0]:
+            try:
+                os.remove(self.crash_at[1])
+            except FileNotFoundError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
+        if len(pixels) != stop - start:
+            raise VisionLensError(f"Shard [{start}, {stop}) arrived with {len(pixels)} images.")
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = os.path.join(tmp, "shard.safetensors")
+            images = ShardImages(torch.from_numpy(pixels), start, self.n_images)
+            run(self.name, self.model, images, **dict(self.config, checkpoint=ckpt))
+            return Path(ckpt).read_bytes()
+
+
+# ----------------------------------------------------------------------------- the sweep
+def _cpu_model(model: HookedVisionModel) -> HookedVisionModel:
+    return model if model.device.type == "cpu" else copy.deepcopy(model).cpu()
+
+
+def _worker_plan(ray: Any, opts: RayOptions) -> tuple[int, float]:
+    res = ray.cluster_resources()
+    cpus = float(res.get("CPU", 1.0))
+    if opts.num_workers is not None:
+        n = int(opts.num_workers)
+    elif opts.gpus_per_worker > 0:
+        n = max(1, int(float(res.get("GPU", 0.0)) / opts.gpus_per_worker))
+    else:
+        n = max(1, int(cpus) - 1)
+    if n < 1:
+        raise VisionLensError(f"num_workers must be >= 1, got {n}.")
+    per = opts.cpus_per_worker
+    if per is None:
+        per = max(0.05, min(1.0, (cpus - opts.read_cpus) / n))
+    return n, float(per)
+
+
+def run_sweep_on_ray(
+    name: str,
+    model: Any,
+    inputs: Any,
+    options: Optional[RayOptions] = None,
+    crash_at: Optional[tuple[int, str]] = None,
+    stop_after: Optional[int] = None,
+    **config: Any,
+) -> Any:
+    """Run sweep analysis ``name`` on Ray; returns the same result as ``visionlens.run(name, model, inputs, **config)``.
+
+    ``options``: a :class:`RayOptions`. ``crash_at`` / ``stop_after`` inject faults for tests: kill
+    the worker actor that starts shard ``crash_at[0]`` once; SIGKILL the driver after ``stop_after``
+    newly committed shards.
+    """
+    opts = options or RayOptions()
+    analysis = get_analysis(name)
+    cfg_cls = analysis_config_class(analysis)
+    cfg = make_config(cfg_cls, config, owner=name)
+    check_sweep_config(name, cfg)
+    if isinstance(model, str):
+        model = load(model)
+    elif isinstance(model, torch.nn.Module) and not isinstance(model, HookedVisionModel):
+        model = HookedVisionModel.from_module(model)
+    images: Images = as_example_images(inputs)
+    n = images.length
+    if n is None:
+        raise VisionLensError(
+            f"The ray backend needs a dataset of known length (a folder, a list, a tensor or a map-style dataset); "
+            f"got {images!r}. Stream it in-process instead."
+        )
+    total = n if cfg.max_images is None else min(n, cfg.max_images)
+    shards = plan_shards(total, cfg.batch_size, opts.shard_batches)
+    values = config_to_dict(cfg, jsonable=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        final = cfg.checkpoint or os.path.join(tmp, "merged.safetensors")
+        store = ShardStore(
+            f"{final}.shards",
+            {"analysis": name, "n_images": n, "total": total, "batch_size": cfg.batch_size, "shards": len(shards)},
+        )
+        before = set(store.committed())
+        todo = [s for s in shards if s not in before]
+        if todo:
+            _execute(name, model, images, values, n, todo, store, opts, crash_at, stop_after)
+        committed = store.committed()
+        if committed != shards:
+            missing = sorted(set(shards) - set(committed))
+            raise VisionLensError(f"The ray sweep ended with {len(missing)} shards missing (first: {missing[:3]}).")
+        reducers, meta = merge_shards([store.path(s) for s in committed], committed)
+        write_merged(final, reducers, meta)
+        result = run(name, model, images, **dict(values, checkpoint=final))
+    if "resumed_from" in result.meta:
+        result.meta["resumed_from"] = sum(e - s for s, e in before)
+    result.meta["backend"] = {
+        "name": "ray",
+        "shards": len(shards),
+        "shards_run": len(todo),
+        "shard_images": cfg.batch_size * opts.shard_batches,
+    }
+    return result
+
+
+def _execute(
+    name: str,
+    model: HookedVisionModel,
+    images: Images,
+    values: dict[str, Any],
+    n_images: int,
+    todo: list[Shard],
+    store: ShardStore,
+    opts: RayOptions,
+    crash_at: Optional[tuple[int, str]],
+    stop_after: Optional[int],
+) -> None:
+    ray = ensure_ray(opts.address)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    n_workers, cpus = _worker_plan(ray, opts)
+    model_ref = ray.put(_cpu_model(model))
+    images_ref = ray.put(images)
+    pre_ref = ray.put(CPUPreprocessor(model.cfg))
+    worker_cfg = {k: v for k, v in values.items() if k != "checkpoint"}
+    if "checkpoint_every" in worker_cfg:
+        worker_cfg["checkpoint_every"] = 1 << 30  # one save, at the end of the shard
+    ds = ray.data.from_items([{"start": s, "stop": e} for s, e in todo], override_num_blocks=len(todo))
+    ds = ds.map_batches(
+        _read_stage,
+        batch_size=1,
+        num_cpus=opts.read_cpus,
+        fn_kwargs={"images_ref": images_ref, "pre_ref": pre_ref, "batch_size": values["batch_size"]},
+    )
+    ds = ds.map_batches(
+        ShardWorker,
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=n_workers),
+        num_cpus=cpus,
+        num_gpus=opts.gpus_per_worker or None,
+        fn_constructor_kwargs={
+            "model_ref": model_ref,
+            "name": name,
+            "config": worker_cfg,
+            "n_images": n_images,
+            "crash_at": crash_at,
+        },
+    )  # Ray Data's actor pools restart dead actors and retry their tasks (max_restarts = max_task_retries = -1)
+    new = 0
+    for row in ds.iter_rows():
+        if store.commit((int(row["start"]), int(row["stop"])), bytes(row["state"])):
+            new += 1
+            if stop_after is not None and new >= stop_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+def map_on_ray(
+    fn: Callable[[Any], T], jobs: Sequence[Any], address: Optional[str] = None, num_cpus: float = 1.0
+) -> Iterator[tuple[Any, T]]:
+    """Run ``fn(job)`` for every job as a Ray task (retried if its worker dies); yields ``(job, result)`` as done."""
+    ray = ensure_ray(address)
+    remote = ray.remote(num_cpus=num_cpus, max_retries=3)(fn)
+    pending = {remote.remote(job): job for job in jobs}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            job = pending.pop(ref)
+            yield job, ray.get(ref)
+
+
+def _sweep_backend(name: str, model: Any, inputs: Any, address: Optional[str] = None, **config: Any) -> Any:
+    return run_sweep_on_ray(name, model, inputs, RayOptions(address=address), **config)
+
+
+register_backend("ray", _sweep_backend)
