@@ -25,7 +25,7 @@ from typing import Any, NoReturn, Optional, Sequence
 from .adapters import available_adapters
 from .analysis import analysis_config_class, describe_config, parse_set_options
 from .apps import dict_cmd
-from .commands import add_model_options, csv_list, load_model, positive_int, print_table
+from .commands import add_backend_options, add_model_options, csv_list, load_model, positive_int, print_table
 from .data import as_images
 from .registry import (
     analysis_origin,
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--image-size", type=positive_int, default=None, metavar="N", help="model input size N x N")
     add_model_options(r)
+    add_backend_options(r)
     r.set_defaults(handler=_cmd_run)
     _add_dict_commands(sub)
     register_commands(sub)  # plugin commands (microscope, zoo, bench, third-party), same hook for all
@@ -216,7 +217,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     images = as_images(args.images) if args.images is not None else None
     with thread_policy():  # the idle cores, or the user's OMP_NUM_THREADS / VISIONLENS_THREADS (visionlens.threads)
         model = load_model(args.model, args.image_size, args.pretrained, args.model_args)
-        result = run(args.name, model, images, **config)
+        result = run(args.name, model, images, backend=args.backend, address=args.address, **config)
         out = result.save(args.out)
     files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     print(f"{args.name}: wrote {out} ({', '.join(files)})")

@@ -16,7 +16,15 @@ from .hooked_model import HookedVisionModel
 from .loading import load
 from .validation import RandomWeightsWarning, VisionLensError
 
-__all__ = ["add_model_options", "load_model", "parse_model_args", "positive_int", "csv_list", "print_table"]
+__all__ = [
+    "add_model_options",
+    "add_backend_options",
+    "load_model",
+    "parse_model_args",
+    "positive_int",
+    "csv_list",
+    "print_table",
+]
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -35,6 +43,23 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="extra keyword for the model constructor (JSON value or string), e.g. num_classes=10",
+    )
+
+
+def add_backend_options(p: argparse.ArgumentParser) -> None:
+    """Add ``--backend local|ray`` and ``--address`` (an existing Ray cluster; default: a local instance)."""
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="where the sweep runs: this process (default) or Ray (pip install 'visionlens[ray]'; same results)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster to join with --backend ray ('auto', 'HOST:6379' or 'ray://HOST:10001'); "
+        "default: start a local instance",
     )
 
 

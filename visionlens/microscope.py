@@ -32,12 +32,14 @@ import torch
 from PIL import Image
 
 from . import weights as vw
-from .commands import add_model_options, load_model
+from .analysis import config_to_dict
+from .commands import add_backend_options, add_model_options, load_model
 from .data import as_images
 from .featurevis import render
 from .hookspecs import hookimpl
 from .plugins.dataset_examples import DatasetExamples
 from .reducers import atomic_write_bytes
+from .runner import run
 from .validation import VisionLensError
 
 if TYPE_CHECKING:
@@ -105,13 +107,16 @@ def build_microscope(
     crop_size: int = 48,
     title: Optional[str] = None,
     progress: bool = False,
+    backend: str = "local",
+    address: Optional[str] = None,
 ) -> Path:
     """Build the static site for ``layers`` of ``model`` over ``images``; returns the ``out`` folder.
 
     ``units_per_layer`` units (channels ``0..n-1``) get a page per layer; ``fv_steps`` feature
     visualization steps per unit (0 = no feature visualization) at ``fv_size`` pixels (default: the
     model's input size, else 64); ``top_k`` / ``bottom_k`` dataset examples; ``connections`` top
-    inputs / outputs listed per unit; ``checkpoint`` makes the dataset sweep resumable.
+    inputs / outputs listed per unit; ``checkpoint`` makes the dataset sweep resumable; ``backend="ray"``
+    runs the dataset sweep on Ray (``address``: an existing cluster) with the same result.
     """
     if units_per_layer < 1:
         raise VisionLensError(f"microscope: units_per_layer must be >= 1, got {units_per_layer}.")
@@ -141,7 +146,10 @@ def build_microscope(
             crop_units=units_per_layer,
             crop_size=crop_size,
         )
-        ex = analysis.run(model, images, cfg)
+        if backend == "local":
+            ex = analysis.run(model, images, cfg)
+        else:
+            ex = run(analysis.name, model, images, backend=backend, address=address, **config_to_dict(cfg, False))
         units = {h: list(range(min(units_per_layer, ex.n_units(h)))) for h in hooks}
         # 2. connections between consecutive chosen layers (expanded weights of the linearized model)
         links: dict[int, Optional[torch.Tensor]] = {}
@@ -330,6 +338,7 @@ def add_microscope_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, metavar="FILE", help="resumable dataset sweep checkpoint")
     p.add_argument("--image-size", type=int, default=None, metavar="N", help="model input size N x N")
     add_model_options(p)
+    add_backend_options(p)
     p.set_defaults(handler=run_microscope_command)
     return p
 
@@ -361,6 +370,8 @@ def run_microscope_command(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_images=args.max_images,
         checkpoint=args.checkpoint,
+        backend=args.backend,
+        address=args.address,
     )
     n = sum(1 for _ in out.rglob("*.html"))
     print(f"microscope: wrote {n} pages to {out} (open {out / 'index.html'})")
