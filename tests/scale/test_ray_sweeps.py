@@ -6,6 +6,7 @@ Skipped (with the reason) when ray is not installed.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -152,3 +153,22 @@ def test_ray_backend_refuses_what_it_cannot_shard(cluster, model, images, tmp_pa
     (tmp_path / "c.safetensors.shards" / "plan.json").write_text('{"other": 1}')
     with pytest.raises(VisionLensError, match="belongs to a different sweep"):
         run_sweep_on_ray("dataset_examples", model, images, OPTS, checkpoint=str(ckpt), **EXAMPLES)
+
+
+def test_transfer_cells_as_ray_tasks_match_the_local_run(cluster, tmp_path):
+    from visionlens.zoo.bench import run_transfer
+
+    sel = dict(families=["resnet"], techniques=["gradient_x_input", "dla_heatmap"], quick=True, sanity=True)
+    run_transfer(tmp_path / "local", workers=1, **sel)
+    run_transfer(tmp_path / "ray", backend="ray", address=cluster, **sel)
+    local = json.loads((tmp_path / "local" / "results.json").read_text())
+    remote = json.loads((tmp_path / "ray" / "results.json").read_text())
+    assert local["settings"] == remote["settings"] and len(local["rows"]) == len(remote["rows"]) == 4
+
+    def cells(payload):
+        return [{k: v for k, v in r.items() if k not in ("seconds", "figures")} for r in payload["rows"]]
+
+    assert cells(remote) == cells(local)
+    assert all(r["score"] is not None for r in remote["rows"])
+    for a, b in zip(local["rows"], remote["rows"]):  # the same figures, written under each run's own folder
+        assert sorted(a.get("figures") or {}) == sorted(b.get("figures") or {})

@@ -14,8 +14,7 @@ Fault tolerance: worker actors restart and Ray Data retries the shard that was i
 actor; the driver commits a shard once (a duplicate delivery is dropped) and checks that the
 committed shards tile the dataset exactly, so nothing is lost or counted twice. With
 ``checkpoint=PATH`` the committed shards live in ``PATH.shards/``; a driver killed at any point
-resumes from them. :func:`map_on_ray` runs independent picklable jobs as Ray tasks (the transfer
-table's cells).
+resumes from them.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -40,6 +39,7 @@ from visionlens.registry import get_analysis
 from visionlens.runner import register_backend, run
 from visionlens.validation import VisionLensError
 
+from .cluster import ensure_ray
 from .shards import (
     CPUPreprocessor,
     Shard,
@@ -52,38 +52,7 @@ from .shards import (
     write_merged,
 )
 
-__all__ = ["RayOptions", "ray_available", "ensure_ray", "run_sweep_on_ray", "map_on_ray"]
-
-T = TypeVar("T")
-
-
-def ray_available() -> bool:
-    """Whether ``ray`` (with Ray Data) can be imported."""
-    try:
-        import ray  # noqa: F401
-        import ray.data  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def ensure_ray(address: Optional[str] = None, **init_kwargs: Any) -> Any:
-    """Import ray and connect: to ``address`` (``"auto"`` or ``"ray://host:10001"``) or a new local instance.
-
-    An already initialised Ray is reused as it is. Returns the ``ray`` module.
-    """
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise VisionLensError(
-            "The ray backend needs Ray: pip install 'visionlens[ray]' (or 'ray[data]>=2.9')."
-        ) from None
-    if not ray.is_initialized():
-        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-        kw.update(init_kwargs)
-        ray.init(address=address, **kw)
-    return ray
+__all__ = ["RayOptions", "run_sweep_on_ray", "ShardWorker"]
 
 
 @dataclass
@@ -299,20 +268,6 @@ def _execute(
             new += 1
             if stop_after is not None and new >= stop_after:
                 os.kill(os.getpid(), signal.SIGKILL)
-
-
-def map_on_ray(
-    fn: Callable[[Any], T], jobs: Sequence[Any], address: Optional[str] = None, num_cpus: float = 1.0
-) -> Iterator[tuple[Any, T]]:
-    """Run ``fn(job)`` for every job as a Ray task (retried if its worker dies); yields ``(job, result)`` as done."""
-    ray = ensure_ray(address)
-    remote = ray.remote(num_cpus=num_cpus, max_retries=3)(fn)
-    pending = {remote.remote(job): job for job in jobs}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            job = pending.pop(ref)
-            yield job, ray.get(ref)
 
 
 def _sweep_backend(name: str, model: Any, inputs: Any, address: Optional[str] = None, **config: Any) -> Any:

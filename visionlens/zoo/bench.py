@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..registry import collect_transfer_techniques, plugin_manager, record_error
+from ..scale.cluster import map_on_ray
 from ..serialize import atomic_write_bytes
 from ..threads import rebalance_threads
 from ..validation import VisionLensError
@@ -130,6 +131,8 @@ def run_transfer(
     workers: Optional[int] = 1,
     cascade: Optional[bool] = None,
     weights: Union[str, Path, None] = None,
+    backend: str = "local",
+    address: Optional[str] = None,
 ) -> List[Dict[str, Any]]:
     """Run the benchmark; writes ``results.json`` / ``results.md`` / ``index.html`` into ``out_dir``.
 
@@ -150,6 +153,8 @@ def run_transfer(
     ``visionlens zoo train NAME --seed S --out DIR`` writes them) to score instead of the shipped ones: the
     other training seeds of the statistics. Each row records the card's training seed as ``model_seed``
     (0 for the shipped models); a model missing from the folder is a row that says so.
+    ``backend="ray"``: every (model, technique) cell at this seed is a Ray task (``address``: an existing
+    cluster, default a local instance; ``workers`` is then ignored); the cells are the local run's.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,7 +220,18 @@ def run_transfer(
     if changed is not None:
         say(f"threads: {changed.describe()}")
     n_workers = min(len(jobs), max(1, torch.get_num_threads() if workers is None else int(workers)))
-    if n_workers > 1:
+    if backend == "ray":
+        cells = [replace(job, techniques=(name,)) for job in jobs for name in job.techniques]
+        say(f"scoring {len(cells)} cells as Ray tasks")
+        leftover = []
+        for cell, (messages, missing) in map_on_ray(_cell_on_ray, cells, address):
+            for kind, payload in messages:
+                emit(kind, payload)
+            if missing:
+                leftover.append(replace(cell, techniques=tuple(missing)))
+    elif backend != "local":
+        raise VisionLensError(f"Unknown backend {backend!r}; expected 'local' or 'ray'.")
+    elif n_workers > 1:
         cost = {e.name: e.bench_cost for e in zoo}
         jobs.sort(key=lambda j: -cost[j.name] * len(j.techniques))  # costliest first
         say(f"scoring {len(jobs)} zoo models in {n_workers} worker processes (1 torch thread each)")
@@ -368,6 +384,18 @@ def _worker_score(job: _EntryJob) -> List[str]:
         return list(job.techniques)
     _score_entry(entry, todo, job, lambda kind, payload: _WORKER_QUEUE.put((job.name, kind, payload)))
     return missing
+
+
+def _cell_on_ray(job: _EntryJob) -> Tuple[List[Tuple[str, Any]], List[str]]:
+    """A Ray task: score ``job`` (one cell); returns its ``emit`` messages and the techniques this worker lacks."""
+    torch.set_num_threads(1)
+    known = {t.name: t for t in all_techniques()}
+    entry = entries().get(job.name)
+    if entry is None:
+        return [], list(job.techniques)
+    messages: List[Tuple[str, Any]] = []
+    _score_entry(entry, [known[n] for n in job.techniques if n in known], job, lambda k, p: messages.append((k, p)))
+    return messages, [n for n in job.techniques if n not in known]
 
 
 def _run_in_workers(jobs: Sequence[_EntryJob], n_workers: int, emit: Emit) -> List[_EntryJob]:

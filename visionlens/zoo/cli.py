@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..commands import csv_list
+from ..commands import add_backend_options, csv_list
 from ..threads import thread_policy
 from ..validation import VisionLensError
 from .bench import run_transfer
@@ -122,6 +122,7 @@ def add_zoo_subcommands(subparsers: Any) -> None:
         "full table, off with --quick)",
     )
     bt.add_argument("-q", "--quiet", action="store_true", help="no per-cell progress on stderr")
+    add_backend_options(bt)
 
 
 def run_zoo_command(args: argparse.Namespace) -> int:
@@ -201,6 +202,8 @@ def run_bench_command(args: argparse.Namespace) -> int:
             workers=args.workers,
             cascade=args.cascade,
             weights=args.weights,
+            backend=args.backend,
+            address=args.address,
         )
     print(markdown_table(rows))
     print(f"wrote {args.out}/results.json, results.md, index.html")
