@@ -2,6 +2,7 @@
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -131,3 +132,173 @@ def test_weights_plugin(tmp_path):
     assert len(ins) == 3 and ins[0][0] == int(torch.argmax(vw.channel_strengths(net[4])[1]))
     out = res.save(tmp_path / "w")
     assert (out / "index.html").exists() and (out / "result.json").exists()
+
+
+# ----------------------------------------------------------------------------- the linear path (issue 16, item 7)
+class _Functional(nn.Module):
+    """1x1 convs joined by *functional* nonlinearities and pooling, as torchvision's GoogLeNet writes them."""
+
+    def __init__(self, act):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 5, 1), nn.Conv2d(5, 6, 1)
+        self.act = act
+
+    def forward(self, x):
+        x = self.act(self.a(x))
+        x = F.max_pool2d(self.act(self.b(x)), 3, stride=1, padding=1, ceil_mode=True)
+        return self.c(x)
+
+
+def _rel(m, a, b, **kw):
+    x1 = torch.rand(1, 3, 7, 7, generator=torch.Generator().manual_seed(0)) * 4 - 2
+    j0 = vw.expanded_weights(m, a, b, x=torch.zeros(1, 3, 7, 7), **kw).jacobian
+    j1 = vw.expanded_weights(m, a, b, x=x1, **kw).jacobian
+    return float((j0 - j1).norm() / max(j0.norm(), j1.norm())), j1
+
+
+@pytest.mark.parametrize("act", [F.relu, F.gelu, lambda x: F.relu(x, inplace=True), nn.SiLU()])
+def test_linear_path_through_functional_ops_is_input_independent_and_exact(act):
+    torch.manual_seed(0)
+    net = _Functional(act)
+    m = _wrap(net)
+    rel, j = _rel(m, "a.hook_out", "c.hook_out", reduce="centre")
+    assert rel == 0.0  # bit-identical: only constants enter the linear path
+    # exact convention: rectifier -> identity, max-pool -> mean over the window's real positions
+    W1, W2 = net.b.weight[:, :, 0, 0].double(), net.c.weight[:, :, 0, 0].double()
+    assert torch.allclose(j[:, :, 3, 3].double(), (W2 @ W1) / 9, atol=1e-6)  # interior window: 9 positions
+    assert torch.allclose(j[:, :, 2, 4].double(), (W2 @ W1) / 9, atol=1e-6)
+    assert float(j[:, :, 1].abs().max()) == 0.0  # outside the centre's window
+
+
+def test_linear_path_through_lucid_modules():
+    from visionlens.adapters.lucid_inception import LucidReLU, SameMaxPool2d
+
+    torch.manual_seed(1)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 1), LucidReLU(), SameMaxPool2d(3, 1, (1, 1, 1, 1)), nn.Conv2d(4, 5, 1), LucidReLU()
+    )
+    m = _wrap(net)
+    rel, j = _rel(m, "0.hook_out", "4.hook_out", reduce="centre")
+    assert rel == 0.0
+    # the -inf padding is excluded from the mean (max-pooling never picks it): corner windows have 4 positions
+    W = net[3].weight[:, :, 0, 0].double()
+    assert torch.allclose(j[:, :, 2, 2].double(), W / 9, atol=1e-6)
+    ew_corner = vw.expanded_weights(m, "0", "4", reduce="mean", image_size=7)
+    full = torch.zeros(7, 7, dtype=torch.float64)
+    for y in range(7):  # each output location averages its window's real positions; mean over 49 outputs
+        for x in range(7):
+            ys, xs = range(max(y - 1, 0), min(y + 2, 7)), range(max(x - 1, 0), min(x + 2, 7))
+            for u in ys:
+                for v in xs:
+                    full[u, v] += 1.0 / (len(ys) * len(xs)) / 49
+    assert torch.allclose(ew_corner.jacobian.double(), W[:, :, None, None] * full, atol=1e-7)
+    assert ew_corner.conventions == {"relu -> identity": 2, "max_pool2d -> mean over the window": 1}
+
+
+class _Refused(nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)
+        self.norm = nn.LocalResponseNorm(3, k=1.0) if kind == "lrn" else nn.GroupNorm(1, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.kind in ("lrn", "groupnorm"):
+            h = self.norm(h)
+        elif self.kind == "se":
+            h = h * torch.sigmoid(h.mean((2, 3), keepdim=True))
+        elif self.kind == "gate":  # multiplied by something computed from the image, not from the source map
+            h = h * x.mean(1, keepdim=True)
+        elif self.kind == "square":
+            h = h * h
+        elif self.kind == "redirected":
+            from visionlens.adapters.lucid_inception import LucidReLU
+
+            h = LucidReLU(redirected=True)(h)
+        return self.b(h)
+
+
+@pytest.mark.parametrize(
+    "kind, words",
+    [
+        ("lrn", ["local_response_norm", "'norm' (LocalResponseNorm)", "norms='no_scale'"]),
+        ("groupnorm", ["group_norm", "'norm' (GroupNorm)"]),
+        ("se", ["sigmoid"]),
+        ("gate", ["'mul' combines the map with another input-dependent tensor"]),
+        ("square", ["multiplies the map by itself"]),
+        ("redirected", ["clamp"]),
+    ],
+)
+def test_input_dependent_ops_are_refused_by_name(kind, words):
+    torch.manual_seed(0)
+    net = _Refused(kind)
+    m = _wrap(net)
+    x = torch.rand(1, 3, 5, 5)
+    before = m(x)
+    with pytest.raises(vw.InputDependentError) as e:
+        vw.expanded_weights(m, "a", "b", image_size=5)
+    for w in words:
+        assert w in str(e.value)
+    # nothing left behind: no hooks, parameters train again, same outputs
+    assert all(not hp._forward_hooks for hp in m.hook_dict.values())
+    assert all(p.requires_grad for p in net.parameters())
+    assert torch.equal(m(x), before)
+
+
+def test_no_scale_norms_are_a_stated_linear_convention():
+    torch.manual_seed(0)
+    for kind in ("lrn", "groupnorm"):
+        net = _Refused(kind)
+        m = _wrap(net)
+        rel, j = _rel(m, "a.hook_out", "b.hook_out", reduce="mean", norms="no_scale")
+        assert rel == 0.0
+        W = net.b.weight[:, :, 0, 0].double()
+        if kind == "lrn":  # the division dropped: identity (Lucid's k = 1 makes this the tangent at zero)
+            expect = W
+        else:  # GroupNorm(1 group): centring over (C, H, W), then the per-channel gain
+            g = net.norm.weight.double()
+            expect = W @ (torch.diag(g) @ (torch.eye(4, dtype=torch.float64) - 1.0 / 4))
+        assert torch.allclose(j.sum((-2, -1)).double(), expect, atol=1e-6)
+
+
+def test_lucid_inceptionv1_expanded_weights_do_not_depend_on_the_image():
+    from visionlens.adapters.lucid_inception import LucidInceptionV1
+
+    torch.manual_seed(0)
+    m = _wrap(LucidInceptionV1())
+    x1 = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    j0 = vw.expanded_weights(m, "mixed3a", "mixed3b_3x3_bottleneck", x=torch.zeros(1, 3, 64, 64), reduce="centre")
+    j1 = vw.expanded_weights(m, "mixed3a", "mixed3b_3x3_bottleneck", x=x1, reduce="centre")
+    assert float(j1.jacobian.abs().max()) > 0 and torch.equal(j0.jacobian, j1.jacobian)
+    # the LRN after conv2d0 is refused by name, and its module is named
+    with pytest.raises(vw.InputDependentError, match="localresponsenorm0"):
+        vw.expanded_weights(m, "conv2d0", "conv2d1", image_size=64)
+
+
+def test_motifs_and_sparsity():
+    M = torch.tensor([[3.0, -1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, -5.0, 0.5]])
+    mo = vw.motifs(M, n=2, k=1, mass=0.9)
+    assert mo.positive == [(0, 0, 3.0), (1, 0, 1.0)]
+    assert mo.negative == [(2, 2, -5.0), (0, 1, -1.0)]
+    assert mo.n_for_mass.tolist() == [2, 4, 1]  # 3/4 < 0.9 -> 2 inputs; uniform -> all 4; 5/5.5 = 0.91 -> 1
+    assert torch.allclose(mo.topk_mass, torch.tensor([0.75, 0.25, 5 / 5.5], dtype=torch.float64))
+    assert mo.sparsest(1) == [2]
+    assert vw.inputs_for_mass(torch.zeros(1, 3)).tolist() == [0]
+
+
+def test_banner_shows_each_input_kernel_on_one_scale():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3, padding=1))
+    m = _wrap(net)
+    ew = vw.expanded_weights(m, "0", "2", reduce="centre", image_size=9)
+    assert ew.support() == 3
+    img, order = vw.banner(ew, 1)
+    K = net[2].weight.detach()[1].double()  # [3, 3, 3]: adjacent layers (through a ReLU) -> the kernels themselves
+    assert img.shape == (3, 3 * 4 - 1, 3)
+    assert [i for i, _ in order] == torch.argsort(K.sum((1, 2)).abs(), descending=True).tolist()
+    i0 = order[0][0]
+    v = K[i0] / K[[i for i, _ in order]].abs().max()
+    # red channel = 1 - max(-v, 0), blue = 1 - max(v, 0): the sign and size of each weight are readable
+    assert np.allclose(img[:, :3, 0], 1 - np.clip(-v.numpy(), 0, 1), atol=1e-6)
+    assert np.allclose(img[:, :3, 2], 1 - np.clip(v.numpy(), 0, 1), atol=1e-6)
