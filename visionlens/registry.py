@@ -41,6 +41,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "visionlens.plugins.style_neuron_search",
     "visionlens.plugins.timestep_sweep",
     "visionlens.plugins.clip_attnpool_dla",
+    "visionlens.plugins.clip_max_activating_text",
     "visionlens.microscope",  # the `microscope` command
     "visionlens.zoo.plugin",  # zoo: spec, transfer techniques, `zoo` and `bench` commands
 )
