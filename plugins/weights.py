@@ -4,7 +4,11 @@ For each conv layer (``nn.Conv2d`` modules of the source model, in execution ord
 ``layers`` chosen) it stores the ``[out, in]`` channel-to-channel strengths (norm of each
 kernel), per-output-unit sparsity (top-k mass, Gini), NMF-to-RGB weight pictures, and which
 earlier conv each layer reads (adjacent pairs). ``expanded=["a->b", ...]`` adds expanded weights
-between non-adjacent hooks through the linearized model (``[C_b, C_a]``). Needs no images.
+between two hooks along the model's linear path (``[C_b, C_a]``; input-independent by construction,
+refused with the reason when an op on the path is not, see :func:`visionlens.weights.expanded_weights`),
+a motif search on each pair (strongest positive / negative connections, per-unit top-k mass, Gini and
+number of inputs carrying 90% of the weight) and weight banners (each chosen unit's expanded-weight
+kernel per input unit, a PNG figure in the saved HTML). Needs no images.
 """
 
 from __future__ import annotations
@@ -48,6 +52,14 @@ class Weights(Analysis):
         expanded_reduce: Literal["mean", "centre"] = option("mean", help="reduce the later channel by mean or centre")
         image_size: int = option(32, min=4, max=1024, help="input size for execution order and expanded weights")
         nmf: bool = option(True, help="compute NMF-to-RGB weight pictures")
+        norms: Literal["refuse", "no_scale"] = option(
+            "refuse", help="expanded weights through LRN/LayerNorm/GroupNorm: refuse, or drop their division"
+        )
+        motifs: int = option(20, min=0, max=100_000, help="strongest positive and negative connections per pair")
+        mass: float = option(0.9, min=0.01, max=1.0, help="share of |weight| for the inputs-needed count")
+        banner_units: list[int] = option(list, help="units of each expanded pair's later hook to draw banners for")
+        banner_top: int = option(4, min=0, max=1024, help="banners for the sparsest units when banner_units is empty")
+        banner_inputs: int = option(16, min=1, max=4096, help="input units (kernels) per banner, strongest first")
 
     def smoke_config(self, model: HookedVisionModel) -> dict[str, Any]:
         """A quick run: two units per layer in the table."""
@@ -95,17 +107,65 @@ class Weights(Analysis):
             if config.nmf:
                 img, _ = vw.nmf_rgb(conv)
                 tensors[f"nmf/{n}"] = torch.from_numpy(img)
+        motif_table = Table(
+            ["pair", "sign", "rank", "to_unit", "from_unit", "weight"], title="Motifs: strongest connections"
+        )
+        unit_table = Table(
+            ["pair", "unit", "topk_mass", "gini", f"inputs_for_{config.mass:g}"],
+            title=f"Per-unit sparsity of expanded weights (top-{config.top_k} mass, Gini, inputs carrying "
+            f"{config.mass:.0%})",
+        )
+        banners: dict[str, list[int]] = {}  # pair -> units drawn
+        banner_inputs: dict[str, list[list[float]]] = {}  # "pair/unit" -> [[input unit, summed weight]]
+        conventions: dict[str, dict[str, int]] = {}
         for spec in config.expanded:
             if "->" not in spec:
                 raise ConfigError(f"weights: expanded entries look like 'from_hook->to_hook', got {spec!r}.")
             a, b = (t.strip() for t in spec.split("->", 1))
-            ew = vw.expanded_weights(model, a, b, reduce=config.expanded_reduce, image_size=config.image_size)
-            tensors[f"expanded/{ew.from_hook}->{ew.to_hook}"] = ew.matrix
+            ew = vw.expanded_weights(
+                model, a, b, reduce=config.expanded_reduce, image_size=config.image_size, norms=config.norms
+            )
+            pair = f"{ew.from_hook}->{ew.to_hook}"
+            tensors[f"expanded/{pair}"] = ew.matrix
+            conventions[pair] = ew.conventions
+            mo = vw.motifs(ew.matrix, config.motifs, config.top_k, config.mass)
+            for sign, rows in (("+", mo.positive), ("-", mo.negative)):
+                motif_table.rows += [[pair, sign, r, t, f, w] for r, (t, f, w) in enumerate(rows)]
+            unit_table.rows += [
+                [pair, u, float(mo.topk_mass[u]), float(mo.gini[u]), int(mo.n_for_mass[u])]
+                for u in range(ew.matrix.shape[0])
+            ]
+            tensors[f"motifs/{pair}/topk_mass"] = mo.topk_mass
+            tensors[f"motifs/{pair}/gini"] = mo.gini
+            tensors[f"motifs/{pair}/inputs_for_mass"] = mo.n_for_mass
+            units = list(config.banner_units) or mo.sparsest(config.banner_top)
+            bad = [u for u in units if not 0 <= u < ew.matrix.shape[0]]
+            if bad:
+                raise ConfigError(
+                    f"weights: banner_units {bad} out of range for {ew.to_hook!r} ({ew.matrix.shape[0]})."
+                )
+            if units:
+                centre = (
+                    ew
+                    if ew.reduce == "centre"
+                    else vw.expanded_weights(
+                        model, a, b, reduce="centre", image_size=config.image_size, norms=config.norms
+                    )
+                )
+                size = max(centre.support(), 1)
+                for u in units:
+                    img, order = vw.banner(centre, u, config.banner_inputs, size)
+                    tensors[f"banner/{pair}/{u}"] = torch.from_numpy(img)
+                    banners.setdefault(pair, []).append(u)
+                    banner_inputs[f"{pair}/{u}"] = [[i, w] for i, w in order]
         meta = {
             "model": f"{model.cfg.architecture or model.cfg.family} ({model.cfg.adapter})",
             "layers": [n for n, _ in chosen],
             "reads": {n: reads.get(n) for n, _ in chosen},
             "norm": config.norm,
+            "conventions": conventions,
+            "banners": banners,
+            "banner_inputs": banner_inputs,
         }
         res = WeightsResult(
             self.name,
@@ -115,6 +175,9 @@ class Weights(Analysis):
             tensors=tensors,
             tables={"sparsity": sparsity},
         )
+        if config.expanded:
+            res.tables["motifs"] = motif_table
+            res.tables["unit_sparsity"] = unit_table
         res.tables["connections"] = res.connections_table(config.top_k, config.table_units)
         return res
 
@@ -161,6 +224,37 @@ class WeightsResult(Result):
                 outs = ", ".join(f"{b}:{c}:{v:.3g}" for b, c, v in self.top_outputs(n, u, k))
                 t.rows.append([n, u, self.meta["reads"].get(n) or "", ins, outs])
         return t
+
+    def figures(self) -> dict[str, Any]:
+        figs = {"overview": self.plot()}
+        if self.meta.get("banners"):
+            figs["banners"] = self.plot_banners()
+        return figs
+
+    def banner(self, pair: str, unit: int) -> tuple[np.ndarray, list[tuple[int, float]]]:
+        """``(image [s, n * (s + 1) - 1, 3], [(input unit, summed weight)])`` of a saved banner."""
+        key = f"banner/{pair}/{unit}"
+        if key not in self.tensors:
+            have = [k.removeprefix("banner/") for k in self.tensors if k.startswith("banner/")]
+            raise KeyError(f"no banner {pair!r} unit {unit}; saved: {', '.join(have) or 'none'}")
+        order = [(int(i), float(w)) for i, w in self.meta["banner_inputs"][f"{pair}/{unit}"]]
+        return self.tensors[key].numpy(), order
+
+    def plot_banners(self) -> Any:
+        """One row per banner: the unit's kernel per input unit (red +, blue -), labelled with the input unit."""
+        rows = [(p, u) for p, us in self.meta.get("banners", {}).items() for u in us]
+        fig = new_figure(12, 1.4 * len(rows) + 0.4)
+        for r, (pair, u) in enumerate(rows):
+            img, order = self.banner(pair, u)
+            ax = fig.add_subplot(len(rows), 1, r + 1)
+            ax.imshow(img, interpolation="nearest")
+            s = img.shape[0]
+            ax.set_xticks(
+                [j * (s + 1) + (s - 1) / 2 for j in range(len(order))], [f"{i}\n{w:+.2g}" for i, w in order], fontsize=6
+            )
+            ax.set_yticks([])
+            ax.set_title(f"{pair} unit {u}: expanded-weight kernel per input unit (strongest first)", fontsize=8)
+        return fig
 
     def plot(self) -> Any:
         layers = self.layers

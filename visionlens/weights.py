@@ -641,7 +641,7 @@ def banner(
     Inputs are ordered by ``|summed weight|`` (the ``k`` strongest; all by default); kernels are the
     centred ``size x size`` window of ``ew.jacobian[unit]`` (``ew.support()`` by default; use
     ``reduce='centre'`` for composed kernels), drawn on one diverging scale shared by the whole banner:
-    white = 0, red = positive, blue = negative.
+    white = 0, red = positive, blue = negative; kernels are separated by grey columns.
     """
     if not 0 <= unit < ew.jacobian.shape[0]:
         raise VisionLensError(f"banner: unit {unit} out of range for {ew.to_hook!r} ({ew.jacobian.shape[0]} units).")
@@ -651,7 +651,7 @@ def banner(
     order = torch.argsort(weights.abs(), descending=True, stable=True)[: k or weights.numel()]
     scale = float(kern[order].abs().max()) or 1.0
     n, s = len(order), kern.shape[-1]
-    img = np.ones((kern.shape[-2], n * (s + pad) - pad, 3), dtype=np.float32)
+    img = np.full((kern.shape[-2], n * (s + pad) - pad, 3), 0.55, dtype=np.float32)  # grey gaps
     for j, i in enumerate(order.tolist()):
         v = (kern[i] / scale).clamp(-1, 1).numpy()
         rgb = np.stack([1 - np.clip(-v, 0, 1), 1 - np.abs(v), 1 - np.clip(v, 0, 1)], axis=-1)

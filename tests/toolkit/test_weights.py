@@ -130,8 +130,25 @@ def test_weights_plugin(tmp_path):
     assert res.tensors["nmf/2"].shape == (8, 3, 3, 3)
     ins = res.top_inputs("4", 1)
     assert len(ins) == 3 and ins[0][0] == int(torch.argmax(vw.channel_strengths(net[4])[1]))
+    # motif search on the expanded pair: the table's strongest connections are the matrix's extremes
+    M = res.tensors["expanded/0.hook_out->4.hook_out"]
+    motifs = res.tables["motifs"].records()
+    top_pos = next(r for r in motifs if r["sign"] == "+" and r["rank"] == 0)
+    top_neg = next(r for r in motifs if r["sign"] == "-" and r["rank"] == 0)
+    assert top_pos["weight"] == pytest.approx(float(M.max())) and top_neg["weight"] == pytest.approx(float(M.min()))
+    assert (top_pos["to_unit"], top_pos["from_unit"]) == divmod(int(M.argmax()), M.shape[1])
+    units = res.tables["unit_sparsity"].records()
+    assert [r["unit"] for r in units] == [0, 1, 2, 3]
+    assert units[2]["gini"] == pytest.approx(float(vw.gini(M[2:3].abs())[0]))
+    # banners: the 4 sparsest units (all), 6 input kernels each, the composed 5x5 kernels (3x3 then 1x1... -> 3x3)
+    assert sorted(res.meta["banners"]["0.hook_out->4.hook_out"]) == [0, 1, 2, 3]
+    img, order = res.banner("0.hook_out->4.hook_out", 1)
+    assert img.shape == (3, 6 * 4 - 1, 3) and len(order) == 6
+    assert [i for i, _ in order] == torch.argsort(M[1].abs(), descending=True).tolist()
     out = res.save(tmp_path / "w")
-    assert (out / "index.html").exists() and (out / "result.json").exists()
+    assert (out / "index.html").exists() and (out / "result.json").exists() and (out / "banners.png").exists()
+    html = (out / "index.html").read_text()
+    assert "Motifs: strongest connections" in html and "http" not in html.split("<body>")[1]
 
 
 # ----------------------------------------------------------------------------- the linear path (issue 16, item 7)
