@@ -59,10 +59,12 @@ __all__ = ["RayOptions", "run_sweep_on_ray", "ShardWorker"]
 class RayOptions:
     """How a sweep runs on Ray.
 
-    ``num_workers`` model actors (default: the cluster's GPUs when ``gpus_per_worker > 0``, else its
-    CPUs minus one, at least 1); ``cpus_per_worker`` (default: an equal share of the CPUs left after
-    half a CPU for the read tasks, at most 1); ``gpus_per_worker`` (0 = CPU actors); ``shard_batches``
-    batches per shard (the unit of commit and retry); ``read_cpus`` per read task.
+    ``num_workers`` model actors (default: the cluster's GPUs / ``gpus_per_worker`` for GPU actors, else
+    one per CPU); ``cpus_per_worker`` (default: the CPUs shared equally, at most 1; the actor's torch
+    threads); ``gpus_per_worker`` (0 = CPU actors); ``shard_batches`` batches per shard (the unit of
+    commit and retry); ``read_cpus`` per read task (default: for CPU actors the actors' own share, so Ray
+    Data fuses reading into the model actors and they never wait for each other's CPUs; for GPU actors
+    1, reads run as separate CPU tasks beside the GPU).
     """
 
     address: Optional[str] = None
@@ -70,7 +72,7 @@ class RayOptions:
     cpus_per_worker: Optional[float] = None
     gpus_per_worker: float = 0.0
     shard_batches: int = 4
-    read_cpus: float = 0.5
+    read_cpus: Optional[float] = None
 
 
 # ----------------------------------------------------------------------------- Ray Data stages
@@ -139,21 +141,23 @@ def _cpu_model(model: HookedVisionModel) -> HookedVisionModel:
     return model if model.device.type == "cpu" else copy.deepcopy(model).cpu()
 
 
-def _worker_plan(ray: Any, opts: RayOptions) -> tuple[int, float]:
+def _worker_plan(ray: Any, opts: RayOptions) -> tuple[int, float, float]:
+    """``(workers, CPUs per worker, CPUs per read task)``."""
     res = ray.cluster_resources()
     cpus = float(res.get("CPU", 1.0))
     if opts.num_workers is not None:
         n = int(opts.num_workers)
     elif opts.gpus_per_worker > 0:
-        n = max(1, int(float(res.get("GPU", 0.0)) / opts.gpus_per_worker))
+        n = int(float(res.get("GPU", 0.0)) / opts.gpus_per_worker)
     else:
-        n = max(1, int(cpus) - 1)
+        n = max(1, int(cpus))
     if n < 1:
-        raise VisionLensError(f"num_workers must be >= 1, got {n}.")
-    per = opts.cpus_per_worker
-    if per is None:
-        per = max(0.05, min(1.0, (cpus - opts.read_cpus) / n))
-    return n, float(per)
+        raise VisionLensError(
+            f"Expected at least one Ray worker, got {n} (cluster resources: {dict(res)}, options: {opts})."
+        )
+    per = opts.cpus_per_worker if opts.cpus_per_worker is not None else max(0.05, min(1.0, cpus / n))
+    read = opts.read_cpus if opts.read_cpus is not None else (1.0 if opts.gpus_per_worker > 0 else per)
+    return n, float(per), float(read)
 
 
 def run_sweep_on_ray(
@@ -234,7 +238,7 @@ def _execute(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    n_workers, cpus = _worker_plan(ray, opts)
+    n_workers, cpus, read_cpus = _worker_plan(ray, opts)
     model_ref = ray.put(_cpu_model(model))
     images_ref = ray.put(images)
     pre_ref = ray.put(CPUPreprocessor(model.cfg))
@@ -245,7 +249,7 @@ def _execute(
     ds = ds.map_batches(
         _read_stage,
         batch_size=1,
-        num_cpus=opts.read_cpus,
+        num_cpus=read_cpus,
         fn_kwargs={"images_ref": images_ref, "pre_ref": pre_ref, "batch_size": values["batch_size"]},
     )
     ds = ds.map_batches(
