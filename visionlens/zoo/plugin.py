@@ -14,6 +14,7 @@ from ..hookspecs import hookimpl
 from . import (
     classifiers,
     clip_model,
+    curve_model,
     dictionary_transfer,
     diffusion_model,
     techniques_captum,
@@ -27,7 +28,7 @@ from .cli import add_zoo_subcommands
 
 __all__ = ["visionlens_register_model_specs", "visionlens_register_transfer_techniques", "visionlens_register_commands"]
 
-BUILTIN_ENTRIES = (*classifiers.ENTRIES, *clip_model.ENTRIES, *diffusion_model.ENTRIES)
+BUILTIN_ENTRIES = (*classifiers.ENTRIES, *clip_model.ENTRIES, *diffusion_model.ENTRIES, *curve_model.ENTRIES)
 for _entry in BUILTIN_ENTRIES:
     register(_entry)
 

@@ -1,0 +1,1 @@
+"""Circuits-thread analyses."""
