@@ -34,7 +34,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "visionlens.plugins.feature_visualization",
     "visionlens.plugins.dataset_examples",
     "visionlens.plugins.weights",
-    "visionlens.plugins.facets",
     "visionlens.plugins.direct_logit_attribution",
     "visionlens.plugins.attention_patterns",
     "visionlens.plugins.activation_patching",
@@ -45,7 +44,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "visionlens.plugins.circuits.equivariance",
     "visionlens.plugins.clip_attnpool_dla",
     "visionlens.plugins.clip_max_activating_text",
-    "visionlens.plugins.clip_construction",
     "visionlens.microscope",  # the `microscope` command
     "visionlens.zoo.plugin",  # zoo: spec, transfer techniques, `zoo` and `bench` commands
 )
