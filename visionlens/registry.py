@@ -34,6 +34,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "visionlens.plugins.feature_visualization",
     "visionlens.plugins.dataset_examples",
     "visionlens.plugins.weights",
+    "visionlens.plugins.facets",
     "visionlens.plugins.direct_logit_attribution",
     "visionlens.plugins.attention_patterns",
     "visionlens.plugins.activation_patching",
