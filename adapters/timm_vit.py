@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionlens.config import VisionConfig
-from visionlens.hook_points import HookPoint, InlineHookPoint, fire, is_active
+from visionlens.hook_points import HookPoint, InlineHookPoint, capture_deferred, fire, is_active, is_hooked
 
 from . import Adapter
 from .tl_weights import TLBlock, TLWeightSource
@@ -77,6 +77,7 @@ class TimmViTAdapter(Adapter):
         self.layers: list[LayerHooks] = []
         for blk in s.blocks:
             self.layers.append(LayerHooks(with_result=is_identity(blk.attn.norm)))
+        self._layer_index = {id(h): i for i, h in enumerate(self.layers)}
         if not is_identity(s.norm):
             self.final_ln: Optional[nn.Module] = s.norm
             self.norm_first = True
@@ -234,7 +235,7 @@ class TimmViTAdapter(Adapter):
             z = attn.attn_drop(pattern) @ v
         z = z.transpose(1, 2)
         z = fire(h.z, z)
-        if h.result is not None and is_active(h.result):
+        if h.result is not None and is_hooked(h.result):
             # per-head z_h @ W_O[h].T as one batched matmul over heads: [H, B*N, dh] @ [H, dh, D]
             W_hdo = attn.proj.weight.view(attn.proj.out_features, H, dh).permute(1, 2, 0)
             result = torch.bmm(z.permute(2, 0, 1, 3).reshape(H, B * N, dh), W_hdo)
@@ -249,6 +250,10 @@ class TimmViTAdapter(Adapter):
             if bias is not None:
                 out = out + bias
             return attn.proj_drop(out)
+        if h.result is not None and h.result._capture is not None:
+            # cached but not hooked: per-head results are computed from z when the cache is read
+            layer, zd = self._layer_index[id(h)], z.detach()
+            capture_deferred(h.result, lambda: self.head_results_from_z(layer, zd))
         out = attn.proj_drop(attn.proj(attn.norm(z.reshape(B, N, H * dh))))
         return ls(out)
 

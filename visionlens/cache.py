@@ -16,13 +16,14 @@ cached raises a KeyError naming the closest cached names.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Iterator, Literal, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 from transformer_lens import ActivationCache
 from transformer_lens.utilities import Slice, get_act_name
 
+from .hook_points import DeferredActivation
 from .validation import UnknownCacheKeyError, unknown_cache_key
 
 ClassSpec = Union[int, Sequence[int], Tensor]
@@ -33,6 +34,46 @@ _FINAL_FEATURES_HINT = (
     "'full', return_bias=True) splits it over the channels / locations of the final feature map; the parts "
     "plus the returned bias sum to the logit."
 )
+
+
+class LazyCacheDict(dict):
+    """A cache dict whose :class:`~visionlens.hook_points.DeferredActivation` entries are computed on first read.
+
+    Every way of reading a value (``d[k]``, ``get``, ``items``, ``values``, ``pop``, iteration-based
+    copies such as ``dict(d)``) returns tensors; a computed entry replaces its deferred one.
+    """
+
+    def __getitem__(self, key: Any) -> Any:
+        v = dict.__getitem__(self, key)
+        if isinstance(v, DeferredActivation):
+            v = v.materialize()
+            dict.__setitem__(self, key, v)
+        return v
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def __iter__(self) -> Iterator[Any]:  # overriding it makes dict(d) / {**d} go through __getitem__
+        return dict.__iter__(self)
+
+    def items(self) -> Any:  # type: ignore[override]
+        return [(k, self[k]) for k in list(dict.keys(self))]
+
+    def values(self) -> Any:  # type: ignore[override]
+        return [self[k] for k in list(dict.keys(self))]
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        if key in self:
+            v = self[key]
+            dict.__delitem__(self, key)
+            return v
+        return dict.pop(self, key, *default)
+
+    def copy(self) -> "LazyCacheDict":
+        return LazyCacheDict(dict.items(self))
+
+    def __reduce__(self) -> Any:  # pickling stores tensors, never closures
+        return (dict, (list(self.items()),))
 
 
 def _slice(pos_slice: Any) -> Slice:

@@ -22,12 +22,62 @@ from transformer_lens.hook_points import HookPoint, LensHandle
 
 from .validation import hook_output_error
 
-__all__ = ["HookPoint", "InlineHookPoint", "BridgedHookPoint", "fire", "is_active"]
+__all__ = [
+    "HookPoint",
+    "InlineHookPoint",
+    "BridgedHookPoint",
+    "DeferredActivation",
+    "fire",
+    "is_active",
+    "is_hooked",
+    "capture_deferred",
+]
 
 
 def is_active(hp: HookPoint) -> bool:
     """True when a forward or backward hook is attached to ``hp`` or it is being cached."""
     return bool(hp._forward_hooks or hp._backward_hooks or getattr(hp, "_capture", None) is not None)
+
+
+def is_hooked(hp: HookPoint) -> bool:
+    """True when a forward or backward hook function is attached to ``hp`` (capturing alone does not count)."""
+    return bool(hp._forward_hooks or hp._backward_hooks)
+
+
+class DeferredActivation:
+    """A cached activation computed when it is first read, not during the forward.
+
+    Adapters use it for values that are cheap to derive from other cached tensors but large to
+    store, such as per-head attention results (``hook_z`` times ``W_O``). ``then`` appends a
+    transform (device move, batch-dim removal) applied after computing.
+    """
+
+    __slots__ = ("_fn", "_then")
+
+    def __init__(self, fn: Callable[[], Tensor], then: tuple[Callable[[Tensor], Tensor], ...] = ()):
+        self._fn = fn
+        self._then = then
+
+    def then(self, f: Callable[[Tensor], Tensor]) -> "DeferredActivation":
+        return DeferredActivation(self._fn, self._then + (f,))
+
+    def materialize(self) -> Tensor:
+        with torch.no_grad():
+            t = self._fn()
+        for f in self._then:
+            t = f(t)
+        return t
+
+
+def capture_deferred(hp: HookPoint, fn: Callable[[], Tensor]) -> None:
+    """Record ``fn`` (called on first read) as ``hp``'s cached value while ``hp`` is being captured.
+
+    Only for points that are captured without hook functions (see :func:`is_hooked`): a hook
+    function needs the real tensor during the forward.
+    """
+    cap = hp._capture
+    if cap is not None:
+        cap[hp.name] = DeferredActivation(fn)
 
 
 def fire(hp: HookPoint, x: Tensor) -> Tensor:

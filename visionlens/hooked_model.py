@@ -13,7 +13,10 @@ from transformer_lens.hook_points import HookPoint
 
 from .adapters import Adapter, resolve_adapter
 from .adapters.tl_weights import TLWeightsMixin
+from .cache import LazyCacheDict
 from .config import VisionConfig
+from .hook_points import DeferredActivation
+from .memory import ensure_memory_retention
 from .preprocess import preprocess as _preprocess_images
 from .sources.diffusers import load_diffusers_module
 from .sources.open_clip import load_open_clip_module
@@ -32,6 +35,14 @@ _RESERVED = {"source", "adapter", "cfg"}
 # ``run`` here when it is imported (the package ``__init__`` imports it), so this module never
 # imports upward.
 _analysis_runner: Optional[Callable[..., Any]] = None
+
+
+def _move(t: Tensor, device: Any) -> Tensor:
+    return t.to(device)
+
+
+def _drop_batch_dim(t: Tensor) -> Tensor:
+    return t[0] if t.ndim > 0 and t.shape[0] == 1 else t
 
 
 def set_analysis_runner(runner: Callable[..., Any]) -> None:
@@ -223,6 +234,7 @@ class HookedVisionModel(TLWeightsMixin, HookedRootModule):
         through TransformerLens's caching hooks.
         """
         names_filter = self._check_names_filter(names_filter)
+        ensure_memory_retention()  # reuse freed activation memory across calls (see visionlens.memory)
         remove_batch_dim = kwargs.get("remove_batch_dim", False)
         tl_keys = {"device", "remove_batch_dim", "incl_bwd", "reset_hooks_end", "clear_contexts", "pos_slice"}
         model_kwargs = {k: v for k, v in kwargs.items() if k not in tl_keys}
@@ -234,7 +246,7 @@ class HookedVisionModel(TLWeightsMixin, HookedRootModule):
         else:
             out, cache_dict = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
         if not return_cache_object:
-            return out, cache_dict
+            return out, dict(cache_dict.items())  # a plain dict: deferred entries computed now
         return out, self.adapter.cache_class()(cache_dict, self, has_batch_dim=not remove_batch_dim)
 
     def _run_with_fast_cache(
@@ -264,14 +276,22 @@ class HookedVisionModel(TLWeightsMixin, HookedRootModule):
             for hp in selected:
                 hp.set_capture(None)
             self.is_caching = False
-        cache_dict = {}
+        cache_dict: dict[str, Any] = {}
+        deferred = False
         for name in self.hook_dict:  # forward order, like TransformerLens
-            if name in raw:
-                t = raw[name]
+            if name not in raw:
+                continue
+            t = raw[name]
+            if isinstance(t, DeferredActivation):  # computed on first read (e.g. per-head results from z)
+                deferred = True
                 if device is not None:
-                    t = t.to(device)
-                cache_dict[name] = t[0] if remove_batch_dim and t.ndim > 0 and t.shape[0] == 1 else t
-        return out, cache_dict
+                    t = t.then(functools.partial(_move, device=device))
+                cache_dict[name] = t.then(_drop_batch_dim) if remove_batch_dim else t
+                continue
+            if device is not None:
+                t = t.to(device)
+            cache_dict[name] = _drop_batch_dim(t) if remove_batch_dim else t
+        return out, (LazyCacheDict(cache_dict) if deferred else cache_dict)
 
     def hook_shapes(self, image_size: Optional[int] = None, batch: int = 1) -> dict[str, tuple[int, ...]]:
         """Shape of every hook for a dummy input (what ``visionlens hooks`` prints)."""

@@ -48,6 +48,7 @@ for _layer, _names in enumerate(
             "visionlens.serialize",
             "visionlens.preprocess",
             "visionlens.threads",
+            "visionlens.memory",
         ],
         # 1 model
         ["visionlens.sources", "visionlens.adapters", "visionlens.hooked_model"],
