@@ -288,6 +288,13 @@ def test_lucid_inceptionv1_expanded_weights_do_not_depend_on_the_image():
     j0 = vw.expanded_weights(m, "mixed3a", "mixed3b_3x3_bottleneck", x=torch.zeros(1, 3, 64, 64), reduce="centre")
     j1 = vw.expanded_weights(m, "mixed3a", "mixed3b_3x3_bottleneck", x=x1, reduce="centre")
     assert float(j1.jacobian.abs().max()) > 0 and torch.equal(j0.jacobian, j1.jacobian)
+    # through LucidReLU: the centre kernel is the weights multiplied, sum_m W3x3[o, m] W1x1[m, i]
+    src = m.source
+    W1 = src.mixed3b_3x3_bottleneck_pre_relu_conv.weight.detach()[:, :, 0, 0].double()
+    W3 = src.mixed3b_3x3_pre_relu_conv.weight.detach().double()
+    ew = vw.expanded_weights(m, "mixed3a", "mixed3b_3x3_pre_relu_conv", reduce="centre", image_size=64)
+    assert ew.support() == 3
+    assert torch.allclose(ew.kernel(3).double(), torch.einsum("omuv,mi->oiuv", W3, W1), atol=1e-5)
     # the LRN after conv2d0 is refused by name, and its module is named
     with pytest.raises(vw.InputDependentError, match="localresponsenorm0"):
         vw.expanded_weights(m, "conv2d0", "conv2d1", image_size=64)
