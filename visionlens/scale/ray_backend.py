@@ -198,7 +198,13 @@ def run_sweep_on_ray(
         final = cfg.checkpoint or os.path.join(tmp, "merged.safetensors")
         store = ShardStore(
             f"{final}.shards",
-            {"analysis": name, "n_images": n, "total": total, "batch_size": cfg.batch_size, "shards": len(shards)},
+            {
+                "analysis": name,
+                "n_images": n,
+                "total": total,
+                "shards": len(shards),
+                "config": {k: v for k, v in config_to_dict(cfg).items() if k not in ("checkpoint", "checkpoint_every")},
+            },
         )
         before = set(store.committed())
         todo = [s for s in shards if s not in before]
