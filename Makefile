@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint hook-docs transfer-docs install weights clean bench
+.PHONY: demo test lint hook-docs transfer-docs install weights clean bench bench-peers
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,18 @@ transfer-docs: $(STAMP)
 
 bench: install
 	$(PY) benchmarks/hook_overhead.py
+
+# visionlens against its peers (nnsight, ViT-Prisma, TL4's bridge, torchlens; Lucent for feature visualization) in
+# their own environment, never a runtime dependency: benchmarks/results/peers_cpu.{json,md}; PEERS_ARGS="--quick" etc.
+PEERS_PY := .venv-peers/bin/python
+.venv-peers/.installed:
+	test -x $(PEERS_PY) || $(PYTHON) -m venv .venv-peers
+	$(EDITABLE_NOTICE) .venv-peers/bin/pip install --quiet "torch==2.14.1" "torchvision==0.29.1" -e ".[clip,diffusion]" \
+		nnsight vit-prisma torchlens torch-lucent "kornia==0.4.1" decorator captum
+	touch .venv-peers/.installed
+
+bench-peers: .venv-peers/.installed
+	$(PEERS_PY) benchmarks/peers.py $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) report .torch_home build .mypy_cache .ruff_cache
