@@ -246,6 +246,10 @@ def _pair(v: Any) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
+class _Reached(Exception):
+    """Stops the forward pass at the later hook."""
+
+
 class _LinearPath(TorchFunctionMode):
     """Runs the model with every operation on the source map checked and, where needed, linearized."""
 
@@ -541,9 +545,10 @@ def expanded_weights(
 
     def grab(t: Tensor, hook: Any = None) -> None:
         store["to"] = t
+        raise _Reached  # nothing after the later hook is part of the path (nor checked)
 
     with _frozen(model), torch.enable_grad():
-        with _module_stack(path), path:
+        with _module_stack(path), path, contextlib.suppress(_Reached):
             model.run_with_hooks(x, fwd_hooks=[(from_hook, replace), (to_hook, grab)])
         if "from" not in store or "to" not in store:
             missing = [h for h, k in ((from_hook, "from"), (to_hook, "to")) if k not in store]

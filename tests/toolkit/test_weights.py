@@ -263,6 +263,16 @@ def test_input_dependent_ops_are_refused_by_name(kind, words):
     assert torch.equal(m(x), before)
 
 
+def test_ops_after_the_later_hook_are_not_part_of_the_path():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.LocalResponseNorm(3), nn.Sigmoid())
+    m = _wrap(net)
+    ew = vw.expanded_weights(m, "0", "2", image_size=5)  # the LRN and sigmoid come after '2': not refused
+    assert torch.allclose(ew.matrix, net[2].weight[:, :, 0, 0].detach(), atol=1e-6)
+    with pytest.raises(vw.InputDependentError, match="local_response_norm"):
+        vw.expanded_weights(m, "0", "3", image_size=5)
+
+
 def test_no_scale_norms_are_a_stated_linear_convention():
     torch.manual_seed(0)
     for kind in ("lrn", "groupnorm"):
