@@ -1,4 +1,4 @@
-"""``clip_attnpool_dla``: exact direct attribution through the attention pool of a CLIP ResNet tower.
+"""``attnpool_dla``: exact direct attribution through the attention pool of a CLIP ResNet tower.
 
 open_clip's ``ModifiedResNet`` (RN50-style) ends in an attention pool: the tokens are the mean of the
 final feature map followed by its ``HW`` positions (each plus a positional embedding), and only the
@@ -217,14 +217,14 @@ def _head(model: HookedVisionModel, prompts: list[str], templates: list[str]) ->
         return zero_shot_head(model, prompts, templates or None, attach=False)
     head = getattr(model.adapter, "classifier", None)
     if head is None:
-        raise VisionLensError("clip_attnpool_dla needs class_prompts or a zero-shot head attached to the model.")
+        raise VisionLensError("attnpool_dla needs class_prompts or a zero-shot head attached to the model.")
     return head
 
 
 class ClipAttnPoolDLA(Analysis):
     """Exact direct logit attribution through a CLIP ResNet tower's attention pool (heads x positions)."""
 
-    name = "clip_attnpool_dla"
+    name = "attnpool_dla"
     summary = (
         "CLIP ResNet towers: exact per-head and per-position contributions of the attention pool to the "
         "image embedding and to zero-shot logits (they sum to the embedding / logit)."

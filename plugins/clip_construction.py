@@ -93,7 +93,8 @@ def layer_pair_weights(model: HookedVisionModel, from_hook: str, to_hook: str, s
     try:
         return expanded_weights(model, from_hook, to_hook).matrix
     except InputDependentError as e:
-        raise VisionLensError(f"construction: expanded weights {from_hook!r} -> {to_hook!r} are not defined: {e}")
+        msg = f"construction: expanded weights {from_hook!r} -> {to_hook!r} are not defined: {e}"
+        raise VisionLensError(msg) from e
 
 
 def _r2(y: Tensor, pred: Tensor) -> float:
@@ -107,7 +108,7 @@ def _fit(x_tr: Tensor, y_tr: Tensor, x_te: Tensor, ridge: float = 0.0) -> Tensor
     xt = torch.cat([(x_tr - mu) / sd, torch.ones(len(x_tr), 1, dtype=x_tr.dtype)], 1)
     reg = ridge * torch.eye(xt.shape[1], dtype=xt.dtype)
     reg[-1, -1] = 0
-    coef = torch.linalg.solve(xt.T @ xt + reg, xt.T @ y_tr)
+    coef = torch.linalg.lstsq(xt.T @ xt + reg, (xt.T @ y_tr)[:, None]).solution[:, 0]
     xe = torch.cat([(x_te - mu) / sd, torch.ones(len(x_te), 1, dtype=x_te.dtype)], 1)
     return xe @ coef
 
@@ -120,8 +121,11 @@ def explain_units(
     n = len(a_from)
     perm = torch.randperm(n, generator=g)
     n_tr = int(round(train_fraction * n))
-    if n_tr < k + 2 or n - n_tr < 3:
-        raise VisionLensError(f"construction: {n} images are too few for k={k} (need > {k + 5}).")
+    if n_tr < k + 1 or n - n_tr < 2:
+        raise VisionLensError(
+            f"construction: {n} images split {n_tr}/{n - n_tr} are too few for k={k} "
+            f"(need >= {k + 1} to fit, 2 held out)."
+        )
     tr, te = perm[:n_tr], perm[n_tr:]
     X, Y = a_from.double(), a_to.double()
     W = W.double()
@@ -201,7 +205,7 @@ class Construction(Analysis):
         seed: int = option(0, help="split and random-baseline seed")
 
     def smoke_config(self, model: HookedVisionModel) -> dict[str, Any]:
-        return {"max_images": 16, "k": 2, "units": [0, 1]}
+        return {"max_images": 16, "k": 1, "units": [0, 1]}
 
     def supports(self, model: HookedVisionModel) -> tuple[bool, str]:
         try:

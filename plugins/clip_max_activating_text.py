@@ -461,7 +461,7 @@ class MaxActivatingText(Analysis):
         adapter = getattr(model, "adapter", None)
         if getattr(adapter, "name", "") != "open_clip":
             return False, f"needs an open_clip CLIP model (both towers), got the {model.cfg.adapter!r} adapter"
-        if adapter.text is None:
+        if getattr(adapter, "text", None) is None:
             return False, "this CLIP model's text tower is not hooked (no text.* hooks)"
         return True, ""
 

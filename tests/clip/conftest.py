@@ -11,7 +11,7 @@ from visionlens import HookedVisionModel  # noqa: E402
 from visionlens.zoo import catalog  # noqa: E402
 
 RN_VISION = dict(image_size=64, layers=(1, 1, 1, 1), width=8, head_width=32)  # 2 x 2 grid, 8 heads
-TEXT = dict(context_length=8, vocab_size=50, width=32, heads=4, layers=2)
+TEXT = dict(context_length=8, vocab_size=49408, width=32, heads=4, layers=2)  # open_clip BPE ids
 
 
 @pytest.fixture(scope="session")

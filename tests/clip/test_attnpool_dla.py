@@ -50,7 +50,7 @@ def test_zoo_clip_sums_exactly(zoo_clip):
 def test_logit_units_sum_to_zero_shot_logits(zoo_clip):
     b = held_out_batch(16)
     r = vl.run(
-        "clip_attnpool_dla",
+        "attnpool_dla",
         zoo_clip,
         b.images,
         class_prompts=["circle", "square", "triangle"],
@@ -77,3 +77,25 @@ def test_vit_tower_is_declined_with_reason(tiny_rn_clip):
     with pytest.raises(VisionLensError, match="ModifiedResNet"):
         attnpool_decomposition(vit, torch.rand(1, 3, 32, 32))
     assert is_resnet_clip(tiny_rn_clip) == (True, "")
+
+
+def test_analysis_contract_on_a_resnet_tower(tiny_rn_clip, tmp_path):
+    """The contract suite's CLIP example has a ViT tower, so the result contract is checked here."""
+    import json
+
+    from matplotlib.figure import Figure
+
+    from visionlens.results import load_result
+
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    r = vl.run("attnpool_dla", tiny_rn_clip, x, class_prompts=["cat", "dog"], classes=[1])
+    assert r.meta["max_sum_error_logit"] < TOL and r.meta["targets"] == ["dog", "dog"]
+    assert r.tensors["position_logit"].shape == (2, 8, 2, 2)
+    d = r.to_dict()
+    assert json.loads(json.dumps(d, allow_nan=False)) == d
+    assert isinstance(r.plot(), Figure)
+    back = load_result(r.save(tmp_path / "dla"))
+    assert type(back) is type(r) and back.to_dict() == d
+    no_hooks_left(tiny_rn_clip)
+    with pytest.raises(VisionLensError, match="classes"):
+        vl.run("attnpool_dla", tiny_rn_clip, x, class_prompts=["cat", "dog"], classes=[5])
