@@ -266,10 +266,15 @@ def tl_values(cache: Any) -> dict[str, torch.Tensor]:
 
 
 def _vl_values(cache: Any, case: Case) -> dict[str, torch.Tensor]:
-    """visionlens cache -> source-module paths (``path.hook_out``; ViT: :func:`tl_values`)."""
+    """visionlens cache -> source-module paths (``path.hook_out``; ViT: :func:`tl_values`; ResNet blocks)."""
     out = {k[: -len(".hook_out")]: v for k, v in cache.items() if k.endswith(".hook_out")}
     if case.kind == "vit":
         out.update(tl_values(cache))
+    if case.kind == "conv":  # stages.s.blocks.b.hook_resid_post is the output of ResNet's layer{s+1}.{b}
+        for k, v in cache.items():
+            p = k.split(".")
+            if len(p) == 5 and p[0] == "stages" and p[2] == "blocks" and p[4] == "hook_resid_post":
+                out[f"layer{int(p[1]) + 1}.{p[3]}"] = v
     return out
 
 
@@ -306,13 +311,24 @@ def visionlens_variants(case: Case, src: torch.nn.Module, args: tuple, kwargs: d
     ]
 
 
-def torch_hooks_variant(case: Case, src: torch.nn.Module, args: tuple, kwargs: dict, ref: Reference) -> Variant:
-    """``register_forward_hook`` on every submodule, appending each call's output (no copy)."""
+def torch_hooks_variants(case: Case, src: torch.nn.Module, args: tuple, kwargs: dict, ref: Reference) -> list[Variant]:
+    """``register_forward_hook`` on every submodule appending each call's output: as returned, and cloned."""
+    return [_torch_hooks(src, args, kwargs, clone=False), _torch_hooks(src, args, kwargs, clone=True)]
+
+
+def _torch_hooks(src: torch.nn.Module, args: tuple, kwargs: dict, clone: bool) -> Variant:
     mod = copy.deepcopy(src)
     store: dict[str, list] = {}
+
+    def keep(name: str) -> Callable:
+        def fn(_m: torch.nn.Module, _i: Any, o: Any) -> None:
+            store.setdefault(name, []).append(o.clone() if clone and isinstance(o, torch.Tensor) else o)
+
+        return fn
+
     for name, m in mod.named_modules():
         if name:
-            m.register_forward_hook(lambda _m, _i, o, n=name: store.setdefault(n, []).append(o))
+            m.register_forward_hook(keep(name))
 
     def run() -> dict[str, list]:
         store.clear()
@@ -323,15 +339,9 @@ def torch_hooks_variant(case: Case, src: torch.nn.Module, args: tuple, kwargs: d
         return {n: v[0] for n, v in s.items() if isinstance(v[0], torch.Tensor)}
 
     n_mods = sum(1 for n, _ in mod.named_modules() if n)
-    return Variant(
-        "torch_hooks",
-        "torch hooks",
-        run,
-        lambda s: dict(s),
-        firsts,
-        hooks=n_mods,
-        notes=["stores every call's output as returned (no clone)"],
-    )
+    how = "a clone of every call's output" if clone else "every call's output as returned (no clone)"
+    name = "torch_hooks_clone" if clone else "torch_hooks"
+    return Variant(name, "torch hooks", run, lambda s: dict(s), firsts, hooks=n_mods, notes=["stores " + how])
 
 
 def _get(root: Any, path: str) -> Any:
@@ -548,7 +558,7 @@ def hf_bridge_variants(case: Case, src: torch.nn.Module, args: tuple, kwargs: di
 
 PEERS: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
     # name -> (setup(case, src, args, kwargs, ref) -> Variant | [Variant], case kinds it applies to)
-    "torch_hooks": (torch_hooks_variant, ("conv", "vit", "unet")),
+    "torch_hooks": (torch_hooks_variants, ("conv", "vit", "unet")),
     "nnsight": (nnsight_variant, ("conv", "vit", "unet")),
     "torchlens": (torchlens_variant, ("conv", "vit", "unet")),
     "prisma": (prisma_variants, ("vit",)),
@@ -758,6 +768,7 @@ VARIANT_ORDER = (
     "vl_cache_resid",
     "nnsight",
     "torch_hooks",
+    "torch_hooks_clone",
     "torchlens",
     "prisma_fwd",
     "prisma_cache",
@@ -771,6 +782,7 @@ SUMMARY_COLS = (
     ("vl_cache_resid", "vl resid"),
     ("nnsight", "nnsight"),
     ("torch_hooks", "torch hooks"),
+    ("torch_hooks_clone", "torch hooks + clone"),
     ("torchlens", "torchlens"),
     ("prisma_cache", "ViT-Prisma cache"),
     ("tl_bridge_cache", "TL4 bridge cache"),
@@ -960,6 +972,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "quick": args.quick,
         "rounds": rounds,
         "warmup": warmup,
+        "peers": list(args.peers),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
