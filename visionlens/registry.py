@@ -46,6 +46,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "visionlens.plugins.clip_attnpool_dla",
     "visionlens.plugins.clip_max_activating_text",
     "visionlens.plugins.clip_construction",
+    "visionlens.plugins.clip_head_roles",
     "visionlens.microscope",  # the `microscope` command
     "visionlens.zoo.plugin",  # zoo: spec, transfer techniques, `zoo` and `bench` commands
 )
