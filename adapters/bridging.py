@@ -13,11 +13,11 @@ from typing import Any, ClassVar, Literal, Optional
 import torch
 from torch import Tensor, nn
 
-from visionlens.hook_points import BridgedHookPoint, HookPoint, fire
+from visionlens.hook_points import BridgedHookPoint, HookPoint, fire, is_active
 
 from . import BridgedAdapter
 
-__all__ = ["ConvBridge", "ConvNetAdapter", "find_inplace_targets"]
+__all__ = ["ConvBridge", "ConvNetAdapter", "OutOfPlace", "find_inplace_targets", "inplace_activations"]
 
 _RESERVED_ROOTS = ("source", "adapter", "cfg")
 
@@ -48,6 +48,7 @@ class ConvBridge(BridgedHookPoint):
         call: Optional[int] = None,
         scope: Optional[nn.Module] = None,
         channels_last: bool = False,
+        group: Optional[list] = None,
     ):
         if call is not None and scope is None:
             raise ValueError("ConvBridge(call=...) needs the scope module whose call resets the count")
@@ -58,9 +59,15 @@ class ConvBridge(BridgedHookPoint):
         self._channels_last = channels_last
         self._count = 0
         self._scope_handle: Optional[torch.utils.hooks.RemovableHandle] = None
+        # the active bridges on the same tensor, in firing order: only the last one needs to copy
+        self._group: list = group if group is not None else []
 
     def _sync_bridge(self) -> None:
         super()._sync_bridge()
+        if self._bridge is not None and self not in self._group:
+            self._group.append(self)
+        elif self._bridge is None and self in self._group:
+            self._group.remove(self)
         if self._call is None:
             return
         if self._bridge is not None and self._scope_handle is None:
@@ -84,7 +91,11 @@ class ConvBridge(BridgedHookPoint):
             y = fire(self, t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         else:
             y = fire(self, t)
-        return y.clone() if self._copy else y
+        # bridges on one tensor fire in registration order and each stores what it passes on, so one copy
+        # by the last of them keeps every stored value intact
+        if not self._copy or next(b for b in reversed(self._group) if b._copy) is not self:
+            return y
+        return y.clone()
 
     def _on_output(self, module: nn.Module, args: Any, output: Any) -> Any:
         if not self._selected():
@@ -98,6 +109,46 @@ class ConvBridge(BridgedHookPoint):
             return None
         i = self._index or 0
         return args[:i] + (self._pass(args[i]),) + args[i + 1 :]
+
+
+def inplace_activations(source: nn.Module) -> list[nn.Module]:
+    """Modules that overwrite their input when ``inplace`` is set (``nn.ReLU(inplace=True)``, ReLU6, SiLU, ...)."""
+    return [m for m in source.modules() if getattr(m, "inplace", None) is True]
+
+
+class OutOfPlace:
+    """Runs the source's in-place activation modules out of place while any bridge of a model is active.
+
+    An ``nn.ReLU(inplace=True)`` overwrites the BatchNorm output it reads, so a hook or cache on that
+    output would need a copy; computed out of place, the output stays intact and no copy is made (the
+    values are identical). Bridges report their state through :meth:`update`; the modules' ``inplace``
+    flags are restored as soon as the last bridge goes quiet, so an unhooked model runs the source as is.
+    """
+
+    def __init__(self, modules: list[nn.Module]):
+        self.modules = modules
+        self._active: set[int] = set()
+
+    def update(self, bridge: "ConvBridge") -> None:
+        was = bool(self._active)
+        if is_active(bridge):
+            self._active.add(id(bridge))
+        else:
+            self._active.discard(id(bridge))
+        now = bool(self._active)
+        if now != was:
+            for m in self.modules:
+                m.inplace = not now  # type: ignore[assignment]
+
+    def __enter__(self) -> "OutOfPlace":
+        for m in self.modules:
+            m.inplace = False  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self._active:
+            for m in self.modules:
+                m.inplace = True  # type: ignore[assignment]
 
 
 def find_inplace_targets(source: nn.Module, x: Tensor) -> Optional[tuple[set[int], set[int]]]:
@@ -156,7 +207,15 @@ class ConvNetAdapter(BridgedAdapter):
 
     dry_run_size: ClassVar[int] = 64
 
+    @property
+    def out_of_place(self) -> OutOfPlace:
+        """The switch that runs in-place activation modules out of place while bridges are active."""
+        if not hasattr(self, "_out_of_place"):
+            self._out_of_place = OutOfPlace(inplace_activations(self.source))
+        return self._out_of_place
+
     def _inplace(self) -> Optional[tuple[set[int], set[int]]]:
+        """What the source overwrites in place with its activation modules run out of place (as while hooked)."""
         if not hasattr(self, "_inplace_targets"):
             cfg = getattr(self, "cfg", None)
             in_chans = cfg.in_chans if cfg is not None else 3
@@ -164,7 +223,8 @@ class ConvNetAdapter(BridgedAdapter):
             dev = next((p.device for p in self.source.parameters()), torch.device("cpu"))
             dtype = next((p.dtype for p in self.source.parameters() if p.is_floating_point()), torch.float32)
             x = torch.zeros(1, in_chans, size, size, device=dev, dtype=dtype)
-            self._inplace_targets = find_inplace_targets(self.source, x)
+            with self.out_of_place:
+                self._inplace_targets = find_inplace_targets(self.source, x)
         return self._inplace_targets
 
     def needs_copy(self, module: nn.Module, where: str = "output") -> bool:
@@ -195,4 +255,12 @@ class ConvNetAdapter(BridgedAdapter):
     ) -> ConvBridge:
         if not kw.get("copy"):
             kw["copy"] = self.needs_copy(module, where)
-        return ConvBridge(module, where, index, **kw)
+        if not hasattr(self, "_bridge_groups"):
+            self._bridge_groups: dict[tuple, list] = {}
+        key = (id(module), where, index, kw.get("call"), kw.get("channels_last", False))
+        kw["group"] = self._bridge_groups.setdefault(key, [])
+        bridge = ConvBridge(module, where, index, **kw)
+        switch = self.out_of_place
+        if switch.modules:
+            bridge._listeners.insert(0, lambda: switch.update(bridge))
+        return bridge

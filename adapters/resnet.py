@@ -51,7 +51,12 @@ source once (no grad, eval mode) and records, via tensor version counters, which
 inputs get overwritten in place later; bridges on exactly those hand the downstream code a copy of
 the hooked tensor (:class:`~visionlens.adapters.bridging.ConvBridge` ``copy=True``), so hooks and
 the cache see the value as it was produced.
-Copies happen only while a hook is attached: the unhooked model runs the source code untouched.
+In-place *activation modules* (``nn.ReLU(inplace=True)``, ReLU6, ...) are run out of place while any
+hook is attached or cached (:class:`~visionlens.adapters.bridging.OutOfPlace`; same values, the flags
+are restored when the last hook goes), so only tensors that the source's own code overwrites
+(``out += shortcut``, functional ``F.relu(x, inplace=True)``) are copied, once per tensor however
+many points sit on it. Nothing happens while no hook is attached: the unhooked model runs the source
+code untouched.
 """
 
 from __future__ import annotations

@@ -1,0 +1,128 @@
+"""Cheap full caches: deferred per-head results and freed-memory retention change no value."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from visionlens import HookedVisionModel, memory
+from visionlens.hook_points import DeferredActivation
+
+
+@pytest.fixture(scope="module")
+def vit() -> HookedVisionModel:
+    import timm
+
+    torch.manual_seed(0)
+    src = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=10, init_values=0.5
+    ).eval()
+    return HookedVisionModel.from_module(src)
+
+
+def _x(b: int = 2) -> torch.Tensor:
+    return torch.randn(b, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def test_cached_head_results_are_deferred_and_equal_the_hooked_computation(vit):
+    _, cache = vit.run_with_cache(_x())
+    assert isinstance(dict.__getitem__(cache.cache_dict, "blocks.1.attn.hook_result"), DeferredActivation)
+    seen: dict[str, torch.Tensor] = {}
+    out = vit.run_with_hooks(
+        _x(), fwd_hooks=[("blocks.1.attn.hook_result", lambda t, hook: seen.setdefault("r", t.clone()))]
+    )
+    lazy = cache["blocks.1.attn.hook_result"]
+    assert lazy.shape == seen["r"].shape == (2, 17, 3, 192)
+    torch.testing.assert_close(lazy, seen["r"], atol=1e-5, rtol=0)
+    # the heads (layer scale folded in) plus the projection bias sum to the attention output
+    bias = vit.source.blocks[1].attn.proj.bias * vit.source.blocks[1].ls1.gamma
+    torch.testing.assert_close(lazy.sum(-2) + bias, cache["blocks.1.hook_attn_out"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(vit(_x()), out, atol=1e-5, rtol=0)  # hooked heads are summed, not projected
+
+
+def test_every_way_of_reading_the_cache_gives_tensors(vit):
+    for read in (dict, lambda d: {**d}, lambda d: dict(d.items()), lambda d: pickle.loads(pickle.dumps(d))):
+        _, cache = vit.run_with_cache(_x())
+        assert all(isinstance(v, torch.Tensor) for v in read(cache.cache_dict).values())
+    _, raw = vit.run_with_cache(_x(), return_cache_object=False)
+    assert type(raw) is dict and all(isinstance(v, torch.Tensor) for v in raw.values())
+    _, one = vit.run_with_cache(_x(1), remove_batch_dim=True)
+    assert one["blocks.0.attn.hook_result"].shape == (17, 3, 192)
+    _, cache = vit.run_with_cache(_x())
+    moved = cache.to("cpu")
+    assert isinstance(dict.__getitem__(moved.cache_dict, "blocks.0.attn.hook_result"), torch.Tensor)
+
+
+def test_stack_head_results_reads_deferred_entries(vit):
+    _, cache = vit.run_with_cache(_x())
+    stack = cache.stack_head_results(layer=2)
+    assert stack.shape == (6, 2, 17, 192)
+    torch.testing.assert_close(stack[3:].sum(0), cache["blocks.1.attn.hook_result"].sum(-2), atol=1e-5, rtol=0)
+
+
+def test_memory_retention_is_on_after_caching_and_can_be_turned_off():
+    code = (
+        "import torch, timm\n"
+        "from visionlens import HookedVisionModel, memory\n"
+        "m = HookedVisionModel.from_module(timm.create_model('resnet10t', pretrained=False, num_classes=3).eval())\n"
+        "assert memory.memory_retention()['reason'] == 'not requested yet'\n"
+        "m.run_with_cache(torch.randn(1, 3, 32, 32))\n"
+        "print(memory.memory_retention()['enabled'], memory.memory_retention()['reason'])\n"
+    )
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    expected = sys.platform.startswith("linux")
+    assert on[0] == str(expected)
+    off = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**__import__("os").environ, "VISIONLENS_RETAIN_MEMORY": "0"},
+    ).stdout
+    assert off.startswith("False off")
+
+
+def test_retention_rejects_a_bad_limit_and_release_is_safe():
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    with pytest.raises(ValueError, match="positive number of bytes"):
+        memory.retain_freed_memory(True, limit=0)
+    memory.release_memory()
+
+
+def test_inplace_activations_run_out_of_place_only_while_hooked_and_values_stay_exact():
+    import timm
+
+    torch.manual_seed(0)
+    src = timm.create_model("resnet18", pretrained=False, num_classes=5).eval()
+    for m in src.modules():  # timm zero-inits the last BN of each block; give the branches a real scale
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+    model = HookedVisionModel.from_module(src)
+    acts = model.adapter.out_of_place.modules
+    assert acts and all(a.inplace for a in acts)
+    x = _x(2)
+    _, cache = model.run_with_cache(x)
+    assert all(a.inplace for a in acts)  # restored after the run
+    # bn1 output before the in-place ReLU, recomputed independently
+    ref = src.layer1[0].bn1(src.layer1[0].conv1(src.maxpool(src.act1(src.bn1(src.conv1(x))))))
+    assert (ref < 0).any()
+    torch.testing.assert_close(cache["layer1.0.bn1.hook_out"], ref, atol=1e-5, rtol=0)
+    # two points on the tensor `x += shortcut` overwrites: one copy serves both, both keep the BN output
+    branch, bn2 = cache["stages.0.blocks.0.hook_branch_out"], cache["layer1.0.bn2.hook_out"]
+    torch.testing.assert_close(branch, bn2, atol=0, rtol=0)
+    torch.testing.assert_close(
+        cache["stages.0.blocks.0.hook_resid_sum"], branch + cache["stages.0.blocks.0.hook_resid_pre"], atol=1e-6, rtol=0
+    )
+    with pytest.raises(RuntimeError, match="boom"):
+
+        def boom(t, hook):
+            raise RuntimeError("boom")
+
+        model.run_with_hooks(x, fwd_hooks=[("layer1.0.bn1.hook_out", boom)])
+    assert all(a.inplace for a in acts) and not any(hp._forward_hooks for hp in model.hook_dict.values())
+    torch.testing.assert_close(model(x), src(x), atol=0, rtol=0)
