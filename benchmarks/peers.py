@@ -41,6 +41,7 @@ import copy
 import datetime as dt
 import gc
 import importlib.metadata
+import inspect
 import json
 import os
 import platform
@@ -150,9 +151,9 @@ def case_inputs(case: Case, hooked: Any) -> tuple[tuple, dict]:
 
 
 def resid_filter(case: Case) -> Callable[[str], bool]:
-    """The residual stream's hooks (for the UNet: each resnet block's output, as in hook_overhead.py)."""
-    if case.kind == "unet":
-        return lambda n: ".resnets." in n and n.count(".") == 3 and n.endswith("hook_out")
+    """The residual stream's hooks (for the UNet: each resnet block's output)."""
+    if case.kind == "unet":  # every resnet of every block (hook_overhead.py's filter keeps only the mid block's)
+        return lambda n: ".resnets." in n and n.endswith(".hook_out") and n.split(".resnets.")[1].count(".") == 1
     return lambda n: n.endswith(RESID)
 
 
@@ -693,9 +694,14 @@ def check_variant(v: Variant, ref: Reference) -> dict[str, Any]:
     return out
 
 
+def _lists(stored: dict[str, Any]) -> bool:
+    return any(isinstance(v, list) for v in stored.values())
+
+
 def largest(stored: dict[str, Any], k: int = 3) -> dict[str, float]:
     """The ``k`` biggest stored tensors (MB), to see where a cache's memory goes."""
-    sizes = {n: t.numel() * t.element_size() / 2**20 for n, t in stored.items() if isinstance(t, torch.Tensor)}
+    flat = {f"{n}#{i}": t for n, v in stored.items() for i, t in enumerate(v)} if _lists(stored) else stored
+    sizes = {n: t.numel() * t.element_size() / 2**20 for n, t in flat.items() if isinstance(t, torch.Tensor)}
     return {n: round(mb, 2) for n, mb in sorted(sizes.items(), key=lambda kv: -kv[1])[:k]}
 
 
@@ -904,14 +910,14 @@ def featurevis(quick: bool, log: Callable[[str], Any]) -> dict[str, Any]:
         sys.path.insert(0, str(path.parent))
         import fv_vs_lucent
 
-        if quick:  # a smoke call: tiny step counts, not a measurement
-            return {
-                "quick": True,
-                **fv_vs_lucent.compare(
-                    n_units=(1,), lucent_steps=8, draws=1, settings={**fv_vs_lucent.FAST, "steps": 8}, log=log
-                ),
-            }
-        return fv_vs_lucent.compare(log=log)
+        wanted: dict[str, Any] = {"log": log}
+        if quick:  # a smoke call with tiny step counts, not a measurement
+            wanted.update(
+                n_units=(1,), target_units=(1,), lucent_steps=8, draws=1, throughput_steps=2, throughput_rounds=1
+            )
+        accepted = inspect.signature(fv_vs_lucent.compare).parameters
+        kwargs = {k: v for k, v in wanted.items() if k in accepted}
+        return {"quick": quick, "compare_kwargs": sorted(kwargs), **fv_vs_lucent.compare(**kwargs)}
     except Exception as e:
         return {"available": False, "reason": "fv_vs_lucent.compare failed: " + _err(e)}
 
