@@ -13,8 +13,8 @@ Lucid's defaults (FFT + decorrelated colour, standard transforms, Adam lr 0.05).
    Lucent would report). Candidate settings are rendered batched; a unit has reached its target at
    the first step where its smoothed curve (moving mean over ``--smooth`` steps, the same smoothing as
    the reference) is >= the target. Time per neuron = time until every unit reached it / units.
-3. **Lucent** (optional): ``lucent==0.1.8`` with ``kornia==0.4.1`` when importable; otherwise the
-   output says so and skips it.
+3. **Lucent** (``--lucent-steps 512``): ``torch-lucent`` itself on its own InceptionV1, through
+   ``benchmarks/fv_vs_lucent.py`` (throughput for 1 and ``--units`` units, time to Lucent's objective).
 
     python benchmarks/featurevis_throughput.py                       # full: 512 reference steps
     python benchmarks/featurevis_throughput.py --steps 8 --ref-steps 32 --threads 1   # a quick check
@@ -157,23 +157,19 @@ def time_to_target(
     return out
 
 
-def try_lucent() -> dict[str, Any]:
-    try:
-        import importlib
+def lucent_section(n_units: int, steps: int, rounds: int, lucent_steps: int) -> dict[str, Any]:
+    """Lucent itself, on its own InceptionV1 (``benchmarks/fv_vs_lucent.py``): throughput for 1 and
+    ``n_units`` units and the time to the objective Lucent reaches in ``lucent_steps`` steps (1 unit)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import fv_vs_lucent
 
-        importlib.import_module("lucent.optvis.render")
-        importlib.import_module("lucent.modelzoo")
-    except Exception as exc:  # not installable here (no lucent 0.1.8 / kornia 0.4.1 in the package mirror)
-        return {
-            "available": False,
-            "reason": f"{type(exc).__name__}: {exc}. Install with "
-            "`pip install lucent==0.1.8 kornia==0.4.1` to compare.",
-        }
-    return {
-        "available": True,
-        "note": "lucent is importable; a timed comparison is not implemented in this script "
-        "(run lucent.optvis.render.render_vis with the same weights).",
-    }
+    return fv_vs_lucent.compare(
+        sorted({1, n_units}),
+        lucent_steps,
+        throughput_steps=steps,
+        throughput_rounds=rounds,
+        target_units=(1,) if lucent_steps else (),
+    )
 
 
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
@@ -194,6 +190,13 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     )
     ap.add_argument("--fast-lrs", default="0.1,0.2", help="extra batched Adam learning rates to try")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--lucent-steps",
+        type=int,
+        default=None,
+        help="also run Lucent (torch-lucent) on its own InceptionV1: throughput, and time to its objective "
+        "after this many steps (512 = Lucid's default; 0 = throughput only)",
+    )
     ap.add_argument("--skip-target", action="store_true")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--tag", default=None)
@@ -231,6 +234,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         cands: dict[str, dict[str, Any]] = {"batched lr 0.05 (lucid defaults)": {"lr": 0.05}}
         for lr in [float(x) for x in args.fast_lrs.split(",") if x.strip()]:
             cands[f"batched lr {lr:g}"] = {"lr": lr}
+            cands[f"batched lr {lr:g} -> 0.01 (cosine)"] = {"lr": lr, "lr_end": 0.01}
         result["time_to_target"] = time_to_target(
             model, units, args.size, ref_steps, args.max_steps or ref_steps, w, args.target_frac, cands
         )
@@ -242,10 +246,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                 f"s/neuron",
                 flush=True,
             )
-    result["lucent"] = try_lucent()
+    if args.lucent_steps is not None:
+        result["lucent"] = lucent_section(args.units, args.steps, args.rounds, args.lucent_steps)
     result["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     result["wall_s"] = time.perf_counter() - t0
-    print(f"  lucent: {result['lucent'].get('reason') or result['lucent'].get('note')}")
     write(result, Path(args.out), args.tag or f"{args.layer}_{args.size}px")
     return result
 
@@ -291,8 +295,11 @@ def write(result: dict[str, Any], out: Path, tag: str) -> None:
             )
             best = ", ".join(f"{x:.3f}" for x in v["best_fraction_of_target"]) if "best_fraction_of_target" in v else ""
             lines.append(f"| {k} | {v['steps_to_target']} | {spn} | {sp} | {best} |")
-    lc = result["lucent"]
-    lines += ["", "## Lucent", "", lc.get("reason") or lc.get("note", ""), ""]
+    if "lucent" in result:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import fv_vs_lucent
+
+        lines += ["", "#" + fv_vs_lucent.markdown(result["lucent"])]
     (out / f"featurevis_throughput_{tag}.md").write_text("\n".join(lines))
 
 

@@ -63,6 +63,9 @@ class FeatureVisualization(Analysis):
             None, min=8, max=4096, help="image size in pixels; default 128, or the model's fixed input size"
         )
         lr: Optional[float] = option(None, min=0.0, max=100.0, help="Adam learning rate; default 0.05 (0.005 for cppn)")
+        lr_end: Optional[float] = option(
+            None, min=0.0, max=100.0, help="cosine decay of the learning rate to this value at the last step"
+        )
         param: Literal["fft", "pixel", "cppn"] = option("fft", help="image parameterization")
         decorrelate: bool = option(True, help="Lucid's colour decorrelation (3-channel models)")
         transforms: Literal["standard", "scaled", "none"] = option(
@@ -123,6 +126,7 @@ class FeatureVisualization(Analysis):
             steps=config.steps,
             size=size,
             lr=config.lr,
+            lr_end=config.lr_end,
             param=config.param,
             decorrelate=config.decorrelate,
             transforms=config.transforms,

@@ -7,6 +7,7 @@ Random weights, tiny inputs, few steps. Torch runs single-threaded in this modul
 from __future__ import annotations
 
 import json
+import math
 import types
 
 import pytest
@@ -91,6 +92,32 @@ def test_stops_forward_at_deepest_hook(resnet):
         assert called
     finally:
         handle.remove()
+
+
+def test_lr_end_decays_the_learning_rate_on_a_cosine(resnet):
+    lrs: list[float] = []
+
+    class RecordingAdam(torch.optim.Adam):
+        def step(self, closure=None):
+            lrs.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    def adam(params):
+        return RecordingAdam(params, lr=0.3)
+
+    kw = dict(steps=5, size=32, progress=False, evaluate_start_end=False)
+    r = fv.render(resnet, "layer2:1", lr=0.3, lr_end=0.01, optimizer=adam, **kw)
+    expected = [0.01 + 0.29 * (1 + math.cos(math.pi * i / 4)) / 2 for i in range(5)]
+    assert lrs == pytest.approx(expected, rel=1e-6) and r.settings["lr_end"] == 0.01
+    # lr_end == lr is Adam at a constant rate: the same images as no schedule
+    same = fv.render(resnet, "layer2:1", lr=0.1, lr_end=0.1, **kw)
+    const = fv.render(resnet, "layer2:1", lr=0.1, **kw)
+    decayed = fv.render(resnet, "layer2:1", lr=0.1, lr_end=0.0, **kw)
+    assert torch.allclose(same.images, const.images, atol=1e-6)
+    assert float((decayed.images - const.images).abs().max()) > 1e-4
+    with pytest.raises(VisionLensError, match="lr_end"):
+        fv.render(resnet, "layer2:1", lr_end=-1.0, **kw)
+    assert hook_count(resnet) == 0
 
 
 def test_no_hook_leak_and_state_restored_after_exception(resnet):
