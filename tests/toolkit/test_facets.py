@@ -125,7 +125,7 @@ def test_monosemantic_control_has_one_facet(planted):
 
 def test_diverse_and_steered_feature_visualizations(planted, tmp_path):
     model, x, kinds = planted
-    res = _run(model, x, 0, fv_steps=48, fv_size=16, n_diverse=3, fv_lr=0.1, steer=2.0)
+    res = _run(model, x, 0, fv_steps=32, fv_size=16, n_diverse=3, fv_lr=0.1, steer=2.0)
     assert res.tensors["fv/diverse"].shape == (3, 3, 16, 16)
     imgs = res.tensors["fv/facets"]
     assert imgs.shape == (2, 3, 16, 16)
