@@ -75,9 +75,7 @@ def _remove_new_hooks(model: Any, snapshot: dict[str, set[int]]) -> None:
                 notify()
 
 
-def run(
-    name: str, model: Any, inputs: Any = None, *, backend: str = "local", address: Optional[str] = None, **config: Any
-) -> Any:
+def run(name: str, model: Any, inputs: Any = None, **config: Any) -> Any:
     """Run analysis ``name`` on ``model`` over ``inputs`` with config values ``**config``.
 
     ``model`` is a :class:`HookedVisionModel`, a plain ``nn.Module`` (wrapped with
@@ -86,8 +84,11 @@ def run(
     Config values are validated against the analysis's ``Config`` (unknown keys, wrong types and
     out-of-range values raise :class:`visionlens.analysis.ConfigError`). Hooks the analysis
     attaches never outlive the call, also after an exception. ``backend``: ``"local"`` (this process) or
-    a registered one such as ``"ray"``; ``address``: the cluster of a distributed backend.
+    a registered one such as ``"ray"``; ``address``: the cluster of a distributed backend (both are
+    keywords of ``run`` itself, never passed to the analysis config).
     """
+    backend: str = config.pop("backend", "local")
+    address: Optional[str] = config.pop("address", None)
     if backend != "local":
         if backend not in _BACKENDS and backend in _BACKEND_MODULES:
             importlib.import_module(_BACKEND_MODULES[backend])  # registers itself
