@@ -103,14 +103,17 @@ def _r2(y: Tensor, pred: Tensor) -> float:
 
 
 def _fit(x_tr: Tensor, y_tr: Tensor, x_te: Tensor, ridge: float = 0.0) -> Tensor:
-    """Least squares with intercept (optionally ridge on the standardized inputs); predictions on ``x_te``."""
+    """Least squares with intercept (optionally ridge on the standardized inputs); predictions on ``x_te``
+    (``y_tr`` ``[n]`` or ``[n, targets]``, fitted jointly)."""
     mu, sd = x_tr.mean(0), x_tr.std(0).clamp_min(1e-12)
     xt = torch.cat([(x_tr - mu) / sd, torch.ones(len(x_tr), 1, dtype=x_tr.dtype)], 1)
     reg = ridge * torch.eye(xt.shape[1], dtype=xt.dtype)
     reg[-1, -1] = 0
-    coef = torch.linalg.lstsq(xt.T @ xt + reg, (xt.T @ y_tr)[:, None]).solution[:, 0]
+    rhs = xt.T @ (y_tr if y_tr.ndim == 2 else y_tr[:, None])
+    coef = torch.linalg.lstsq(xt.T @ xt + reg, rhs).solution
     xe = torch.cat([(x_te - mu) / sd, torch.ones(len(x_te), 1, dtype=x_te.dtype)], 1)
-    return xe @ coef
+    pred = xe @ coef
+    return pred if y_tr.ndim == 2 else pred[:, 0]
 
 
 def explain_units(
@@ -132,7 +135,11 @@ def explain_units(
     sd = X[tr].std(0)
     shuffled = X[torch.roll(perm, 1)]  # every image paired with another image's previous-layer activations
     out: dict[str, list[float]] = {m: [] for m in METHODS}
-    for j in units:
+    dense = _fit(X[tr], Y[tr][:, units], X[te], ridge=1.0)  # one solve for every unit: [test, units]
+    xc = X[tr] - X[tr].mean(0)
+    yc = Y[tr] - Y[tr].mean(0)
+    corr = (xc.T @ yc) / (xc.norm(dim=0)[:, None] * yc.norm(dim=0)[None]).clamp_min(1e-12)  # [in, out]
+    for col, j in enumerate(units):
         y = Y[:, j]
         z = X @ W[j]
         out["weights_all"].append(_r2(y[te], _fit(z[tr, None], y[tr], z[te, None])))
@@ -141,12 +148,9 @@ def explain_units(
         out["shuffled"].append(_r2(y[te], _fit(shuffled[tr][:, top], y[tr], shuffled[te][:, top])))
         rand = [torch.randperm(X.shape[1], generator=g)[:k] for _ in range(5)]
         out["sparse_random"].append(float(np.mean([_r2(y[te], _fit(X[tr][:, r], y[tr], X[te][:, r])) for r in rand])))
-        xc = X[tr] - X[tr].mean(0)
-        yc = y[tr] - y[tr].mean()
-        corr = (xc * yc[:, None]).sum(0) / (xc.norm(dim=0) * yc.norm()).clamp_min(1e-12)
-        cidx = corr.abs().topk(k).indices
+        cidx = corr[:, j].abs().topk(k).indices
         out["sparse_correlation"].append(_r2(y[te], _fit(X[tr][:, cidx], y[tr], X[te][:, cidx])))
-        out["dense_ridge"].append(_r2(y[te], _fit(X[tr], y[tr], X[te], ridge=1.0)))
+        out["dense_ridge"].append(_r2(y[te], dense[:, col]))
     return {m: np.array(v) for m, v in out.items()}
 
 

@@ -103,19 +103,25 @@ class HeadRolesResult(Result):
     """Per-head statistics, TextSpan texts and per-factor ablation drops."""
 
     def plot(self) -> Any:
-        drops = self.tensors["accuracy_drop"].numpy()  # [factor, head]
         factors = self.meta["factors"]
-        fig = new_figure(2 + 0.5 * drops.shape[1], 1 + 0.5 * len(factors))
-        ax = fig.add_subplot(1, 1, 1)
-        lim = max(float(np.abs(drops).max()), 1e-6)
-        im = ax.imshow(drops, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-        ax.set_yticks(range(len(factors)), factors)
-        ax.set_xticks(range(drops.shape[1]), [f"h{h}" for h in range(drops.shape[1])])
-        for f in range(drops.shape[0]):
-            for h in range(drops.shape[1]):
-                ax.text(h, f, f"{drops[f, h]:.2f}", ha="center", va="center", fontsize=7)
-        ax.set_title("zero-shot accuracy drop when a head is mean-ablated", fontsize=9)
-        fig.colorbar(im, ax=ax, shrink=0.8)
+        panels = [
+            ("accuracy_drop", "accuracy drop, head mean-ablated", "RdBu_r", True),
+            ("accuracy_only_head", "accuracy with only this head kept", "viridis", False),
+        ]
+        n_heads = int(self.tensors["accuracy_drop"].shape[1])
+        fig = new_figure(2 * (2 + 0.5 * n_heads), 1.2 + 0.5 * len(factors))
+        for i, (key, title, cmap, signed) in enumerate(panels):
+            data = self.tensors[key].numpy()
+            ax = fig.add_subplot(1, 2, i + 1)
+            lim = max(float(np.abs(data).max()), 1e-6)
+            im = ax.imshow(data, cmap=cmap, vmin=-lim if signed else 0, vmax=lim if signed else 1, aspect="auto")
+            ax.set_yticks(range(len(factors)), factors)
+            ax.set_xticks(range(n_heads), [f"h{h}" for h in range(n_heads)])
+            for f in range(data.shape[0]):
+                for h in range(n_heads):
+                    ax.text(h, f, f"{data[f, h]:.2f}", ha="center", va="center", fontsize=7, color="w")
+            ax.set_title(title, fontsize=9)
+            fig.colorbar(im, ax=ax, shrink=0.8)
         return fig
 
 
