@@ -76,6 +76,11 @@ __all__ = [
 ]
 
 
+def _side(image_size: Any) -> int:
+    """The height of ``cfg.image_size`` (a ``(H, W)`` pair, or a bare int some configs carry)."""
+    return int(image_size) if isinstance(image_size, int) else int(image_size[0])
+
+
 def conv_layers(model: Union[HookedVisionModel, nn.Module], image_size: int = 32) -> list[tuple[str, nn.Conv2d]]:
     """``[(module path, conv)]`` of ``model.source`` (or ``model``) in forward execution order."""
     src: nn.Module = getattr(model, "source", model)
@@ -89,7 +94,7 @@ def conv_layers(model: Union[HookedVisionModel, nn.Module], image_size: int = 32
         cfg = getattr(model, "cfg", None)
         size = image_size
         if cfg is not None and cfg.image_size and not getattr(cfg, "dynamic_img_size", True):
-            size = int(cfg.image_size[0])
+            size = _side(cfg.image_size)
         first = next((m for m in src.modules() if isinstance(m, nn.Conv2d)), None)
         if first is None:
             return []
@@ -530,7 +535,7 @@ def expanded_weights(
         raise VisionLensError(f"expanded_weights: norms must be 'refuse' or 'no_scale', got {norms!r}.")
     from_hook, to_hook = model.resolve_hook(from_hook), model.resolve_hook(to_hook)
     if x is None:
-        size = image_size or (int(model.cfg.image_size[0]) if model.cfg.image_size else 32)
+        size = image_size or (_side(model.cfg.image_size) if model.cfg.image_size else 32)
         x = torch.zeros(1, int(model.cfg.in_chans or 3), size, size, device=model.device)
     x = x[:1].detach().clone()
     path = _LinearPath(model, f"{from_hook!r} -> {to_hook!r}", norms)
