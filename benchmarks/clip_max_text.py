@@ -199,7 +199,8 @@ def main() -> None:
         "# Max-activating text vs brute force (zoo CLIP)\n",
         f"`{out['command']}`\n",
         f"{len(seqs)} strings of 1..{args.max_len} words; {len(grammar)} grammatical captions; {len(rows)} units.\n",
-        "| tower/method | units | share frac>=0.95 (95% CI) | share vs grammar max | median frac | mean norm | share rank 1 | median rank | forwards |",
+        "| tower/method | units | share frac>=0.95 (95% CI) | share vs grammar max | median frac | mean norm "
+        "| share rank 1 | median rank | forwards |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for k, s in summary.items():
