@@ -222,8 +222,7 @@ def main() -> int:
         "hooks": lambda: hook_overhead(device, s, batch=2 if s else 64, rounds=3 if s else 15),
         "precision": lambda: precision(device, s, batch=2 if s else 64),
         "ray": lambda: ray_sweep(device, s, n_images=16 if s else 2048, batch=4 if s else 128),
-        # compile last: after torch.compile in this process, a pickled ResNet-50 reached a Ray actor without
-        # its ConvBridge._group (AttributeError in the actor); the sweep alone or after the other sections works
+        # compile last: its C++ build (inductor) is the slowest part and least needed by the others
         "compile": lambda: compiled(device, s, batch=2 if s else 64, rounds=3 if s else 10),
     }
     skip = {k.strip() for k in args.skip.split(",") if k.strip()}
