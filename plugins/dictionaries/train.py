@@ -41,7 +41,7 @@ def default_epochs(n_vectors: int, batch_size: int, steps: int = 1500) -> int:
 
 
 def _standardization(x: Tensor, centre: bool) -> tuple[Tensor, Tensor]:
-    mean = x.mean(0) if centre else torch.zeros(x.shape[1])
+    mean = x.mean(0) if centre else torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
     scale = ((x - mean).pow(2).sum(1).mean() / x.shape[1]).sqrt().clamp_min(1e-8)
     return mean, scale
 
