@@ -46,6 +46,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import statistics
 import subprocess
 import sys
@@ -56,10 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the TL bridge and transformers must not try the hub
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import torch  # noqa: E402
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -955,6 +953,8 @@ def parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: the TL bridge must not try the hub
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     if args.threads:
         torch.set_num_threads(args.threads)
     cases = args.cases or (list(QUICK_CASES) if args.quick else list(CASES))
@@ -974,7 +974,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fv_on = args.fv == "on" or (args.fv == "auto" and not args.quick and not args.cases)
     fv_res = featurevis(args.quick, log) if fv_on else None
     meta = {
-        "command": " ".join(["python benchmarks/peers.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": shlex.join(["python", "benchmarks/peers.py", *(argv if argv is not None else sys.argv[1:])]),
         "quick": args.quick,
         "rounds": rounds,
         "warmup": warmup,
