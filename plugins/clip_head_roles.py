@@ -52,7 +52,8 @@ def textspan_basis(outputs: Tensor, texts: Tensor, k: int) -> tuple[list[int], l
     c = (outputs - outputs.mean(0)).double()
     t = F.normalize(texts.double(), dim=-1)
     total = float((c**2).sum()) or 1.0
-    picked, shares = [], []
+    picked: list[int] = []
+    shares: list[float] = []
     for _ in range(min(k, len(t))):
         gain = ((c @ t.T) ** 2).sum(0)  # variance along each (still unit-normalized) text direction
         if picked:
