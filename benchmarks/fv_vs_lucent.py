@@ -42,6 +42,7 @@ import statistics
 import sys
 import time
 import types
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -125,8 +126,11 @@ def score(model: HookedVisionModel, units: Sequence[str], images: torch.Tensor, 
 
 
 # ----------------------------------------------------------------------------- the two renderers
-def run_lucent(module: torch.nn.Module, units: Sequence[str], steps: int, seed: int) -> dict[str, Any]:
-    """Lucent's render_vis with its defaults; returns the final images and per-step times."""
+def run_lucent(
+    module: torch.nn.Module, units: Sequence[str], steps: int, seed: int, fixed_image_size: Optional[int] = None
+) -> dict[str, Any]:
+    """Lucent's render_vis with its defaults (``fixed_image_size=128``: no upsampling to 224 px, Lucent's
+    own native-size option); returns the final images and per-step times."""
     from lucent.optvis import objectives, param, render
 
     channels = [int(u.split(":")[1]) for u in units]
@@ -157,9 +161,19 @@ def run_lucent(module: torch.nn.Module, units: Sequence[str], steps: int, seed: 
 
     np.random.seed(seed)
     t0 = time.perf_counter()
-    render.render_vis(
-        module, obj, param_f, optimizer, thresholds=(steps,), show_image=False, progress=False, preprocess=True
-    )
+    with warnings.catch_warnings():  # at 128 px Lucent's forward fails after mixed4a (7x7 pool); it warns
+        warnings.simplefilter("ignore")
+        render.render_vis(
+            module,
+            obj,
+            param_f,
+            optimizer,
+            thresholds=(steps,),
+            show_image=False,
+            progress=False,
+            preprocess=True,
+            fixed_image_size=fixed_image_size,
+        )
     with torch.no_grad():
         images = holder["image_f"]().detach().float().cpu()
     return {"images": images, "step_times": [s - t0 for s in stamps], "seconds": stamps[-1] - t0}
@@ -255,11 +269,18 @@ def compare(
     throughput_steps: int = 8,
     throughput_rounds: int = 3,
     target_units: Sequence[int] = (1,),
+    throughput_candidates: Optional[dict[int, Sequence[str]]] = None,
+    lucent_cache: Optional[Path] = None,
+    lucent_fixed_image_size: Optional[int] = None,
     log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Lucent vs visionlens on Lucent's InceptionV1 (random weights): the dict described in the module docstring.
 
-    Throughput for every ``n_units``; time to Lucent's ``lucent_steps``-step objective for ``target_units``.
+    Throughput for every ``n_units`` (the candidates named in ``throughput_candidates[n]``, default all);
+    time to Lucent's ``lucent_steps``-step objective for ``target_units``. ``lucent_cache``: a file
+    holding Lucent's final images from an earlier run with the same model, units, steps and seed
+    (Lucent is deterministic on CPU for a seed); when given and present, Lucent's long run is not
+    repeated and the time-to-target speed-up comes from the interleaved throughput ratio only.
     """
     reason = lucent_available()
     if reason is not None:
@@ -276,6 +297,7 @@ def compare(
         "size": 128,
         "layer": LAYER,
         "lucent_steps": lucent_steps,
+        "lucent_fixed_image_size": lucent_fixed_image_size,
         "candidates": candidates,
         "scorer_draws": draws,
         "check_every": CHECK_EVERY,
@@ -287,19 +309,34 @@ def compare(
     for n in n_units:
         units = [f"{LAYER}:{c}" for c in channels[:n]]
         for name, cfg in candidates.items():
+            if throughput_candidates and name not in throughput_candidates.get(n, candidates):
+                continue
             tp = throughput(clean, model, units, cfg, throughput_steps, throughput_rounds)
             out["throughput"][f"{n} units, {name}"] = tp
             log(f"[throughput {n} units, {name}] ratio {tp['ratio_median']:.2f} {tp}")
     for n in target_units:
         units = [f"{LAYER}:{c}" for c in channels[:n]]
-        log(f"[{n} units] lucent {lucent_steps} steps ...")
-        luc = run_lucent(copy.deepcopy(clean), units, lucent_steps, seed)
+        key = f"{','.join(units)}|{lucent_steps}|{seed}" + (
+            f"|fixed{lucent_fixed_image_size}" if lucent_fixed_image_size else ""
+        )
+        cached = torch.load(lucent_cache, weights_only=False) if lucent_cache and Path(lucent_cache).exists() else {}
+        fresh = key not in cached
+        if not fresh:
+            luc = cached[key]
+            log(f"[{n} units] lucent {lucent_steps} steps: final images from {lucent_cache} (run earlier)")
+        else:
+            log(f"[{n} units] lucent {lucent_steps} steps ...")
+            luc = run_lucent(copy.deepcopy(clean), units, lucent_steps, seed, lucent_fixed_image_size)
+            if lucent_cache:
+                cached[key] = {"images": luc["images"], "seconds": luc["seconds"], "step_times": luc["step_times"]}
+                torch.save(cached, lucent_cache)
         target = score(model, units, luc["images"], draws)
         baseline = score(model, units, torch.full_like(luc["images"], 0.5), draws)
         log(f"  lucent {luc['seconds']:.1f} s; target {target}; grey image {baseline}")
         case: dict[str, Any] = {
             "units": units,
             "lucent_seconds": luc["seconds"],
+            "lucent_run_in_this_process": fresh,
             "lucent_neuron_steps_per_s": n * lucent_steps / luc["seconds"],
             "target": target,
             "grey_image_scores": baseline,
@@ -309,6 +346,8 @@ def compare(
             r = run_visionlens(model, units, cfg, seed)
             reach = first_reach(model, units, r, target, draws)
             tp = out["throughput"].get(f"{n} units, {name}", {}).get("ratio_median")
+            if lucent_fixed_image_size:  # Lucent's throughput was measured for its default (224 px) setting
+                tp = None
             vl_all = float(r.step_times[:, -1].max())
             row = {
                 "steps_run": r.curves.shape[1],
@@ -324,7 +363,7 @@ def compare(
             for k in (*target, "both"):
                 st, sec = reach["steps"][k], reach["seconds"][k]
                 # measured within this run; and from the interleaved throughput ratio x the step ratio
-                row[f"speedup_{k}"] = luc["seconds"] / sec if sec else None
+                row[f"speedup_{k}"] = luc["seconds"] / sec if (sec and fresh) else None
                 row[f"speedup_{k}_interleaved"] = tp * lucent_steps / st if (st and tp) else None
                 row[f"seconds_per_neuron_{k}"] = sec / n if sec else None
             case["candidates"][name] = row
@@ -350,16 +389,28 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--tag", default="fv_vs_lucent")
+    ap.add_argument("--lucent-cache", default=None, help="file of Lucent's final images (reused when present)")
+    ap.add_argument("--candidates", default=",".join(CANDIDATES), help="visionlens settings to run (CANDIDATES)")
+    ap.add_argument("--lucent-fixed-size", type=int, default=None, help="Lucent's fixed_image_size (e.g. 128)")
+    ap.add_argument("--throughput-candidates", default=None, help="e.g. '1:native,lucent_view;8:native'")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     load0 = list(os.getloadavg())
     res = compare(
-        [int(x) for x in args.units.split(",")],
+        [int(x) for x in args.units.split(",") if x],
         args.lucent_steps,
         args.draws,
+        {k: CANDIDATES[k] for k in args.candidates.split(",")},
         throughput_steps=args.throughput_steps,
         throughput_rounds=args.throughput_rounds,
         target_units=[int(x) for x in args.target_units.split(",") if x],
+        throughput_candidates=(
+            {int(a): b.split(",") for a, b in (p.split(":") for p in args.throughput_candidates.split(";"))}
+            if args.throughput_candidates
+            else None
+        ),
+        lucent_cache=Path(args.lucent_cache) if args.lucent_cache else None,
+        lucent_fixed_image_size=args.lucent_fixed_size,
     )
     res["command"] = " ".join(["benchmarks/fv_vs_lucent.py"] + (argv if argv is not None else sys.argv[1:]))
     res["machine"] = {
@@ -391,7 +442,9 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         "## Feature visualization vs Lucent",
         "",
-        f"{res['model']}; {res['layer']}, {res['size']} px. Lucent: `render_vis` defaults. visionlens "
+        f"{res['model']}; {res['layer']}, {res['size']} px. Lucent: `render_vis` defaults"
+        f"{', fixed_image_size=' + str(res['lucent_fixed_image_size']) if res.get('lucent_fixed_image_size') else ''}"
+        ". visionlens "
         f"settings: {json.dumps(res['candidates'])}. Lucent and visionlens alternate in one process on "
         f"shared cores (load average {m.get('loadavg_start')} -> {m.get('loadavg_end')}); "
         f"`{res.get('command', '')}`.",
@@ -407,12 +460,19 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {k} | {lu:.2f} | {vl:.2f} | {tp['ratio_median']:.2f}x |")
     for n, case in res["time_to_target"].items():
         tg = case["target"]
+        fresh_none = "not reached" if case["lucent_run_in_this_process"] else "-"
+        note = (
+            ""
+            if case["lucent_run_in_this_process"]
+            else "; final images from an earlier identical run (--lucent-cache): only the interleaved speed-up applies"
+        )
         lines += [
             "",
             f"### Time to the objective Lucent reaches in {res['lucent_steps']} steps ({n} unit(s): "
             f"{', '.join(case['units'])})",
             "",
-            f"Lucent: {case['lucent_seconds']:.1f} s ({case['lucent_neuron_steps_per_s']:.2f} neuron-steps/s). "
+            f"Lucent: {case['lucent_seconds']:.1f} s ({case['lucent_neuron_steps_per_s']:.2f} neuron-steps/s"
+            f"{note}). "
             f"Targets (Lucent's final image): native {_f(tg['native'][0])}, with Lucent's transforms "
             f"{_f(tg['lucent_tf'][0])}; a grey image scores {_f(case['grey_image_scores']['native'][0])} / "
             f"{_f(case['grey_image_scores']['lucent_tf'][0])}. Scores every {res['check_every']} steps, "
@@ -428,7 +488,8 @@ def markdown(res: dict[str, Any]) -> str:
                 lines.append(
                     f"| {name} ({row['steps_run']} steps max) | {row['neuron_steps_per_s']:.2f} | {k} | "
                     f"{_f(row[f'{k}_steps'], '{}')} | {_f(row[f'seconds_per_neuron_{k}'], '{:.2f}')} | "
-                    f"{_f(row[f'speedup_{k}'], '{:.1f}x')} | {_f(row[f'speedup_{k}_interleaved'], '{:.1f}x')} | "
+                    f"{_f(row[f'speedup_{k}'], '{:.1f}x', fresh_none)} | "
+                    f"{_f(row[f'speedup_{k}_interleaved'], '{:.1f}x')} | "
                     f"{'' if frac is None else ', '.join(f'{x:.2f}' for x in frac)} |"
                 )
     lines += ["", f"Hooks left on the visionlens model after all renders: {res['hooks_left_on_visionlens_model']}.", ""]
