@@ -41,7 +41,7 @@ def make_images():
 _ns: dict = {}
 exec(NET_SRC, _ns)
 EXAMPLES = dict(hooks=["2.hook_out", "4.hook_out"], top_k=3, bottom_k=2, batch_size=2, crop_units=0)
-OPTS = RayOptions(num_workers=2, cpus_per_worker=0.5, shard_batches=2)
+OPTS = RayOptions(num_workers=1, cpus_per_worker=1.0, shard_batches=2)  # one actor process: start-up dominates
 
 
 @pytest.fixture(scope="module")
@@ -158,12 +158,14 @@ def test_ray_backend_refuses_what_it_cannot_shard(cluster, model, images, tmp_pa
 def test_transfer_cells_as_ray_tasks_match_the_local_run(cluster, tmp_path):
     from visionlens.zoo.bench import run_transfer
 
-    sel = dict(families=["resnet"], techniques=["gradient_x_input", "dla_heatmap"], quick=True, sanity=True)
+    sel = dict(families=["resnet"], techniques=["gradient_x_input"], quick=True, sanity=True)
     run_transfer(tmp_path / "local", workers=1, **sel)
     run_transfer(tmp_path / "ray", backend="ray", address=cluster, **sel)
     local = json.loads((tmp_path / "local" / "results.json").read_text())
     remote = json.loads((tmp_path / "ray" / "results.json").read_text())
-    assert local["settings"] == remote["settings"] and len(local["rows"]) == len(remote["rows"]) == 4
+    assert (
+        local["settings"] == remote["settings"] and len(local["rows"]) == len(remote["rows"]) == 2
+    )  # zoo:resnet, zoo:resnet_fashion
 
     def cells(payload):
         return [{k: v for k, v in r.items() if k not in ("seconds", "figures")} for r in payload["rows"]]
