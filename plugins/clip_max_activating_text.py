@@ -64,6 +64,7 @@ __all__ = [
 ]
 
 Seq = tuple[int, ...]
+_HOOK_LEVEL = 713_013  # TransformerLens context level that tags this module's temporary hooks
 
 
 # ============================================================================ objective
@@ -142,13 +143,13 @@ class TextObjective:
             hooks.append((self.hook, keep))
         self.forwards += 0 if rows else len(tokens)
         points = [model.hook_dict[name] for name, _ in hooks]
-        try:  # only the touched hook points are cleaned up (``model.hooks()`` resets every point on exit)
+        try:  # only our own hooks are removed, from the touched points (``model.hooks()`` resets every point)
             for hp, (_, fn) in zip(points, hooks):
-                hp.add_hook(fn)
+                hp.add_hook(fn, level=_HOOK_LEVEL)
             out = model.adapter.encode_text(tokens)
         finally:
             for hp in points:
-                hp.remove_hooks("fwd")
+                hp.remove_hooks("fwd", level=_HOOK_LEVEL)
         if self.hook is None:
             assert self.direction is not None
             emb = F.normalize(out, dim=-1)

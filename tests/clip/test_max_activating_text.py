@@ -119,3 +119,18 @@ def test_bad_targets_and_vocab_are_named(zoo_clip):
         text_objective(zoo_clip, "image_unit:100000")
     with pytest.raises(ConfigError, match="methods"):
         vl.run("max_activating_text", zoo_clip, None, methods=["gcg"])
+
+
+def test_user_hooks_survive_a_search(zoo_clip):
+    seen = []
+    hp = zoo_clip.hook_dict["text.hook_embed"]
+    hp.add_hook(lambda t, hook: seen.append(1))
+    try:
+        obj = text_objective(zoo_clip, "image_unit:1", max_len=2)
+        discrete_search(obj, budget=30)
+        n = len(seen)
+        zoo_clip.adapter.encode_text(["a red circle"])
+        assert n > 0 and len(seen) == n + 1  # still attached after the search's own hooks were removed
+    finally:
+        zoo_clip.reset_hooks()
+    no_hooks_left(zoo_clip)
