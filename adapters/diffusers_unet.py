@@ -36,7 +36,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from visionlens.config import VisionConfig
-from visionlens.hook_points import BridgedHookPoint, HookPoint, InlineHookPoint, fire, is_active
+from visionlens.hook_points import (
+    BridgedHookPoint,
+    HookPoint,
+    InlineHookPoint,
+    capture_deferred,
+    fire,
+    is_active,
+    is_hooked,
+)
 from visionlens.validation import VisionLensError, check_image_batch
 
 from . import Adapter
@@ -166,6 +174,23 @@ class _AttnHooks:
                 self.original = None
 
 
+def _scores(q: Tensor, k: Tensor, scale: float, mask: Optional[Tensor], upcast: tuple[bool, bool]) -> Tensor:
+    """Attention scores ``[batch, head, q_pos, k_pos]`` as diffusers' classic processor computes them.
+
+    One GEMM with the scale fused in (``baddbmm``, ``alpha=scale``), then the additive mask; ``upcast``
+    = (upcast q and k, upcast the scores) for the classic processor's ``upcast_attention`` /
+    ``upcast_softmax``.
+    """
+    qs, ks = (q.float(), k.float()) if upcast[0] else (q, k)
+    B, H, Nq, Nk = qs.shape[0], qs.shape[1], qs.shape[2], ks.shape[2]
+    q3, k3 = qs.reshape(B * H, Nq, -1), ks.reshape(B * H, Nk, -1)
+    scores = torch.baddbmm(q3.new_empty(B * H, Nq, Nk), q3, k3.transpose(1, 2), beta=0, alpha=scale)
+    scores = scores.view(B, H, Nq, Nk)
+    if mask is not None:
+        scores = scores + mask
+    return scores.float() if upcast[1] else scores
+
+
 class _HookedAttnProcessor:
     """diffusers' ``AttnProcessor2_0`` / ``AttnProcessor`` computation with hook points."""
 
@@ -220,18 +245,21 @@ class _HookedAttnProcessor:
         q, k, v = fire(h.q, q), fire(h.k, k), fire(h.v, v)  # [batch, pos, head, d_head]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         dtype = q.dtype
-        if not self.classic and not (is_active(h.scores) or is_active(h.pattern)):
+        hooked = is_hooked(h.scores) or is_hooked(h.pattern)
+        if not self.classic and not hooked:
+            if h.scores._capture is not None or h.pattern._capture is not None:
+                # cached but not hooked: scores and pattern are computed from q and k when the cache is read,
+                # exactly as the explicit path below computes them; the forward keeps fused attention
+                qd, kd = q.detach(), k.detach()
+                scale, mask, upcast = attn.scale, attention_mask, (False, False)
+                capture_deferred(h.scores, lambda: _scores(qd, kd, scale, mask, upcast))
+                capture_deferred(h.pattern, lambda: _scores(qd, kd, scale, mask, upcast).softmax(dim=-1).to(dtype))
             z = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False, scale=attn.scale
             )
         else:
-            qs, ks = (q.float(), k.float()) if (self.classic and attn.upcast_attention) else (q, k)
-            scores = (qs @ ks.transpose(-1, -2)) * attn.scale
-            if attention_mask is not None:
-                scores = scores + attention_mask
-            if self.classic and attn.upcast_softmax:
-                scores = scores.float()
-            scores = fire(h.scores, scores)
+            upcast = (self.classic and attn.upcast_attention, self.classic and attn.upcast_softmax)
+            scores = fire(h.scores, _scores(q, k, attn.scale, attention_mask, upcast))
             pattern = fire(h.pattern, scores.softmax(dim=-1).to(dtype))
             z = pattern @ v
         z = fire(h.z, z.transpose(1, 2))  # [batch, pixels, head, d_head]

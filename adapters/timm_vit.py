@@ -226,7 +226,13 @@ class TimmViTAdapter(Adapter):
             k = fire(h.k, k.transpose(1, 2)).transpose(1, 2)
         if is_active(h.v):
             v = fire(h.v, v.transpose(1, 2)).transpose(1, 2)
-        if attn.fused_attn and not (is_active(h.scores) or is_active(h.pattern)):
+        if attn.fused_attn and not (is_hooked(h.scores) or is_hooked(h.pattern)):
+            if h.scores._capture is not None or h.pattern._capture is not None:
+                # cached but not hooked: scores and pattern are computed from q and k when the cache is read,
+                # exactly as the explicit path below computes them; the forward keeps fused attention
+                qd, kd, scale = q.detach(), k.detach(), attn.scale
+                capture_deferred(h.scores, lambda: (qd * scale) @ kd.transpose(-2, -1))
+                capture_deferred(h.pattern, lambda: ((qd * scale) @ kd.transpose(-2, -1)).softmax(dim=-1))
             z = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
         else:
             scores = (q * attn.scale) @ k.transpose(-2, -1)

@@ -16,7 +16,7 @@ from .adapters.tl_weights import TLWeightsMixin
 from .cache import LazyCacheDict
 from .config import VisionConfig
 from .hook_points import DeferredActivation
-from .memory import ensure_memory_retention
+from .memory import ensure_memory_retention, heap_allocations
 from .preprocess import preprocess as _preprocess_images
 from .sources.diffusers import load_diffusers_module
 from .sources.open_clip import load_open_clip_module
@@ -244,7 +244,8 @@ class HookedVisionModel(TLWeightsMixin, HookedRootModule):
                 model_args, names_filter, kwargs.get("device"), remove_batch_dim, model_kwargs
             )
         else:
-            out, cache_dict = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
+            with heap_allocations():
+                out, cache_dict = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
         if not return_cache_object:
             return out, dict(cache_dict.items())  # a plain dict: deferred entries computed now
         return out, self.adapter.cache_class()(cache_dict, self, has_batch_dim=not remove_batch_dim)
@@ -271,7 +272,8 @@ class HookedVisionModel(TLWeightsMixin, HookedRootModule):
         try:
             for hp in selected:
                 hp.set_capture(raw)
-            out = self(*model_args, **model_kwargs)
+            with heap_allocations():
+                out = self(*model_args, **model_kwargs)
         finally:
             for hp in selected:
                 hp.set_capture(None)

@@ -10,30 +10,42 @@ not pay this, because it frees each tensor right after use and malloc hands the 
 :func:`retain_freed_memory` asks glibc to keep freed memory in the process (blocks up to 32 MiB
 come from the heap, and up to ``limit`` bytes of free heap are kept instead of trimmed), the way
 PyTorch's CUDA caching allocator keeps GPU memory. visionlens turns it on the first time a model
-caches activations; set ``VISIONLENS_RETAIN_MEMORY=0`` (or call ``retain_freed_memory(False)``
-before caching) to keep glibc's defaults, and :func:`release_memory` gives the retained memory back
-(like ``torch.cuda.empty_cache()``). It only changes when memory is returned, never a value. On
-platforms without glibc it does nothing and says so in :func:`memory_retention`.
+caches activations, and allocates a caching forward's large blocks (over 32 MiB, which glibc would
+``mmap``) from the heap too (:class:`heap_allocations`); set ``VISIONLENS_RETAIN_MEMORY=0`` (or call
+``retain_freed_memory(False)`` before caching) to keep glibc's defaults, and :func:`release_memory`
+gives the retained memory back (like ``torch.cuda.empty_cache()``). It only changes when memory is
+returned, never a value. On platforms without glibc it does nothing and says so in
+:func:`memory_retention`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 from typing import Optional
 
-__all__ = ["retain_freed_memory", "release_memory", "memory_retention", "ensure_memory_retention"]
+__all__ = [
+    "retain_freed_memory",
+    "release_memory",
+    "memory_retention",
+    "ensure_memory_retention",
+    "heap_allocations",
+]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
+_MMAP_MAX_DEFAULT = 65536  # glibc's default number of simultaneous mmap-ed blocks
 _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's upper bound for M_MMAP_THRESHOLD on 64-bit
 _DEFAULT_LIMIT = 2**31 - 1  # mallopt takes a C int: 2 GiB is the most glibc can keep
 
 _state: dict[str, object] = {"enabled": False, "decided": False, "limit": 0, "reason": "not requested yet"}
 
 
+@functools.lru_cache(maxsize=1)
 def _libc() -> Optional[ctypes.CDLL]:
     if not sys.platform.startswith("linux"):
         return None
@@ -88,6 +100,26 @@ def ensure_memory_retention() -> None:
         _state.update(decided=True, enabled=False, reason="off: VISIONLENS_RETAIN_MEMORY=0")
         return
     retain_freed_memory(True)
+
+
+class heap_allocations:
+    """Within this block, allocate even blocks over 32 MiB from the heap (where freed memory is reused).
+
+    glibc always ``mmap``-s blocks over 32 MiB, so an attention pattern of a 1024-pixel UNet layer
+    (64 MiB) would be faulted in afresh on every run. Caching runs use this block around the
+    forward; outside it glibc's behaviour is unchanged. No-op when retention is off.
+    """
+
+    def __enter__(self) -> "heap_allocations":
+        libc = _libc() if _state["enabled"] else None
+        self._libc = libc
+        if libc is not None:
+            libc.mallopt(_M_MMAP_MAX, 0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._libc is not None:
+            self._libc.mallopt(_M_MMAP_MAX, _MMAP_MAX_DEFAULT)
 
 
 def release_memory() -> None:

@@ -146,7 +146,8 @@ def test_explicit_attention_equals_fused(vit):
 
 
 def test_fused_path_used_without_attention_hooks(vit, monkeypatch):
-    """No hook inside attention => SDPA runs; a pattern hook => the explicit softmax runs."""
+    """No hook inside attention => SDPA runs; a cached pattern is computed from q and k when read (SDPA
+    still runs); a pattern hook function => the explicit softmax runs."""
     _, model, x, _ = vit
     import torch.nn.functional as F
 
@@ -163,8 +164,22 @@ def test_fused_path_used_without_attention_hooks(vit, monkeypatch):
         assert calls["n"] == model.cfg.n_layers
         model.run_with_cache(x, names_filter=lambda n: n.endswith("hook_resid_post") or n.endswith("hook_z"))
         assert calls["n"] == 2 * model.cfg.n_layers
-        model.run_with_cache(x, names_filter="blocks.0.attn.hook_pattern")
-        assert calls["n"] == 3 * model.cfg.n_layers - 1
+        _, cache = model.run_with_cache(x, names_filter=["blocks.0.attn.hook_pattern", "blocks.0.attn.hook_v"])
+        assert calls["n"] == 3 * model.cfg.n_layers
+        model.run_with_hooks(x, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda t, hook: t)])
+        assert calls["n"] == 4 * model.cfg.n_layers - 1
+    pattern, v = cache["blocks.0.attn.hook_pattern"], cache["blocks.0.attn.hook_v"]
+    seen = {}
+    model.run_with_hooks(
+        x,
+        fwd_hooks=[
+            ("blocks.0.attn.hook_pattern", lambda t, hook: seen.setdefault("p", t.clone())),
+            ("blocks.0.attn.hook_z", lambda t, hook: seen.setdefault("z", t.clone())),
+        ],
+    )
+    torch.testing.assert_close(pattern, seen["p"], atol=0, rtol=0)  # the explicit path's own value
+    z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
+    torch.testing.assert_close(z, seen["z"], atol=1e-5, rtol=0)
 
 
 def test_zero_ablation_and_perturbation_guard(vit):
