@@ -23,6 +23,7 @@ __all__ = [
     "preferred_angle",
     "n_peaks",
     "bootstrap_interval",
+    "same_size_hooks",
 ]
 
 
@@ -37,9 +38,7 @@ def unit_maps(act: Tensor, hook: str = "") -> Tensor:
         if g < 1:
             raise VisionLensError(f"{hook}: cannot lay {t} tokens out on a grid")
         return act[:, t - g * g :].transpose(1, 2).reshape(b, d, g, g)
-    raise VisionLensError(
-        f"{hook}: expected conv maps [B, C, H, W] or tokens [B, T, D], got shape {tuple(act.shape)}"
-    )
+    raise VisionLensError(f"{hook}: expected conv maps [B, C, H, W] or tokens [B, T, D], got shape {tuple(act.shape)}")
 
 
 @torch.no_grad()
@@ -140,3 +139,17 @@ def bootstrap_interval(
         return float("nan"), float("nan")
     a = (1 - ci) / 2
     return float(np.quantile(vals, a)), float(np.quantile(vals, 1 - a))
+
+
+@torch.no_grad()
+def same_size_hooks(model: HookedVisionModel) -> tuple[str, str]:
+    """Two hooks with conv maps of the same spatial size, the second later in the hook order (a quick pair for
+    smoke runs of the circuit analyses); raises when the model has none."""
+    size = image_size_of(model)
+    _, cache = model.run_with_cache(torch.zeros(1, 3, size, size, device=model.device))
+    maps = [(n, tuple(cache[n].shape)) for n in model.hook_dict if n in cache and cache[n].ndim == 4]
+    for i, (a, sa) in enumerate(maps):
+        for b, sb in maps[i + 1 :]:
+            if sb[2:] == sa[2:] and sb[1] >= 1:
+                return a, b
+    raise VisionLensError("no two hooks give conv maps of the same spatial size")

@@ -317,9 +317,7 @@ class Equivariance(Analysis):
             if cmap == "auto":
                 cmap = "identity" if w.shape[1] == 3 else "assign"
             angles = [float(a) for a in np.arange(config.angle_step, 360.0 - 1e-9, config.angle_step)]
-            wfams, ws, wo = weight_families(
-                w, angles, config.transform, cmap, config.min_score, config.min_members
-            )
+            wfams, ws, wo = weight_families(w, angles, config.transform, cmap, config.min_score, config.min_members)
             tensors.update(weight_scores=ws, weight_offsets=wo)
         return EquivarianceResult.build(t, fams, wfams, tensors, config, model, hook)
 
@@ -360,9 +358,7 @@ class EquivarianceResult(Result):
         )
 
     def families(self, route: str = "stimuli") -> list[Family]:
-        return [
-            Family(d["members"], d["offsets"], d["scores"]) for d in self.meta.get(f"families_{route}", [])
-        ]
+        return [Family(d["members"], d["offsets"], d["scores"]) for d in self.meta.get(f"families_{route}", [])]
 
     def plot(self) -> Any:
         """The largest stimulus family: each member's tuning curve, and the same curves aligned by their offsets."""

@@ -20,7 +20,7 @@ Geometry (pixel centres at ``i + 0.5``, ``y`` grows downwards):
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -193,7 +193,7 @@ def blobs(
     return _paint(g, _colour(colour, n), _colour(background, n))
 
 
-_RENDERERS = {"curve": curves, "line": lines, "grating": gratings, "blob": blobs}
+_RENDERERS: dict[str, Callable[..., Tensor]] = {"curve": curves, "line": lines, "grating": gratings, "blob": blobs}
 
 
 def render(kind: str, size: int = 32, **params: Any) -> Tensor:
@@ -210,7 +210,7 @@ def sweep(
     size: int = 32,
     base: Optional[Mapping[str, Any]] = None,
 ) -> Tensor:
-    """One stimulus per value of ``param`` (others at :data:`DEFAULTS` updated by ``base``): ``[len(values), 3, S, S]``."""
+    """``[len(values), 3, S, S]``: one stimulus per value of ``param``, the others at :data:`DEFAULTS` + ``base``."""
     if kind not in _RENDERERS:
         raise ValueError(f"unknown stimulus kind {kind!r}; expected one of {', '.join(KINDS)}")
     params = {**DEFAULTS[kind], **dict(base or {})}

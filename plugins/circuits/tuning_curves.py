@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from visionlens.analysis import Analysis, config_to_dict, option
+from visionlens.hook_select import default_hooks
 from visionlens.hookspecs import hookimpl
 from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError
@@ -38,7 +39,15 @@ from .stimuli import DEFAULTS, blobs, curves, gratings, lines
 if TYPE_CHECKING:
     from visionlens.hooked_model import HookedVisionModel
 
-__all__ = ["Tuning", "rf_centre", "measure_tuning", "curve_detectors", "TuningCurves", "TuningResult", "default_unit_hook"]
+__all__ = [
+    "Tuning",
+    "rf_centre",
+    "measure_tuning",
+    "curve_detectors",
+    "TuningCurves",
+    "TuningResult",
+    "default_unit_hook",
+]
 
 
 def hues(n: int) -> Tensor:
@@ -128,7 +137,7 @@ def measure_tuning(
     n_units = blank.shape[0]
     ori = torch.arange(n_orientations, dtype=torch.float32) * (360.0 / n_orientations)
     rad = torch.tensor(radii, dtype=torch.float32)
-    d_c, d_l, d_g = DEFAULTS["curve"], DEFAULTS["line"], DEFAULTS["grating"]
+    d_c, d_l = DEFAULTS["curve"], DEFAULTS["line"]
     # curves: orientation x radius x position
     pidx = torch.arange(n_pos, dtype=torch.float32)
     o, r, p = torch.meshgrid(ori, rad, pidx, indexing="ij")
@@ -247,8 +256,6 @@ def default_unit_hook(model: HookedVisionModel) -> str:
     for name in ("mixed3b.hook_out", "mixed3b", "mixed3a.hook_out"):
         if name in model.hook_dict:
             return name
-    from visionlens.hook_select import default_hooks
-
     hooks = default_hooks(model)
     return hooks[len(hooks) // 2]
 

@@ -24,7 +24,7 @@ import re
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Tuple, Union
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -32,9 +32,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..hooked_model import HookedVisionModel
+from ..plugins.circuits.phase_changes import iter_checkpoints
 from ..plugins.circuits.stimuli import blobs, curves, lines
 from ..validation import VisionLensError
-from .entry import TrainRun, ZooEntry, state_dict_for_saving
+from .catalog import WEIGHTS_DIR
+from .entry import TrainRun, ZooEntry
 
 __all__ = [
     "IMAGE_SIZE",
@@ -156,7 +158,7 @@ def wrap_curve(module: nn.Module) -> HookedVisionModel:
     model.cfg = dataclasses.replace(
         model.cfg,
         family="inception",
-        image_size=IMAGE_SIZE,
+        image_size=(IMAGE_SIZE, IMAGE_SIZE),
         n_classes=N_ORIENTATIONS,
         mean=(0.0, 0.0, 0.0),
         std=(1.0, 1.0, 1.0),
@@ -239,28 +241,13 @@ def ship_checkpoints(checkpoint_dir: Union[str, Path], out: Union[str, Path], ev
 def checkpoints(source: Union[str, Path, None] = None) -> Iterator[Tuple[int, Dict[str, Tensor]]]:
     """``(step, state_dict)`` in step order: from the shipped packed file (default), a packed file, or a folder of
     ``step_*.safetensors`` written by ``visionlens zoo train curve --checkpoint-every N``."""
-    from .catalog import WEIGHTS_DIR
-
     path = Path(source) if source is not None else WEIGHTS_DIR / CHECKPOINTS_FILE
-    if path.is_dir():
-        files = sorted(path.glob("step_*.safetensors"), key=lambda p: int(_STEP.search(p.name).group(1)))  # type: ignore[union-attr]
-        if not files:
-            raise VisionLensError(f"no step_*.safetensors in {path}")
-        for f in files:
-            yield int(_STEP.search(f.name).group(1)), load_file(str(f))  # type: ignore[union-attr]
-        return
-    if not path.is_file():
+    if not path.exists():
         raise VisionLensError(
             f"no curve checkpoints at {path}: run `visionlens zoo train curve --checkpoint-every 50 --out DIR` "
             "and pass DIR/checkpoints/curve"
         )
-    flat = load_file(str(path))
-    by_step: Dict[int, Dict[str, Tensor]] = {}
-    for key, value in flat.items():
-        head, _, rest = key.partition("/")
-        by_step.setdefault(int(head.removeprefix("step_")), {})[rest] = value
-    for step in sorted(by_step):
-        yield step, by_step[step]
+    yield from iter_checkpoints(path)
 
 
 def checkpoint_steps(source: Union[str, Path, None] = None) -> List[int]:

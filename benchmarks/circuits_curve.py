@@ -1,0 +1,117 @@
+"""The circuits plugins on zoo:curve and the planted rotation family: every number of docs/circuits.md.
+
+    OMP_NUM_THREADS=1 python benchmarks/circuits_curve.py --out benchmarks/results/circuits [--only a,b]
+
+Sections (``--only``): ``tuning`` (curve detectors per layer, trained vs the step-0 checkpoint),
+``equivariance`` (planted family precision / recall from weights and stimuli; the zoo model's families),
+``surgery`` (hand-coded curve circuit, template and lines modes, with controls), ``scrubbing`` (curve
+hypotheses) and ``phase`` (phase changes on mixed3a / mixed3b over the shipped checkpoints, or
+``--checkpoints DIR``). Each section writes ``OUT/<section>.json`` and the results' folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import visionlens
+from visionlens.plugins.circuits import equivariance as eq
+from visionlens.plugins.circuits import planted
+from visionlens.zoo import curve_model as cm
+
+HOOK, BELOW = "mixed3a.hook_out", "pool2.hook_out"
+
+
+def tuning(out: Path) -> dict[str, Any]:
+    model = visionlens.load("zoo:curve")
+    step0 = dict(cm.checkpoints())[0]
+    control = cm.load_checkpoint(step0)
+    res: dict[str, Any] = {}
+    for hook in ("conv2d2.hook_out", "mixed3a.hook_out", "mixed3b.hook_out"):
+        for name, m in (("trained", model), ("step0", control)):
+            r = m.analyze("tuning_curves", None, hook=hook)
+            res[f"{hook}/{name}"] = r.summary
+            if name == "trained":
+                r.save(out / f"tuning_{hook.split('.')[0]}")
+    return res
+
+
+def equivariance(out: Path) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    for seed in range(3):
+        model, truth = planted.planted_rotation_model(seed=seed)
+        r = model.analyze("equivariance", None, hook=truth["hook"], layer=truth["layer"])
+        for route in ("stimuli", "weights"):
+            res[f"planted_seed{seed}/{route}"] = eq.family_precision_recall(r.families(route), truth["family"])
+    model = visionlens.load("zoo:curve")
+    for hook in (HOOK, "mixed3b.hook_out"):
+        r = model.analyze("equivariance", None, hook=hook)
+        r.save(out / f"equivariance_{hook.split('.')[0]}")
+        res[f"zoo/{hook}"] = [f.to_dict() for f in r.families("stimuli")]
+    control = cm.load_checkpoint(dict(cm.checkpoints())[0])
+    r = control.analyze("equivariance", None, hook=HOOK)
+    res["zoo_step0/" + HOOK] = [f.to_dict() for f in r.families("stimuli")]
+    return res
+
+
+def surgery(out: Path) -> dict[str, Any]:
+    model = visionlens.load("zoo:curve")
+    b = cm.curve_batch(2000, seed=cm.HELD_OUT_SEED)
+    res = {}
+    for mode in ("template", "lines"):
+        r = model.analyze(
+            "circuit_surgery", b["images"], below=BELOW, hook=HOOK, labels=b["labels"].tolist(), mode=mode
+        )
+        r.save(out / f"surgery_{mode}")
+        res[mode] = {"summary": r.summary, "conditions": r.meta["conditions"], "units": r.meta["units"]}
+    return res
+
+
+def scrubbing(out: Path) -> dict[str, Any]:
+    model = visionlens.load("zoo:curve")
+    b = cm.curve_batch(1000, seed=cm.HELD_OUT_SEED)
+    factors = {k: b[k].tolist() for k in ("orientation", "cx", "cy", "radius")}
+    r = model.analyze("curve_scrubbing", b["images"], hook=HOOK, labels=b["labels"].tolist(), factors=factors)
+    r.save(out / "scrubbing")
+    return {"summary": r.summary, "rows": r.tables["hypotheses"].records()}
+
+
+def phase(out: Path, checkpoints: str = "") -> dict[str, Any]:
+    model = visionlens.load("zoo:curve")
+    b = cm.curve_batch(500, seed=cm.HELD_OUT_SEED)
+    src = checkpoints or str(Path(cm.__file__).parent / "weights" / cm.CHECKPOINTS_FILE)
+    res = {}
+    for hook in ("mixed3b.hook_out", HOOK):
+        r = model.analyze("phase_changes", b["images"], checkpoints=src, hook=hook, labels=b["labels"].tolist())
+        r.save(out / f"phase_{hook.split('.')[0]}")
+        res[hook] = {"summary": r.summary, "changes": r.tables["changes"].records()}
+    return res
+
+
+SECTIONS = {"tuning": tuning, "equivariance": equivariance, "surgery": surgery, "scrubbing": scrubbing, "phase": phase}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="benchmarks/results/circuits")
+    p.add_argument("--only", default=",".join(SECTIONS))
+    p.add_argument("--checkpoints", default="", help="phase: a folder of step_*.safetensors instead of the shipped set")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.only.split(","):
+        t0 = time.perf_counter()
+        res = phase(out, args.checkpoints) if name == "phase" else SECTIONS[name](out)
+        res = {"seconds": round(time.perf_counter() - t0, 1), "result": res}
+        (out / f"{name}.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
+        print(name, json.dumps(res, default=float)[:3000], flush=True)
+
+
+if __name__ == "__main__":
+    main()
