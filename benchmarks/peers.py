@@ -7,7 +7,8 @@ random weights, fp32, eval mode, under ``torch.no_grad()``:
 * ``vl_no_hooks`` / ``vl_cache_all`` / ``vl_cache_resid``: visionlens (``HookedVisionModel.from_module``
   on a copy of the same module) with no hooks, ``run_with_cache()`` of every hook, and of the residual
   stream only;
-* ``torch_hooks``: plain ``register_forward_hook`` on every submodule, storing each call's output;
+* ``torch_hooks`` / ``torch_hooks_clone``: plain ``register_forward_hook`` on every submodule, storing each
+  call's output as returned / a clone of it (the correct hand-written baseline);
 * ``nnsight``: ``NNsight(module).trace(x)`` saving every submodule's output (first call of each);
 * ``torchlens``: ``torchlens.trace(module, x)`` (saves every operation; torch unwrapped after each call so
   the other variants run on plain torch);
@@ -22,13 +23,18 @@ tables give medians, interquartile ranges and a bootstrap 95% interval of the me
 
 Values are checked, not only timed: a reference pass clones every submodule's output and records which
 outputs a later in-place op (``ReLU(inplace=True)``, ``out += identity``) overwrote. Each variant's
-stored values are compared with that reference (module outputs by path; transformer peers' ``resid_post``
-with the timm block outputs). A variant whose stored value of an overwritten output differs is
-**aliased**: it kept a reference, not the value, so what it returns is wrong under in-place ops.
+stored values are compared with that reference (module outputs by path; TransformerLens-style hooks such as
+``resid_post``, ``attn_out`` and ``mlp.hook_pre`` with the timm modules they equal; ResNet block outputs).
+A variant whose stored value of an overwritten output differs is **aliased**: it kept a reference, not
+the value, so what it returns is wrong under in-place ops.
 
     python benchmarks/peers.py                                   # every case -> benchmarks/results/peers_cpu.{json,md}
     python benchmarks/peers.py --quick --cases resnet18_32_b1 vit_tiny_p4_32_b1 --threads 1 --note "busy"
     make bench-peers                                             # creates .venv-peers with the peers, runs this
+    make bench-peers PEERS_ARGS='--note "machine idle"'         # the same, with a note in the results
+
+The run also calls ``benchmarks/fv_vs_lucent.compare`` (feature visualization vs Lucent) when that file
+exists (``--fv``; on by default in a full run).
 
 A peer that fails to import, to set up or to run a case is recorded with its error text.
 """
