@@ -421,7 +421,14 @@ class CircuitSurgery(Analysis):
 
     def smoke_config(self, model: HookedVisionModel) -> dict[str, Any]:
         below, hook = same_size_hooks(model)
-        return {"below": below, "hook": hook, "units": [0], "labels": [0, 1, 0, 1], "n_bootstrap": 10, "controls": False}
+        return {
+            "below": below,
+            "hook": hook,
+            "units": [0],
+            "labels": [0, 1, 0, 1],
+            "n_bootstrap": 10,
+            "controls": False,
+        }
 
     def supports(self, model: HookedVisionModel) -> tuple[bool, str]:
         ok, why = image_support(model)

@@ -12,8 +12,9 @@ Each metric's trajectory gets a model-free change point (:func:`empirical_rise`:
 ``t90`` at which it has covered 10/50/90% of its way from the first value to its final plateau) and, for
 reference, a logistic fit ``m(t) = a + b / (1 + exp(-(t - t0) / w))`` (``t0`` within the steps spanned, its
 10-90% width ``2 ln(9) w``, ``R^2`` against a straight line's, a residual-bootstrap interval for ``t0``).
-A metric changes as a **phase change** when its 10-90% rise takes at most ``phase_fraction`` (default
-10%) of the steps spanned -- the resolution is the checkpoint spacing, which the report states.
+A metric *changes* when its plateau differs from its first value by at least half its range (not noise
+around a level), and changes as a **phase change** when its 10-90% rise takes at most ``phase_fraction``
+(default 10%) of the steps spanned -- the resolution is the checkpoint spacing.
 """
 
 from __future__ import annotations
@@ -280,6 +281,7 @@ class PhaseChangeResult(Result):
                 "logistic_width",
                 "r2",
                 "r2_linear",
+                "changes",
                 "phase_change",
             ],
             title=f"Change points (phase change: the 10-90% rise takes at most {config.phase_fraction:.0%} of the "
@@ -290,7 +292,9 @@ class PhaseChangeResult(Result):
             e = empirical_rise(steps, y)
             f = logistic_fit(steps, y, config.n_bootstrap, config.seed)
             frac = e["rise_width"] / span if span else float("nan")
-            phase = bool(np.isfinite(frac) and frac <= config.phase_fraction)
+            # a change at all: the trajectory mostly moves from its first value to its plateau (not noise around it)
+            moves = bool(len(y) > 1 and abs(y[-5:].mean() - y[0]) >= 0.5 * float(np.ptp(y)) > 0)
+            phase = bool(moves and np.isfinite(frac) and frac <= config.phase_fraction)
             changes.rows.append(
                 [
                     n,
@@ -305,6 +309,7 @@ class PhaseChangeResult(Result):
                     f["width"],
                     f["r2"],
                     f["r2_linear"],
+                    moves,
                     phase,
                 ]
             )
@@ -330,10 +335,10 @@ class PhaseChangeResult(Result):
             y = np.array(traj.column(n), dtype=np.float64)
             ax.plot(steps, y, marker=".", color="#2c3e50")
             c = ch[n]
-            if c["t50"] is not None and np.isfinite(c["t50"]):
+            if c.get("changes") and c["t50"] is not None and np.isfinite(c["t50"]):
                 ax.axvline(c["t50"], color="#c0392b", lw=1)
                 ax.axvspan(c["t10"], c["t90"], color="#c0392b", alpha=0.15)
-            tag = "phase change" if c["phase_change"] else "gradual"
+            tag = "phase change" if c["phase_change"] else ("gradual" if c.get("changes") else "no change")
             ax.set_title(f"{n}\nt50={c['t50']:.0f}, 10-90%: {c['rise_width']:.0f} steps ({tag})", fontsize=8)
             ax.set_xlabel("training step", fontsize=8)
             ax.tick_params(labelsize=7)

@@ -329,7 +329,10 @@ class TuningResult(Result):
             title=f"Curve-detector test on {t.hook} (selectivity >= {config.selectivity_threshold}, "
             f"unimodal, curve >= {config.curve_line_ratio} x line)",
         )
-        order = torch.argsort(det["selectivity"] * (det["curve_max"] > 0), descending=True)
+        # curve detectors first, then by selectivity (the radial plots show the first rows)
+        order = torch.argsort(
+            det["is_curve_detector"] * 2.0 + det["selectivity"] * (det["curve_max"] > 0), descending=True
+        )
         for i in order.tolist():
             table.rows.append(
                 [

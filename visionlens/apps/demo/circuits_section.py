@@ -1,31 +1,30 @@
 """The demo report's circuits section: the zoo curve model read through the circuits plugins.
 
-:func:`circuits_section` (``out`` directory -> ``(html_fragment, png_paths)``, about 10-15 s on one core)
-runs on ``zoo:curve``:
+:func:`circuits_section` (``out`` directory -> ``(html_fragment, png_paths)``, about 5-10 s on one core):
 
-* ``tuning_curves`` on ``mixed3a`` -- radial orientation tuning of its most selective units and how many
-  pass the curve-detector test;
-* ``equivariance`` on ``mixed3a`` -- the rotation family found from stimuli, tuning curves aligned by their
-  offsets;
-* ``circuit_surgery`` -- the curve detectors ablated, then replaced by the hand-coded template circuit
-  (a quick run: 600 held-out images, no controls; ``docs/circuits.md`` has the full run);
-* ``phase_changes`` -- curve-detector count, selectivity, family size and loss over every third shipped
-  checkpoint, with the logistic change point.
+* ``tuning_curves`` on ``mixed3a`` (run here) -- radial orientation tuning of its most selective units and
+  how many pass the curve-detector test;
+* ``equivariance`` on ``mixed3a`` (run here) -- the rotation family found from stimuli, tuning curves
+  aligned by their offsets;
+* ``circuit_surgery`` and ``phase_changes`` -- too slow for the demo (minutes), so their saved results are
+  loaded from ``benchmarks/results/circuits`` (written by ``python benchmarks/circuits_curve.py``) when
+  present, with that command in the caption; otherwise the section says how to produce them.
 """
 
 from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from ...results import figure_to_png
+from ...results import figure_to_png, load_result
 from ...zoo import catalog
-from ...zoo.curve_model import CHECKPOINTS_FILE, HELD_OUT_SEED, curve_batch
 
 __all__ = ["circuits_section"]
 
-HOOK, BELOW = "mixed3a.hook_out", "pool2.hook_out"
+HOOK = "mixed3a.hook_out"
+RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "results" / "circuits"
+COMMAND = "python benchmarks/circuits_curve.py --out benchmarks/results/circuits"
 
 
 def _png(fig: Any, out: Path, name: str) -> Path:
@@ -44,7 +43,7 @@ def _figure(path: Path, caption: str) -> str:
     )
 
 
-def circuits_section(out: Path) -> tuple[str, list[Path]]:
+def circuits_section(out: Path, results_dir: Optional[Path] = None) -> tuple[str, list[Path]]:
     """Run the circuits plugins on ``zoo:curve``; returns the HTML fragment and the PNGs written into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,30 +63,15 @@ def circuits_section(out: Path) -> tuple[str, list[Path]]:
     desc = ", ".join(f"unit {m} at {o:.0f} deg" for m, o in zip(fams[0].members, fams[0].offsets)) if fams else "none"
     parts.append(_figure(pngs[-1], f"equivariance: {eqv.summary}. Largest family: {desc}."))
 
-    b = curve_batch(600, seed=HELD_OUT_SEED)
-    surg = model.analyze(
-        "circuit_surgery",
-        b["images"],
-        below=BELOW,
-        hook=HOOK,
-        labels=b["labels"].tolist(),
-        n_bootstrap=200,
-        controls=False,
-    )
-    pngs.append(_png(surg.plot(), out, "surgery"))
-    parts.append(_figure(pngs[-1], f"circuit_surgery (quick run, 300 evaluation images): {surg.summary}."))
-
-    ckpt = Path(catalog.WEIGHTS_DIR) / CHECKPOINTS_FILE
-    if ckpt.is_file():
-        pc = model.analyze(
-            "phase_changes",
-            b["images"][:300],
-            checkpoints=str(ckpt),
-            hook=HOOK,
-            labels=b["labels"][:300].tolist(),
-            every=3,
-            n_bootstrap=0,
-        )
-        pngs.append(_png(pc.plot(), out, "phase"))
-        parts.append(_figure(pngs[-1], f"phase_changes: {pc.summary}."))
+    saved = Path(results_dir) if results_dir is not None else RESULTS
+    for name, folder, what in (
+        ("surgery", "surgery_template", "circuit_surgery (hand-coded template circuit, mixed3a)"),
+        ("phase", "phase_mixed3b", "phase_changes (mixed3b, 31 shipped checkpoints)"),
+    ):
+        if (saved / folder / "result.json").is_file():
+            res = load_result(saved / folder)
+            pngs.append(_png(res.plot(), out, name))
+            parts.append(_figure(pngs[-1], f"{what}: {res.summary} (saved by {COMMAND})"))
+        else:
+            parts.append(f"<p>{html.escape(what)}: run {html.escape(COMMAND)} to add this figure.</p>")
     return "\n".join(parts), pngs
