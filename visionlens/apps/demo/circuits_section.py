@@ -17,6 +17,7 @@ import html
 from pathlib import Path
 from typing import Any, Optional
 
+from ...plugins.circuits import equivariance
 from ...results import figure_to_png, load_result
 from ...zoo import catalog
 
@@ -57,7 +58,13 @@ def circuits_section(out: Path, results_dir: Optional[Path] = None) -> tuple[str
         _figure(pngs[-1], f"tuning_curves on {HOOK}: {tun.summary} Red: curves at the best radius; blue: lines.")
     )
 
-    eqv = model.analyze("equivariance", None, hook=HOOK)
+    # the equivariance analysis on the tuning just measured (the same stimuli; saves measuring them twice)
+    t = tun.tuning()
+    sig = equivariance.rotation_signature(t)
+    fams, scores, offsets = equivariance.stimulus_families(sig, units=t.units)
+    cfg = equivariance.Equivariance().make_config(hook=HOOK)
+    tensors = {"stimulus_scores": scores, "stimulus_offsets": offsets, "curves": sig}
+    eqv = equivariance.EquivarianceResult.build(t, fams, [], tensors, cfg, model, HOOK)
     pngs.append(_png(eqv.plot(), out, "family"))
     fams = eqv.families("stimuli")
     desc = ", ".join(f"unit {m} at {o:.0f} deg" for m, o in zip(fams[0].members, fams[0].offsets)) if fams else "none"
