@@ -164,14 +164,15 @@ class BridgedHookPoint(_NotifyingHookPoint):
 
     def _sync_bridge(self) -> None:
         want = is_active(self)
+        # object.__setattr__: nn.Module.__setattr__ costs microseconds, and a full cache toggles every point twice
         if want and self._bridge is None:
             if self._where == "output":
-                self._bridge = self._target.register_forward_hook(self._on_output)
+                object.__setattr__(self, "_bridge", self._target.register_forward_hook(self._on_output))
             else:
-                self._bridge = self._target.register_forward_pre_hook(self._on_input)
+                object.__setattr__(self, "_bridge", self._target.register_forward_pre_hook(self._on_input))
         elif not want and self._bridge is not None:
             self._bridge.remove()
-            self._bridge = None
+            object.__setattr__(self, "_bridge", None)
 
     def _on_output(self, module: nn.Module, args: Any, output: Any) -> Any:
         if self._index is None:

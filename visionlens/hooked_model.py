@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
@@ -268,15 +269,21 @@ class HookedVisionModel(TLWeightsMixin, HookedRootModule):
         if remove_batch_dim and model_args and isinstance(model_args[0], Tensor) and model_args[0].shape[0] != 1:
             raise ValueError(f"Cannot remove batch dimension from cache with batch size {model_args[0].shape[0]}")
         raw: dict[str, Tensor] = {}
+        session = getattr(self.adapter, "capture_session", None)
         self.is_caching = True
         try:
-            for hp in selected:
-                hp.set_capture(raw)
-            with heap_allocations():
-                out = self(*model_args, **model_kwargs)
+            # an adapter may capture its points in one session (conv nets: two global torch hooks instead of
+            # one per point); it hands back the points left to capture one by one
+            with session(selected, raw) if session is not None else contextlib.nullcontext(selected) as rest:
+                try:
+                    for hp in rest:
+                        hp.set_capture(raw)
+                    with heap_allocations():
+                        out = self(*model_args, **model_kwargs)
+                finally:
+                    for hp in rest:
+                        hp.set_capture(None)
         finally:
-            for hp in selected:
-                hp.set_capture(None)
             self.is_caching = False
         cache_dict: dict[str, Any] = {}
         deferred = False

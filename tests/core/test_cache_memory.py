@@ -126,3 +126,47 @@ def test_inplace_activations_run_out_of_place_only_while_hooked_and_values_stay_
         model.run_with_hooks(x, fwd_hooks=[("layer1.0.bn1.hook_out", boom)])
     assert all(a.inplace for a in acts) and not any(hp._forward_hooks for hp in model.hook_dict.values())
     torch.testing.assert_close(model(x), src(x), atol=0, rtol=0)
+
+
+def test_capture_session_matches_per_point_capture_and_leaves_nothing_behind():
+    import torchvision
+
+    torch.manual_seed(0)
+    src = torchvision.models.resnet18(num_classes=4).eval()
+    model = HookedVisionModel.from_module(src)
+    x = _x(2)
+    cls = type(model.adapter)
+    before = (
+        len(torch.nn.modules.module._global_forward_hooks),
+        len(torch.nn.modules.module._global_forward_pre_hooks),
+    )
+    scaled = lambda t, hook: t * 2.0  # noqa: E731 - a user hook already attached while everything is cached
+    try:
+        cls.session_min_fraction = 0.0
+        with model.hooks(fwd_hooks=[("layer1.0.bn1.hook_out", scaled)]):
+            _, session = model.run_with_cache(x)
+        cls.session_min_fraction = float("inf")
+        with model.hooks(fwd_hooks=[("layer1.0.bn1.hook_out", scaled)]):
+            _, per_point = model.run_with_cache(x)
+        cls.session_min_fraction = 0.0
+
+        def boom(t, hook):
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError, match="boom"), model.hooks(fwd_hooks=[("layer2.0.conv1.hook_out", boom)]):
+            model.run_with_cache(x)
+    finally:
+        del cls.session_min_fraction
+    assert set(session.keys()) == set(per_point.keys())
+    for k in per_point.keys():
+        torch.testing.assert_close(session[k], per_point[k], atol=0, rtol=0)
+    # the hooked point's value reached what follows it (torchvision's shared relu: the block's first call)
+    assert (session["stages.0.blocks.0.hook_act1"] >= 0).all()
+    torch.testing.assert_close(
+        session["stages.0.blocks.0.hook_act1"], torch.relu(session["layer1.0.bn1.hook_out"]), atol=0, rtol=0
+    )
+    after = (len(torch.nn.modules.module._global_forward_hooks), len(torch.nn.modules.module._global_forward_pre_hooks))
+    assert after == before
+    assert all(a.inplace for a in model.adapter.out_of_place.modules)
+    assert not any(hp._forward_hooks or hp._capture is not None for hp in model.hook_dict.values())
+    torch.testing.assert_close(model(x), src(x), atol=0, rtol=0)
