@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from visionlens.config import VisionConfig
 from visionlens.hook_points import HookPoint, InlineHookPoint, fire, is_active
 
-from .transformer_blocks import LayerHooks, is_identity, ln_scale
+from .transformer_blocks import LayerHooks, fire_ln_scale, is_identity, ln_scale
 
 __all__ = ["ViTTower", "ResNetTower", "TextTower", "block_supported"]
 
@@ -198,12 +198,12 @@ class _Blocks:
     def _block(self, blk: nn.Module, h: LayerHooks, x: Tensor, mask: Optional[Tensor]) -> Tensor:
         x = fire(h.resid_pre, x)
         if is_active(h.ln1_scale):
-            fire(h.ln1_scale, ln_scale(blk.ln_1, x))
+            fire_ln_scale(h.ln1_scale, blk.ln_1, x)
         y = fire(h.ln1, blk.ln_1(x))
         attn_out = fire(h.attn_out, self._attention(blk, h, y, mask))
         x = fire(h.resid_mid, x + attn_out)
         if is_active(h.ln2_scale):
-            fire(h.ln2_scale, ln_scale(blk.ln_2, x))
+            fire_ln_scale(h.ln2_scale, blk.ln_2, x)
         y = fire(h.ln2, blk.ln_2(x))
         mlp = blk.mlp
         y = fire(h.mlp_pre, mlp.c_fc(y))
@@ -332,11 +332,11 @@ class ViTTower:
         elif v.final_ln_after_pool:
             pooled, tokens = v._global_pool(x)
             if is_active(self.ln_final_scale):
-                fire(self.ln_final_scale, ln_scale(v.ln_post, pooled))
+                fire_ln_scale(self.ln_final_scale, v.ln_post, pooled)
             pooled = fire(self.ln_final, v.ln_post(pooled))
         else:
             if is_active(self.ln_final_scale):
-                fire(self.ln_final_scale, ln_scale(v.ln_post, x))
+                fire_ln_scale(self.ln_final_scale, v.ln_post, x)
             x = fire(self.ln_final, v.ln_post(x))
             pooled, tokens = v._global_pool(x)
         pooled = fire(self.hook_pooled, pooled)
@@ -644,12 +644,12 @@ class TextTower:
         if cls_emb is not None:
             pooled = x[:, -1]
             if is_active(self.ln_final_scale):
-                fire(self.ln_final_scale, ln_scale(t.ln_final, pooled))
+                fire_ln_scale(self.ln_final_scale, t.ln_final, pooled)
             pooled = fire(self.ln_final, t.ln_final(pooled))
             tokens = x[:, :-1]
         else:
             if is_active(self.ln_final_scale):
-                fire(self.ln_final_scale, ln_scale(t.ln_final, x))
+                fire_ln_scale(self.ln_final_scale, t.ln_final, x)
             x = fire(self.ln_final, t.ln_final(x))
             from open_clip.transformer import text_global_pool
 

@@ -24,7 +24,7 @@ from visionlens.hook_points import HookPoint, InlineHookPoint, capture_deferred,
 
 from . import Adapter
 from .tl_weights import TLBlock, TLWeightSource
-from .transformer_blocks import LayerHooks, LinearReadout, is_identity, ln_scale
+from .transformer_blocks import LayerHooks, LinearReadout, fire_ln_scale, is_identity
 
 __all__ = ["TimmViTAdapter", "ATTN_INTERNAL"]
 
@@ -266,12 +266,12 @@ class TimmViTAdapter(Adapter):
     def _block(self, blk: nn.Module, h: LayerHooks, x: Tensor) -> Tensor:
         x = fire(h.resid_pre, x)
         if is_active(h.ln1_scale):
-            fire(h.ln1_scale, ln_scale(blk.norm1, x))
+            fire_ln_scale(h.ln1_scale, blk.norm1, x)
         y = fire(h.ln1, blk.norm1(x))
         attn_out = fire(h.attn_out, blk.drop_path1(self._attention(blk.attn, h, y, blk.ls1)))
         x = fire(h.resid_mid, x + attn_out)
         if is_active(h.ln2_scale):
-            fire(h.ln2_scale, ln_scale(blk.norm2, x))
+            fire_ln_scale(h.ln2_scale, blk.norm2, x)
         y = fire(h.ln2, blk.norm2(x))
         mlp = blk.mlp
         y = fire(h.mlp_pre, mlp.fc1(y))
@@ -296,7 +296,7 @@ class TimmViTAdapter(Adapter):
             x = self._block(blk, h, x) if h.any_active else blk(x)
         if self.norm_first and self.final_ln is not None:
             if is_active(self.ln_final_scale):
-                fire(self.ln_final_scale, ln_scale(s.norm, x))
+                fire_ln_scale(self.ln_final_scale, s.norm, x)
             return fire(self.ln_final, s.norm(x))
         return s.norm(x)
 
@@ -315,7 +315,7 @@ class TimmViTAdapter(Adapter):
         pooled = s.pool(x)
         if not self.norm_first and self.final_ln is not None:
             if is_active(self.ln_final_scale):
-                fire(self.ln_final_scale, ln_scale(s.fc_norm, pooled))
+                fire_ln_scale(self.ln_final_scale, s.fc_norm, pooled)
             pooled = fire(self.ln_final, s.fc_norm(pooled))
         else:
             pooled = s.fc_norm(pooled)

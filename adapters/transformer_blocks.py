@@ -15,15 +15,25 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from visionlens.hook_points import HookPoint, InlineHookPoint, is_active
+from visionlens.hook_points import HookPoint, InlineHookPoint, capture_deferred, fire, is_active, is_hooked
 
-__all__ = ["LayerHooks", "LinearReadout", "is_identity", "ln_scale"]
+__all__ = ["LayerHooks", "LinearReadout", "fire_ln_scale", "is_identity", "ln_scale"]
 
 
 def ln_scale(norm: nn.Module, x: Tensor) -> Tensor:
     """Per-vector ``sqrt(var + eps)`` of ``x`` over the last dim, with the LayerNorm ``norm``'s eps (default 1e-6)."""
     eps = getattr(norm, "eps", 1e-6)
     return (x.var(dim=-1, keepdim=True, unbiased=False) + eps).sqrt()
+
+
+def fire_ln_scale(hp: HookPoint, norm: nn.Module, x: Tensor) -> None:
+    """Fire ``ln*.hook_scale`` for the LayerNorm ``norm`` reading ``x``; a point that is only cached gets the
+    scale computed from ``x`` when the cache is read (the same op on the same tensor, so the same value)."""
+    if is_hooked(hp):
+        fire(hp, ln_scale(norm, x))
+    elif hp._capture is not None:
+        xd = x.detach()
+        capture_deferred(hp, lambda: ln_scale(norm, xd))
 
 
 def is_identity(m: Optional[nn.Module]) -> bool:
