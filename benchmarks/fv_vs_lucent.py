@@ -61,10 +61,12 @@ CHECK_EVERY = 8
 # visionlens settings under test: Adam with a high learning rate decayed to a low one (cosine), fewer
 # steps, Lucid's parameterization (FFT, decorrelated colour). "native": the standard transforms at
 # the native 128 px; "lucent_view": Lucent's own transform pipeline (pad, kornia jitter / scale /
-# rotate, upsampling to 224 px), i.e. exactly the quantity Lucent optimises.
+# rotate, upsampling to 224 px), i.e. exactly the quantity Lucent optimises; "native_jitter": native
+# size with Lucid's pad and jitters only (no random scale / rotation).
 CANDIDATES: dict[str, dict[str, Any]] = {
     "native": {"lr": 0.2, "lr_end": 0.01, "steps": 128},
     "lucent_view": {"lr": 0.3, "lr_end": 0.01, "steps": 256, "lucent_transforms": True},
+    "native_jitter": {"lr": 0.2, "lr_end": 0.01, "steps": 96, "jitter_only": True},
 }
 
 
@@ -176,7 +178,12 @@ def run_lucent(
         )
     with torch.no_grad():
         images = holder["image_f"]().detach().float().cpu()
-    return {"images": images, "step_times": [s - t0 for s in stamps], "seconds": stamps[-1] - t0}
+    return {
+        "images": images,
+        "step_times": [s - t0 for s in stamps],
+        "seconds": stamps[-1] - t0,
+        "hooks_left": _hook_count(module),  # render_vis never removes its hooks
+    }
 
 
 def run_visionlens(model: HookedVisionModel, units: Sequence[str], settings: dict[str, Any], seed: int) -> fv.Rendering:
@@ -184,7 +191,9 @@ def run_visionlens(model: HookedVisionModel, units: Sequence[str], settings: dic
     s = dict(settings)
     steps = int(s.pop("steps"))
     up, mag, crop = s.pop("upsample", None), s.pop("magnify", None), s.pop("crop", None)
-    if s.pop("lucent_transforms", False):  # Lucent's own pipeline (its draws: numpy's global RNG)
+    if s.pop("jitter_only", False):  # Lucid's pad and jitters without scale / rotation
+        s["transforms"] = [fv.Pad(12, "constant", 0.5), fv.Jitter(8), fv.Jitter(4)]
+    elif s.pop("lucent_transforms", False):  # Lucent's own pipeline (its draws: numpy's global RNG)
         np.random.seed(seed)
         s["transforms"] = [lucent_transform(128)]
     elif up:  # Lucent's view: the standard transforms, then the image bilinearly resized to `up` px
@@ -337,6 +346,7 @@ def compare(
             "units": units,
             "lucent_seconds": luc["seconds"],
             "lucent_run_in_this_process": fresh,
+            "lucent_hooks_left": luc.get("hooks_left"),
             "lucent_neuron_steps_per_s": n * lucent_steps / luc["seconds"],
             "target": target,
             "grey_image_scores": baseline,
@@ -472,7 +482,7 @@ def markdown(res: dict[str, Any]) -> str:
             f"{', '.join(case['units'])})",
             "",
             f"Lucent: {case['lucent_seconds']:.1f} s ({case['lucent_neuron_steps_per_s']:.2f} neuron-steps/s"
-            f"{note}). "
+            f"{note}; hooks it left on its module: {case.get('lucent_hooks_left', 'not counted')}). "
             f"Targets (Lucent's final image): native {_f(tg['native'][0])}, with Lucent's transforms "
             f"{_f(tg['lucent_tf'][0])}; a grey image scores {_f(case['grey_image_scores']['native'][0])} / "
             f"{_f(case['grey_image_scores']['lucent_tf'][0])}. Scores every {res['check_every']} steps, "
@@ -489,7 +499,7 @@ def markdown(res: dict[str, Any]) -> str:
                     f"| {name} ({row['steps_run']} steps max) | {row['neuron_steps_per_s']:.2f} | {k} | "
                     f"{_f(row[f'{k}_steps'], '{}')} | {_f(row[f'seconds_per_neuron_{k}'], '{:.2f}')} | "
                     f"{_f(row[f'speedup_{k}'], '{:.1f}x', fresh_none)} | "
-                    f"{_f(row[f'speedup_{k}_interleaved'], '{:.1f}x')} | "
+                    f"{_f(row[f'speedup_{k}_interleaved'], '{:.1f}x', '-' if res.get('lucent_fixed_image_size') else 'not reached')} | "
                     f"{'' if frac is None else ', '.join(f'{x:.2f}' for x in frac)} |"
                 )
     lines += ["", f"Hooks left on the visionlens model after all renders: {res['hooks_left_on_visionlens_model']}.", ""]
