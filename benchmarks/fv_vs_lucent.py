@@ -471,6 +471,7 @@ def markdown(res: dict[str, Any]) -> str:
     for n, case in res["time_to_target"].items():
         tg = case["target"]
         fresh_none = "not reached" if case["lucent_run_in_this_process"] else "-"
+        tp_none = "-" if res.get("lucent_fixed_image_size") else "not reached"
         note = (
             ""
             if case["lucent_run_in_this_process"]
@@ -499,7 +500,7 @@ def markdown(res: dict[str, Any]) -> str:
                     f"| {name} ({row['steps_run']} steps max) | {row['neuron_steps_per_s']:.2f} | {k} | "
                     f"{_f(row[f'{k}_steps'], '{}')} | {_f(row[f'seconds_per_neuron_{k}'], '{:.2f}')} | "
                     f"{_f(row[f'speedup_{k}'], '{:.1f}x', fresh_none)} | "
-                    f"{_f(row[f'speedup_{k}_interleaved'], '{:.1f}x', '-' if res.get('lucent_fixed_image_size') else 'not reached')} | "
+                    f"{_f(row[f'speedup_{k}_interleaved'], '{:.1f}x', tp_none)} | "
                     f"{'' if frac is None else ', '.join(f'{x:.2f}' for x in frac)} |"
                 )
     lines += ["", f"Hooks left on the visionlens model after all renders: {res['hooks_left_on_visionlens_model']}.", ""]
