@@ -34,6 +34,8 @@ from ...offline_weights import ensure_mobilenet_v2
 from ...preprocess import to_pil
 from ...threads import thread_policy
 from .analyses import demo_sections
+from .circuits_section import circuits_section
+from .clip_section import clip_section
 from .progress import Steps
 from .scrubbing import demo_scrubbing_section
 from .transfer import demo_transfer_section
@@ -196,7 +198,15 @@ def run_demo(
     with steps("causal scrubbing on a planted circuit"):
         analyses_html += demo_scrubbing_section(out)
 
-    # 5. technique transfer: every technique on every zoo family, against planted truth (quick subset)
+    # 5. the Circuits thread on the zoo curve model (tuning curves, a rotation family, surgery, phase change)
+    with steps("curve circuits on the zoo curve model"):
+        analyses_html += circuits_section(out)[0]
+
+    # 6. CLIP neurons on the zoo CLIP (attention-pool DLA, max-activating text, head roles, construction)
+    with steps("CLIP neurons on the zoo CLIP"):
+        analyses_html += clip_section(out)[0]
+
+    # 7. technique transfer: every technique on every zoo family, against planted truth (quick subset)
     if transfer:
         analyses_html += demo_transfer_section(out, steps=steps)
 
