@@ -23,7 +23,7 @@ from visionlens.validation import VisionLensError
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'visionlens[ray]')")
 from visionlens.scale.ray_backend import RayOptions, run_sweep_on_ray  # noqa: E402
 
-# one local Ray instance for the module: under `pytest -n 2 --dist loadgroup` (make test) every test here runs on one worker
+# one local Ray instance for the module: under `pytest -n 2 --dist loadgroup` (make test) these run on one worker
 pytestmark = pytest.mark.xdist_group("ray")
 
 NET_SRC = """
