@@ -70,25 +70,24 @@ CANDIDATES: dict[str, dict[str, Any]] = {
 }
 
 
-def stub_ipython() -> None:
-    """Lucent imports IPython only to display images; stub it where IPython is not installed."""
-    if importlib.util.find_spec("IPython") is not None:
-        return
-    ip, disp = types.ModuleType("IPython"), types.ModuleType("IPython.display")
-    disp.display = disp.HTML = disp.Image = lambda *a, **k: None  # type: ignore[attr-defined]
-    ip.display = disp  # type: ignore[attr-defined]
-    sys.modules.setdefault("IPython", ip)
-    sys.modules.setdefault("IPython.display", disp)
-
-
 def lucent_available() -> Optional[str]:
-    """None when Lucent imports, else the reason."""
-    stub_ipython()
+    """Import Lucent (None when it imports, else the reason). Lucent imports IPython only to display
+    images: where IPython is missing, a stub ``IPython.display`` is present during the import only."""
+    stubbed = importlib.util.find_spec("IPython") is None
+    if stubbed:
+        ip, disp = types.ModuleType("IPython"), types.ModuleType("IPython.display")
+        disp.display = disp.HTML = disp.Image = lambda *a, **k: None  # type: ignore[attr-defined]
+        ip.display = disp  # type: ignore[attr-defined]
+        sys.modules["IPython"], sys.modules["IPython.display"] = ip, disp
     try:
-        import lucent.modelzoo.inceptionv1  # noqa: F401
-        import lucent.optvis.render  # noqa: F401
+        for mod in ("lucent.modelzoo.inceptionv1", "lucent.optvis.render", "lucent.optvis.transform"):
+            importlib.import_module(mod)
     except Exception as exc:
         return f"{type(exc).__name__}: {exc} (pip install torch-lucent==0.1.8 kornia==0.4.1 decorator)"
+    finally:
+        if stubbed:  # matplotlib and others read sys.modules["IPython"]; the stub must not outlive the import
+            sys.modules.pop("IPython", None)
+            sys.modules.pop("IPython.display", None)
     return None
 
 

@@ -13,35 +13,39 @@ import pytest
 import torch
 from torch import nn
 
-
-def _stub_ipython() -> None:
-    """Lucent imports IPython only to display images; a stub keeps IPython out of the test environment."""
-    if importlib.util.find_spec("IPython") is not None:
-        return
-    ip, disp = types.ModuleType("IPython"), types.ModuleType("IPython.display")
-    disp.display = disp.HTML = disp.Image = lambda *a, **k: None  # type: ignore[attr-defined]
-    ip.display = disp  # type: ignore[attr-defined]
-    sys.modules.setdefault("IPython", ip)
-    sys.modules.setdefault("IPython.display", disp)
-
-
-_stub_ipython()
-from lucent.modelzoo.inceptionv1 import InceptionV1  # noqa: E402
-
-try:  # Lucent's optvis needs kornia==0.4.1, which only the peers environment carries (it breaks diffusers)
-    from lucent.optvis import transform as lucent_transform  # noqa: E402
-except ImportError:
-    lucent_transform = None
-
-import visionlens.featurevis as fv  # noqa: E402
-from visionlens import HookedVisionModel  # noqa: E402
-from visionlens.adapters.inception import MIXED_LAYERS  # noqa: E402
-from visionlens.adapters.lucid_inception import (  # noqa: E402
+import visionlens.featurevis as fv
+from visionlens import HookedVisionModel
+from visionlens.adapters.inception import MIXED_LAYERS
+from visionlens.adapters.lucid_inception import (
     LucidInceptionV1,
     is_lucid_inceptionv1,
     load_lucid_inceptionv1,
     lucid_parameter_shapes,
 )
+
+
+def _import_lucent() -> tuple[types.ModuleType, types.ModuleType]:
+    """Lucent imports IPython only to display images: import it with a stub ``IPython.display`` (IPython
+    stays out of the test environment), then drop the stub so that nothing else sees it."""
+    stubbed = importlib.util.find_spec("IPython") is None
+    if stubbed:
+        ip, disp = types.ModuleType("IPython"), types.ModuleType("IPython.display")
+        disp.display = disp.HTML = disp.Image = lambda *a, **k: None  # type: ignore[attr-defined]
+        ip.display = disp  # type: ignore[attr-defined]
+        sys.modules["IPython"], sys.modules["IPython.display"] = ip, disp
+    try:
+        zoo = importlib.import_module("lucent.modelzoo.inceptionv1")
+        importlib.import_module("lucent.optvis.render")
+        tf = importlib.import_module("lucent.optvis.transform")
+    finally:
+        if stubbed:
+            sys.modules.pop("IPython", None)
+            sys.modules.pop("IPython.display", None)
+    return zoo, tf
+
+
+_zoo, lucent_transform = _import_lucent()
+InceptionV1 = _zoo.InceptionV1
 
 
 @pytest.fixture(scope="module")
