@@ -9,23 +9,32 @@ a fresh copy for every run because ``render_vis`` leaves its hooks on every modu
 Same objectives (channel objectives at ``mixed4a``), same image size (128 px).
 
 * **Lucent**: ``render_vis`` with its defaults (FFT + decorrelated colour, standard transforms,
-  ``x * 255 - 117``, upsampled to 224 px, Adam lr 0.05, 512 steps); N units are one batch of N images
-  (``objectives.channel(layer, n, batch=i)`` summed), the way Lucent batches.
-* **visionlens**: ``fv.render`` at native size with the forward stopped at ``mixed4a``; the settings
-  under test are in :data:`FAST` (learning rate, schedule, transforms).
+  ``x * 255 - 117``, upsampled to 224 px, Adam lr 0.05, 512 steps); ``--lucent-fixed-size 128`` uses
+  Lucent's own ``fixed_image_size=128`` (no upsampling; its forward then fails after ``mixed5b``,
+  which Lucent catches). N units are one batch of N images (``objectives.channel(layer, n, batch=i)``
+  summed), the way Lucent batches.
+* **visionlens**: ``fv.render`` at native size with the forward stopped at ``mixed4a`` and frozen
+  parameters; the settings under test are :data:`CANDIDATES` (learning-rate schedule, transforms).
 
 **The target** of a unit is the value Lucent's 512-step image reaches under two scorers, both applied
 to both libraries' images: ``native`` (the channel mean at ``mixed4a`` of the 128 px image, no
 transforms) and ``lucent_tf`` (the channel mean Lucent's objective computes: its transforms, its
 preprocessing, its 224 px upsampling; averaged over the same ``draws`` seeded random draws for every
-image scored). visionlens reaches the target at the first checkpoint where *both* scores of *every*
-unit are at least Lucent's; its time is the optimisation time up to that step (scoring is not
-counted). Lucent's time is its 512 steps.
+image scored). A grey image's scores are reported as the input-independent baseline. visionlens
+reaches a target at the first checkpoint (every 8 steps) where every unit's score is at least
+Lucent's (per scorer, and ``both``); its time is the optimisation time up to that step (scoring is
+not counted). Lucent's time is its 512 steps.
 
-The cores are shared with other jobs, so Lucent and visionlens runs alternate in the same process
-(``repeats`` rounds) and ratios are taken within a round.
+The cores are shared with other jobs, so throughput is measured in alternating short Lucent /
+visionlens runs in one process (median of the per-round ratios); the "interleaved" speed-up is that
+ratio times ``512 / steps to target``. ``--lucent-cache FILE`` reuses Lucent's final images of an
+identical earlier run (Lucent is deterministic for a seed on CPU); then only the interleaved speed-up
+is reported.
 
-    python benchmarks/fv_vs_lucent.py --units 1,8 --repeats 1   # writes benchmarks/results/fv_vs_lucent.{json,md}
+    python benchmarks/fv_vs_lucent.py --units 1,8 --target-units 1 --throughput-steps 4 \
+        --throughput-rounds 2 --throughput-candidates '1:native,lucent_view;8:native'
+    python benchmarks/fv_vs_lucent.py --units "" --target-units 1 --candidates native,native_jitter \
+        --lucent-fixed-size 128 --tag fv_vs_lucent_fixed128
 
 :func:`compare` returns the result dict (``benchmarks/peers.py`` imports it).
 """
