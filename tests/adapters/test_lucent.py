@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+from typing import Optional
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ from visionlens.adapters.lucid_inception import (
 )
 
 
-def _import_lucent() -> tuple[types.ModuleType, types.ModuleType]:
+def _import_lucent() -> tuple[types.ModuleType, Optional[types.ModuleType]]:
     """Lucent imports IPython only to display images: import it with a stub ``IPython.display`` (IPython
     stays out of the test environment), then drop the stub so that nothing else sees it."""
     stubbed = importlib.util.find_spec("IPython") is None
@@ -35,8 +36,11 @@ def _import_lucent() -> tuple[types.ModuleType, types.ModuleType]:
         sys.modules["IPython"], sys.modules["IPython.display"] = ip, disp
     try:
         zoo = importlib.import_module("lucent.modelzoo.inceptionv1")
-        importlib.import_module("lucent.optvis.render")
-        tf = importlib.import_module("lucent.optvis.transform")
+        try:  # Lucent's optvis needs kornia==0.4.1, which only the peers environment carries (it breaks diffusers)
+            importlib.import_module("lucent.optvis.render")
+            tf: Optional[types.ModuleType] = importlib.import_module("lucent.optvis.transform")
+        except ImportError:
+            tf = None
     finally:
         if stubbed:
             sys.modules.pop("IPython", None)
