@@ -93,5 +93,20 @@ def clip_section(out: Path) -> tuple[str, list[Path]]:
         f"{cons.meta['in_units']}.</p>"
         + _table(["method", "mean R^2", "CI low", "CI high", "median R^2"], cons.tables["summary"].rows)
     )
-    figs = "".join(f'<figure><img alt="{html.escape(p.stem)}" src="{html.escape(p.name)}"></figure>' for p in pngs)
+    captions = {
+        "attnpool_dla": "Attention-pool DLA: each pool head's exact contribution to the zero-shot logit of the shape.",
+        "max_activating_text": "Max-activating text: the strings the search found per unit, against brute force.",
+        "head_roles": "Head roles: zero-shot accuracy per factor with each pool head ablated or kept alone.",
+        "construction": "Construction: how much of each last-stage unit a sparse set of earlier units explains.",
+    }
+
+    def caption(p: Path) -> str:
+        key = next((k for k in captions if k in p.stem), "")
+        return html.escape(captions.get(key, p.stem.replace("_", " ")))
+
+    figs = "".join(
+        f'<figure><img alt="{html.escape(p.stem)}" src="{html.escape(p.name)}"><figcaption>{caption(p)}</figcaption>'
+        "</figure>"
+        for p in pngs
+    )
     return "<section><h2>CLIP: the zoo CLIP's ResNet tower</h2>" + "".join(parts) + figs + "</section>", pngs
