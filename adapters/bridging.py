@@ -252,14 +252,20 @@ class ConvNetAdapter(BridgedAdapter):
         if len(session) < max(8, self.session_min_fraction * self._n_modules):
             yield points
             return
-        rest = [p for p in points if not (isinstance(p, ConvBridge) and p._bridge is None)]
-        outs: dict[int, list[ConvBridge]] = {}
-        ins: dict[int, list[ConvBridge]] = {}
-        scoped: dict[int, list[ConvBridge]] = {}
-        for p in session:
-            (outs if p._where == "output" else ins).setdefault(id(p._target), []).append(p)
-            if p._call is not None:
-                scoped.setdefault(id(p._scope), []).append(p)
+        key = tuple(map(id, points)), tuple(map(id, session))
+        plan = getattr(self, "_session_plan", None)
+        if plan is None or plan[0] != key:  # repeated caches of the same points reuse the dispatch tables
+            rest = [p for p in points if not (isinstance(p, ConvBridge) and p._bridge is None)]
+            outs: dict[int, list[ConvBridge]] = {}
+            ins: dict[int, list[ConvBridge]] = {}
+            scoped: dict[int, list[ConvBridge]] = {}
+            for p in session:
+                (outs if p._where == "output" else ins).setdefault(id(p._target), []).append(p)
+                if p._call is not None:
+                    scoped.setdefault(id(p._scope), []).append(p)
+            plan = (key, rest, outs, ins, scoped)
+            self._session_plan = plan
+        _, rest, outs, ins, scoped = plan
 
         def on_output(module: nn.Module, args: Any, output: Any) -> Any:
             bridges = outs.get(id(module))
@@ -272,8 +278,10 @@ class ConvNetAdapter(BridgedAdapter):
             return output
 
         def on_input(module: nn.Module, args: tuple) -> Any:
-            for b in scoped.get(id(module), ()):
-                object.__setattr__(b, "_count", 0)
+            resets = scoped.get(id(module))
+            if resets is not None:
+                for b in resets:
+                    object.__setattr__(b, "_count", 0)
             bridges = ins.get(id(module))
             if bridges is None:
                 return None
