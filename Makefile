@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint hook-docs transfer-docs install weights clean bench bench-peers
+.PHONY: demo test lint hook-docs transfer-docs perf-docs install weights clean bench bench-peers
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,7 @@ weights: $(STAMP)
 demo: install
 	$(PY) -m visionlens.apps.demo --out report
 
-test: install lint hook-docs transfer-docs
+test: install lint hook-docs transfer-docs perf-docs
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup --timeout 900
 
 # ruff (lint + format check) and mypy, configured in pyproject.toml
@@ -48,6 +48,10 @@ hook-docs: $(STAMP)
 # the transfer headline in README.md / docs/transfer.md is generated from benchmarks/results/transfer/results.json
 transfer-docs: $(STAMP)
 	$(PY) scripts/gen_transfer_docs.py --check
+
+# the performance table in README.md is generated from benchmarks/results/peers_cpu.json (make bench-peers)
+perf-docs: $(STAMP)
+	$(PY) scripts/gen_perf_docs.py --check
 
 bench: install
 	$(PY) benchmarks/hook_overhead.py
