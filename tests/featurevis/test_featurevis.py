@@ -83,6 +83,7 @@ def test_batched_render_matches_single_renders(which, resnet, vit):
 
 
 def test_stops_forward_at_deepest_hook(resnet):
+    resnet.parse_unit("layer2:1")  # counting a hook's units runs one dummy forward (once per model); not the loop's
     called = []
     handle = resnet.source.layer4.register_forward_hook(lambda *a: called.append(1))
     try:
