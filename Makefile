@@ -33,7 +33,7 @@ demo: install
 	$(PY) -m visionlens.apps.demo --out report
 
 test: install lint hook-docs transfer-docs perf-docs
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup --timeout 900
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup --timeout 900 --durations=15
 
 # ruff (lint + format check) and mypy, configured in pyproject.toml
 lint: $(STAMP)
