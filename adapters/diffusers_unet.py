@@ -28,6 +28,7 @@ with hook points replaces it, and the default returns when the hooks are removed
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Optional
 
@@ -252,8 +253,9 @@ class _HookedAttnProcessor:
                 # exactly as the explicit path below computes them; the forward keeps fused attention
                 qd, kd = q.detach(), k.detach()
                 scale, mask, upcast = attn.scale, attention_mask, (False, False)
-                capture_deferred(h.scores, lambda: _scores(qd, kd, scale, mask, upcast))
-                capture_deferred(h.pattern, lambda: _scores(qd, kd, scale, mask, upcast).softmax(dim=-1).to(dtype))
+                scores = functools.cache(lambda: _scores(qd, kd, scale, mask, upcast))  # one GEMM serves both reads
+                capture_deferred(h.scores, scores)
+                capture_deferred(h.pattern, lambda: scores().softmax(dim=-1).to(dtype))
             z = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attention_mask, dropout_p=0.0, is_causal=False, scale=attn.scale
             )

@@ -13,6 +13,7 @@ weights are not folded); ``ln*.hook_scale`` is the per-vector ``sqrt(var + eps)`
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Optional
 
 import torch
@@ -231,8 +232,9 @@ class TimmViTAdapter(Adapter):
                 # cached but not hooked: scores and pattern are computed from q and k when the cache is read,
                 # exactly as the explicit path below computes them; the forward keeps fused attention
                 qd, kd, scale = q.detach(), k.detach(), attn.scale
-                capture_deferred(h.scores, lambda: (qd * scale) @ kd.transpose(-2, -1))
-                capture_deferred(h.pattern, lambda: ((qd * scale) @ kd.transpose(-2, -1)).softmax(dim=-1))
+                scores = functools.cache(lambda: (qd * scale) @ kd.transpose(-2, -1))  # one GEMM serves both reads
+                capture_deferred(h.scores, scores)
+                capture_deferred(h.pattern, lambda: scores().softmax(dim=-1))
             z = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
         else:
             scores = (q * attn.scale) @ k.transpose(-2, -1)
