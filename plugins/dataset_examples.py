@@ -42,6 +42,7 @@ from torch import Tensor
 from visionlens.analysis import Analysis, config_to_dict, option
 from visionlens.data import ImageList, Images, TensorImages, as_images
 from visionlens.hook_select import (
+    PER_HEAD_HOOKS,
     default_hooks,
     fired_hooks,
     image_batch_support,
@@ -173,6 +174,36 @@ def crop_box(
     return whole, None
 
 
+def _channel_first(hook: str, act: Tensor) -> bool:
+    """Whether ``act`` is a channel-first map ``[B, C, *spatial]`` in the :mod:`visionlens.units` convention."""
+    return act.ndim >= 4 and not (act.ndim == 4 and hook.endswith(PER_HEAD_HOOKS))
+
+
+def unit_positions(hook: str, act: Tensor) -> tuple[int, ...]:
+    """The position shape of ``act``'s units (as :func:`~visionlens.hook_select.unit_layout` gives it)."""
+    if _channel_first(hook, act):
+        return tuple(int(s) for s in act.shape[2:])
+    return tuple(int(s) for s in unit_layout(hook, act[:1])[1])
+
+
+def unit_extremes(
+    hook: str, act: Tensor, bottom: bool = True
+) -> tuple[tuple[Tensor, Tensor], Optional[tuple[Tensor, Tensor]]]:
+    """Per image and unit, ``(max, flat argmax)`` and (``bottom``) ``(min, flat argmin)`` over positions.
+
+    Equal to ``amax`` / ``argmax`` over :func:`~visionlens.hook_select.unit_layout`'s samples (the first
+    extremal position wins), without its channels-last copy: channel-first maps are reduced in place
+    over their flattened spatial axes, one pass per extreme.
+    """
+    if _channel_first(hook, act):
+        x, dim = act.flatten(2), 2  # [B, C, P], a view
+    else:
+        x, dim = unit_layout(hook, act)[0], 1  # [B, P, U]
+    hi = torch.max(x, dim=dim)
+    lo = torch.min(x, dim=dim) if bottom else None
+    return (hi.values, hi.indices), (None if lo is None else (lo.values, lo.indices))
+
+
 def _weights_fingerprint(model: HookedVisionModel) -> str:
     h = hashlib.sha1()
     for name, p in model.named_parameters():
@@ -223,7 +254,7 @@ class DatasetExamples(Analysis):
         fingerprint = {
             "analysis": self.name,
             "model": model_description(model),
-            "weights": _weights_fingerprint(model),
+            "weights": _weights_fingerprint(model) if config.checkpoint else None,  # only checkpoints use it
             "hooks": hooks,
             "top_k": config.top_k,
             "bottom_k": config.bottom_k,
@@ -263,17 +294,16 @@ class DatasetExamples(Analysis):
                     b = x.shape[0]
                     index = torch.arange(offset, offset + b)
                     for h in hooks:
-                        samples, pos_shape = unit_layout(h, cache[h])
-                        pos_shapes.setdefault(h, pos_shape)
-                        act_shapes.setdefault(h, tuple(cache[h].shape[1:]))
-                        # argmax / argmin return the first extremal position: independent of batching
-                        loc = unravel(samples.argmax(dim=1), pos_shape) if pos_shape else None
-                        tops.setdefault(h, TopK(config.top_k, largest=True)).update(samples.amax(dim=1), index, loc)
-                        if config.bottom_k:
-                            loc = unravel(samples.argmin(dim=1), pos_shape) if pos_shape else None
-                            bots.setdefault(h, TopK(config.bottom_k, largest=False)).update(
-                                samples.amin(dim=1), index, loc
-                            )
+                        act = cache[h]
+                        pos_shapes.setdefault(h, unit_positions(h, act))
+                        act_shapes.setdefault(h, tuple(act.shape[1:]))
+                        pos_shape = pos_shapes[h]
+                        hi, lo = unit_extremes(h, act, bottom=bool(config.bottom_k))
+                        loc = unravel(hi[1], pos_shape) if pos_shape else None
+                        tops.setdefault(h, TopK(config.top_k, largest=True)).update(hi[0], index, loc)
+                        if lo is not None:
+                            loc = unravel(lo[1], pos_shape) if pos_shape else None
+                            bots.setdefault(h, TopK(config.bottom_k, largest=False)).update(lo[0], index, loc)
                     del cache
                     seen = offset + b
                     n_batches += 1
@@ -414,27 +444,39 @@ class DatasetExamplesResult(Result):
         return out
 
     def build_tables(self) -> dict[str, Table]:
+        """The ``units`` table: each unit's best top and bottom example (first 50 units per hook).
+
+        One tensor slice and ``tolist`` per hook and kind (the rows equal :meth:`examples`' first entries).
+        """
         t = Table(
             ["hook", "unit", "top_value", "top_image", "top_location", "bottom_value", "bottom_image"],
             title="Best and worst example per unit (first 50 units per hook)",
         )
         for h in self.hooks:
-            for u in range(min(50, self.n_units(h))):
-                top = self.examples(h, u, "top")[0]
-                bottoms = self.examples(h, u, "bottom")
-                bot = bottoms[0] if bottoms else None
+            n = min(50, self.n_units(h))
+            top_v, top_i, top_l = self._first_examples(h, "top", n)
+            bot = self._first_examples(h, "bottom", n) if f"{h}/bottom_values" in self.tensors else None
+            for u in range(n):
                 t.rows.append(
                     [
                         h,
                         u,
-                        top["value"],
-                        top["name"],
-                        list(top["location"]),
-                        bot["value"] if bot else None,
-                        bot["name"] if bot else "",
+                        top_v[u],
+                        self.image_name(top_i[u]),
+                        top_l[u],
+                        bot[0][u] if bot else None,
+                        self.image_name(bot[1][u]) if bot else "",
                     ]
                 )
         return {"units": t}
+
+    def _first_examples(self, hook: str, kind: str, n: int) -> tuple[list[float], list[int], list[list[int]]]:
+        """``(values, image indices, locations)`` of the best example of units ``0..n-1`` as Python lists."""
+        vals = self.tensors[f"{hook}/{kind}_values"][:n, 0].tolist()
+        idx = self.tensors[f"{hook}/{kind}_index"][:n, 0].tolist()
+        locs = self.tensors.get(f"{hook}/{kind}_location")
+        loc = locs[:n, 0].tolist() if locs is not None else [[] for _ in range(n)]
+        return [float(v) for v in vals], [int(i) for i in idx], loc
 
     # ------------------------------------------------------------------ crops
     def add_crops(self, model: HookedVisionModel, images: Images, n_units: Optional[int] = 16, size: int = 48) -> None:

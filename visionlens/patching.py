@@ -269,7 +269,8 @@ class TargetSet:
         if self.grid is None:
             return None
         values = torch.as_tensor(values)
-        out = torch.full(tuple(values.shape[:-1]) + tuple(self.grid), float("nan"), dtype=torch.float32)
+        shape = tuple(values.shape[:-1]) + tuple(self.grid)
+        out = torch.full(shape, float("nan"), dtype=torch.float32, device=values.device)
         for i, pos in enumerate(self.grid_pos):
             if pos is not None:
                 out[..., pos[0], pos[1]] = values[..., i].float()
@@ -587,7 +588,7 @@ def _run_chunk(
     if t.shape[0] != k * n:
         raise _ExpandError(f"output batch {t.shape[0]} != {k * n}")
     pair = torch.arange(k * n, device=t.device) % n + pair_offset
-    return metric.fn(t, pair).detach().float().cpu().reshape(k, n)
+    return metric.fn(t, pair).detach().float().reshape(k, n)  # on the output's device
 
 
 def _run_mode(
@@ -638,7 +639,7 @@ def patch_sweep(
     memory_budget_mb: float = 2048.0,
     info: Optional[dict] = None,
 ) -> Tensor:
-    """Exact patching of every target of ``targets``: raw metric values ``[K, N]``.
+    """Exact patching of every target of ``targets``: raw metric values ``[K, N]`` (float32, on the CPU).
 
     ``base``: the inputs that run (corrupted for denoising); ``source_act``: the hook's activation
     from the other run, ``[N, *act_shape]``. See the module docstring for the batching modes.
@@ -656,7 +657,7 @@ def patch_sweep(
         )
     K = len(targets)
     chunk = _estimate_chunk(model, base, src, max_batch, memory_budget_mb)
-    out = torch.empty(K, base.n)
+    out: Optional[Tensor] = None  # [K, N] on the device of the metric values (the model's), moved once at the end
     if mode == "stack":
         candidates = ["stack"]
     else:
@@ -686,20 +687,25 @@ def patch_sweep(
                     ) from exc
                 current = candidates.pop(0)
                 continue
+            if out is None:
+                out = torch.empty(K, base.n, dtype=vals.dtype, device=vals.device)
             out[start:stop] = vals
             start = stop
     if info is not None:
         info.update(mode=current, chunk=chunk, forwards=forwards)
-    return out
+    return torch.empty(0, base.n) if out is None else out.cpu()
 
 
 def patch_loop(
     model: HookedVisionModel, base: Any, source_act: Tensor, targets: TargetSet, metric: PatchingMetric
 ) -> Tensor:
-    """The naive reference: one forward per target, each patching one target in a plain batch of ``N``."""
+    """The naive reference: one forward per target, each patching one target in a plain batch of ``N``.
+
+    Raw metric values ``[K, N]`` (float32, on the CPU), as :func:`patch_sweep`.
+    """
     base = PatchInputs.of(base)
     src = source_act.detach()
-    out = torch.empty(len(targets), base.n)
+    out = torch.empty(len(targets), base.n, device=src.device)
     with torch.no_grad():
         for i in range(len(targets)):
             mask = targets.dense_mask(i, device=src.device)
@@ -710,8 +716,8 @@ def patch_loop(
             with model.hooks(fwd_hooks=[(targets.hook, hook)]):
                 o = output_tensor(base.call(model))
             pair = torch.arange(base.n, device=o.device)
-            out[i] = metric.fn(o, pair).detach().float().cpu()
-    return out
+            out[i] = metric.fn(o, pair).detach().float()
+    return out.cpu()
 
 
 # ============================================================================ attribution patching
@@ -748,7 +754,7 @@ def attribution_patching(
     targets: dict[str, TargetSet],
     metric: PatchingMetric,
 ) -> dict[str, Tensor]:
-    """First-order estimates of patching every target: ``{hook: [K, N]}`` raw metric *changes*.
+    """First-order estimates of patching every target: ``{hook: [K, N]}`` raw metric *changes* (on the CPU).
 
     One forward on ``base`` with a zero "probe" added at each hook, one backward of the summed
     metric; the estimate for a target is ``sum_{target} (source - base) * grad``.
@@ -769,14 +775,14 @@ def attribution_patching(
         contrib = (source_acts[h].detach().to(act) - act) * g  # [N, *S]
         ts = targets[h]
         K = len(ts)
-        est = torch.empty(K, base.n)
+        est = torch.empty(K, base.n, device=contrib.device)  # moved to the CPU once, below
         step = max(1, int(2**26 // max(contrib.numel(), 1)))
         for s in range(0, K, step):
             e = min(K, s + step)
             m = ts.masks(s, e, device=contrib.device).to(contrib.dtype)  # [k, *mshape]
             prod = contrib.unsqueeze(0) * m.unsqueeze(1)  # [k, N, *S]
-            est[s:e] = prod.reshape(e - s, base.n, -1).sum(-1).detach().float().cpu()
-        result[h] = est
+            est[s:e] = prod.reshape(e - s, base.n, -1).sum(-1).detach().float()
+        result[h] = est.cpu()
     return result
 
 

@@ -101,3 +101,21 @@ def test_cuda_compile_inductor():
         assert torch.allclose(fast(x), eager, atol=1e-3, rtol=1e-3) and fast.compiled_calls == 1
         _, cache = model.run_with_cache(x, names_filter=[model.resolve_hook("layer4")])
     assert len(cache) >= 1
+
+
+@needs_cuda
+def test_cuda_patching_matches_the_cpu():
+    """Exact and attribution patching on a CUDA model: buffers follow the activations, values equal the CPU's."""
+    from visionlens.patching import run_patching
+
+    model = tiny_vit().eval()
+    g = torch.Generator().manual_seed(0)
+    clean, corrupt = torch.randn(2, 3, 32, 32, generator=g), torch.randn(2, 3, 32, 32, generator=g)
+    kw = dict(hooks=["blocks.0.hook_resid_post"], kind="position", label=[1, 2], foil=[3, 4], method="both")
+    cpu = run_patching(model, clean, corrupt, **kw)
+    gpu = run_patching(model.cuda(), clean.cuda(), corrupt.cuda(), **kw)
+    for h, sw in cpu.sweeps.items():
+        assert torch.allclose(gpu.sweeps[h].scores, sw.scores, atol=1e-3, rtol=1e-3, equal_nan=True)
+        assert torch.allclose(gpu.sweeps[h].atp, sw.atp, atol=1e-3, rtol=1e-3, equal_nan=True)
+        grid = gpu.sweeps[h].targets.to_grid(gpu.sweeps[h].scores.cuda())
+        assert grid is None or grid.device.type == "cuda"
