@@ -50,6 +50,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "visionlens.plugins.clip_max_activating_text",
     "visionlens.plugins.clip_construction",
     "visionlens.plugins.clip_head_roles",
+    "visionlens.plugins.clip_multimodal_neurons",
     "visionlens.microscope",  # the `microscope` command
     "visionlens.zoo.plugin",  # zoo: spec, transfer techniques, `zoo` and `bench` commands
 )

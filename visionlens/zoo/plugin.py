@@ -13,6 +13,7 @@ from typing import Any, List, Tuple
 from ..hookspecs import hookimpl
 from . import (
     classifiers,
+    clip_glyph_model,
     clip_model,
     curve_model,
     dictionary_transfer,
@@ -28,7 +29,13 @@ from .cli import add_zoo_subcommands
 
 __all__ = ["visionlens_register_model_specs", "visionlens_register_transfer_techniques", "visionlens_register_commands"]
 
-BUILTIN_ENTRIES = (*classifiers.ENTRIES, *clip_model.ENTRIES, *diffusion_model.ENTRIES, *curve_model.ENTRIES)
+BUILTIN_ENTRIES = (
+    *classifiers.ENTRIES,
+    *clip_model.ENTRIES,
+    *diffusion_model.ENTRIES,
+    *curve_model.ENTRIES,
+    *clip_glyph_model.ENTRIES,
+)
 for _entry in BUILTIN_ENTRIES:
     register(_entry)
 
