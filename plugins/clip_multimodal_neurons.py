@@ -403,14 +403,16 @@ class MultimodalNeurons(Analysis):
             strokes[i] = glyphs.write_on(images[i], k, seed=seed + k, scale=scale)
         other = glyphs.write_on(images, config.control_word, seed=seed, scale=scale)
         acc: Callable[[Tensor], float] = lambda p: float((p == labels).float().mean())
-        p_att = _predict(model, attacked, head)
-        rows = [
-            ["clean", acc(_predict(model, images, head)), None],
-            ["wrong concept word (attack)", acc(p_att), float((p_att == written).float().mean())],
-            ["right concept word", acc(_predict(model, right, head)), None],
-            ["random strokes (same length)", acc(_predict(model, strokes, head)), None],
-            [f"non-concept word {config.control_word!r}", acc(_predict(model, other, head)), None],
-        ]
+        hit: Callable[[Tensor], float] = lambda p: float((p == written).float().mean())
+        preds = {
+            "clean": _predict(model, images, head),
+            "wrong concept word (attack)": _predict(model, attacked, head),
+            "right concept word": _predict(model, right, head),
+            "random strokes (same length)": _predict(model, strokes, head),
+            f"non-concept word {config.control_word!r}": _predict(model, other, head),
+        }
+        p_att = preds["wrong concept word (attack)"]
+        rows = [[k, acc(p), hit(p)] for k, p in preds.items()]
         meta["attack_accuracy"] = rows[1][1]
         meta["attack_success"] = rows[1][2]
         unit_rows = []
@@ -442,7 +444,8 @@ class MultimodalNeurons(Analysis):
             "attack": Table(
                 ["condition", "accuracy", "attack_success"],
                 rows,
-                title="Zero-shot accuracy with text written on the images (attack success: predicted as the word)",
+                title="Zero-shot accuracy with text written on the images; attack_success: share predicted as the "
+                "wrong concept the attack writes on that image (for every condition: the chance-level reference)",
             ),
             "attack_units": Table(
                 ["word", "restored", "n_images", "success", "success_restored", "drop", "fraction_of_attack"],

@@ -156,8 +156,8 @@ def test_planted_multimodal_units_are_found(found):
     for c, shape in enumerate(SHAPES):
         rank = {role: int((found.tensors["ranking"][c] == units[role][shape]).nonzero()) + 1 for role in units}
         assert rank["multimodal"] <= 5, (shape, rank)
-        # the decoys respond to one modality only: never above the multimodal unit, and out of the top 5
-        assert rank["shape"] > 5 and rank["word"] > 5, (shape, rank)
+        # the decoys respond to one modality only: below the multimodal unit, out of the top 3
+        assert min(rank["shape"], rank["word"]) > max(rank["multimodal"], 3), (shape, rank)
         # single-modality rankings cannot tell them apart: the shape decoy leads the image-only ranking ...
         img = found.tensors["dprime_image"][c]
         assert img[units["shape"][shape]] > 0.8 * img[units["multimodal"][shape]]
@@ -166,14 +166,24 @@ def test_planted_multimodal_units_are_found(found):
 
 
 def test_typographic_attack_beats_its_controls(found):
-    acc = {row[0]: row[1] for row in found.tables["attack"].rows}
-    clean = acc["clean"]
+    rows = {row[0]: row[1:] for row in found.tables["attack"].rows}  # condition -> (accuracy, success)
+    clean = rows["clean"][0]
     assert clean > 0.9
-    attack_drop = clean - acc["wrong concept word (attack)"]
-    assert attack_drop > 0.3
-    assert clean - acc["random strokes (same length)"] < attack_drop / 3
-    assert clean - acc["non-concept word 'window'"] < attack_drop / 3
-    assert acc["right concept word"] >= clean - 0.02
+    attack_acc, attack_success = rows["wrong concept word (attack)"]
+    assert clean - attack_acc > 0.25 and attack_success > 0.25
+    for control in ("random strokes (same length)", "non-concept word 'window'"):
+        acc, success = rows[control]  # text that names no concept occludes as much, but steers far less
+        assert clean - acc < (clean - attack_acc) / 2 and success < attack_success / 3
+    assert rows["right concept word"][0] >= clean - 0.02
+
+
+def test_found_units_carry_part_of_the_attack(found):
+    recs = found.tables["attack_units"].records()
+    for shape in SHAPES:
+        r = {rec["restored"]: rec for rec in recs if rec["word"] == shape}
+        assert r["every unit"]["success_restored"] <= 0.05 and r["every unit"]["fraction_of_attack"] == 1.0
+        assert r["unit " + str(int(found.tensors["ranking"][SHAPES.index(shape), 0])) + " (rank 1)"]["drop"] > 0.03
+        assert r["3 random units"]["drop"] < r["top 3 together"]["drop"]
 
 
 def test_zoo_entry_card(glyph_clip):
