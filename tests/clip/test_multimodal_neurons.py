@@ -158,11 +158,10 @@ def test_planted_multimodal_units_are_found(found):
         assert rank["multimodal"] <= 5, (shape, rank)
         # the decoys respond to one modality only: below the multimodal unit, out of the top 3
         assert min(rank["shape"], rank["word"]) > max(rank["multimodal"], 3), (shape, rank)
-        # single-modality rankings cannot tell them apart: the shape decoy leads the image-only ranking ...
-        img = found.tensors["dprime_image"][c]
-        assert img[units["shape"][shape]] > 0.8 * img[units["multimodal"][shape]]
-        txt = found.tensors["dprime_text"][c]
-        assert txt[units["word"][shape]] > 0.8 * txt[units["multimodal"][shape]]
+        # single-modality rankings cannot tell them apart: each puts its decoy in its top 3
+        for key, decoy in (("dprime_image", "shape"), ("dprime_text", "word")):
+            order = found.tensors[key][c].argsort(descending=True)
+            assert int((order == units[decoy][shape]).nonzero()) + 1 <= 3, (shape, key)
 
 
 def test_typographic_attack_beats_its_controls(found):
