@@ -10,8 +10,12 @@ Rows (all over the same PNG files, each read, preprocessed and run through the s
 * ``in-process``: ``visionlens.run("dataset_examples", ...)`` over every channel of every residual block
   output (the default hooks), top-k and bottom-k with argmax locations;
 * ``ray, W workers``: the same call with ``backend="ray"`` on a local Ray instance (``num_cpus`` =
-  the machine's cores), W model actors with one CPU each; the time excludes ``ray.init`` (reported
-  separately) and includes actor start-up (a model copy per actor);
+  the machine's cores), W model actors with one CPU (and one torch thread) each. ``ray.init`` is
+  reported separately. Each Ray run starts its actors (a Python process importing torch and visionlens,
+  a model copy), so every worker count runs twice: over one shard per worker and over all images. The
+  row's ``seconds`` is the full run (start-up included); ``steady images/s`` is the marginal rate
+  ``(n - n_small) / (t_full - t_small)`` (start-up cancels), and ``start-up s`` what the full run spent
+  beyond ``n`` images at that rate;
 
 and the reducer state (bytes of the top / bottom values, indices and locations) after half of the
 images and after all of them: ``O(k x channels)``, independent of the number of images. The Ray and
@@ -82,9 +86,11 @@ def main() -> None:
     n, bs = len(files), args.batch_size
     rows = []
 
-    def row(name: str, seconds: float, note: str = "") -> None:
-        rows.append({"run": name, "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 2), "note": note})
-        print(f"{name:28s} {seconds:8.2f} s  {n / seconds:7.2f} img/s  {note}", flush=True)
+    def row(name: str, seconds: float, note: str = "", steady: Any = None, startup: Any = None) -> None:
+        r = {"run": name, "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 2), "note": note}
+        r.update(steady_images_per_s=steady, startup_seconds=startup)
+        rows.append(r)
+        print(f"{name:28s} {seconds:8.2f} s  {n / seconds:7.2f} img/s  steady {steady} start-up {startup}  {note}")
 
     cfg = dict(top_k=args.k, bottom_k=args.k, batch_size=bs, crop_units=0)
 
@@ -141,6 +147,10 @@ def main() -> None:
         ray_info["init_seconds"] = round(time.perf_counter() - t, 2)
         for w in workers:
             opts = RayOptions(num_workers=w, cpus_per_worker=1.0, shard_batches=args.shard_batches)
+            n_small = min(n, w * bs * args.shard_batches)  # one shard per worker
+            t = time.perf_counter()
+            run_sweep_on_ray("dataset_examples", model, str(tmp), opts, max_images=n_small, **cfg)
+            t_small = time.perf_counter() - t
             t = time.perf_counter()
             res = run_sweep_on_ray("dataset_examples", model, str(tmp), opts, **cfg)
             seconds = time.perf_counter() - t
@@ -149,7 +159,12 @@ def main() -> None:
                 for k in local.tensors
                 if k.endswith(("_index", "_location"))
             )
-            row(f"ray, {w} worker{'s' if w > 1 else ''}", seconds, f"top/bottom-k indices identical: {same}")
+            steady = startup = None
+            if n > n_small and seconds > t_small:
+                rate = (n - n_small) / (seconds - t_small)
+                steady, startup = round(rate, 2), round(seconds - n / rate, 1)
+            note = f"top/bottom-k indices identical: {same}; {n_small} images took {t_small:.1f} s"
+            row(f"ray, {w} worker{'s' if w > 1 else ''}", seconds, note, steady, startup)
         ray.shutdown()
 
     raw = next(r for r in rows if r["run"] == "raw read+forward")["seconds"]
@@ -165,6 +180,7 @@ def main() -> None:
         "load_average_end": _load_avg(),
         "rows": rows,
         "in_process_vs_raw": round(raw / inproc, 3),
+        "in_process_vs_raw_per_round": [round(a / b, 3) for a, b in zip(t_raw, t_local)],
         "memory": memory,
         "ray": ray_info,
     }
@@ -179,12 +195,19 @@ def main() -> None:
         f"{os.cpu_count()} cores, load average {load_start} at the start and {summary['load_average_end']} at the "
         "end (other jobs were running: absolute figures are low and noisy).",
         "",
-        "| run | seconds | images/s | note |",
-        "|---|---:|---:|---|",
-        *[f"| {r['run']} | {r['seconds']} | {r['images_per_s']} | {r['note']} |" for r in rows],
+        "| run | seconds | images/s | steady images/s | start-up s | note |",
+        "|---|---:|---:|---:|---:|---|",
+        *[
+            f"| {r['run']} | {r['seconds']} | {r['images_per_s']} | {r['steady_images_per_s'] or ''} | "
+            f"{r['startup_seconds'] or ''} | {r['note']} |"
+            for r in rows
+        ],
         "",
-        f"in-process / raw read+forward throughput: {summary['in_process_vs_raw']}",
-        f"ray.init: {ray_info.get('init_seconds', 'n/a')} s (not in the Ray rows).",
+        f"in-process / raw read+forward throughput: {summary['in_process_vs_raw']} (medians of {args.rounds} "
+        f"alternating rounds; per round: {summary['in_process_vs_raw_per_round']}).",
+        f"ray.init: {ray_info.get('init_seconds', 'n/a')} s (not in the Ray rows). Ray rows: `seconds` includes "
+        "starting the actors (a process importing torch + visionlens, a model copy each); `steady images/s` "
+        "is the marginal rate between a one-shard-per-worker run and the full run.",
         "",
         f"Reducer state over {channels} channels, k={args.k} top + {args.k} bottom: "
         f"{memory['state_bytes_half']} bytes after {memory['images_half']} images, "

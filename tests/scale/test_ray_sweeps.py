@@ -1,6 +1,7 @@
 """Sweeps on a local Ray instance equal the in-process sweep: after a killed actor, after a killed driver.
 
-One module-scoped Ray instance (``num_cpus=2``) and a tiny conv net; shards of 2 batches of 2 images.
+The session's Ray instance (``cluster`` in ``tests/scale/conftest.py``) and a tiny conv net; shards of 2
+batches of 2 images.
 Skipped (with the reason) when ray is not installed.
 """
 
@@ -23,7 +24,7 @@ from visionlens.validation import VisionLensError
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'visionlens[ray]')")
 from visionlens.scale.ray_backend import RayOptions, run_sweep_on_ray  # noqa: E402
 
-# one local Ray instance for the module: under `pytest -n 2 --dist loadgroup` (make test) these run on one worker
+# one local Ray instance for the session: under `pytest -n 2 --dist loadgroup` (make test) these run on one worker
 pytestmark = pytest.mark.xdist_group("ray")
 
 NET_SRC = """
@@ -45,16 +46,6 @@ _ns: dict = {}
 exec(NET_SRC, _ns)
 EXAMPLES = dict(hooks=["2.hook_out", "4.hook_out"], top_k=3, bottom_k=2, batch_size=2, crop_units=0)
 OPTS = RayOptions(num_workers=1, cpus_per_worker=1.0, shard_batches=2)  # one actor process: start-up dominates
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray.get_runtime_context().gcs_address
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -81,19 +72,6 @@ def _assert_same(a, b):
     for k in b.tensors:
         assert a.tensors[k].dtype == b.tensors[k].dtype, k
         assert torch.equal(a.tensors[k], b.tensors[k]), k
-
-
-def test_dataset_examples_equal_after_an_actor_is_killed(cluster, model, images, local_examples, tmp_path):
-    marker = tmp_path / "crash-once"
-    marker.write_text("")
-    res = run_sweep_on_ray("dataset_examples", model, images, OPTS, crash_at=(8, str(marker)), **EXAMPLES)
-    assert not marker.exists()  # the actor that took shard [8, 12) removed it and SIGKILLed itself
-    assert res.meta["backend"]["shards"] == res.meta["backend"]["shards_run"] == 6
-    _assert_same(res, local_examples)
-    # images 3, 5 and 17 (three shards) are exact copies: the ties are ordered by image index
-    idx = res.tensors["4.hook_out/top_index"]
-    tied = idx[:, 0] == 3
-    assert tied.any() and (idx[tied] == torch.tensor([3, 5, 17])).all()
 
 
 def test_activation_stats_moments_and_topk(cluster, model, images):
@@ -123,7 +101,12 @@ print("not killed", flush=True)
 """
 
 
-def test_killed_driver_resumes_from_committed_shards(cluster, model, images, local_examples, tmp_path):
+def test_killed_driver_then_killed_actor_lose_nothing(cluster, model, images, local_examples, tmp_path):
+    """A driver SIGKILLed after 2 committed shards; the resumed sweep has an actor SIGKILLed mid-shard.
+
+    The resume runs only the missing shards, the killed actor's shard is retried (the sweep refuses to
+    finish with a shard missing), and the result equals the in-process one bit for bit.
+    """
     ckpt = tmp_path / "sweep.safetensors"
     script = tmp_path / "driver.py"
     script.write_text(DRIVER.format(src=textwrap.dedent(NET_SRC), examples=EXAMPLES))
@@ -132,12 +115,23 @@ def test_killed_driver_resumes_from_committed_shards(cluster, model, images, loc
         [sys.executable, str(script), cluster, str(ckpt)], capture_output=True, text=True, timeout=240, env=env
     )
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr[-2000:]
-    committed = sorted(p.name for p in (tmp_path / "sweep.safetensors.shards").glob("shard-*.safetensors"))
-    assert 2 <= len(committed) < 6 and not ckpt.exists()
-    res = run_sweep_on_ray("dataset_examples", model, images, OPTS, checkpoint=str(ckpt), **EXAMPLES)
-    assert res.meta["backend"]["shards_run"] == 6 - len(committed)
-    assert res.meta["resumed_from"] == 4 * len(committed)
+    shard_dir = tmp_path / "sweep.safetensors.shards"
+    committed = sorted(int(p.name.split("-")[1]) for p in shard_dir.glob("shard-*.safetensors"))
+    assert len(committed) == 2 and not ckpt.exists()
+    crash = min(set(range(0, 22, 4)) - set(committed))  # the first shard the resume runs
+    marker = tmp_path / "crash-once"
+    marker.write_text("")
+    res = run_sweep_on_ray(
+        "dataset_examples", model, images, OPTS, crash_at=(crash, str(marker)), checkpoint=str(ckpt), **EXAMPLES
+    )
+    assert not marker.exists()  # the actor that took that shard removed the marker and SIGKILLed itself
+    assert res.meta["backend"]["shards"] == 6 and res.meta["backend"]["shards_run"] == 4
+    assert res.meta["resumed_from"] == 8
     _assert_same(res, local_examples)
+    # images 3, 5 and 17 (three shards) are exact copies: the ties are ordered by image index
+    idx = res.tensors["4.hook_out/top_index"]
+    tied = idx[:, 0] == 3
+    assert tied.any() and (idx[tied] == torch.tensor([3, 5, 17])).all()
     # the merged checkpoint is an ordinary in-process checkpoint: resuming from it changes nothing
     assert load_checkpoint(ckpt)[1]["next_index"] == 22
     again = visionlens.run("dataset_examples", model, images, checkpoint=str(ckpt), **EXAMPLES)

@@ -25,7 +25,7 @@ import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ from .shards import (
     write_merged,
 )
 
-__all__ = ["RayOptions", "run_sweep_on_ray", "ShardWorker"]
+__all__ = ["RayOptions", "run_sweep_on_ray", "ShardWorker", "shard_pipeline", "actor_model"]
 
 
 @dataclass
@@ -85,6 +85,32 @@ def _read_stage(batch: dict[str, np.ndarray], images_ref: Any, pre_ref: Any, bat
     return {"start": batch["start"], "stop": batch["stop"], "pixels": pixels}
 
 
+def actor_model(model_ref: Any) -> HookedVisionModel:
+    """The actor's own model copy (from the object store, or loaded from a spec), on its GPU if it has one.
+
+    Torch threads: the actor's CPU share (``OMP_NUM_THREADS``, which Ray sets from ``num_cpus``), at least 1.
+    """
+    import ray
+
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    model = ray.get(model_ref)
+    model = load(model) if isinstance(model, str) else model
+    if ray.get_gpu_ids() and torch.cuda.is_available():
+        model = model.to("cuda")
+    return model.eval()
+
+
+def maybe_crash(crash_at: Optional[tuple[int, str]], start: int) -> None:
+    """Fault injection for tests: SIGKILL this process at shard ``crash_at[0]`` once (while the marker file exists)."""
+    if crash_at is not None and start == crash_at[0]:
+        try:
+            os.remove(crash_at[1])
+        except FileNotFoundError:
+            pass
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 class ShardWorker:
     """A Ray actor with one model copy: runs the analysis over each shard it is given.
 
@@ -100,14 +126,7 @@ class ShardWorker:
         n_images: int,
         crash_at: Optional[tuple[int, str]] = None,
     ) -> None:
-        import ray
-
-        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        model = ray.get(model_ref)
-        model = load(model) if isinstance(model, str) else model
-        if ray.get_gpu_ids() and torch.cuda.is_available():
-            model = model.to("cuda")
-        self.model = model.eval()
+        self.model = actor_model(model_ref)
         self.name = name
         self.config = config
         self.n_images = n_images
@@ -120,13 +139,7 @@ class ShardWorker:
         return {"start": batch["start"], "stop": batch["stop"], "state": np.array(payloads, dtype=object)}
 
     def _shard(self, start: int, stop: int, pixels: np.ndarray) -> bytes:
-        if self.crash_at is not None and start == self.crash_at[0]:
-            try:
-                os.remove(self.crash_at[1])
-            except FileNotFoundError:
-                pass
-            else:
-                os.kill(os.getpid(), signal.SIGKILL)
+        maybe_crash(self.crash_at, start)
         if len(pixels) != stop - start:
             raise VisionLensError(f"Shard [{start}, {stop}) arrived with {len(pixels)} images.")
         with tempfile.TemporaryDirectory() as tmp:
@@ -228,6 +241,49 @@ def run_sweep_on_ray(
     return result
 
 
+def shard_pipeline(
+    model: HookedVisionModel,
+    images: Images,
+    todo: list[Shard],
+    batch_size: int,
+    opts: RayOptions,
+    worker: type,
+    worker_kwargs: dict[str, Any],
+) -> Iterator[tuple[Shard, bytes]]:
+    """Run ``todo`` shards through read tasks and ``worker`` actors; yields ``(shard, payload bytes)`` as done.
+
+    ``worker(model_ref=..., **worker_kwargs)`` is called with Ray Data batches of one shard (``start``, ``stop``,
+    ``pixels``) and returns ``start``, ``stop`` and ``state`` (the payload). Ray Data's actor pools restart dead
+    actors and retry their tasks (``max_restarts = max_task_retries = -1``): a shard may arrive twice, never
+    zero times.
+    """
+    ray = ensure_ray(opts.address)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    n_workers, cpus, read_cpus = _worker_plan(ray, opts)
+    model_ref = ray.put(_cpu_model(model))
+    images_ref = ray.put(images)
+    pre_ref = ray.put(CPUPreprocessor(model.cfg))
+    ds = ray.data.from_items([{"start": s, "stop": e} for s, e in todo], override_num_blocks=len(todo))
+    ds = ds.map_batches(
+        _read_stage,
+        batch_size=1,
+        num_cpus=read_cpus,
+        fn_kwargs={"images_ref": images_ref, "pre_ref": pre_ref, "batch_size": batch_size},
+    )
+    ds = ds.map_batches(
+        worker,
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=n_workers),
+        num_cpus=cpus,
+        num_gpus=opts.gpus_per_worker or None,
+        fn_constructor_kwargs={"model_ref": model_ref, **worker_kwargs},
+    )
+    for row in ds.iter_rows():
+        yield (int(row["start"]), int(row["stop"])), bytes(row["state"])
+
+
 def _execute(
     name: str,
     model: HookedVisionModel,
@@ -240,41 +296,21 @@ def _execute(
     crash_at: Optional[tuple[int, str]],
     stop_after: Optional[int],
 ) -> None:
-    ray = ensure_ray(opts.address)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    n_workers, cpus, read_cpus = _worker_plan(ray, opts)
-    model_ref = ray.put(_cpu_model(model))
-    images_ref = ray.put(images)
-    pre_ref = ray.put(CPUPreprocessor(model.cfg))
     worker_cfg = {k: v for k, v in values.items() if k != "checkpoint"}
     if "checkpoint_every" in worker_cfg:
         worker_cfg["checkpoint_every"] = 1 << 30  # one save, at the end of the shard
-    ds = ray.data.from_items([{"start": s, "stop": e} for s, e in todo], override_num_blocks=len(todo))
-    ds = ds.map_batches(
-        _read_stage,
-        batch_size=1,
-        num_cpus=read_cpus,
-        fn_kwargs={"images_ref": images_ref, "pre_ref": pre_ref, "batch_size": values["batch_size"]},
-    )
-    ds = ds.map_batches(
+    rows = shard_pipeline(
+        model,
+        images,
+        todo,
+        values["batch_size"],
+        opts,
         ShardWorker,
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=n_workers),
-        num_cpus=cpus,
-        num_gpus=opts.gpus_per_worker or None,
-        fn_constructor_kwargs={
-            "model_ref": model_ref,
-            "name": name,
-            "config": worker_cfg,
-            "n_images": n_images,
-            "crash_at": crash_at,
-        },
-    )  # Ray Data's actor pools restart dead actors and retry their tasks (max_restarts = max_task_retries = -1)
+        {"name": name, "config": worker_cfg, "n_images": n_images, "crash_at": crash_at},
+    )
     new = 0
-    for row in ds.iter_rows():
-        if store.commit((int(row["start"]), int(row["stop"])), bytes(row["state"])):
+    for shard, payload in rows:
+        if store.commit(shard, payload):
             new += 1
             if stop_after is not None and new >= stop_after:
                 os.kill(os.getpid(), signal.SIGKILL)

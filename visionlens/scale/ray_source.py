@@ -1,0 +1,193 @@
+"""The dictionary activation source on Ray: actors compute activation vectors shard by shard, in order.
+
+An :class:`~visionlens.plugins.dictionaries.source.ActivationSource` streams vectors rather than merging
+reducers, so the Ray path keeps its order instead::
+
+    shards ([start, stop) ranges of whole batches of the pass)
+      -> read tasks + VectorWorker actors (one model copy each): the source's own ``read_batch`` over each
+         batch of the shard -> the shard's chunks (vectors, indices, chunk boundaries) as one safetensors file
+      -> driver: commits each shard file atomically (a duplicate delivery is dropped) and yields the
+         committed shards' chunks strictly in shard order, whatever order they finish in.
+
+The chunks are the in-process chunks: same vectors (within float tolerance: another process's forward),
+same ``[image, position, timestep]`` indices, same boundaries (so the buffered shuffle of ``batches()``
+is the same). The position subsets are seeded by ``(seed, batch start, timestep)``, as in-process.
+
+Resume: with ``shard_dir`` the shard files stay; a restarted driver (or a later pass, or another source
+with the same settings) computes only the shards not yet there. Without it they live in a temporary
+folder and each file is deleted once served. A shard folder of a different walk is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Optional
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as save_tensors
+
+from visionlens.hook_select import model_description
+from visionlens.validation import VisionLensError
+
+from .ray_backend import RayOptions, actor_model, maybe_crash, shard_pipeline
+from .shards import ShardImages, ShardStore, plan_shards
+
+if TYPE_CHECKING:
+    from visionlens.plugins.dictionaries.source import ActivationBatch, ActivationSource
+
+__all__ = ["VectorWorker", "ray_chunks", "walk_settings"]
+
+
+def walk_settings(source: "ActivationSource") -> dict[str, Any]:
+    """The constructor arguments that decide a source's vectors (what a worker's copy needs)."""
+    return {
+        "hook": source.hook,
+        "batch_size": source.batch_size,
+        "positions": source.positions,
+        "timesteps": source.timesteps,
+        "forward": source.forward,
+        "seed": source.seed,
+    }
+
+
+class VectorWorker:
+    """A Ray actor with one model copy: the activation chunks of each shard it is given.
+
+    ``crash_at``: fault injection for tests, as :class:`~visionlens.scale.ray_backend.ShardWorker`.
+    """
+
+    def __init__(
+        self, model_ref: Any, settings: dict[str, Any], n_images: int, crash_at: Optional[tuple[int, str]] = None
+    ) -> None:
+        self.model = actor_model(model_ref)
+        self.settings = settings
+        self.n_images = n_images
+        self.crash_at = crash_at
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        payloads = [
+            self._shard(int(s), int(e), np.array(px, copy=True))
+            for s, e, px in zip(batch["start"], batch["stop"], batch["pixels"])
+        ]
+        return {"start": batch["start"], "stop": batch["stop"], "state": np.array(payloads, dtype=object)}
+
+    def _shard(self, start: int, stop: int, pixels: np.ndarray) -> bytes:
+        from visionlens.plugins.dictionaries.source import ActivationSource
+
+        maybe_crash(self.crash_at, start)
+        images = ShardImages(torch.from_numpy(pixels), start, self.n_images)
+        src = ActivationSource(self.model, images=images, **self.settings)
+        xs, idx, starts, sizes, lengths = [], [], [], [], []
+        for i, x in images.batches(self.model, src.batch_size, start=start, limit=stop):
+            for chunk in src.read_batch(x, i):
+                xs.append(chunk.x)
+                idx.append(chunk.index)
+                starts.append(i)
+                sizes.append(int(x.shape[0]))
+                lengths.append(len(chunk))
+        meta = {"layout": src.layout, "pos_shape": list(src.pos_shape or ()), "d_in": src.d_in}
+        tensors = {
+            "x": torch.cat(xs).contiguous(),
+            "index": torch.cat(idx).contiguous(),
+            "starts": torch.tensor(starts, dtype=torch.int64),
+            "sizes": torch.tensor(sizes, dtype=torch.int64),
+            "lengths": torch.tensor(lengths, dtype=torch.int64),
+        }
+        return save_tensors(tensors, metadata={"meta": json.dumps(meta)})
+
+
+def _plan(source: "ActivationSource", n_images: int, total: int, shard_batches: int) -> dict[str, Any]:
+    from visionlens.plugins.dataset_examples import _weights_fingerprint
+
+    return {
+        "walk": "activation_source",
+        "model": model_description(source.model),
+        "weights": _weights_fingerprint(source.model),
+        "hook": source.hook,
+        "batch_size": source.batch_size,
+        "positions": source.positions,
+        "timesteps": source.timesteps,
+        "seed": source.seed,
+        "n_images": n_images,
+        "total": total,
+        "shard_batches": shard_batches,
+    }
+
+
+def _serve(source: "ActivationSource", path: Path, start: int) -> Iterator[tuple["ActivationBatch", Optional[int]]]:
+    """The committed shard's chunks from image ``start`` on, each with the batch end once its last chunk is out."""
+    from visionlens.plugins.dictionaries.source import ActivationBatch
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {})["meta"])
+        t = {k: f.get_tensor(k) for k in ("x", "index", "starts", "sizes", "lengths")}
+    source.layout, source.pos_shape, source.d_in = meta["layout"], tuple(meta["pos_shape"]), meta["d_in"]
+    starts, sizes = t["starts"].tolist(), t["sizes"].tolist()
+    bounds = np.cumsum([0, *t["lengths"].tolist()])
+    for j, b in enumerate(starts):
+        if b < start:
+            continue
+        last = j + 1 == len(starts) or starts[j + 1] != b
+        chunk = ActivationBatch(t["x"][bounds[j] : bounds[j + 1]], t["index"][bounds[j] : bounds[j + 1]])
+        yield chunk, (b + sizes[j] if last else None)
+
+
+def ray_chunks(
+    source: "ActivationSource", start: int = 0, crash_at: Optional[tuple[int, str]] = None
+) -> Iterator[tuple["ActivationBatch", Optional[int]]]:
+    """One pass of ``source`` from image ``start`` (a batch boundary) computed on Ray, in reading order.
+
+    Yields ``(chunk, images done)``: the second item is set after the last chunk of each image batch
+    (what ``source.images_done`` becomes), else None. ``source.last_run`` records the shards planned and
+    computed. ``crash_at`` kills the actor that starts that shard once (tests).
+    """
+    opts: RayOptions = source.ray_options or RayOptions()
+    n = source.images.length
+    if n is None:
+        raise VisionLensError(
+            f"The ray backend needs images of known length (a folder, a list, a tensor); got {source.images!r}."
+        )
+    total = n if source.max_images is None else min(n, source.max_images)
+    if total < 1:
+        raise VisionLensError(f"No activations read from {source.hook}: the image source is empty.")
+    shards = [s for s in plan_shards(total, source.batch_size, opts.shard_batches) if s[1] > start]
+    temporary = source.shard_dir is None
+    folder = tempfile.mkdtemp(prefix="vl_vectors_") if temporary else str(source.shard_dir)
+    try:
+        store = ShardStore(folder, _plan(source, n, total, opts.shard_batches))
+        todo = [s for s in shards if s not in set(store.committed())]
+        source.last_run = {"backend": "ray", "shards": len(shards), "shards_run": len(todo)}
+        served = 0
+
+        def ready() -> Iterator[tuple["ActivationBatch", Optional[int]]]:
+            nonlocal served
+            while served < len(shards) and store.path(shards[served]).exists():
+                path = store.path(shards[served])
+                yield from _serve(source, path, start)
+                if temporary:
+                    os.remove(path)
+                served += 1
+
+        yield from ready()
+        if todo:
+            worker_kwargs = {"settings": walk_settings(source), "n_images": n, "crash_at": crash_at}
+            rows = shard_pipeline(
+                source.model, source.images, todo, source.batch_size, opts, VectorWorker, worker_kwargs
+            )
+            for shard, payload in rows:
+                if shard in shards[:served]:
+                    continue  # a second delivery of a shard already served (a retried task)
+                store.commit(shard, payload)
+                yield from ready()
+        if served != len(shards):
+            missing = shards[served:]
+            raise VisionLensError(f"The ray walk ended with {len(missing)} shards missing (first: {missing[:3]}).")
+    finally:
+        if temporary:
+            shutil.rmtree(folder, ignore_errors=True)
