@@ -161,7 +161,8 @@ def ray_chunks(
     folder = tempfile.mkdtemp(prefix="vl_vectors_") if temporary else str(source.shard_dir)
     try:
         store = ShardStore(folder, _plan(source, n, total, opts.shard_batches))
-        todo = [s for s in shards if s not in set(store.committed())]
+        on_disk = set(store.committed())
+        todo = [s for s in shards if s not in on_disk]
         source.last_run = {"backend": "ray", "shards": len(shards), "shards_run": len(todo)}
         served = 0
 
