@@ -15,6 +15,7 @@ from . import (
     classifiers,
     clip_glyph_model,
     clip_model,
+    clip_vit_model,
     curve_model,
     dictionary_transfer,
     diffusion_model,
@@ -35,6 +36,7 @@ BUILTIN_ENTRIES = (
     *diffusion_model.ENTRIES,
     *curve_model.ENTRIES,
     *clip_glyph_model.ENTRIES,
+    *clip_vit_model.ENTRIES,
 )
 for _entry in BUILTIN_ENTRIES:
     register(_entry)
