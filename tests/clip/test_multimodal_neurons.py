@@ -190,3 +190,32 @@ def test_zoo_entry_card(glyph_clip):
     assert card["passed"] and card["size_bytes"] < 2_000_000
     assert card["config"]["planted_hook"] == "visual.layer4.0.act3.hook_out"
     assert card["metrics"]["planted_min_auc"] >= 0.95
+
+
+def test_cli_run_on_the_zoo_model(glyph_clip, tmp_path):
+    """`visionlens run multimodal_neurons --model zoo:clip_glyph`: labels from zero-shot predictions."""
+    from torchvision.utils import save_image
+
+    from visionlens.cli import main
+    from visionlens.zoo.clip_glyph_model import MODE_NONE, held_out_glyph_batch, planted_units
+
+    images, _ = held_out_glyph_batch(30, mode=MODE_NONE)
+    (tmp_path / "imgs").mkdir()
+    for i, x in enumerate(images):
+        save_image(x, tmp_path / "imgs" / f"{i:02d}.png")  # 8-bit images: lossless
+    args = ["run", "multimodal_neurons", "--model", "zoo:clip_glyph", "--images", str(tmp_path / "imgs")]
+    args += [
+        "--out",
+        str(tmp_path / "out"),
+        "--set",
+        "concepts=circle,square,triangle",
+        "--set",
+        "attack=false",
+        "--set",
+        "n_text_images=16",
+    ]
+    assert main(args) == 0
+    d = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert d["meta"]["labels"] == "zero-shot predictions" and d["meta"]["clean_accuracy"] == 1.0
+    top = {r[0]: r[2] for r in d["tables"]["ranking"]["rows"] if r[1] == 1}
+    assert top == planted_units(0)["multimodal"]
