@@ -10,7 +10,10 @@ runs on the zoo CLIP and held-out planted images:
 * ``head_roles`` -- accuracy per factor with one head ablated / kept alone;
 * ``construction`` -- expanded-weight sparsity between the last two stages and held-out R^2 of sparse
   explanations of the first 64 last-stage units
-  against baselines.
+  against baselines;
+* ``multimodal_neurons`` -- on ``zoo:clip_glyph`` (trained with written shape names): the top unit per
+  shape by joint response to images, written words and captions (the planted multimodal units), and the
+  typographic attack against its controls (about 3 s).
 """
 
 from __future__ import annotations
@@ -46,6 +49,36 @@ def _table(columns: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _multimodal(out: Path, pngs: list[Path]) -> str:
+    """``multimodal_neurons`` on ``zoo:clip_glyph``: top unit per shape and the typographic attack."""
+    from ...zoo.clip_glyph_model import MODE_NONE, held_out_glyph_batch, planted_units
+
+    model = catalog.load("clip_glyph")
+    images, f = held_out_glyph_batch(90, mode=MODE_NONE)
+    shapes = list(FACTOR_CLASSES["shape"])
+    r = run(
+        "multimodal_neurons",
+        model,
+        images,
+        concepts=shapes,
+        labels=f["shape"].tolist(),
+        n_text_images=16,
+        attack_units=1,
+        top=1,
+    )
+    pngs.append(_png(r, out, "multimodal_neurons"))
+    planted = planted_units(0)["multimodal"]
+    cols = ["concept", "unit", "joint", "z_image", "z_text", "z_caption"]
+    rows = [[*(rec[c] for c in cols), planted[rec["concept"]]] for rec in r.tables["ranking"].records()]
+    return (
+        "<h3>Multimodal neurons and the typographic attack (multimodal_neurons, zoo:clip_glyph)</h3>"
+        "<p>Top unit per shape by joint response to its images, its written name and its caption, next to the "
+        "planted multimodal unit; then zero-shot shape accuracy with text written on the images.</p>"
+        + _table([*cols, "planted unit"], rows)
+        + _table(["condition", "accuracy", "predicted as the attack's word"], r.tables["attack"].rows)
+    )
 
 
 def clip_section(out: Path) -> tuple[str, list[Path]]:
@@ -93,7 +126,10 @@ def clip_section(out: Path) -> tuple[str, list[Path]]:
         f"{cons.meta['in_units']}.</p>"
         + _table(["method", "mean R^2", "CI low", "CI high", "median R^2"], cons.tables["summary"].rows)
     )
+    parts.append(_multimodal(out, pngs))
     captions = {
+        "multimodal_neurons": "Multimodal neurons: standardized image / written-word / caption scores of the top "
+        "units per shape on zoo:clip_glyph (joint = their minimum).",
         "attnpool_dla": "Attention-pool DLA: each pool head's exact contribution to the zero-shot logit of the shape.",
         "max_activating_text": "Max-activating text: the strings the search found per unit, against brute force.",
         "head_roles": "Head roles: zero-shot accuracy per factor with each pool head ablated or kept alone.",
