@@ -53,9 +53,11 @@ from .common import (
     circular_selectivity,
     hook_responses,
     image_support,
+    model_device_dtype,
     preferred_angle,
     same_size_hooks,
 )
+from .designed import curve_target, designed_unit, stimulus_ensemble, unit_kinds
 from .stimuli import curves
 from .tuning_curves import curve_detectors, measure_tuning, rf_centre
 
@@ -118,7 +120,10 @@ def replaced(
 @torch.no_grad()
 def predictions(model: HookedVisionModel, images: Tensor, batch_size: int = 500) -> Tensor:
     return torch.cat(
-        [model(images[i : i + batch_size].to(model.device)).argmax(-1).cpu() for i in range(0, len(images), batch_size)]
+        [
+            model(images[i : i + batch_size].to(*model_device_dtype(model))).argmax(-1).cpu()
+            for i in range(0, len(images), batch_size)
+        ]
     )
 
 
@@ -258,6 +263,12 @@ class CurveCircuitSpec:
     band: float = 22.5
     inhibition: float = 0.5
     kernel_size: int = 3
+    kappa: float = 4.0
+    floor: float = 0.2
+    sigma_px: float = 5.0
+    ridge: float = 1e-3
+    n_stimuli: int = 3000
+    reach: str = "auto"
 
 
 def _fit_units(
@@ -343,18 +354,48 @@ def surgery(
                     for o in offs
                 ]
             else:
-                raise VisionLensError(f"circuit_surgery: mode must be 'template' or 'lines', got {spec.mode!r}")
+                raise VisionLensError(
+                    f"circuit_surgery: mode must be 'designed', 'template' or 'lines', got {spec.mode!r}"
+                )
         return out
 
     conds: dict[str, Optional[Mapping[int, Optional[UnitFn]]]] = {
         "intact": None,
         "ablated": {u: None for u in spec.units},
-        "handcoded": _fit_units(model, spec.below, spec.hook, fit_images, candidates(orientations)),
     }
+    extra: dict[str, Any] = {}
+    if spec.mode == "designed":
+        ens = stimulus_ensemble(model, spec.below, size, spec.n_stimuli, spec.kernel_size, seed)
+        n_all = int(y.shape[1])
+        kinds_all = unit_kinds(model, spec.hook, n_all) if spec.reach == "auto" else [spec.reach] * n_all
+        kinds = [kinds_all[u] for u in spec.units]
+        gains = (det["curve_max"] + tune.blank).tolist()  # the unit's response to its best arc (tuning curves)
+
+        def designed(orients: Sequence[float]) -> dict[int, UnitFn]:
+            return {
+                u: designed_unit(
+                    ens,
+                    curve_target(ens, orients[i], spec.kappa, spec.floor, spec.sigma_px),
+                    kinds[i],
+                    gains[i],
+                    spec.ridge,
+                )
+                for i, u in enumerate(spec.units)
+            }
+
+        conds["handcoded"] = designed(orientations)
+        extra = {"reach": kinds, "gains": gains}
+        if controls:
+            conds["rotated"] = designed([o + 180.0 for o in orientations])
+            rng = torch.Generator().manual_seed(seed + 1)
+            conds["random_spec"] = designed((torch.rand(len(orientations), generator=rng) * 360.0).tolist())
+    else:
+        conds["handcoded"] = _fit_units(model, spec.below, spec.hook, fit_images, candidates(orientations))
+        if controls:
+            conds["rotated"] = _fit_units(
+                model, spec.below, spec.hook, fit_images, candidates([o + 180.0 for o in orientations])
+            )
     if controls:
-        conds["rotated"] = _fit_units(
-            model, spec.below, spec.hook, fit_images, candidates([o + 180.0 for o in orientations])
-        )
         conds["random"] = _fit_units(model, spec.below, spec.hook, fit_images, candidates(orientations, random=True))
         fk = _fitted_kernels(x, y, spec.units, spec.kernel_size)
         conds["fitted"] = _fit_units(model, spec.below, spec.hook, fit_images, {u: [k] for u, k in fk.items()})
@@ -368,6 +409,7 @@ def surgery(
         "radii_px": radii,
         "line_preference": phi.tolist(),
         "line_selectivity": sel.tolist(),
+        **extra,
     }
 
 
@@ -409,12 +451,22 @@ class CircuitSurgery(Analysis):
         units: list[int] = option(list, help="units to replace (empty: the hook's curve detectors)")
         labels: Any = option(None, help="per-image labels (list, tensor or JSON file) for the task accuracy")
         fit_fraction: float = option(0.5, min=0.05, max=0.95, help="share of the images used to fit gain/bias")
-        mode: str = option("template", choices=("template", "lines"), help="how the curve kernels are written")
+        mode: str = option(
+            "designed", choices=("designed", "template", "lines"), help="how the curve units are written"
+        )
         band: float = option(
             22.5, min=1.0, max=90.0, help="lines mode: orientations within +-band of the tangent excite"
         )
         inhibition: float = option(0.5, min=0.0, max=10.0, help="weight of the opposite arc / other line orientations")
         kernel_size: int = option(3, min=1, max=15, help="kernel size in cells of the layer below")
+        kappa: float = option(4.0, min=0.1, max=100.0, help="designed mode: von Mises concentration of the tuning")
+        floor: float = option(0.2, min=0.0, max=1.0, help="designed mode: subtracted from the tuning (inhibition)")
+        sigma_px: float = option(5.0, min=0.5, max=64.0, help="designed mode: receptive-field radius (pixels)")
+        ridge: float = option(1e-3, min=0.0, max=10.0, help="designed mode: ridge of the weight solve")
+        n_stimuli: int = option(3000, min=50, max=100_000, help="designed mode: arcs in the stimulus ensemble")
+        reach: str = option(
+            "auto", choices=("auto", "conv", "1x1", "pool"), help="designed mode: units' reach (auto: block type)"
+        )
         n_bootstrap: int = option(1000, min=0, max=100_000, help="bootstrap resamples")
         seed: int = option(0, help="seed of the split, the bootstrap and the random control")
         controls: bool = option(True, help="also run the rotated, random and fitted controls")
@@ -428,6 +480,7 @@ class CircuitSurgery(Analysis):
             "labels": [0, 1, 0, 1],
             "n_bootstrap": 10,
             "controls": False,
+            "n_stimuli": 60,
         }
 
     def supports(self, model: HookedVisionModel) -> tuple[bool, str]:
@@ -475,6 +528,12 @@ class CircuitSurgery(Analysis):
             band=config.band,
             inhibition=config.inhibition,
             kernel_size=config.kernel_size,
+            kappa=config.kappa,
+            floor=config.floor,
+            sigma_px=config.sigma_px,
+            ridge=config.ridge,
+            n_stimuli=config.n_stimuli,
+            reach=config.reach,
         )
         out = surgery(
             model, spec, inputs[fit], inputs[ev], labels[ev], config.n_bootstrap, config.seed, controls=config.controls
@@ -518,7 +577,8 @@ class SurgeryResult(Result):
         acc = np.array([r["accuracy"] for r in rows])
         lo = acc - np.array([r["acc_ci_low"] for r in rows])
         hi = np.array([r["acc_ci_high"] for r in rows]) - acc
-        colours = ["#555", "#c0392b", "#27ae60", "#999", "#999", "#2471a3"][: len(rows)]
+        special = {"intact": "#555", "ablated": "#c0392b", "handcoded": "#27ae60", "fitted": "#2471a3"}
+        colours = [special.get(n, "#999") for n in names]
         ax.bar(names, acc, yerr=[lo, hi], color=colours, capsize=3)
         for i, r in enumerate(rows):
             if r["recovered"] is not None:

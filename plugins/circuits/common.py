@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "unit_maps",
+    "model_device_dtype",
     "hook_responses",
     "image_size_of",
     "image_support",
@@ -41,6 +42,15 @@ def unit_maps(act: Tensor, hook: str = "") -> Tensor:
     raise VisionLensError(f"{hook}: expected conv maps [B, C, H, W] or tokens [B, T, D], got shape {tuple(act.shape)}")
 
 
+def model_device_dtype(model: HookedVisionModel) -> tuple[torch.device, torch.dtype]:
+    """The device and floating dtype of the model's first floating parameter (CPU / float32 without one)."""
+    source: torch.nn.Module = getattr(model, "source", None) or model
+    for p in source.parameters():
+        if p.is_floating_point():
+            return p.device, p.dtype
+    return torch.device("cpu"), torch.float32
+
+
 @torch.no_grad()
 def hook_responses(
     model: HookedVisionModel,
@@ -53,8 +63,10 @@ def hook_responses(
     spatial maximum (``"max"``) or mean (``"mean"``); ``reduce="map"`` keeps ``[N, C, H, W]``."""
     out: dict[str, list[Tensor]] = {h: [] for h in hooks}
     names = set(hooks)
+    dev, dtype = model_device_dtype(model)
     for i in range(0, images.shape[0], batch_size):
-        _, cache = model.run_with_cache(images[i : i + batch_size].to(model.device), names_filter=lambda n: n in names)
+        batch = images[i : i + batch_size].to(device=dev, dtype=dtype)
+        _, cache = model.run_with_cache(batch, names_filter=lambda n: n in names)
         for h in hooks:
             if h not in cache:
                 raise VisionLensError(f"hook {h!r} did not fire on an image batch")
@@ -146,7 +158,8 @@ def same_size_hooks(model: HookedVisionModel) -> tuple[str, str]:
     """Two hooks with conv maps of the same spatial size, the second later in the hook order (a quick pair for
     smoke runs of the circuit analyses); raises when the model has none."""
     size = image_size_of(model)
-    _, cache = model.run_with_cache(torch.zeros(1, 3, size, size, device=model.device))
+    dev, dtype = model_device_dtype(model)
+    _, cache = model.run_with_cache(torch.zeros(1, 3, size, size, device=dev, dtype=dtype))
     maps = [(n, tuple(cache[n].shape)) for n in model.hook_dict if n in cache and cache[n].ndim == 4]
     for i, (a, sa) in enumerate(maps):
         for b, sb in maps[i + 1 :]:

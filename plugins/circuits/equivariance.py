@@ -8,7 +8,8 @@ Two independent routes (Olah et al. 2020, "Naturally occurring equivariance in n
   from :mod:`.tuning_curves`, shifted together; hue: the hue tuning of colour blobs; reflection:
   ``f_v(theta) = f_u(d - theta)``). The pair score is the best Pearson correlation over the shifts;
 * **from weights** (:func:`weight_families`): ``v`` is ``u`` rotated by ``d`` when ``u``'s kernels to the
-  layer below, rotated by ``d`` (bilinear resampling; reflection: mirrored then rotated), match ``v``'s:
+  layer below, rotated by ``d`` (bilinear resampling; reflection: mirrored then rotated, ``d = 0`` included;
+  hue: the RGB colour of each kernel rotated about the grey axis, for layers reading the image), match ``v``'s:
   cosine similarity over the flattened kernels. When the layer below is not the image, its channels
   transform too, so ``channel_map="assign"`` lets each of ``u``'s rotated input kernels match one of
   ``v``'s (Hungarian assignment) instead of the same channel.
@@ -46,6 +47,8 @@ __all__ = [
     "rotation_signature",
     "stimulus_families",
     "rotate_kernels",
+    "hue_rotation",
+    "hue_rotate_kernels",
     "weight_scores",
     "weight_families",
     "grow_families",
@@ -168,39 +171,64 @@ def rotate_kernels(w: Tensor, degrees: float, reflect: bool = False) -> Tensor:
     a = math.radians(degrees)
     c, s = math.cos(a), math.sin(a)
     # output pixel p samples the input at R(-a) p (grid coordinates: x right, y down; CCW as seen)
-    theta = torch.tensor([[c, -s, 0.0], [s, c, 0.0]], dtype=x.dtype).expand(x.shape[0], 2, 3)
+    theta = torch.tensor([[c, -s, 0.0], [s, c, 0.0]], dtype=x.dtype, device=x.device).expand(x.shape[0], 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False).reshape(shape)
+
+
+def hue_rotation(degrees: float) -> Tensor:
+    """``[3, 3]`` rotation of RGB colours about the grey axis by ``degrees`` (red -> yellow -> green for positive)."""
+    a = math.radians(degrees)
+    k = torch.ones(3) / 3**0.5
+    kx = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return torch.eye(3) + math.sin(a) * kx + (1 - math.cos(a)) * (kx @ kx)
+
+
+def hue_rotate_kernels(w: Tensor, degrees: float) -> Tensor:
+    """Kernels ``[..., 3, k, k]`` on RGB with their colour rotated about the grey axis by ``degrees``."""
+    m = hue_rotation(degrees).to(w.device, torch.float32)
+    return torch.einsum("ij,...jhw->...ihw", m, w.float())
 
 
 def _assign_cos(a: Tensor, b: Tensor) -> float:
     """Best one-to-one matching of ``a``'s input kernels ``[C, k*k]`` to ``b``'s: cosine of the matched whole."""
     from scipy.optimize import linear_sum_assignment
 
-    sim = (a @ b.T).numpy()
+    sim = (a @ b.T).detach().cpu().numpy()
     r, c = linear_sum_assignment(-sim)
     denom = float(a.norm() * b.norm())
     return float(sim[r, c].sum()) / denom if denom > 0 else 0.0
 
 
 def weight_scores(
-    weight: Tensor, angles: Sequence[float], reflection: bool = False, channel_map: str = "identity"
+    weight: Tensor,
+    angles: Sequence[float],
+    reflection: bool = False,
+    channel_map: str = "identity",
+    hue: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Pairwise ``[U, U]`` best cosine between unit ``u``'s kernels transformed by an angle and unit ``v``'s, and that
-    angle; ``weight`` is ``[U, C, k, k]``; ``channel_map`` ``"identity"`` or ``"assign"``."""
+    angle; ``weight`` is ``[U, C, k, k]``; ``channel_map`` ``"identity"`` or ``"assign"``; ``hue``: the transform
+    rotates the colour of RGB input kernels (``C == 3``) instead of their layout."""
     u_n = weight.shape[0]
+    if hue and weight.shape[1] != 3:
+        raise VisionLensError(
+            f"equivariance: hue families from weights need a layer reading RGB (3 channels), got {weight.shape[1]}"
+        )
     flat = weight.reshape(u_n, -1).float()
-    best = torch.full((u_n, u_n), -1.0)
-    arg = torch.zeros(u_n, u_n)
+    best = torch.full((u_n, u_n), -1.0, device=weight.device)
+    arg = torch.zeros(u_n, u_n, device=weight.device)
     for a in angles:
-        rw = rotate_kernels(weight, a, reflect=reflection)
+        rw = hue_rotate_kernels(weight, a) if hue else rotate_kernels(weight, a, reflect=reflection)
         if channel_map == "identity":
             rf = rw.reshape(u_n, -1)
             cos = (rf @ flat.T) / (rf.norm(dim=1)[:, None] * flat.norm(dim=1)[None]).clamp_min(1e-12)
         elif channel_map == "assign":
             c = weight.shape[1]
             ra, wb = rw.reshape(u_n, c, -1), weight.reshape(u_n, c, -1).float()
-            cos = torch.tensor([[_assign_cos(ra[i], wb[j]) for j in range(u_n)] for i in range(u_n)])
+            cos = torch.tensor(
+                [[_assign_cos(ra[i], wb[j]) for j in range(u_n)] for i in range(u_n)], device=weight.device
+            )
         else:
             raise VisionLensError(f"channel_map must be 'identity' or 'assign', got {channel_map!r}")
         better = cos > best
@@ -219,7 +247,11 @@ def weight_families(
     units: Optional[Sequence[int]] = None,
 ) -> tuple[list[Family], Tensor, Tensor]:
     """Families from conv weights ``[U, C, k, k]`` (see the module docstring); the seeds are the largest-norm units."""
-    scores, offsets = weight_scores(weight, angles, reflection=transform == "reflection", channel_map=channel_map)
+    if transform == "reflection" and not any(abs(float(a) % 360.0) < 1e-9 for a in angles):
+        angles = [0.0, *angles]  # the plain mirror image
+    scores, offsets = weight_scores(
+        weight, angles, reflection=transform == "reflection", channel_map=channel_map, hue=transform == "hue"
+    )
     norm = weight.reshape(weight.shape[0], -1).norm(dim=1)
     eligible = norm > 1e-6 * float(norm.max().clamp_min(1e-30))
     fams = grow_families(scores, offsets, eligible, norm, min_score, min_members)
@@ -311,11 +343,11 @@ class Equivariance(Analysis):
         )
         tensors: dict[str, Tensor] = {"stimulus_scores": scores, "stimulus_offsets": offsets, "curves": curves}
         wfams: list[Family] = []
-        if config.layer and config.transform != "hue":
+        if config.layer:
             w = conv_weight(model, config.layer)
             cmap = config.channel_map
             if cmap == "auto":
-                cmap = "identity" if w.shape[1] == 3 else "assign"
+                cmap = "identity" if w.shape[1] == 3 or config.transform == "hue" else "assign"
             angles = [float(a) for a in np.arange(config.angle_step, 360.0 - 1e-9, config.angle_step)]
             wfams, ws, wo = weight_families(w, angles, config.transform, cmap, config.min_score, config.min_members)
             tensors.update(weight_scores=ws, weight_offsets=wo)

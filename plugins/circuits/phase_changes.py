@@ -35,7 +35,7 @@ from visionlens.hookspecs import hookimpl
 from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError
 
-from .common import image_support
+from .common import image_support, model_device_dtype
 from .equivariance import rotation_signature, stimulus_families
 from .tuning_curves import curve_detectors, default_unit_hook, measure_tuning
 
@@ -190,7 +190,9 @@ def checkpoint_metrics(
         "family_size": float(max((len(f.members) for f in fams), default=0)),
     }
     if images is not None and labels is not None:
-        logits = torch.cat([model(images[i : i + 500].to(model.device)).cpu() for i in range(0, len(images), 500)])
+        logits = torch.cat(
+            [model(images[i : i + 500].to(*model_device_dtype(model))).cpu() for i in range(0, len(images), 500)]
+        )
         out["loss"] = float(F.cross_entropy(logits, labels))
         out["accuracy"] = float((logits.argmax(-1) == labels).float().mean())
     return out

@@ -33,7 +33,15 @@ from visionlens.hookspecs import hookimpl
 from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError
 
-from .common import circular_selectivity, hook_responses, image_size_of, image_support, n_peaks, preferred_angle
+from .common import (
+    circular_selectivity,
+    hook_responses,
+    image_size_of,
+    image_support,
+    model_device_dtype,
+    n_peaks,
+    preferred_angle,
+)
 from .stimuli import DEFAULTS, blobs, curves, gratings, lines
 
 if TYPE_CHECKING:
@@ -121,19 +129,21 @@ def measure_tuning(
     if n_orientations < 4 or n_orientations % 2:
         raise VisionLensError(f"n_orientations must be an even number >= 4, got {n_orientations}")
     size = size or image_size_of(model)
-    dev = model.device
+    dev, dtype = model_device_dtype(model)
 
     def respond(images: Tensor) -> Tensor:
-        r = hook_responses(model, [hook], images.to(dev), batch_size=batch_size)[hook]
+        r = hook_responses(model, [hook], images, batch_size=batch_size)[hook]
         return r if units is None else r[:, units]
 
-    blank_map = hook_responses(model, [hook], torch.zeros(1, 3, size, size, device=dev), reduce="map")[hook]
+    blank_map = hook_responses(model, [hook], torch.zeros(1, 3, size, size, device=dev, dtype=dtype), reduce="map")[
+        hook
+    ]
     cx0, cy0 = rf_centre((blank_map.shape[2], blank_map.shape[3]), size)
     pos = _positions(cx0, cy0, jitter)
     n_pos = len(pos)
     px = torch.tensor([p[0] for p in pos])
     py = torch.tensor([p[1] for p in pos])
-    blank = respond(torch.zeros(1, 3, size, size))[0]
+    blank = respond(torch.zeros(1, 3, size, size, device=dev, dtype=dtype))[0]
     n_units = blank.shape[0]
     ori = torch.arange(n_orientations, dtype=torch.float32) * (360.0 / n_orientations)
     rad = torch.tensor(radii, dtype=torch.float32)
