@@ -7,9 +7,12 @@ held-out shape images and its own word placements), the analysis ranks the 256 u
 ``visual.layer4.0.act3.hook_out`` per shape. Ground truth: the planted units (``planted_units(seed)``):
 per shape one multimodal unit (shape OR word), one shape-only decoy and one word-only decoy.
 
-Rankings compared (rank 1 = best, of 256): ``joint`` (the analysis), ``image`` (d' on shape images only),
-``text`` (d' on word images only), ``caption`` (attribution only), ``magnitude`` (mean activation on the
-concept's images and words: the trivial method) and ``random`` (a seeded permutation).
+Rankings compared (rank 1 = best, of 256): ``joint`` (the analysis: min of standardized image, text and
+caption scores, image / text on one pooled scale per unit), ``joint_dprime`` (the same with Cohen's d' per
+modality, ``selectivity="dprime"``), ``joint_median_centred`` (the first version: each component centred
+on the median unit before scaling), ``image`` / ``text`` (one modality only; ``_dprime``: as d'),
+``caption`` (attribution only), ``magnitude`` (mean activation on the concept's images and words: the
+trivial method) and ``random`` (a seeded permutation).
 
 Attack: zero-shot shape accuracy clean / wrong word / right word / random strokes / a non-shape word, for
 ``zoo:clip_glyph``, for ``zoo:clip`` (never saw text: the control) and, per planted unit, the drop in
@@ -37,6 +40,7 @@ from visionlens.plugins.clip_multimodal_neurons import (
     attack_images,
     concept_word_images,
     restore_predictions,
+    standardize,
     unit_activations,
 )
 from visionlens.zoo import catalog
@@ -49,7 +53,23 @@ from visionlens.zoo.clip_glyph_model import (
     planted_units,
 )
 
-METHODS = ("joint", "image", "text", "caption", "magnitude", "random")
+METHODS = (
+    "joint",
+    "joint_dprime",
+    "joint_median_centred",
+    "image",
+    "text",
+    "image_dprime",
+    "text_dprime",
+    "caption",
+    "magnitude",
+    "random",
+)
+
+
+def centred(s: torch.Tensor) -> torch.Tensor:
+    """The first version of the joint score's scaling: ``(s - median) / std`` over units."""
+    return (s - s.median()) / s.std()
 
 
 def ranks(score: torch.Tensor) -> torch.Tensor:
@@ -99,8 +119,20 @@ def one_run(model: Any, seed: int, rep: int, n: int) -> Dict[str, Any]:
     for c, shape in enumerate(SHAPES):
         scores = {
             "joint": r.tensors["joint"][c],
-            "image": r.tensors["dprime_image"][c],
-            "text": r.tensors["dprime_text"][c],
+            "joint_dprime": torch.stack(
+                [standardize(r.tensors[k][c]) for k in ("dprime_image", "dprime_text", "caption_attribution")]
+            )
+            .min(0)
+            .values,
+            "joint_median_centred": torch.stack(
+                [centred(r.tensors[k][c]) for k in ("selectivity_image", "selectivity_text", "caption_attribution")]
+            )
+            .min(0)
+            .values,
+            "image": r.tensors["selectivity_image"][c],
+            "text": r.tensors["selectivity_text"][c],
+            "image_dprime": r.tensors["dprime_image"][c],
+            "text_dprime": r.tensors["dprime_text"][c],
             "caption": r.tensors["caption_attribution"][c],
             "magnitude": torch.cat([acts[labels == c], wacts[c * 64 : (c + 1) * 64]]).mean(0),
             "random": torch.rand(acts.shape[1], generator=g),

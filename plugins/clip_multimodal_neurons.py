@@ -4,20 +4,27 @@ name and its caption, and how much each moves a typographic attack.
 For each concept ``c`` (a word such as ``"circle"``) and each unit ``u`` of one image-tower hook
 (channels of a conv map, averaged over positions; neurons of a token map, averaged over tokens):
 
-* **image**: ``d'`` of the unit's activation between the images of ``c`` and the images of the other
-  concepts (``labels``, or the model's own zero-shot predictions);
-* **text**: ``d'`` between images of the *written word* ``c`` and images of the other concepts' words,
-  drawn offline in the built-in bitmap font (:mod:`visionlens.zoo.glyphs`) on a flat canvas of the inputs'
-  median grey at seeded positions and grey levels;
+* **image**: the difference of the unit's mean activation between the images of ``c`` and the images of
+  the other concepts (``labels``, or the model's own zero-shot predictions);
+* **text**: the same difference between images of the *written word* ``c`` and images of the other
+  concepts' words, drawn offline in the built-in bitmap font (:mod:`visionlens.zoo.glyphs`) on a flat
+  canvas of the inputs' median grey at seeded positions and grey levels;
+
+  both divided by the unit's standard deviation over all the probe images (pictures and words pooled), so
+  the two modalities are measured on one scale: a unit that swings widely on words and barely on pictures
+  has a small image score even when that small difference is consistent (``selectivity="dprime"``
+  divides each by its own modality's pooled within-class spread instead, Cohen's ``d'``, which rates such
+  a consistent small difference highly);
 * **caption**: how much the unit pushes the image embedding towards the caption ``template.format(c)``:
   activation x gradient of the caption's zero-shot margin (cosine to ``c``'s text direction minus the mean
   cosine to the other concepts'), averaged over ``c``'s images and its word images (a first-order estimate
   of what removing the unit costs the caption).
 
-Each component is standardized across units (``(s - median) / std``) and the **joint** score is their
-minimum, so a unit ranks high only when it is high on all three: a unit that responds only to the
-shape, or only to the written word, scores low. The single-component rankings are in the result too
-(the baselines a joint ranking has to beat).
+Each component is divided by its standard deviation across units (not centred: 0 means no response, and
+centring on the median unit would lift a unit with no response above the many units with a negative one)
+and the **joint** score is their minimum, so a unit ranks high only when it is high on all three: a unit
+that responds only to the shape, or only to the written word, scores low. The single-component scores
+are in the result too (the baselines a joint ranking has to beat).
 
 **Typographic attack.** Every image of concept ``y`` gets a wrong concept's name written on it (one drawn
 per image, seeded); zero-shot accuracy over the concepts is measured clean, attacked, and with controls:
@@ -57,6 +64,7 @@ __all__ = [
     "default_hook",
     "unit_activations",
     "dprime",
+    "selectivity",
     "caption_attribution",
     "concept_word_images",
     "standardize",
@@ -114,6 +122,12 @@ def dprime(pos: Tensor, neg: Tensor) -> Tensor:
     return torch.where(den > 1e-8, num / den.clamp_min(1e-8), torch.zeros_like(num))
 
 
+def selectivity(pos: Tensor, neg: Tensor, scale: Tensor) -> Tensor:
+    """``(mean_pos - mean_neg) / scale`` per column; 0 where ``scale`` is 0."""
+    num = pos.mean(0) - neg.mean(0)
+    return torch.where(scale > 1e-8, num / scale.clamp_min(1e-8), torch.zeros_like(num))
+
+
 def caption_attribution(
     model: HookedVisionModel, images: Tensor, hook: str, directions: Tensor, concept: int, batch: int = 128
 ) -> Tensor:
@@ -145,8 +159,8 @@ def caption_attribution(
 
 
 def standardize(s: Tensor) -> Tensor:
-    """``(s - median) / std`` along the last axis (units)."""
-    return (s - s.median(-1, keepdim=True).values) / s.std(-1, keepdim=True).clamp_min(1e-12)
+    """``s / std`` along the last axis (units): scaled, not centred, since 0 means no response (no effect)."""
+    return s / s.std(-1, keepdim=True).clamp_min(1e-12)
 
 
 def glyph_scale(size: int, words: Sequence[str]) -> int:
@@ -255,6 +269,7 @@ class MultimodalNeurons(Analysis):
         attack_units: int = option(5, min=0, max=1000, help="top units per concept restored in the attack")
         control_word: str = option("window", help="a word naming no concept (attack control)")
         max_images: int = option(512, min=2, max=1_000_000, help="images analysed")
+        selectivity: str = option("pooled", help="image / text scores: 'pooled' (one scale per unit) or 'dprime'")
         seed: int = option(0, help="seed of word placements and random units")
 
     def smoke_config(self, model: HookedVisionModel) -> dict[str, Any]:
@@ -297,23 +312,30 @@ class MultimodalNeurons(Analysis):
         words = concept_word_images(concepts, n_t, size, background, seed=config.seed, scale=scale)
         word_labels = torch.arange(len(concepts)).repeat_interleave(n_t)
 
+        if config.selectivity not in ("pooled", "dprime"):
+            raise ConfigError(
+                f"multimodal_neurons: selectivity must be 'pooled' or 'dprime', got {config.selectivity!r}."
+            )
         acts = unit_activations(model, images, hook)
         wacts = unit_activations(model, words, hook)
         n_units = acts.shape[1]
-        d_img, d_txt, cap = [], [], []
+        spread = torch.cat([acts, wacts]).std(0, unbiased=False)
+        d_img, d_txt, s_img, s_txt, cap = [], [], [], [], []
         for c in range(len(concepts)):
             pos, neg = labels == c, labels != c
+            wpos, wneg = word_labels == c, word_labels != c
             ok = bool(pos.any() and neg.any())
             d_img.append(dprime(acts[pos], acts[neg]) if ok else torch.zeros(n_units))
-            d_txt.append(dprime(wacts[word_labels == c], wacts[word_labels != c]))
-            probe = torch.cat([images[pos], words[word_labels == c]])
+            d_txt.append(dprime(wacts[wpos], wacts[wneg]))
+            s_img.append(selectivity(acts[pos], acts[neg], spread) if ok else torch.zeros(n_units))
+            s_txt.append(selectivity(wacts[wpos], wacts[wneg], spread))
+            probe = torch.cat([images[pos], words[wpos]])
             cap.append(caption_attribution(model, probe, hook, head.weight, c))
         dprime_image, dprime_text, caption = torch.stack(d_img), torch.stack(d_txt), torch.stack(cap)
-        z = {
-            "z_image": standardize(dprime_image),
-            "z_text": standardize(dprime_text),
-            "z_caption": standardize(caption),
-        }
+        sel_image, sel_text = torch.stack(s_img), torch.stack(s_txt)
+        if config.selectivity == "dprime":
+            sel_image, sel_text = dprime_image, dprime_text
+        z = {"z_image": standardize(sel_image), "z_text": standardize(sel_text), "z_caption": standardize(caption)}
         joint = torch.stack(list(z.values())).min(0).values
         ranking = joint.argsort(-1, descending=True)
         rows = []
@@ -327,8 +349,8 @@ class MultimodalNeurons(Analysis):
                         u,
                         float(joint[c, u]),
                         *(float(z[k][c, u]) for k in z),
-                        float(dprime_image[c, u]),
-                        float(dprime_text[c, u]),
+                        float(sel_image[c, u]),
+                        float(sel_text[c, u]),
                         float(caption[c, u]),
                     ]
                 )
@@ -342,12 +364,12 @@ class MultimodalNeurons(Analysis):
                     "z_image",
                     "z_text",
                     "z_caption",
-                    "dprime_image",
-                    "dprime_text",
+                    "image",
+                    "text",
                     "caption_attribution",
                 ],
                 rows,
-                title=f"Top units per concept at {hook} (joint = min of the standardized components)",
+                title=f"Top units per concept at {hook} (joint: min of the components, each over its std across units)",
             )
         }
         clean_acc = float((pred == labels).float().mean())
@@ -367,6 +389,8 @@ class MultimodalNeurons(Analysis):
         tensors = {
             "joint": joint,
             "ranking": ranking,
+            "selectivity_image": sel_image,
+            "selectivity_text": sel_text,
             "dprime_image": dprime_image,
             "dprime_text": dprime_text,
             "caption_attribution": caption,

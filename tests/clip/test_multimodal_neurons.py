@@ -156,12 +156,12 @@ def test_planted_multimodal_units_are_found(found):
     for c, shape in enumerate(SHAPES):
         rank = {role: int((found.tensors["ranking"][c] == units[role][shape]).nonzero()) + 1 for role in units}
         assert rank["multimodal"] <= 5, (shape, rank)
-        # the decoys respond to one modality only: below the multimodal unit, out of the top 3
-        assert min(rank["shape"], rank["word"]) > max(rank["multimodal"], 3), (shape, rank)
-        # single-modality rankings cannot tell them apart: each puts its decoy in its top 3
-        for key, decoy in (("dprime_image", "shape"), ("dprime_text", "word")):
+        # the decoys respond to one modality only: out of the top 5
+        assert min(rank["shape"], rank["word"]) > 5, (shape, rank)
+        # single-modality rankings cannot tell them apart: each puts its decoy first or second
+        for key, decoy in (("selectivity_image", "shape"), ("selectivity_text", "word")):
             order = found.tensors[key][c].argsort(descending=True)
-            assert int((order == units[decoy][shape]).nonzero()) + 1 <= 3, (shape, key)
+            assert int((order == units[decoy][shape]).nonzero()) + 1 <= 2, (shape, key)
 
 
 def test_typographic_attack_beats_its_controls(found):
