@@ -4,8 +4,10 @@
 
 Sections (``--only``): ``tuning`` (curve detectors per layer, trained vs the step-0 checkpoint),
 ``equivariance`` (planted family precision / recall from weights and stimuli; the zoo model's families),
+``families`` (planted hue and reflection families, both routes),
 ``surgery`` (hand-coded curve circuit: designed mode with its spec chosen on a dev set and reported on a
-fresh test set over three seeds with controls; template and lines modes for comparison), ``scrubbing`` (curve
+fresh test set over three seeds with controls; template and lines modes for comparison), ``colour`` (the
+colour-contrast circuit of conv2d2, designed mode, same protocol), ``scrubbing`` (curve
 hypotheses) and ``phase`` (phase changes on mixed3a / mixed3b over the shipped checkpoints, or
 ``--checkpoints DIR``). Each section writes ``OUT/<section>.json`` and the results' folders.
 """
@@ -129,6 +131,56 @@ def surgery(out: Path) -> dict[str, Any]:
     return res
 
 
+def colour(out: Path) -> dict[str, Any]:
+    """The second early circuit: colour-contrast units of conv2d2 (hue-selective, from conv2d1) written as a hue
+    tuning (designed mode), on the same test set as the curve circuit, three seeds, every control."""
+    model = visionlens.load("zoo:curve")
+    test = cm.curve_batch(4000, seed=UNITS_SEED_TEST)
+    res: dict[str, Any] = {}
+    for seed in (0, 1, 2):
+        r = model.analyze(
+            "circuit_surgery",
+            test["images"],
+            below="conv2d1.hook_out",
+            hook="conv2d2.hook_out",
+            labels=test["labels"].tolist(),
+            circuit="colour",
+            kappa=2.0,
+            floor=0.2,
+            sigma_px=3.0,
+            fit_fraction=0.25,
+            seed=seed,
+        )
+        if seed == 0:
+            r.save(out / "surgery_colour")
+        res[f"seed{seed}"] = {
+            "summary": r.summary,
+            "conditions": r.meta["conditions"],
+            "units": r.meta["units"],
+            "preferred_hue": r.meta["orientations"],
+        }
+    return res
+
+
+def families(out: Path) -> dict[str, Any]:
+    """Planted hue (8 members) and reflection (9 members) families: precision / recall per route, seeds 0-2."""
+    res: dict[str, Any] = {}
+    for name, build, transform, extra in (
+        ("hue", planted.planted_hue_model, "hue", {"n_hues": 24}),
+        ("reflection", planted.planted_reflection_model, "reflection", {}),
+    ):
+        for seed in range(3):
+            model, truth = build(seed=seed)
+            r = model.analyze(
+                "equivariance", None, hook=truth["hook"], layer=truth["layer"], transform=transform, **extra
+            )
+            for route in ("stimuli", "weights"):
+                res[f"{name}/seed{seed}/{route}"] = eq.family_precision_recall(r.families(route), truth["family"])
+            if seed == 0:
+                r.save(out / f"equivariance_planted_{name}")
+    return res
+
+
 def scrubbing(out: Path) -> dict[str, Any]:
     model = visionlens.load("zoo:curve")
     b = cm.curve_batch(1000, seed=cm.HELD_OUT_SEED)
@@ -150,7 +202,15 @@ def phase(out: Path, checkpoints: str = "") -> dict[str, Any]:
     return res
 
 
-SECTIONS = {"tuning": tuning, "equivariance": equivariance, "surgery": surgery, "scrubbing": scrubbing, "phase": phase}
+SECTIONS = {
+    "tuning": tuning,
+    "equivariance": equivariance,
+    "families": families,
+    "surgery": surgery,
+    "colour": colour,
+    "scrubbing": scrubbing,
+    "phase": phase,
+}
 
 
 def main() -> None:

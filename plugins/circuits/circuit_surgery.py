@@ -57,7 +57,7 @@ from .common import (
     preferred_angle,
     same_size_hooks,
 )
-from .designed import curve_target, designed_unit, stimulus_ensemble, unit_kinds
+from .designed import colour_ensemble, colour_target, curve_target, designed_unit, stimulus_ensemble, unit_kinds
 from .stimuli import curves
 from .tuning_curves import curve_detectors, measure_tuning, rf_centre
 
@@ -73,6 +73,7 @@ __all__ = [
     "CurveCircuitSpec",
     "curve_kernel_from_template",
     "summarize",
+    "colour_units",
     "fit_gain_bias",
     "surgery",
     "CircuitSurgery",
@@ -269,6 +270,7 @@ class CurveCircuitSpec:
     ridge: float = 1e-3
     n_stimuli: int = 3000
     reach: str = "auto"
+    circuit: str = "curve"
 
 
 def _fit_units(
@@ -322,13 +324,23 @@ def surgery(
 ) -> dict[str, Any]:
     """Ablate ``spec.units`` and splice in the hand-coded curve circuit; accuracy and recovery per condition."""
     size = int(eval_images.shape[-1])
+    colour = spec.circuit == "colour"
+    if spec.circuit not in ("curve", "colour"):
+        raise VisionLensError(f"circuit_surgery: circuit must be 'curve' or 'colour', got {spec.circuit!r}")
+    if colour and spec.mode != "designed":
+        raise VisionLensError("circuit_surgery: the colour-contrast circuit is written in mode='designed' only")
     phi, sel = line_preferences(model, spec.below, size)
     maps = hook_responses(model, [spec.below, spec.hook], fit_images, reduce="map")
     x, y = maps[spec.below], maps[spec.hook]
     cell_px = size / x.shape[-1]
-    tune = measure_tuning(model, spec.hook, units=list(spec.units), size=size)
+    tune = measure_tuning(model, spec.hook, units=list(spec.units), size=size, n_hues=24 if colour else 12)
     det = curve_detectors(tune)
-    orientations = list(spec.orientations) if spec.orientations is not None else det["preferred_orientation"].tolist()
+    if colour:  # the preferred hue (blob hue tuning) plays the part of the orientation
+        prefs = preferred_angle(tune.blob_hue).tolist()
+        det["curve_max"] = tune.blob_hue.amax(dim=1)  # the gain rule reads the response to the best blob
+    else:
+        prefs = det["preferred_orientation"].tolist()
+    orientations = list(spec.orientations) if spec.orientations is not None else prefs
     radii = list(spec.radii_px) if spec.radii_px is not None else det["best_radius"].tolist()
     offs = [(dx, dy) for dy in (-1.0, 0.0, 1.0) for dx in (-1.0, 0.0, 1.0)]
     means = y.mean(dim=0)
@@ -365,17 +377,21 @@ def surgery(
     }
     extra: dict[str, Any] = {}
     if spec.mode == "designed":
-        ens = stimulus_ensemble(model, spec.below, size, spec.n_stimuli, spec.kernel_size, seed)
+        if colour:
+            ens = colour_ensemble(model, spec.below, size, spec.n_stimuli, spec.kernel_size, seed)
+        else:
+            ens = stimulus_ensemble(model, spec.below, size, spec.n_stimuli, spec.kernel_size, seed)
         n_all = int(y.shape[1])
         kinds_all = unit_kinds(model, spec.hook, n_all) if spec.reach == "auto" else [spec.reach] * n_all
         kinds = [kinds_all[u] for u in spec.units]
-        gains = (det["curve_max"] + tune.blank).tolist()  # the unit's response to its best arc (tuning curves)
+        gains = (det["curve_max"] + tune.blank).tolist()  # the unit's response to its best arc / blob (tuning)
+        target = colour_target if colour else curve_target
 
         def designed(orients: Sequence[float]) -> dict[int, UnitFn]:
             return {
                 u: designed_unit(
                     ens,
-                    curve_target(ens, orients[i], spec.kappa, spec.floor, spec.sigma_px),
+                    target(ens, orients[i], spec.kappa, spec.floor, spec.sigma_px),
                     kinds[i],
                     gains[i],
                     spec.ridge,
@@ -411,6 +427,12 @@ def surgery(
         "line_selectivity": sel.tolist(),
         **extra,
     }
+
+
+def colour_units(t: Any, min_selectivity: float = 0.5, min_response: float = 0.3) -> Tensor:
+    """Colour-contrast units of :class:`Tuning` ``t``: hue tuning to colour blobs with circular selectivity
+    >= ``min_selectivity`` and a best-blob response >= ``min_response`` above the blank (``[U]`` bool)."""
+    return (circular_selectivity(t.blob_hue) >= min_selectivity) & (t.blob_hue.amax(dim=1) >= min_response)
 
 
 def summarize(correct: Mapping[str, Tensor], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -467,6 +489,9 @@ class CircuitSurgery(Analysis):
         reach: str = option(
             "auto", choices=("auto", "conv", "1x1", "pool"), help="designed mode: units' reach (auto: block type)"
         )
+        circuit: str = option(
+            "curve", choices=("curve", "colour"), help="curve detectors, or colour-contrast units (designed mode)"
+        )
         n_bootstrap: int = option(1000, min=0, max=100_000, help="bootstrap resamples")
         seed: int = option(0, help="seed of the split, the bootstrap and the random control")
         controls: bool = option(True, help="also run the rotated, random and fitted controls")
@@ -516,10 +541,11 @@ class CircuitSurgery(Analysis):
         fit, ev = perm[:n_fit], perm[n_fit:]
         units = list(config.units)
         if not units:
-            t = measure_tuning(model, config.hook, size=int(inputs.shape[-1]))
-            units = [t.units[i] for i in torch.nonzero(curve_detectors(t)["is_curve_detector"]).flatten().tolist()]
+            t = measure_tuning(model, config.hook, size=int(inputs.shape[-1]), n_hues=24)
+            ok = colour_units(t) if config.circuit == "colour" else curve_detectors(t)["is_curve_detector"]
+            units = [t.units[i] for i in torch.nonzero(ok).flatten().tolist()]
             if not units:
-                raise VisionLensError(f"circuit_surgery: no unit of {config.hook} passes the curve-detector test")
+                raise VisionLensError(f"circuit_surgery: no {config.circuit} unit in {config.hook} passes the test")
         spec = CurveCircuitSpec(
             config.below,
             config.hook,
@@ -534,6 +560,7 @@ class CircuitSurgery(Analysis):
             ridge=config.ridge,
             n_stimuli=config.n_stimuli,
             reach=config.reach,
+            circuit=config.circuit,
         )
         out = surgery(
             model, spec, inputs[fit], inputs[ev], labels[ev], config.n_bootstrap, config.seed, controls=config.controls

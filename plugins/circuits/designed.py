@@ -36,6 +36,8 @@ __all__ = [
     "Ensemble",
     "stimulus_ensemble",
     "curve_target",
+    "colour_ensemble",
+    "colour_target",
     "solve_weights",
     "unit_kinds",
     "designed_unit",
@@ -61,6 +63,8 @@ class Ensemble:
     dy: Tensor
     radius: Tensor
     images: Optional[Tensor] = None
+    hue: Optional[Tensor] = None  # colour ensembles: each stimulus's hue (degrees) and saturation
+    saturation: Optional[Tensor] = None
 
     @property
     def is_arc(self) -> Tensor:
@@ -155,6 +159,68 @@ def curve_target(
     d = torch.deg2rad(ens.orientation - orientation)
     t = (torch.exp(kappa * (torch.cos(d) - 1)) - floor) * torch.exp(-(ens.dx**2 + ens.dy**2) / (2 * sigma_px**2))
     return torch.where(ens.is_arc, t, torch.zeros_like(t))
+
+
+@torch.no_grad()
+def colour_ensemble(
+    model: HookedVisionModel, below: str, size: int, n: int = 3000, kernel_size: int = 3, seed: int = 0
+) -> Ensemble:
+    """``n`` colour stimuli -- blobs (sigma 1.5-3.5 px), arcs and lines in equal shares -- of random hue,
+    saturation 0-1 and value 0.5-1 on grey 0-0.25, within +-4 px of the centre cell's receptive field, pixel
+    noise 0.02 (lengths at 32 px, scaled with ``size``); ``kind`` 0 blob, 1 arc, 2 line."""
+    import colorsys
+
+    g = torch.Generator().manual_seed(seed)
+    s = size / 32.0
+
+    def u(lo: float, hi: float, m: int) -> Tensor:
+        return lo + (hi - lo) * torch.rand(m, generator=g)
+
+    hue, sat, val = u(0.0, 360.0, n), u(0.0, 1.0, n), u(0.5, 1.0, n)
+    cols = torch.tensor(
+        [colorsys.hsv_to_rgb(float(h) / 360.0, float(a), float(v)) for h, a, v in zip(hue, sat, val)],
+        dtype=torch.float32,
+    )
+    blank = hook_responses(model, [below], torch.zeros(1, 3, size, size), reduce="map")[below]
+    h, w = blank.shape[-2:]
+    x0, y0 = rf_centre((h, w), size)
+    dx, dy = u(-4.0, 4.0, n) * s, u(-4.0, 4.0, n) * s
+    kind = torch.arange(n) % 3
+    bg = u(0.0, 0.25, n)[:, None].expand(n, 3).clone()
+    im_b = blobs(size, u(1.5, 3.5, n) * s, x0 + dx, y0 + dy, cols, bg)
+    im_c = curves(
+        size, u(0.0, 360.0, n), u(3.0, 11.0, n) * s, u(80.0, 140.0, n), u(1.2, 2.2, n) * s, x0 + dx, y0 + dy, cols, bg
+    )
+    im_l = lines(size, u(0.0, 180.0, n), u(5.0, 14.0, n) * s, u(1.2, 2.2, n) * s, x0 + dx, y0 + dy, cols, bg)
+    k4 = kind[:, None, None, None]
+    images = torch.where(k4 == 0, im_b, torch.where(k4 == 1, im_c, im_l))
+    images = (images + 0.02 * torch.randn(images.shape, generator=g)).clamp(0, 1)
+    maps = hook_responses(model, [below], images, reduce="map")[below]
+    cy, cx = (h - 1) // 2, (w - 1) // 2
+    half = kernel_size // 2
+    crops = F.pad(maps, (half, half, half, half))[:, :, cy : cy + kernel_size, cx : cx + kernel_size]
+    zeros = torch.zeros(n)
+    return Ensemble(
+        crops=crops.contiguous(),
+        pooled=F.max_pool2d(maps, 3, 1, 1)[:, :, cy, cx],
+        kind=kind,
+        orientation=zeros,
+        dx=dx,
+        dy=dy,
+        radius=zeros,
+        hue=hue,
+        saturation=sat,
+    )
+
+
+def colour_target(ens: Ensemble, hue: float, kappa: float = 2.0, floor: float = 0.2, sigma_px: float = 3.0) -> Tensor:
+    """The written tuning of a colour-contrast unit preferring ``hue``: a von Mises bump over hue minus ``floor``,
+    times the stimulus's saturation (grey strokes: 0) and a Gaussian of its distance to the receptive field."""
+    if ens.hue is None or ens.saturation is None:
+        raise ValueError("colour_target needs a colour ensemble (colour_ensemble)")
+    d = torch.deg2rad(ens.hue - hue)
+    rf = torch.exp(-(ens.dx**2 + ens.dy**2) / (2 * sigma_px**2))
+    return (torch.exp(kappa * (torch.cos(d) - 1)) - floor) * ens.saturation * rf
 
 
 def solve_weights(inputs: Tensor, target: Tensor, ridge: float = 1e-3) -> tuple[Tensor, float]:
