@@ -72,3 +72,19 @@ def test_row_trains_on_positions_and_the_image_vector_the_head_reads(zoo_resnet,
     assert layout == "tokens" and x.shape == (10 * (TOKENS_PER_IMAGE + 1), 64)
     assert torch.allclose(x[-10:], cls)
     assert SIZE == 32 and TOP_K == {"map": 8, "tokens": 24}
+
+
+def test_principal_directions_match_the_svd_up_to_sign():
+    from visionlens.zoo.dictionary_transfer import principal_directions
+
+    torch.manual_seed(0)
+    x = torch.randn(500, 24) @ torch.diag(torch.linspace(3.0, 0.1, 24)) @ torch.linalg.qr(torch.randn(24, 24))[0]
+    x = x - x.mean(0)
+    _, s, v = torch.linalg.svd(x, full_matrices=False)
+    w = principal_directions(x)
+    assert w.shape == (24, 24)
+    cos = (v[:8] * w[:8]).sum(1).abs()
+    assert torch.all(cos > 1 - 1e-5), cos
+    var = (x @ w.T).pow(2).sum(0)
+    assert torch.all(var[:-1] >= var[1:] - 1e-3)  # largest variance first
+    torch.testing.assert_close(var[:8].sqrt(), s[:8], rtol=1e-4, atol=1e-4)

@@ -152,6 +152,17 @@ class Candidates:
     scores: np.ndarray
 
 
+def principal_directions(centred: Tensor) -> Tensor:
+    """The principal directions of centred rows ``[M, D]``, largest variance first, as rows ``[D, D]``.
+
+    The eigenvectors of the ``D x D`` scatter matrix (float32 product, float64 eigensolver): the right
+    singular vectors of ``centred`` up to sign, about 2-3x cheaper than an SVD of the rows for ``M >> D``.
+    """
+    x = centred.float()
+    _, vecs = torch.linalg.eigh((x.T @ x).double())
+    return vecs.flip(-1).T.to(centred.dtype).contiguous()
+
+
 def _directions_scores(vectors: Tensor, n_img: int, dirs: Tensor, centre: Tensor) -> np.ndarray:
     """Mean over positions of ``+-(x - centre) . dir`` per image: ``[N, 2K]`` (both signs)."""
     p = ((vectors - centre) @ dirs.T).reshape(n_img, -1, dirs.shape[0]).mean(1)
@@ -282,7 +293,7 @@ def planted_recovery(
     # candidates: dictionary features, PCA directions, random directions
     centre = x.mean(0)
     n_dirs = min(size, d_units)
-    _, _, v = torch.linalg.svd(x - centre, full_matrices=False)
+    v = principal_directions(x - centre)
     g = torch.Generator().manual_seed(seed)
     rand = torch.randn(size, d_units, generator=g)  # as many random directions as the dictionary has features
     rand = rand / rand.norm(dim=1, keepdim=True)
