@@ -129,3 +129,25 @@ def test_tuning_follows_model_dtype():
     model.double()
     t = tc.measure_tuning(model, truth["hook"], units=truth["family"][:2], radii=(4.5,), jitter=0, n_hues=3)
     assert torch.isfinite(t.curve).all() and t.curve.amax() > 0
+
+
+def test_colour_target_written_tuning():
+    n = 4
+    ens = ds.Ensemble(
+        crops=torch.zeros(n, 1, 3, 3),
+        pooled=torch.zeros(n, 1),
+        kind=torch.zeros(n, dtype=torch.long),
+        orientation=torch.zeros(n),
+        dx=torch.tensor([0.0, 0.0, 0.0, 3.0]),
+        dy=torch.zeros(n),
+        radius=torch.zeros(n),
+        hue=torch.tensor([120.0, 300.0, 120.0, 120.0]),
+        saturation=torch.tensor([1.0, 1.0, 0.0, 0.5]),
+    )
+    t = ds.colour_target(ens, 120.0, kappa=2.0, floor=0.2, sigma_px=3.0)
+    assert t[0] == pytest.approx(0.8)  # preferred hue, saturated, centred
+    assert t[1] < 0  # the opponent hue is inhibited
+    assert t[2] == 0  # grey: no colour contrast
+    assert t[3] == pytest.approx(0.8 * 0.5 * torch.exp(torch.tensor(-0.5)).item())
+    with pytest.raises(ValueError):
+        ds.colour_target(ds.Ensemble(*[ens.crops, ens.pooled, ens.kind, ens.dx, ens.dx, ens.dy, ens.radius]), 0.0)

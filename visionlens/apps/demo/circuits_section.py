@@ -72,7 +72,7 @@ def circuits_section(out: Path, results_dir: Optional[Path] = None) -> tuple[str
 
     saved = Path(results_dir) if results_dir is not None else RESULTS
     for name, folder, what in (
-        ("surgery", "surgery_template", "circuit_surgery (hand-coded template circuit, mixed3a)"),
+        ("surgery", "surgery_designed", "circuit_surgery (designed curve circuit, mixed3a, fresh test set)"),
         ("phase", "phase_mixed3b", "phase_changes (mixed3b, 31 shipped checkpoints)"),
     ):
         if (saved / folder / "result.json").is_file():
