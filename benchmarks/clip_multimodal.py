@@ -18,8 +18,12 @@ Attack: zero-shot shape accuracy clean / wrong word / right word / random stroke
 ``zoo:clip_glyph``, for ``zoo:clip`` (never saw text: the control) and, per planted unit, the drop in
 attack success when that unit alone is restored to its clean value.
 
+    visionlens zoo train clip_glyph --seed 1 --out /tmp/cg/s1   # (and --seed 2 --out /tmp/cg/s2)
     OMP_NUM_THREADS=1 python benchmarks/clip_multimodal.py --extra 1=/tmp/cg/s1/clip_glyph.safetensors \
-        --out benchmarks/results/clip_multimodal.json
+        --extra 2=/tmp/cg/s2/clip_glyph.safetensors --out benchmarks/results/clip_multimodal.json
+
+Seeds 0 and 1 were used while choosing the joint score's scaling (``joint_median_centred`` and
+``joint_dprime`` were the earlier versions); seed 2 was trained after that choice and is the held-out check.
 """
 
 from __future__ import annotations
@@ -211,6 +215,57 @@ def control_attack(model: Any, n: int) -> Dict[str, float]:
     return {row[0]: row[1] for row in r.tables["attack"].rows} | {"attack_success": r.meta["attack_success"]}
 
 
+def _ci(x: Dict[str, float], digits: int = 2) -> str:
+    return f"{x['mean']:.{digits}f} ({x['lo']:.{digits}f}-{x['hi']:.{digits}f})"
+
+
+def markdown(result: Dict[str, Any]) -> str:
+    """The result as Markdown tables (all runs pooled, then per training seed)."""
+    lines = [
+        "# Planted multimodal units of zoo:clip_glyph (benchmarks/clip_multimodal.py)",
+        "",
+        f"`{result['command']}` ({result['seconds']} s). Hook `{result['hook']}`, {result['n_units']} units; "
+        f"{result['replicates']} replicates x {result['n']} held-out shape images per training seed. Rank 1 = best.",
+        "Intervals: mean and normal 95% interval over (seed, replicate, shape) cases.",
+        "",
+    ]
+    scopes = [("all seeds", result["summary"])] + [
+        (k.replace("_", " "), v["summary"]) for k, v in result.items() if k.startswith("seed_")
+    ]
+    for name, summ in scopes:
+        lines += [
+            f"## Rankings, {name}",
+            "",
+            "| method | multimodal unit rank | worst | in top 5 | top 1 | a decoy above it | a decoy in top 5 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for m, x in summ["ranking"].items():
+            lines.append(
+                f"| {m} | {_ci(x['multimodal_rank'], 1)} | {x['worst_multimodal_rank']} | "
+                f"{_ci(x['multimodal_top5_rate'])} | {_ci(x['multimodal_top1_rate'])} | "
+                f"{_ci(x['decoy_above_multimodal_rate'])} | {_ci(x['decoy_in_top5_rate'])} |"
+            )
+        lines.append("")
+    s = result["summary"]
+    lines += ["## Typographic attack (all seeds)", "", "| condition | zero-shot shape accuracy |", "|---|---|"]
+    lines += [f"| {k} | {_ci(v, 3)} |" for k, v in s["attack"].items()]
+    c = result["control_zoo_clip_attack"]
+    lines += ["", "zoo:clip (never saw text), same images: " + ", ".join(f"{k} {v:.3f}" for k, v in c.items()), ""]
+    lines += ["## Attack success carried by each planted unit (restored to its clean value)", ""]
+    names = {
+        "base": "nothing (attack success itself)",
+        "every_unit": "every unit (attack success left)",
+        "multimodal": "the multimodal unit of the written word (drop)",
+        "shape": "the shape-only decoy of the written word (drop)",
+        "word": "the word-only decoy of the written word (drop)",
+        "all_three": "all three planted units of the written word (drop)",
+        "random_unit_mean": "one random unit (drop, mean of 8)",
+    }
+    lines += ["| restored | value |", "|---|---|"]
+    lines += [f"| {names[k]} | {_ci(v, 3)} |" for k, v in s["restore"].items()]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--extra", action="append", default=[], help="SEED=PATH weights of another training seed")
@@ -248,6 +303,7 @@ def main() -> None:
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    Path(args.out).with_suffix(".md").write_text(markdown(result))
     s = result["summary"]
     for m in METHODS:
         x = s["ranking"][m]
