@@ -19,7 +19,6 @@ import torch
 
 from visionlens.zoo import clip_model
 from visionlens.zoo.clip_vit_model import (
-    STEM_CHANNELS,
     build_clip_vit,
     copy_text_tower,
     distill_image_tower,
@@ -32,10 +31,11 @@ VARIANTS: Dict[str, Dict[str, Any]] = {
     "plain_p4": {"vision_cfg": {}, "stem_channels": None},
     "plain_p4_sincos": {"vision_cfg": {"pos_embed_type": "sin_cos_2d"}, "stem_channels": None},
     "plain_p2": {"vision_cfg": {"patch_size": 2}, "stem_channels": None},
-    "stem": {"vision_cfg": {}, "stem_channels": STEM_CHANNELS},
-    "stem_small": {"vision_cfg": {}, "stem_channels": (8, 16)},
-    "stem3": {"vision_cfg": {}, "stem_channels": (16, 32, 64)},
-    "stem3_avg": {"vision_cfg": {"pool_type": "avg"}, "stem_channels": (16, 32, 64)},
+    "stem": {"vision_cfg": {}, "stem_channels": (16, 32), "stem_batch_norm": False},
+    "stem3": {"vision_cfg": {}, "stem_channels": (16, 32, 64), "stem_batch_norm": False},
+    "stem_bn": {"vision_cfg": {}, "stem_channels": (16, 32), "stem_batch_norm": True},
+    "stem3_bn": {"vision_cfg": {}, "stem_channels": (16, 32, 64), "stem_batch_norm": True},
+    "stem3_bn_p8": {"vision_cfg": {"patch_size": 8}, "stem_channels": (16, 32, 64), "stem_batch_norm": True},
     "plain_p4_avg": {"vision_cfg": {"pool_type": "avg"}, "stem_channels": None},
 }
 
@@ -53,6 +53,24 @@ def circle_square_confusion(module: torch.nn.Module, n: int = 1000) -> Dict[str,
     return {"circle_vs_square_accuracy": float((pred == batch.factors["shape"].long()[keep]).float().mean())}
 
 
+class EvalRun(TrainRun):
+    """A :class:`TrainRun` that prints circle-vs-square accuracy (400 held-out images) every ``every`` steps."""
+
+    def __init__(self, every: int = 0, label: str = "", **kw: Any):
+        super().__init__(**kw)
+        self.every, self.label = every, label
+        self.trace: list = []
+
+    def step_done(self, step: int, module: torch.nn.Module) -> None:
+        super().step_done(step, module)
+        if self.every and step % self.every == 0:
+            was = module.training
+            acc = circle_square_confusion(module, n=400)["circle_vs_square_accuracy"]
+            module.train(was)
+            self.trace.append((self.label, step, round(acc, 4)))
+            print(json.dumps({"phase": self.label, "step": step, "circle_vs_square_400": acc}), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variant", choices=sorted(VARIANTS), required=True)
@@ -61,19 +79,23 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--distill-steps", type=int, default=0, help="first regress on zoo:clip's image embeddings")
+    p.add_argument("--eval-every", type=int, default=0, help="print circle-vs-square accuracy every N steps")
     p.add_argument("--out", default="benchmarks/results/clip_vit_ablation.jsonl")
     a = p.parse_args()
     torch.set_num_threads(1)
     seed_everything(a.seed)
     v = VARIANTS[a.variant]
-    module = build_clip_vit(v["vision_cfg"], stem_channels=v["stem_channels"])
-    run = TrainRun(seed=a.seed, steps=a.steps)
+    module = build_clip_vit(
+        v["vision_cfg"], stem_channels=v["stem_channels"], stem_batch_norm=v.get("stem_batch_norm", False)
+    )
+    run = EvalRun(every=a.eval_every, label="clip", seed=a.seed, steps=a.steps)
+    drun = EvalRun(every=a.eval_every, label="distill", seed=a.seed)
     t0 = time.perf_counter()
     extra: Dict[str, float] = {}
     if a.distill_steps:
         teacher = load_teacher()
         copy_text_tower(module, teacher)
-        distill_image_tower(module, teacher, TrainRun(seed=a.seed), a.distill_steps, lr=a.lr, batch_size=a.batch)
+        distill_image_tower(module, teacher, drun, a.distill_steps, lr=a.lr, batch_size=a.batch)
         extra = {f"after_distill_{k}": x for k, x in clip_model.evaluate_clip(module).items() if "accuracy" in k}
         extra.update({f"after_distill_{k}": x for k, x in circle_square_confusion(module).items()})
         print(json.dumps(extra), flush=True)
@@ -92,6 +114,7 @@ def main() -> None:
         "seed": a.seed,
         "train_seconds": round(secs, 1),
         **{k: round(x, 4) for k, x in metrics.items()},
+        "trace": drun.trace + run.trace,
         "final_train_match_accuracy": round(run.curve[-1]["train_match_accuracy"], 4) if run.curve else None,
     }
     print(json.dumps(row), flush=True)

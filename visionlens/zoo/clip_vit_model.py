@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 
 import torch
@@ -37,9 +38,13 @@ VISION_CFG: Dict[str, Any] = {
     "mlp_ratio": 2.0,
     "patch_size": 4,
 }
-STEM_CHANNELS: Optional[Sequence[int]] = (16, 32)  # None: open_clip's plain patch embedding
+STEM_CHANNELS: Optional[Sequence[int]] = (24, 48)  # None: open_clip's plain patch embedding
 LR = 1e-3
-DEFAULT_STEPS = 1500
+BATCH_SIZE = 64
+DISTILL_FRACTION = 0.0  # of the steps: regression on zoo:clip's image embeddings; the rest: CLIP loss
+DEFAULT_STEPS = 2000
+MONITOR_EVERY = 250  # log zero-shot shape accuracy on MONITOR_N held-out images into the curve
+MONITOR_N = 300
 CLIP_VIT_THRESHOLDS = {"zero_shot_shape_accuracy": 0.95}
 PREPROCESS_CFG = {  # zoo:clip's: inputs in [0, 1], no normalisation
     "size": IMAGE_SIZE,
@@ -61,12 +66,13 @@ CONFIG: Dict[str, Any] = {
 class StemPatchEmbed(nn.Conv2d):
     """A patch projection (``nn.Conv2d``, kernel = stride = ``patch``) behind a conv stem ``self.stem``.
 
-    ``stem``: 3 x 3 convs with ReLU, the first at stride 1 and each later one at stride 2, so an image of
+    ``stem``: 3 x 3 convs, each followed by BatchNorm (``batch_norm``) and ReLU, the first at stride 1 and each
+    later one at stride 2, so an image of
     ``n`` px reaches the projection at ``n / 2 ** (len(channels) - 1)`` px; the projection's ``patch`` is
     the rest of the model's patch size, giving the same token grid as a plain patch embedding.
     """
 
-    def __init__(self, width: int, patch_size: int, channels: Sequence[int]):
+    def __init__(self, width: int, patch_size: int, channels: Sequence[int], batch_norm: bool = True):
         down = 2 ** (len(channels) - 1)
         if patch_size % down:
             raise ValueError(f"patch_size {patch_size} is not a multiple of the stem's stride {down}")
@@ -74,7 +80,8 @@ class StemPatchEmbed(nn.Conv2d):
         layers: list = []
         c_in = 3
         for i, c in enumerate(channels):
-            layers += [nn.Conv2d(c_in, c, 3, stride=1 if i == 0 else 2, padding=1), nn.ReLU()]
+            conv = nn.Conv2d(c_in, c, 3, stride=1 if i == 0 else 2, padding=1, bias=not batch_norm)
+            layers += [conv, nn.BatchNorm2d(c), nn.ReLU()] if batch_norm else [conv, nn.ReLU()]
             c_in = c
         self.stem = nn.Sequential(*layers)
 
@@ -83,12 +90,14 @@ class StemPatchEmbed(nn.Conv2d):
 
 
 def build_clip_vit(
-    vision_cfg: Optional[Dict[str, Any]] = None, stem_channels: Optional[Sequence[int]] = STEM_CHANNELS
+    vision_cfg: Optional[Dict[str, Any]] = None,
+    stem_channels: Optional[Sequence[int]] = STEM_CHANNELS,
+    stem_batch_norm: bool = True,
 ) -> nn.Module:
     """open_clip ``CLIP``: ``VisionTransformer`` image tower (32 px, patch 4 -> 8 x 8 tokens + CLS, width 64,
-    4 layers, 4 heads, MLP 128, CLS-token pool) whose patch embedding sits behind a 2-conv stem (3 x 3, 16
-    then 32 channels, the second at stride 2), and zoo:clip's text tower (context 12, width 64, 3 layers,
-    4 heads) over its word vocabulary; joint embedding 64."""
+    4 layers, 4 heads, MLP 128, CLS-token pool) whose patch embedding sits behind a 2-conv stem (3 x 3 conv,
+    BatchNorm, ReLU; 24 then 48 channels, the second at stride 2), and zoo:clip's text tower (context 12,
+    width 64, 3 layers, 4 heads) over its word vocabulary; joint embedding 64."""
     import open_clip
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg, set_model_preprocess_cfg
 
@@ -99,7 +108,7 @@ def build_clip_vit(
         text_cfg=CLIPTextCfg(**CONFIG["text_cfg"]),
     )
     if stem_channels:
-        model.visual.conv1 = StemPatchEmbed(vcfg["width"], vcfg["patch_size"], stem_channels)
+        model.visual.conv1 = StemPatchEmbed(vcfg["width"], vcfg["patch_size"], stem_channels, stem_batch_norm)
     set_model_preprocess_cfg(model, dict(PREPROCESS_CFG))
     model.visionlens_tokenizer = TOKENIZER  # plain attribute: not in the state dict
     return model
@@ -172,9 +181,43 @@ def distill_image_tower(
         run.step_done(step, module)
 
 
+@dataclass
+class _PhaseRun(TrainRun):
+    """A phase of a longer :class:`TrainRun`: logs and checkpoints into ``parent`` at ``step + offset``."""
+
+    parent: Optional[TrainRun] = None
+    offset: int = 0
+
+    def log(self, step: int, **metrics: float) -> None:
+        assert self.parent is not None
+        self.parent.log(step + self.offset, **metrics)
+
+    def step_done(self, step: int, module: nn.Module) -> None:
+        assert self.parent is not None
+        self.parent.step_done(step + self.offset, module)
+        if MONITOR_EVERY and (step + self.offset) % MONITOR_EVERY == 0:
+            was = module.training
+            module.eval()
+            with torch.no_grad():
+                acc = clip_model.zero_shot_accuracies(wrap_clip(module), clip_model.held_out_batch(MONITOR_N))
+            module.train(was)
+            self.parent.log(step + self.offset, **{f"held_out_{k}": v for k, v in acc.items()})
+
+
 def train_clip_vit(module: nn.Module, run: TrainRun) -> None:
-    """zoo:clip's trainer (:func:`~visionlens.zoo.clip_model.train_clip`) at this tower's learning rate."""
-    train_clip(module, run, lr=LR)
+    """Distil, then train contrastively: ``DISTILL_FRACTION`` of the steps regress the image tower on
+    zoo:clip's image embeddings (its text tower and logit scale copied in first,
+    :func:`distill_image_tower`), the rest run zoo:clip's trainer
+    (:func:`~visionlens.zoo.clip_model.train_clip`) on both towers."""
+    steps = run.step_budget()
+    n_distill = int(round(DISTILL_FRACTION * steps))
+    if n_distill:
+        teacher = load_teacher()
+        copy_text_tower(module, teacher)
+        distill_image_tower(module, teacher, _PhaseRun(seed=run.seed, parent=run), n_distill, lr=LR)
+    if steps - n_distill:
+        phase = _PhaseRun(seed=run.seed, steps=steps - n_distill, parent=run, offset=n_distill)
+        train_clip(module, phase, lr=LR, batch_size=BATCH_SIZE)
 
 
 ENTRY = ZooEntry(
@@ -190,12 +233,13 @@ ENTRY = ZooEntry(
     config={
         "constructor": "open_clip.CLIP(embed_dim, CLIPVisionCfg(**vision_cfg), CLIPTextCfg(**text_cfg)) "
         "(vision layers an int -> open_clip VisionTransformer); visual.conv1 replaced by "
-        "visionlens.zoo.clip_vit_model.StemPatchEmbed(width, patch_size, stem_channels)",
+        "visionlens.zoo.clip_vit_model.StemPatchEmbed(width, patch_size, stem_channels, batch_norm=True)",
         **copy.deepcopy(CONFIG),
         "stem_channels": list(STEM_CHANNELS) if STEM_CHANNELS else None,
         "tokenizer": clip_model.ENTRY.config["tokenizer"],
         "lr": LR,
-        "batch_size": clip_model.BATCH_SIZE,
+        "batch_size": BATCH_SIZE,
+        "distill_fraction": DISTILL_FRACTION,
         "trainer": "visionlens.zoo.clip_model.train_clip",
     },
     data=clip_model.ENTRY.data,
