@@ -458,7 +458,9 @@ class MultimodalNeurons(Analysis):
                 top = [int(u) for u in ranking[c, : config.attack_units]]
                 rest = [u for u in range(n_units) if u not in top]
                 rand = [rest[int(i)] for i in torch.randperm(len(rest), generator=g)[: len(top)]]
-                cases = [(f"unit {u} (rank {r + 1})", [u]) for r, u in enumerate(top)]
+                cases: list[tuple[str, Optional[list[int]]]] = [
+                    (f"unit {u} (rank {r + 1})", [u]) for r, u in enumerate(top)
+                ]
                 cases += [(f"top {len(top)} together", top), (f"{len(top)} random units", rand), ("every unit", None)]
                 for label, units in cases:
                     after = everything if units is None else success(units)
