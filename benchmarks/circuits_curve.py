@@ -111,6 +111,7 @@ def surgery(out: Path) -> dict[str, Any]:
             "reach": r.meta["reach"],
         }
     for name, extra in (
+        ("designed_plain_stimuli", {"plain_stimuli": True}),
         ("designed_conv_only", {"reach": "conv"}),
         ("template", {"mode": "template"}),
         ("lines", {"mode": "lines"}),

@@ -271,6 +271,7 @@ class CurveCircuitSpec:
     n_stimuli: int = 3000
     reach: str = "auto"
     circuit: str = "curve"
+    plain_stimuli: bool = False
 
 
 def _fit_units(
@@ -380,7 +381,9 @@ def surgery(
         if colour:
             ens = colour_ensemble(model, spec.below, size, spec.n_stimuli, spec.kernel_size, seed)
         else:
-            ens = stimulus_ensemble(model, spec.below, size, spec.n_stimuli, spec.kernel_size, seed)
+            ens = stimulus_ensemble(
+                model, spec.below, size, spec.n_stimuli, spec.kernel_size, seed, plain=spec.plain_stimuli
+            )
         n_all = int(y.shape[1])
         kinds_all = unit_kinds(model, spec.hook, n_all) if spec.reach == "auto" else [spec.reach] * n_all
         kinds = [kinds_all[u] for u in spec.units]
@@ -492,6 +495,7 @@ class CircuitSurgery(Analysis):
         circuit: str = option(
             "curve", choices=("curve", "colour"), help="curve detectors, or colour-contrast units (designed mode)"
         )
+        plain_stimuli: bool = option(False, help="designed curve mode: white strokes on black, no pixel noise")
         n_bootstrap: int = option(1000, min=0, max=100_000, help="bootstrap resamples")
         seed: int = option(0, help="seed of the split, the bootstrap and the random control")
         controls: bool = option(True, help="also run the rotated, random and fitted controls")
@@ -561,6 +565,7 @@ class CircuitSurgery(Analysis):
             n_stimuli=config.n_stimuli,
             reach=config.reach,
             circuit=config.circuit,
+            plain_stimuli=config.plain_stimuli,
         )
         out = surgery(
             model, spec, inputs[fit], inputs[ev], labels[ev], config.n_bootstrap, config.seed, controls=config.controls

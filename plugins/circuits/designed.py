@@ -80,11 +80,13 @@ def stimulus_ensemble(
     kernel_size: int = 3,
     seed: int = 0,
     keep_images: bool = False,
+    plain: bool = False,
 ) -> Ensemble:
     """``n`` arcs (orientation 0-360, radius 3-11 px, span 80-140 degrees, width 1.2-2.2 px, midpoint within
     +-6 px of the centre cell's receptive field), ``n`` arcs with a distractor line, ``n / 2`` lines,
     ``n / 6`` blobs and ``n / 15`` blank fields; bright random colours on grey 0-0.25, pixel noise 0.02
-    (lengths in pixels at 32 px, scaled with ``size``)."""
+    (lengths in pixels at 32 px, scaled with ``size``). ``plain``: white strokes on black, no noise (the
+    tuning stimuli's conventions instead of the task-like ones)."""
     g = torch.Generator().manual_seed(seed)
     s = size / 32.0
 
@@ -93,10 +95,10 @@ def stimulus_ensemble(
 
     def bright(m: int) -> Tensor:
         c = torch.rand(m, 3, generator=g)
-        return 0.35 + 0.65 * c / c.max(dim=1, keepdim=True).values
+        return torch.ones(m, 3) if plain else 0.35 + 0.65 * c / c.max(dim=1, keepdim=True).values
 
     def grey(m: int, hi: float = 0.25) -> Tensor:
-        return u(0.0, hi, m)[:, None].expand(m, 3).clone()
+        return u(0.0, 0.0 if plain else hi, m)[:, None].expand(m, 3).clone()
 
     blank = hook_responses(model, [below], torch.zeros(1, 3, size, size), reduce="map")[below]
     h, w = blank.shape[-2:]
@@ -128,7 +130,8 @@ def stimulus_ensemble(
     bls = blobs(size, u(1.5, 3.5, nb) * s, x0 + u(-6.0, 6.0, nb) * s, y0 + u(-6.0, 6.0, nb) * s, bright(nb), grey(nb))
     fields = grey(n0, 0.3)[:, :, None, None].expand(n0, 3, size, size)
     images = torch.cat([arcs, cluttered, lns, bls, fields])
-    images = (images + 0.02 * torch.randn(images.shape, generator=g)).clamp(0, 1)
+    noise = 0.0 if plain else 0.02
+    images = (images + noise * torch.randn(images.shape, generator=g)).clamp(0, 1)
     maps = hook_responses(model, [below], images, reduce="map")[below]
     cy, cx = (h - 1) // 2, (w - 1) // 2
     half = kernel_size // 2
