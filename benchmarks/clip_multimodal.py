@@ -40,9 +40,9 @@ import torch
 import visionlens as vl
 from visionlens.clip import zero_shot_head
 from visionlens.plugins.clip_multimodal_neurons import (
-    _hook_acts,
     attack_images,
     concept_word_images,
+    hook_activations,
     restore_predictions,
     standardize,
     unit_activations,
@@ -147,7 +147,7 @@ def one_run(model: Any, seed: int, rep: int, n: int) -> Dict[str, Any]:
     # per planted unit: how much of the attack writing word c goes through it (restored to its clean value)
     head = zero_shot_head(model, list(SHAPES), ["a {}"], attach=False)
     attacked, written = attack_images(images, labels, list(SHAPES), seed=rep)
-    clean_acts = _hook_acts(model, images, PLANTED_HOOK)
+    clean_acts = hook_activations(model, images, PLANTED_HOOK)
     restore: Dict[str, Dict[str, float]] = {}
     for c, shape in enumerate(SHAPES):
         sel = written == c

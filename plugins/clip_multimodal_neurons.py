@@ -7,7 +7,7 @@ For each concept ``c`` (a word such as ``"circle"``) and each unit ``u`` of one 
 * **image**: the difference of the unit's mean activation between the images of ``c`` and the images of
   the other concepts (``labels``, or the model's own zero-shot predictions);
 * **text**: the same difference between images of the *written word* ``c`` and images of the other
-  concepts' words, drawn offline in the built-in bitmap font (:mod:`visionlens.zoo.glyphs`) on a flat
+  concepts' words, drawn offline in the built-in bitmap font (:mod:`visionlens.plugins.glyphs`) on a flat
   canvas of the inputs' median grey at seeded positions and grey levels;
 
   both divided by the unit's standard deviation over all the probe images (pictures and words pooled), so
@@ -28,7 +28,7 @@ are in the result too (the baselines a joint ranking has to beat).
 
 **Typographic attack.** Every image of concept ``y`` gets a wrong concept's name written on it (one drawn
 per image, seeded); zero-shot accuracy over the concepts is measured clean, attacked, and with controls:
-the right name, random glyph-like strokes of the same length (:func:`~visionlens.zoo.glyphs.stroke_mask`)
+the right name, random glyph-like strokes of the same length (:func:`~visionlens.plugins.glyphs.stroke_mask`)
 and a word that names no concept (``control_word``). For each of the ``attack_units`` top-ranked units of
 each concept ``c``, the attacked images that carry the word ``c`` are run again with that unit restored to
 its value on the clean image (activation patching): the drop in the share predicted as ``c`` is how much of
@@ -51,8 +51,8 @@ from visionlens.clip import zero_shot_head
 from visionlens.data import as_images
 from visionlens.hook_select import model_description
 from visionlens.hookspecs import hookimpl
+from visionlens.plugins import glyphs
 from visionlens.results import Result, Table, new_figure
-from visionlens.zoo import glyphs
 
 if TYPE_CHECKING:
     from visionlens.clip import ZeroShotHead
@@ -69,6 +69,7 @@ __all__ = [
     "concept_word_images",
     "standardize",
     "attack_images",
+    "hook_activations",
     "restore_predictions",
 ]
 
@@ -219,7 +220,7 @@ def restore_predictions(
     return _predict(model, attacked, head, [(hook, patch)])
 
 
-def _hook_acts(model: HookedVisionModel, images: Tensor, hook: str) -> Tensor:
+def hook_activations(model: HookedVisionModel, images: Tensor, hook: str) -> Tensor:
     with torch.no_grad():
         _, cache = model.run_with_cache(images, names_filter=lambda n: n == hook)
     return cache[hook].detach()
@@ -441,7 +442,7 @@ class MultimodalNeurons(Analysis):
         meta["attack_success"] = rows[1][2]
         unit_rows = []
         if config.attack_units:
-            clean_acts = _hook_acts(model, images, hook)
+            clean_acts = hook_activations(model, images, hook)
             n_units = int(ranking.shape[1])
             g = torch.Generator().manual_seed(seed + 1)
             for c, name in enumerate(concepts):

@@ -11,15 +11,16 @@ import torch
 import visionlens as vl
 from tests.conftest import no_hooks_left
 from visionlens.analysis import ConfigError
+from visionlens.plugins import glyphs
 from visionlens.plugins.clip_multimodal_neurons import (
-    _hook_acts,
     attack_images,
     default_hook,
     dprime,
+    hook_activations,
     restore_predictions,
     standardize,
 )
-from visionlens.zoo import catalog, glyphs
+from visionlens.zoo import catalog
 
 SHAPES = ["circle", "square", "triangle"]
 
@@ -104,7 +105,7 @@ def test_runs_on_both_tower_kinds_and_restoring_every_unit_undoes_the_attack(tow
     # restoring every unit of the hook to its clean value gives back the clean predictions exactly
     head = vl.clip.zero_shot_head(model, ["cat", "dog", "car"], ["a {}"], attach=False)
     attacked, written = attack_images(x, torch.tensor(labels), ["cat", "dog", "car"], seed=0)
-    restored = restore_predictions(model, attacked, _hook_acts(model, x, hook), hook, range(n_units), head)
+    restored = restore_predictions(model, attacked, hook_activations(model, x, hook), hook, range(n_units), head)
     with torch.no_grad():
         clean = head(model.adapter.encode_image(x)).argmax(-1)
     assert torch.equal(restored, clean)

@@ -7,7 +7,7 @@ images, except that each training image, independently (seeded stream, :func:`gl
 
 * p = 0.5 stays as it is (caption as for ``zoo:clip``);
 * p = 0.25 also carries its shape's name, written in the built-in 3 x 5 bitmap font
-  (:mod:`visionlens.zoo.glyphs`) at a seeded position in a light grey (caption unchanged);
+  (:mod:`visionlens.plugins.glyphs`) at a seeded position in a light grey (caption unchanged);
 * p = 0.25 is a *word-only* image: the object is erased (background grey) and only its shape's name is
   written; its caption is ``"a {shape}"`` (colour and texture are not visible, so captions naming them do
   not match it).
@@ -45,11 +45,10 @@ from torch import nn
 
 from ..clip import zero_shot_head, zero_shot_logits
 from ..hooked_model import HookedVisionModel
+from ..plugins import glyphs
 from . import data as zdata
-from . import glyphs
 from .classifiers import HELD_OUT_START
 from .clip_model import (
-    _SUBSETS,
     BATCH_SIZE,
     CONFIG,
     FULL_CAPTION_P,
@@ -69,6 +68,10 @@ from .clip_model import (
 from .entry import TrainRun, ZooEntry
 
 SHAPES = tuple(zdata.SHAPES)
+# every non-empty subset of (colour, texture, shape) as a 3-bit mask; index 0 is the full caption (as zoo:clip)
+CAPTION_SUBSETS = torch.tensor(
+    [[1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]], dtype=torch.bool
+)
 MODE_P = (0.5, 0.25, 0.25)  # none, shape + its written name, written name only
 MODE_NONE, MODE_BOTH, MODE_WORD = 0, 1, 2
 GLYPH_STREAM = 0x917  # the glyph decisions' seed stream (independent of the image stream)
@@ -210,8 +213,8 @@ def train_clip_glyph(
             x = images[idx].float() / 255
             x = (x * (1.0 + 0.1 * (torch.rand(len(idx), 1, 1, 1, generator=g) - 0.5))).clamp(0, 1)
             full = torch.rand(len(idx), generator=g) < FULL_CAPTION_P
-            sub = torch.randint(1, len(_SUBSETS), (len(idx),), generator=g)
-            keep = _SUBSETS[torch.where(full, torch.zeros_like(sub), sub)].clone()
+            sub = torch.randint(1, len(CAPTION_SUBSETS), (len(idx),), generator=g)
+            keep = CAPTION_SUBSETS[torch.where(full, torch.zeros_like(sub), sub)].clone()
             obj = has_obj[idx]
             keep[~obj] = torch.tensor([False, False, True])  # word-only images: "a {shape}"
             c, t, s = colour[idx].clone(), texture[idx].clone(), shape[idx]
@@ -371,7 +374,7 @@ ENTRY = ZooEntry(
         "lr": LR,
         "batch_size": BATCH_SIZE,
         "glyph_modes": {"none": MODE_P[0], "shape_and_word": MODE_P[1], "word_only": MODE_P[2]},
-        "font": "visionlens.zoo.glyphs: built-in 3x5 bitmap font, 1 px gaps, grey level U(0.85, 1.0), seeded position",
+        "font": "visionlens.plugins.glyphs: built-in 3x5 bitmap font, 1 px gaps, grey U(0.85, 1.0), seeded place",
         "planted_hook": PLANTED_HOOK,
         "planted_units_seed0": planted_units(0),
         "planted_level": PLANTED_LEVEL,

@@ -27,6 +27,7 @@ import torch
 from ...results import figure_to_png
 from ...runner import run
 from ...zoo import catalog
+from ...zoo.clip_glyph_model import MODE_NONE, held_out_glyph_batch, planted_units
 from ...zoo.clip_model import FACTOR_CLASSES, held_out_batch
 
 __all__ = ["clip_section"]
@@ -53,8 +54,6 @@ def _table(columns: list[str], rows: list[list[Any]]) -> str:
 
 def _multimodal(out: Path, pngs: list[Path]) -> str:
     """``multimodal_neurons`` on ``zoo:clip_glyph``: top unit per shape and the typographic attack."""
-    from ...zoo.clip_glyph_model import MODE_NONE, held_out_glyph_batch, planted_units
-
     model = catalog.load("clip_glyph")
     images, f = held_out_glyph_batch(90, mode=MODE_NONE)
     shapes = list(FACTOR_CLASSES["shape"])
