@@ -11,11 +11,13 @@ Rows (all over the same PNG files, each read, preprocessed and run through the s
   output (the default hooks), top-k and bottom-k with argmax locations;
 * ``ray, W workers``: the same call with ``backend="ray"`` on a local Ray instance (``num_cpus`` =
   the machine's cores), W model actors with one CPU (and one torch thread) each. ``ray.init`` is
-  reported separately. Each Ray run starts its actors (a Python process importing torch and visionlens,
-  a model copy), so every worker count runs twice: over one shard per worker and over all images. The
-  row's ``seconds`` is the full run (start-up included); ``steady images/s`` is the marginal rate
-  ``(n - n_small) / (t_full - t_small)`` (start-up cancels), and ``start-up s`` what the full run spent
-  beyond ``n`` images at that rate;
+  reported separately, and so is a first (warm-up) Ray run: a driver's first Ray Data execution pays
+  one-time set-up. Each Ray run starts its own actors (a Python process importing torch and visionlens, a
+  model copy), so a row gives the full ``seconds`` (start-up and the driver's merge included), ``start-up s``
+  (until the first shard is committed) and ``steady images/s``: the images of the shards committed after
+  every worker's first shard over the time they took (from the driver's commit times). Each worker count
+  is preceded by a paired in-process run (the load from other jobs drifts over minutes, so rows far apart
+  in time are not comparable);
 
 and the reducer state (bytes of the top / bottom values, indices and locations) after half of the
 images and after all of them: ``O(k x channels)``, independent of the number of images. The Ray and
@@ -145,12 +147,15 @@ def main() -> None:
         t = time.perf_counter()
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
         ray_info["init_seconds"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()  # the driver's first Ray Data run pays one-time set-up: not in any row
+        run_sweep_on_ray("dataset_examples", model, str(tmp), RayOptions(num_workers=1), max_images=bs, **cfg)
+        ray_info["warm_up_seconds"] = round(time.perf_counter() - t, 2)
         for w in workers:
             opts = RayOptions(num_workers=w, cpus_per_worker=1.0, shard_batches=args.shard_batches)
-            n_small = min(n, w * bs * args.shard_batches)  # one shard per worker
-            t = time.perf_counter()
-            run_sweep_on_ray("dataset_examples", model, str(tmp), opts, max_images=n_small, **cfg)
-            t_small = time.perf_counter() - t
+            load = _load_avg()
+            t = time.perf_counter()  # a paired in-process run just before, under the same load
+            visionlens.run("dataset_examples", model, str(tmp), **cfg)
+            t_pair = time.perf_counter() - t
             t = time.perf_counter()
             res = run_sweep_on_ray("dataset_examples", model, str(tmp), opts, **cfg)
             seconds = time.perf_counter() - t
@@ -159,12 +164,18 @@ def main() -> None:
                 for k in local.tensors
                 if k.endswith(("_index", "_location"))
             )
+            commits = res.meta["backend"]["commits"]  # [start, stop, seconds] in commit order
             steady = startup = None
-            if n > n_small and seconds > t_small:
-                rate = (n - n_small) / (seconds - t_small)
-                steady, startup = round(rate, 2), round(seconds - n / rate, 1)
-            note = f"top/bottom-k indices identical: {same}; {n_small} images took {t_small:.1f} s"
+            if len(commits) > w:  # once every worker has committed a shard, all actors are up
+                images_after = sum(e - s for s, e, _ in commits[w:])
+                steady = round(images_after / (commits[-1][2] - commits[w - 1][2]), 2)
+                startup = round(commits[0][2], 1)
+            note = (
+                f"top/bottom-k indices identical: {same}; paired in-process run {t_pair:.1f} s "
+                f"({n / t_pair:.2f} img/s); load {load}"
+            )
             row(f"ray, {w} worker{'s' if w > 1 else ''}", seconds, note, steady, startup)
+            ray_info[f"commits_{w}"] = commits
         ray.shutdown()
 
     raw = next(r for r in rows if r["run"] == "raw read+forward")["seconds"]
@@ -205,9 +216,12 @@ def main() -> None:
         "",
         f"in-process / raw read+forward throughput: {summary['in_process_vs_raw']} (medians of {args.rounds} "
         f"alternating rounds; per round: {summary['in_process_vs_raw_per_round']}).",
-        f"ray.init: {ray_info.get('init_seconds', 'n/a')} s (not in the Ray rows). Ray rows: `seconds` includes "
-        "starting the actors (a process importing torch + visionlens, a model copy each); `steady images/s` "
-        "is the marginal rate between a one-shard-per-worker run and the full run.",
+        f"ray.init: {ray_info.get('init_seconds', 'n/a')} s and a warm-up Ray run "
+        f"({ray_info.get('warm_up_seconds', 'n/a')} s) are in no row. Ray rows: `seconds` includes starting "
+        "the actors (a process importing torch + visionlens, a model copy each) and the driver's merge; "
+        "`start-up s` is the time to the first committed shard; `steady images/s` counts the shards committed "
+        "after every worker's first one over the time they took. Each worker count is paired with an "
+        "in-process run made just before it (in the note), as the load from other jobs changes over minutes.",
         "",
         f"Reducer state over {channels} channels, k={args.k} top + {args.k} bottom: "
         f"{memory['state_bytes_half']} bytes after {memory['images_half']} images, "

@@ -126,6 +126,9 @@ def test_killed_driver_then_killed_actor_lose_nothing(cluster, model, images, lo
     )
     assert not marker.exists()  # the actor that took that shard removed the marker and SIGKILLed itself
     assert res.meta["backend"]["shards"] == 6 and res.meta["backend"]["shards_run"] == 4
+    commits = res.meta["backend"]["commits"]  # [start, stop, seconds]: each resumed shard committed once
+    assert sorted(c[0] for c in commits) == sorted(set(range(0, 22, 4)) - set(committed))
+    assert [c[2] for c in commits] == sorted(c[2] for c in commits)
     assert res.meta["resumed_from"] == 8
     _assert_same(res, local_examples)
     # images 3, 5 and 17 (three shards) are exact copies: the ties are ordered by image index

@@ -23,6 +23,7 @@ import copy
 import os
 import signal
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -221,8 +222,9 @@ def run_sweep_on_ray(
         )
         before = set(store.committed())
         todo = [s for s in shards if s not in before]
+        commits: list[list[float]] = []
         if todo:
-            _execute(name, model, images, values, n, todo, store, opts, crash_at, stop_after)
+            commits = _execute(name, model, images, values, n, todo, store, opts, crash_at, stop_after)
         committed = store.committed()
         if committed != shards:
             missing = sorted(set(shards) - set(committed))
@@ -237,6 +239,7 @@ def run_sweep_on_ray(
         "shards": len(shards),
         "shards_run": len(todo),
         "shard_images": cfg.batch_size * opts.shard_batches,
+        "commits": commits,
     }
     return result
 
@@ -295,7 +298,10 @@ def _execute(
     opts: RayOptions,
     crash_at: Optional[tuple[int, str]],
     stop_after: Optional[int],
-) -> None:
+) -> list[list[float]]:
+    """Run the shards; returns ``[start, stop, seconds since the pipeline began]`` per committed shard."""
+    t0 = time.perf_counter()
+    commits: list[list[float]] = []
     worker_cfg = {k: v for k, v in values.items() if k != "checkpoint"}
     if "checkpoint_every" in worker_cfg:
         worker_cfg["checkpoint_every"] = 1 << 30  # one save, at the end of the shard
@@ -311,9 +317,11 @@ def _execute(
     new = 0
     for shard, payload in rows:
         if store.commit(shard, payload):
+            commits.append([shard[0], shard[1], round(time.perf_counter() - t0, 3)])
             new += 1
             if stop_after is not None and new >= stop_after:
                 os.kill(os.getpid(), signal.SIGKILL)
+    return commits
 
 
 def _sweep_backend(name: str, model: Any, inputs: Any, address: Optional[str] = None, **config: Any) -> Any:
