@@ -536,7 +536,8 @@ def expanded_weights(
     from_hook, to_hook = model.resolve_hook(from_hook), model.resolve_hook(to_hook)
     if x is None:
         size = image_size or (_side(model.cfg.image_size) if model.cfg.image_size else 32)
-        x = torch.zeros(1, int(model.cfg.in_chans or 3), size, size, device=model.device)
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        x = torch.zeros(1, int(model.cfg.in_chans or 3), size, size, device=model.device, dtype=dtype)
     x = x[:1].detach().clone()
     path = _LinearPath(model, f"{from_hook!r} -> {to_hook!r}", norms)
     path.mark_input(x)
