@@ -616,6 +616,7 @@ class SurgeryResult(Result):
             if r["recovered"] is not None:
                 ax.text(i, acc[i] + 0.02, f"{r['recovered']:.0%}", ha="center", fontsize=8)
         ax.set_ylabel("task accuracy (95% CI)")
+        ax.tick_params(axis="x", labelsize=7, labelrotation=20)
         ax.set_ylim(0, 1.1)
         ax.set_title("Ablate, then splice in: % of the drop recovered", fontsize=9)
         return fig
