@@ -14,8 +14,9 @@ Rows (all over the same PNG files, each read, preprocessed and run through the s
   reported separately, and so is a first (warm-up) Ray run: a driver's first Ray Data execution pays
   one-time set-up. Each Ray run starts its own actors (a Python process importing torch and visionlens, a
   model copy), so a row gives the full ``seconds`` (start-up and the driver's merge included), ``start-up s``
-  (until the first shard is committed) and ``steady images/s``: the images of the shards committed after
-  every worker's first shard over the time they took (from the driver's commit times). Each worker count
+  (the first shard's delivery time less its own work time) and ``steady images/s``: ``W x images /
+  (the shards' read + forward + reducer seconds, timed inside the workers)``, i.e. the rate once the
+  actors are up (the driver's delivery times are bursty: Ray Data hands over outputs in groups). Each worker count
   is preceded by a paired in-process run (the load from other jobs drifts over minutes, so rows far apart
   in time are not comparable);
 
@@ -164,12 +165,10 @@ def main() -> None:
                 for k in local.tensors
                 if k.endswith(("_index", "_location"))
             )
-            commits = res.meta["backend"]["commits"]  # [start, stop, seconds] in commit order
-            steady = startup = None
-            if len(commits) > w:  # once every worker has committed a shard, all actors are up
-                images_after = sum(e - s for s, e, _ in commits[w:])
-                steady = round(images_after / (commits[-1][2] - commits[w - 1][2]), 2)
-                startup = round(commits[0][2], 1)
+            commits = res.meta["backend"]["commits"]  # [start, stop, delivered at s, worker's own s] in commit order
+            busy = sum(c[3] for c in commits)  # read + forward + reducers, timed inside the workers
+            steady = round(w * n / busy, 2)  # the w workers busy side by side
+            startup = round(commits[0][2] - commits[0][3], 1)  # before the first shard's own work began
             note = (
                 f"top/bottom-k indices identical: {same}; paired in-process run {t_pair:.1f} s "
                 f"({n / t_pair:.2f} img/s); load {load}"
@@ -219,8 +218,9 @@ def main() -> None:
         f"ray.init: {ray_info.get('init_seconds', 'n/a')} s and a warm-up Ray run "
         f"({ray_info.get('warm_up_seconds', 'n/a')} s) are in no row. Ray rows: `seconds` includes starting "
         "the actors (a process importing torch + visionlens, a model copy each) and the driver's merge; "
-        "`start-up s` is the time to the first committed shard; `steady images/s` counts the shards committed "
-        "after every worker's first one over the time they took. Each worker count is paired with an "
+        "`start-up s` is the first shard's delivery time less its own work time; `steady images/s` is "
+        "workers x images / the shards' read + forward + reducer seconds timed inside the workers (the rate "
+        "once the actors are up). Each worker count is paired with an "
         "in-process run made just before it (in the note), as the load from other jobs changes over minutes.",
         "",
         f"Reducer state over {channels} channels, k={args.k} top + {args.k} bottom: "

@@ -148,9 +148,10 @@ class ActivationStats(Analysis):
                     flat = samples.reshape(-1, samples.shape[-1])
                     moments.setdefault(h, RunningMoments()).update(flat)
                     active.setdefault(h, FractionActive(config.threshold)).update(flat)
-                    peak = samples.amax(dim=1)
-                    # argmax returns the first maximal position, so locations do not depend on batching
-                    loc = unravel(samples.argmax(dim=1), pos_shape) if pos_shape else None
+                    # one pass for max and argmax; the first maximal position wins (as argmax), so
+                    # locations do not depend on batching
+                    peak, where = torch.max(samples, dim=1)
+                    loc = unravel(where, pos_shape) if pos_shape else None
                     tops.setdefault(h, TopK(config.top_k)).update(peak, index, loc)
                 del cache
                 seen = offset + b

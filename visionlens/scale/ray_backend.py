@@ -53,7 +53,7 @@ from .shards import (
     write_merged,
 )
 
-__all__ = ["RayOptions", "run_sweep_on_ray", "ShardWorker", "shard_pipeline", "actor_model"]
+__all__ = ["RayOptions", "run_sweep_on_ray", "ShardWorker", "shard_pipeline", "actor_model", "worker_rows"]
 
 
 @dataclass
@@ -82,8 +82,28 @@ def _read_stage(batch: dict[str, np.ndarray], images_ref: Any, pre_ref: Any, bat
     import ray
 
     images, pre = ray.get(images_ref), ray.get(pre_ref)
-    pixels = [read_shard(images, pre, (int(s), int(e)), batch_size) for s, e in zip(batch["start"], batch["stop"])]
-    return {"start": batch["start"], "stop": batch["stop"], "pixels": pixels}
+    pixels, seconds = [], []
+    for s, e in zip(batch["start"], batch["stop"]):
+        t = time.perf_counter()
+        pixels.append(read_shard(images, pre, (int(s), int(e)), batch_size))
+        seconds.append(time.perf_counter() - t)
+    return {"start": batch["start"], "stop": batch["stop"], "pixels": pixels, "seconds": np.array(seconds)}
+
+
+def worker_rows(batch: dict[str, Any], shard_fn: Any) -> dict[str, Any]:
+    """A worker's output for a Ray Data batch of shards: each shard's payload ``shard_fn(start, stop, pixels)``
+    and its ``seconds`` (read + payload, measured where they ran: free of Ray Data's delivery timing)."""
+    payloads, seconds = [], []
+    for s, e, px, read_s in zip(batch["start"], batch["stop"], batch["pixels"], batch["seconds"]):
+        t = time.perf_counter()
+        payloads.append(shard_fn(int(s), int(e), np.array(px, copy=True)))
+        seconds.append(float(read_s) + time.perf_counter() - t)
+    return {
+        "start": batch["start"],
+        "stop": batch["stop"],
+        "state": np.array(payloads, dtype=object),
+        "seconds": np.array(seconds),
+    }
 
 
 def actor_model(model_ref: Any) -> HookedVisionModel:
@@ -134,10 +154,7 @@ class ShardWorker:
         self.crash_at = crash_at
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        payloads = []
-        for s, e, px in zip(batch["start"], batch["stop"], batch["pixels"]):
-            payloads.append(self._shard(int(s), int(e), np.array(px, copy=True)))
-        return {"start": batch["start"], "stop": batch["stop"], "state": np.array(payloads, dtype=object)}
+        return worker_rows(batch, self._shard)
 
     def _shard(self, start: int, stop: int, pixels: np.ndarray) -> bytes:
         maybe_crash(self.crash_at, start)
@@ -252,11 +269,12 @@ def shard_pipeline(
     opts: RayOptions,
     worker: type,
     worker_kwargs: dict[str, Any],
-) -> Iterator[tuple[Shard, bytes]]:
-    """Run ``todo`` shards through read tasks and ``worker`` actors; yields ``(shard, payload bytes)`` as done.
+) -> Iterator[tuple[Shard, bytes, float]]:
+    """Run ``todo`` shards through read tasks and ``worker`` actors; yields ``(shard, payload, seconds)`` as done.
 
     ``worker(model_ref=..., **worker_kwargs)`` is called with Ray Data batches of one shard (``start``, ``stop``,
-    ``pixels``) and returns ``start``, ``stop`` and ``state`` (the payload). Ray Data's actor pools restart dead
+    ``pixels``, read ``seconds``) and returns ``start``, ``stop``, ``state`` (the payload) and ``seconds`` (the
+    shard's read + work time, see :func:`worker_rows`). Ray Data's actor pools restart dead
     actors and retry their tasks (``max_restarts = max_task_retries = -1``): a shard may arrive twice, never
     zero times.
     """
@@ -284,7 +302,7 @@ def shard_pipeline(
         fn_constructor_kwargs={"model_ref": model_ref, **worker_kwargs},
     )
     for row in ds.iter_rows():
-        yield (int(row["start"]), int(row["stop"])), bytes(row["state"])
+        yield (int(row["start"]), int(row["stop"])), bytes(row["state"]), float(row["seconds"])
 
 
 def _execute(
@@ -299,7 +317,8 @@ def _execute(
     crash_at: Optional[tuple[int, str]],
     stop_after: Optional[int],
 ) -> list[list[float]]:
-    """Run the shards; returns ``[start, stop, seconds since the pipeline began]`` per committed shard."""
+    """Run the shards; per committed shard ``[start, stop, seconds since the pipeline began (delivery), the
+    shard's own read + work seconds in its worker]``."""
     t0 = time.perf_counter()
     commits: list[list[float]] = []
     worker_cfg = {k: v for k, v in values.items() if k != "checkpoint"}
@@ -315,9 +334,9 @@ def _execute(
         {"name": name, "config": worker_cfg, "n_images": n_images, "crash_at": crash_at},
     )
     new = 0
-    for shard, payload in rows:
+    for shard, payload, seconds in rows:
         if store.commit(shard, payload):
-            commits.append([shard[0], shard[1], round(time.perf_counter() - t0, 3)])
+            commits.append([shard[0], shard[1], round(time.perf_counter() - t0, 3), round(seconds, 3)])
             new += 1
             if stop_after is not None and new >= stop_after:
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -35,7 +35,7 @@ from safetensors.torch import save as save_tensors
 from visionlens.hook_select import model_description
 from visionlens.validation import VisionLensError
 
-from .ray_backend import RayOptions, actor_model, maybe_crash, shard_pipeline
+from .ray_backend import RayOptions, actor_model, maybe_crash, shard_pipeline, worker_rows
 from .shards import ShardImages, ShardStore, plan_shards
 
 if TYPE_CHECKING:
@@ -71,11 +71,7 @@ class VectorWorker:
         self.crash_at = crash_at
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        payloads = [
-            self._shard(int(s), int(e), np.array(px, copy=True))
-            for s, e, px in zip(batch["start"], batch["stop"], batch["pixels"])
-        ]
-        return {"start": batch["start"], "stop": batch["stop"], "state": np.array(payloads, dtype=object)}
+        return worker_rows(batch, self._shard)
 
     def _shard(self, start: int, stop: int, pixels: np.ndarray) -> bytes:
         from visionlens.plugins.dictionaries.source import ActivationSource
@@ -181,7 +177,7 @@ def ray_chunks(
             rows = shard_pipeline(
                 source.model, source.images, todo, source.batch_size, opts, VectorWorker, worker_kwargs
             )
-            for shard, payload in rows:
+            for shard, payload, _ in rows:
                 if shard in shards[:served]:
                     continue  # a second delivery of a shard already served (a retried task)
                 store.commit(shard, payload)
