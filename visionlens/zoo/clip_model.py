@@ -195,7 +195,9 @@ def held_out_batch(n: int = 1000):
 
 
 # every non-empty subset of (colour, texture, shape) as a 3-bit mask; index 0 is the full caption
-_SUBSETS = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]], dtype=torch.bool)
+CAPTION_SUBSETS = torch.tensor(
+    [[1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]], dtype=torch.bool
+)
 
 
 def _captions(colour: torch.Tensor, texture: torch.Tensor, shape: torch.Tensor, keep: torch.Tensor) -> List[str]:
@@ -225,6 +227,48 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, match: torch.Tensor, 
     return 0.5 * (li + lt), logits
 
 
+def clip_optimizer(
+    module: nn.Module, lr: float, weight_decay: float, steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (no decay on gains, biases and the logit scale) with a 5 % warm-up, then cosine to 0."""
+    decay = [p for k, p in module.named_parameters() if p.ndim >= 2 and "logit_scale" not in k]
+    no_decay = [p for k, p in module.named_parameters() if not (p.ndim >= 2 and "logit_scale" not in k)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    return opt, sched
+
+
+def jitter_and_caption_subsets(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's brightness jitter (+-5 %) and which attributes each caption names (``[B, 3]`` bool: colour,
+    texture, shape; the full caption with p = ``FULL_CAPTION_P``), drawn from ``g`` in that order."""
+    n = len(x)
+    x = (x * (1.0 + 0.1 * (torch.rand(n, 1, 1, 1, generator=g) - 0.5))).clamp(0, 1)
+    full = torch.rand(n, generator=g) < FULL_CAPTION_P
+    sub = torch.randint(1, len(CAPTION_SUBSETS), (n,), generator=g)
+    return x, CAPTION_SUBSETS[torch.where(full, torch.zeros_like(sub), sub)]
+
+
+def caption_targets(
+    colour: torch.Tensor, texture: torch.Tensor, shape: torch.Tensor, keep: torch.Tensor
+) -> tuple[List[str], torch.Tensor]:
+    """The batch's distinct captions (sorted) and ``match [B, T]``: text ``j`` matches image ``i`` iff ``i``
+    agrees on every attribute text ``j`` names (an attribute of -1 matches no caption naming it)."""
+    attrs = torch.stack([colour, texture, shape], 1)  # [B, 3]
+    caps = _captions(colour, texture, shape, keep)
+    uniq = sorted(set(caps))
+    col = {u: j for j, u in enumerate(uniq)}
+    cap_idx = torch.tensor([col[u] for u in caps])
+    first = torch.zeros(len(uniq), dtype=torch.long)
+    first[cap_idx.flip(0)] = torch.arange(len(caps) - 1, -1, -1)  # an example of each text
+    kj, aj = keep[first], attrs[first]  # [T, 3]
+    return uniq, ((attrs[:, None, :] == aj[None]) | ~kj[None]).all(-1)
+
+
 def train_clip(
     module: nn.Module,
     run: TrainRun,
@@ -245,15 +289,7 @@ def train_clip(
     n = len(shape)
     g = torch.Generator().manual_seed(run.seed)
     steps = run.step_budget()
-    decay = [p for k, p in module.named_parameters() if p.ndim >= 2 and "logit_scale" not in k]
-    no_decay = [p for k, p in module.named_parameters() if not (p.ndim >= 2 and "logit_scale" not in k)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
-    )
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
-    )
+    opt, sched = clip_optimizer(module, lr, weight_decay, steps)
     perm = torch.randperm(n, generator=g)
     pos = 0
     run_loss = run_acc = 0.0
@@ -262,22 +298,8 @@ def train_clip(
             perm, pos = torch.randperm(n, generator=g), 0
         idx = perm[pos : pos + batch_size]
         pos += batch_size
-        x = images[idx].float() / 255
-        x = (x * (1.0 + 0.1 * (torch.rand(len(idx), 1, 1, 1, generator=g) - 0.5))).clamp(0, 1)
-        full = torch.rand(len(idx), generator=g) < FULL_CAPTION_P
-        sub = torch.randint(1, len(_SUBSETS), (len(idx),), generator=g)
-        keep = _SUBSETS[torch.where(full, torch.zeros_like(sub), sub)]  # [B, 3]
-        c, t, s = colour[idx], texture[idx], shape[idx]
-        attrs = torch.stack([c, t, s], 1)  # [B, 3]
-        caps = _captions(c, t, s, keep)
-        uniq = sorted(set(caps))  # the batch's distinct texts
-        col = {u: j for j, u in enumerate(uniq)}
-        cap_idx = torch.tensor([col[u] for u in caps])
-        first = torch.zeros(len(uniq), dtype=torch.long)
-        first[cap_idx.flip(0)] = torch.arange(len(idx) - 1, -1, -1)  # an example of each text
-        kj, aj = keep[first], attrs[first]  # [T, 3]
-        # text j matches image i iff i agrees on every attribute text j names
-        match = ((attrs[:, None, :] == aj[None]) | ~kj[None]).all(-1)  # [B, T]
+        x, keep = jitter_and_caption_subsets(images[idx].float() / 255, g)
+        uniq, match = caption_targets(colour[idx], texture[idx], shape[idx], keep)
         img_emb = module.encode_image(x)
         txt_emb = module.encode_text(TOKENIZER(uniq))
         loss, logits = contrastive_loss(img_emb, txt_emb, match, module.logit_scale)
