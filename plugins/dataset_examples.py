@@ -62,7 +62,16 @@ from .activation_stats import resolve_hooks
 if TYPE_CHECKING:
     from visionlens.hooked_model import HookedVisionModel
 
-__all__ = ["DatasetExamples", "DatasetExamplesResult", "DatasetImages", "as_example_images", "crop_box"]
+__all__ = [
+    "DatasetExamples",
+    "DatasetExamplesResult",
+    "DatasetImages",
+    "as_example_images",
+    "crop_box",
+    "unit_extremes",
+    "unit_positions",
+    "weights_fingerprint",
+]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -204,7 +213,8 @@ def unit_extremes(
     return (hi.values, hi.indices), (None if lo is None else (lo.values, lo.indices))
 
 
-def _weights_fingerprint(model: HookedVisionModel) -> str:
+def weights_fingerprint(model: HookedVisionModel) -> str:
+    """SHA-1 of every parameter's name and float32 values: what checkpoints and shard plans are tied to."""
     h = hashlib.sha1()
     for name, p in model.named_parameters():
         h.update(name.encode())
@@ -254,7 +264,7 @@ class DatasetExamples(Analysis):
         fingerprint = {
             "analysis": self.name,
             "model": model_description(model),
-            "weights": _weights_fingerprint(model) if config.checkpoint else None,  # only checkpoints use it
+            "weights": weights_fingerprint(model) if config.checkpoint else None,  # only checkpoints use it
             "hooks": hooks,
             "top_k": config.top_k,
             "bottom_k": config.bottom_k,

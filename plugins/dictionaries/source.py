@@ -9,10 +9,8 @@ at chosen timesteps: :func:`unet_inputs` noises the images to each timestep and 
 most ``buffer_size`` vectors, shuffles inside that buffer and yields batches; ``state_dict()`` records how far
 it got, so an interrupted walk resumes where it stopped (``load_state_dict``).
 
-``backend="ray"`` computes the vectors on Ray actors, shard by shard (:mod:`visionlens.scale.ray_source`):
-the driver yields the same chunks in the same order as the in-process walk (same vectors within float
-tolerance, same indices, same shuffle), and with ``shard_dir`` committed shards are reused by a restarted
-driver and by later passes.
+:class:`visionlens.scale.ray_source.RayActivationSource` is the same source with the forwards on Ray actors,
+shard by shard; it yields the same chunks in the same order.
 """
 
 from __future__ import annotations
@@ -129,9 +127,6 @@ class ActivationSource:
     ``positions``: keep every position (``None``) or a seeded random subset of that many per image (tokens
     and maps; cuts the memory per image). ``timesteps``: for UNets, each image batch is run once per timestep.
     ``buffer_size`` bounds the vectors held at once (the shuffle window). ``max_images`` stops a pass early.
-    ``backend="ray"``: the forwards run on Ray actors (``ray_options``: a
-    :class:`~visionlens.scale.ray_backend.RayOptions`), shards committed under ``shard_dir`` (default: a
-    temporary folder, each shard deleted once served); the stream is the in-process one.
     """
 
     def __init__(
@@ -147,12 +142,7 @@ class ActivationSource:
         buffer_size: int = 65_536,
         max_images: Optional[int] = None,
         seed: int = 0,
-        backend: str = "local",
-        ray_options: Any = None,
-        shard_dir: Optional[str] = None,
     ) -> None:
-        if backend not in ("local", "ray"):
-            raise VisionLensError(f"backend must be 'local' or 'ray', got {backend!r}.")
         if buffer_size < 1 or batch_size < 1:
             raise VisionLensError(f"buffer_size and batch_size must be >= 1, got {buffer_size}, {batch_size}.")
         if positions is not None and positions < 1:
@@ -174,10 +164,6 @@ class ActivationSource:
         self.layout: Optional[str] = None
         self.pos_shape: Optional[Tuple[int, ...]] = None
         self.d_in: Optional[int] = None
-        self.backend = backend
-        self.ray_options = ray_options  # a visionlens.scale.ray_backend.RayOptions (None: defaults)
-        self.shard_dir = shard_dir
-        self.last_run: dict[str, Any] = {}  # ray backend: shards planned / computed in the last pass
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
@@ -221,17 +207,9 @@ class ActivationSource:
     def iter_chunks(self) -> Iterator[ActivationBatch]:
         """Unshuffled vectors batch by batch from the resume point to the end of one pass."""
         start = self.images_done
-        if self.backend == "ray":
-            from visionlens.scale.ray_source import ray_chunks
-
-            for chunk, batch_done in ray_chunks(self, start):
-                yield chunk
-                if batch_done is not None:
-                    self.images_done = batch_done
-        else:
-            for i, x in self.images.batches(self.model, self.batch_size, start=start, limit=self.max_images):
-                yield from self.read_batch(x, i)
-                self.images_done = i + int(x.shape[0])
+        for i, x in self.images.batches(self.model, self.batch_size, start=start, limit=self.max_images):
+            yield from self.read_batch(x, i)
+            self.images_done = i + int(x.shape[0])
         self.images_done = 0
         self.passes += 1
 

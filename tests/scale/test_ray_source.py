@@ -19,7 +19,7 @@ from visionlens.validation import VisionLensError
 
 pytest.importorskip("ray", reason="ray is not installed (pip install 'visionlens[ray]')")
 from visionlens.scale.ray_backend import RayOptions  # noqa: E402
-from visionlens.scale.ray_source import ray_chunks  # noqa: E402
+from visionlens.scale.ray_source import RayActivationSource, ray_chunks  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("ray")
 OPTS = RayOptions(num_workers=1, cpus_per_worker=1.0, shard_batches=2)
@@ -54,9 +54,7 @@ def test_ray_walk_equals_in_process_after_a_killed_actor_and_a_stopped_driver(cl
     shards = tmp_path / "vectors"
     marker = tmp_path / "crash-once"
     marker.write_text("")
-    first = ActivationSource(
-        model, "2.hook_out", images, backend="ray", ray_options=OPTS, shard_dir=str(shards), **WALK
-    )
+    first = RayActivationSource(model, "2.hook_out", images, ray_options=OPTS, shard_dir=str(shards), **WALK)
     got, done = [], 0
     for chunk, batch_done in ray_chunks(first, 0, crash_at=(6, str(marker))):
         got.append(chunk)
@@ -70,9 +68,7 @@ def test_ray_walk_equals_in_process_after_a_killed_actor_and_a_stopped_driver(cl
     for p in shards.glob("shard-0000000018-*.safetensors"):
         p.unlink()  # as if the driver had died before the last shard was committed
 
-    resumed = ActivationSource(
-        model, "2.hook_out", images, backend="ray", ray_options=OPTS, shard_dir=str(shards), **WALK
-    )
+    resumed = RayActivationSource(model, "2.hook_out", images, ray_options=OPTS, shard_dir=str(shards), **WALK)
     resumed.load_state_dict({"images_done": done, "passes": 0, "hook": resumed.hook, "seed": 3})
     got += list(resumed.iter_chunks())
     # [12, 18) from image 15 on (committed: read back) and [18, 22) (computed again)
@@ -82,15 +78,13 @@ def test_ray_walk_equals_in_process_after_a_killed_actor_and_a_stopped_driver(cl
     assert torch.equal(i, ref_i) and float((x - ref_x).abs().max()) <= 1e-6
     assert (resumed.layout, resumed.pos_shape, resumed.d_in, resumed.passes) == ("map", (7, 7), 8, 1)
 
-    again = ActivationSource(
-        model, "2.hook_out", images, backend="ray", ray_options=OPTS, shard_dir=str(shards), **WALK
-    )
+    again = RayActivationSource(model, "2.hook_out", images, ray_options=OPTS, shard_dir=str(shards), **WALK)
     shuffled = torch.cat(list(again.batches(16)))  # a second pass: every shard is on disk, no actor starts
     assert again.last_run["shards_run"] == 0
     assert shuffled.shape == ref_shuffled.shape and float((shuffled - ref_shuffled).abs().max()) <= 1e-6
     assert not torch.equal(shuffled, x)  # and it was shuffled (the check above is not trivially met)
 
-    other = ActivationSource(model, "2.hook_out", images, backend="ray", ray_options=OPTS, shard_dir=str(shards),
+    other = RayActivationSource(model, "2.hook_out", images, ray_options=OPTS, shard_dir=str(shards),
                              **dict(WALK, seed=4))  # fmt: skip
     with pytest.raises(VisionLensError, match="belongs to a different sweep"):
         other.collect()

@@ -1,7 +1,8 @@
 """The dictionary activation source on Ray: actors compute activation vectors shard by shard, in order.
 
 An :class:`~visionlens.plugins.dictionaries.source.ActivationSource` streams vectors rather than merging
-reducers, so the Ray path keeps its order instead::
+reducers, so :class:`RayActivationSource` (the same source, same arguments plus ``ray_options`` and
+``shard_dir``) keeps its order instead::
 
     shards ([start, stop) ranges of whole batches of the pass)
       -> read tasks + VectorWorker actors (one model copy each): the source's own ``read_batch`` over each
@@ -25,7 +26,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -33,18 +34,51 @@ from safetensors import safe_open
 from safetensors.torch import save as save_tensors
 
 from visionlens.hook_select import model_description
+from visionlens.plugins.dataset_examples import weights_fingerprint
+from visionlens.plugins.dictionaries.source import ActivationBatch, ActivationSource
 from visionlens.validation import VisionLensError
 
 from .ray_backend import RayOptions, actor_model, maybe_crash, shard_pipeline, worker_rows
 from .shards import ShardImages, ShardStore, plan_shards
 
-if TYPE_CHECKING:
-    from visionlens.plugins.dictionaries.source import ActivationBatch, ActivationSource
-
-__all__ = ["VectorWorker", "ray_chunks", "walk_settings"]
+__all__ = ["RayActivationSource", "VectorWorker", "ray_chunks", "walk_settings"]
 
 
-def walk_settings(source: "ActivationSource") -> dict[str, Any]:
+class RayActivationSource(ActivationSource):
+    """:class:`~visionlens.plugins.dictionaries.source.ActivationSource` with the forwards on Ray actors.
+
+    ``ray_options``: a :class:`~visionlens.scale.ray_backend.RayOptions` (default: one actor per CPU);
+    ``shard_dir``: keep committed shards there (resume, later passes; default: a temporary folder, each
+    shard deleted once served). ``last_run`` records the shards planned and computed by the last pass.
+    Everything else (``batches``, ``collect``, ``loader``, ``state_dict``) is the in-process source's.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        hook: str,
+        images: Any,
+        *,
+        ray_options: Optional[RayOptions] = None,
+        shard_dir: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, hook, images, **kwargs)
+        self.ray_options = ray_options
+        self.shard_dir = shard_dir
+        self.last_run: dict[str, Any] = {}
+
+    def iter_chunks(self, crash_at: Optional[tuple[int, str]] = None) -> Iterator[ActivationBatch]:
+        """Unshuffled vectors from the resume point to the end of one pass, computed on Ray (``crash_at``: tests)."""
+        for chunk, batch_done in ray_chunks(self, self.images_done, crash_at=crash_at):
+            yield chunk
+            if batch_done is not None:
+                self.images_done = batch_done
+        self.images_done = 0
+        self.passes += 1
+
+
+def walk_settings(source: ActivationSource) -> dict[str, Any]:
     """The constructor arguments that decide a source's vectors (what a worker's copy needs)."""
     return {
         "hook": source.hook,
@@ -74,8 +108,6 @@ class VectorWorker:
         return worker_rows(batch, self._shard)
 
     def _shard(self, start: int, stop: int, pixels: np.ndarray) -> bytes:
-        from visionlens.plugins.dictionaries.source import ActivationSource
-
         maybe_crash(self.crash_at, start)
         images = ShardImages(torch.from_numpy(pixels), start, self.n_images)
         src = ActivationSource(self.model, images=images, **self.settings)
@@ -98,13 +130,11 @@ class VectorWorker:
         return save_tensors(tensors, metadata={"meta": json.dumps(meta)})
 
 
-def _plan(source: "ActivationSource", n_images: int, total: int, shard_batches: int) -> dict[str, Any]:
-    from visionlens.plugins.dataset_examples import _weights_fingerprint
-
+def _plan(source: ActivationSource, n_images: int, total: int, shard_batches: int) -> dict[str, Any]:
     return {
         "walk": "activation_source",
         "model": model_description(source.model),
-        "weights": _weights_fingerprint(source.model),
+        "weights": weights_fingerprint(source.model),
         "hook": source.hook,
         "batch_size": source.batch_size,
         "positions": source.positions,
@@ -116,10 +146,8 @@ def _plan(source: "ActivationSource", n_images: int, total: int, shard_batches: 
     }
 
 
-def _serve(source: "ActivationSource", path: Path, start: int) -> Iterator[tuple["ActivationBatch", Optional[int]]]:
+def _serve(source: ActivationSource, path: Path, start: int) -> Iterator[tuple[ActivationBatch, Optional[int]]]:
     """The committed shard's chunks from image ``start`` on, each with the batch end once its last chunk is out."""
-    from visionlens.plugins.dictionaries.source import ActivationBatch
-
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads((f.metadata() or {})["meta"])
         t = {k: f.get_tensor(k) for k in ("x", "index", "starts", "sizes", "lengths")}
@@ -135,8 +163,8 @@ def _serve(source: "ActivationSource", path: Path, start: int) -> Iterator[tuple
 
 
 def ray_chunks(
-    source: "ActivationSource", start: int = 0, crash_at: Optional[tuple[int, str]] = None
-) -> Iterator[tuple["ActivationBatch", Optional[int]]]:
+    source: RayActivationSource, start: int = 0, crash_at: Optional[tuple[int, str]] = None
+) -> Iterator[tuple[ActivationBatch, Optional[int]]]:
     """One pass of ``source`` from image ``start`` (a batch boundary) computed on Ray, in reading order.
 
     Yields ``(chunk, images done)``: the second item is set after the last chunk of each image batch
@@ -162,7 +190,7 @@ def ray_chunks(
         source.last_run = {"backend": "ray", "shards": len(shards), "shards_run": len(todo)}
         served = 0
 
-        def ready() -> Iterator[tuple["ActivationBatch", Optional[int]]]:
+        def ready() -> Iterator[tuple[ActivationBatch, Optional[int]]]:
             nonlocal served
             while served < len(shards) and store.path(shards[served]).exists():
                 path = store.path(shards[served])
