@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -51,7 +51,6 @@ from .classifiers import HELD_OUT_START
 from .clip_model import (
     BATCH_SIZE,
     CONFIG,
-    FULL_CAPTION_P,
     IMAGE_SIZE,
     LR,
     TOKENIZER,
@@ -59,7 +58,10 @@ from .clip_model import (
     TRAIN_SEED,
     WEIGHT_DECAY,
     build_clip,
+    caption_targets,
+    clip_optimizer,
     contrastive_loss,
+    jitter_and_caption_subsets,
     requires,
     training_set,
     wrap_clip,
@@ -68,10 +70,6 @@ from .clip_model import (
 from .entry import TrainRun, ZooEntry
 
 SHAPES = tuple(zdata.SHAPES)
-# every non-empty subset of (colour, texture, shape) as a 3-bit mask; index 0 is the full caption (as zoo:clip)
-CAPTION_SUBSETS = torch.tensor(
-    [[1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1]], dtype=torch.bool
-)
 MODE_P = (0.5, 0.25, 0.25)  # none, shape + its written name, written name only
 MODE_NONE, MODE_BOTH, MODE_WORD = 0, 1, 2
 GLYPH_STREAM = 0x917  # the glyph decisions' seed stream (independent of the image stream)
@@ -191,15 +189,7 @@ def train_clip_glyph(
     n = len(shape)
     g = torch.Generator().manual_seed(run.seed)
     steps = run.step_budget()
-    decay = [p for k, p in module.named_parameters() if p.ndim >= 2 and "logit_scale" not in k]
-    no_decay = [p for k, p in module.named_parameters() if not (p.ndim >= 2 and "logit_scale" not in k)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
-    )
-    warm = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
-    )
+    opt, sched = clip_optimizer(module, lr, WEIGHT_DECAY, steps)
     store: Dict[str, torch.Tensor] = {}
     handle = module.get_submodule(PLANTED_MODULE).register_forward_hook(lambda _m, _i, o: store.__setitem__("a", o))
     perm, pos = torch.randperm(n, generator=g), 0
@@ -210,24 +200,13 @@ def train_clip_glyph(
                 perm, pos = torch.randperm(n, generator=g), 0
             idx = perm[pos : pos + batch_size]
             pos += batch_size
-            x = images[idx].float() / 255
-            x = (x * (1.0 + 0.1 * (torch.rand(len(idx), 1, 1, 1, generator=g) - 0.5))).clamp(0, 1)
-            full = torch.rand(len(idx), generator=g) < FULL_CAPTION_P
-            sub = torch.randint(1, len(CAPTION_SUBSETS), (len(idx),), generator=g)
-            keep = CAPTION_SUBSETS[torch.where(full, torch.zeros_like(sub), sub)].clone()
+            x, keep = jitter_and_caption_subsets(images[idx].float() / 255, g)
+            keep = keep.clone()
             obj = has_obj[idx]
             keep[~obj] = torch.tensor([False, False, True])  # word-only images: "a {shape}"
             c, t, s = colour[idx].clone(), texture[idx].clone(), shape[idx]
             c[~obj], t[~obj] = -1, -1  # nothing to match a colour or texture caption
-            attrs = torch.stack([c, t, s], 1)
-            caps = _captions(c, t, s, keep)
-            uniq = sorted(set(caps))
-            col = {u: j for j, u in enumerate(uniq)}
-            cap_idx = torch.tensor([col[u] for u in caps])
-            first = torch.zeros(len(uniq), dtype=torch.long)
-            first[cap_idx.flip(0)] = torch.arange(len(idx) - 1, -1, -1)
-            kj, aj = keep[first], attrs[first]
-            match = ((attrs[:, None, :] == aj[None]) | ~kj[None]).all(-1)
+            uniq, match = caption_targets(c, t, s, keep)
             img_emb = module.encode_image(x)
             txt_emb = module.encode_text(TOKENIZER(uniq))
             loss, logits = contrastive_loss(img_emb, txt_emb, match, module.logit_scale)
@@ -256,20 +235,6 @@ def train_clip_glyph(
             run.step_done(step, module)
     finally:
         handle.remove()
-
-
-def _captions(colour: torch.Tensor, texture: torch.Tensor, shape: torch.Tensor, keep: torch.Tensor) -> List[str]:
-    out = []
-    for c, t, s, k in zip(colour.tolist(), texture.tolist(), shape.tolist(), keep.tolist()):
-        words = ["a"]
-        if k[0]:
-            words.append(zdata.COLOURS[c])
-        if k[1]:
-            words.append(zdata.TEXTURE_WORDS[t])
-        if k[2]:
-            words.append(SHAPES[s])
-        out.append(" ".join(words))
-    return out
 
 
 # ----------------------------------------------------------------------------- evaluation
