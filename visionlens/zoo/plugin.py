@@ -21,6 +21,7 @@ from . import (
     diffusion_model,
     techniques_captum,
     techniques_circuits,
+    techniques_clip,
     techniques_features,
     techniques_localization,
     techniques_mechanisms,
@@ -58,6 +59,7 @@ def visionlens_register_transfer_techniques() -> List[Any]:
         *techniques_mechanisms.TECHNIQUES,
         *techniques_circuits.TECHNIQUES,
         *dictionary_transfer.TECHNIQUES,
+        *techniques_clip.TECHNIQUES,
     ]
 
 
