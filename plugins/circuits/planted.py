@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from visionlens.hooked_model import HookedVisionModel
 
+from .equivariance import hue_rotation
 from .stimuli import blobs, curves, lines
 
 __all__ = [
@@ -160,8 +161,6 @@ def planted_hue_model(
     seed: int = 0, kernel: int = KERNEL, threshold: float = 0.5
 ) -> tuple[HookedVisionModel, dict[str, Any]]:
     """The planted hue family (see the module docstring) and its truth (offsets: hue rotation in degrees)."""
-    from .equivariance import hue_rotation
-
     g = torch.Generator().manual_seed(seed + 100)
     red = torch.tensor([2.0, -1.0, -1.0]) / 6**0.5
     blob = _blob(kernel)
