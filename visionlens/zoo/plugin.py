@@ -22,6 +22,7 @@ from . import (
     techniques_captum,
     techniques_circuits,
     techniques_clip,
+    techniques_curve,
     techniques_features,
     techniques_localization,
     techniques_mechanisms,
@@ -60,6 +61,7 @@ def visionlens_register_transfer_techniques() -> List[Any]:
         *techniques_circuits.TECHNIQUES,
         *dictionary_transfer.TECHNIQUES,
         *techniques_clip.TECHNIQUES,
+        *techniques_curve.TECHNIQUES,
     ]
 
 
