@@ -84,7 +84,7 @@ __all__ = [
 REACH = 0.95  # a hit: the found string scores >= REACH x the brute-force maximum
 MAX_LEN = 4  # words per string (the caption grammar's longest: "a colour texture shape")
 # units per tower (evaluated; as many others fit the constant string), forward budget per unit, bootstrap resamples
-BUDGET = {"quick": (2, 200, 200), "full": (12, 2000, 1000)}
+BUDGET = {"quick": (2, 200, 200), "full": (8, 2000, 1000)}
 TOP = 5  # multimodal_units: the planted unit must be in the top TOP, no decoy
 # replicates, held-out shape images per replicate, word renderings per shape, random rankings
 MM_BUDGET = {"quick": (2, 48, 12, 200), "full": (8, 300, 64, 1000)}
@@ -415,7 +415,7 @@ TECHNIQUES: List[Technique] = [
         "max-activating text reaches the brute-force best",
         "Gradient-guided discrete search over caption-word strings (1-4 words) for the last-layer units of both "
         "towers (text: last MLP neurons at the pooled token; image: each unit's joint-space direction, cosine); "
-        "score = fraction of sampled units (2 + 2 quick, 12 + 12 full) whose best string reaches 0.95 of the "
+        "score = fraction of sampled units (2 + 2 quick, 8 + 8 full) whose best string reaches 0.95 of the "
         "brute-force maximum over all 16,104 strings within the forward budget (200 quick, 2,000 full); chance = "
         "one uniformly drawn string; baselines: random strings with the same budget, one constant string fitted "
         "on other units; randomized copies graded against the trained model's brute force.",
