@@ -26,6 +26,18 @@
   trigger rows have no truth on it), so the row is attached to ``zoo:inception``, the column of its family,
   and says so; on the randomized copy (a randomly initialised ``CurveNet``) there is no ablation drop to
   recover and the score is 0 by definition when the drop's interval contains 0.
+* ``planted_facets`` ("facets recovered"): on a copy of the model, one unit of the first conv reading the image
+  is overwritten by the sum of a red-blob kernel and a vertical-stripe kernel (phase-matched to the conv's
+  stride and padding), each scaled so that red squares and vertical-stripe squares drive it equally, with a
+  threshold of half that drive: a unit planted to respond to two unrelated factors. Images
+  (:func:`facet_images`): 32 each of red squares, vertical stripes and two distractor kinds (green squares,
+  horizontal stripes) on grey, fresh per data seed. ``facets`` (64 top examples, embedding: the hook's
+  activation vector at the unit's argmax) clusters them; a planted factor is *recovered* when it is the
+  majority of a facet whose examples are >= :data:`FACET_PURITY` that factor, and no other recovered facet has
+  the same majority. Score: the fraction of the 2 planted factors recovered, mean over data seeds; chance and
+  the ``random`` baseline: the same statistic for random facet labels (the found facet sizes, permuted);
+  ``constant``: one facet for every example (an input-independent answer); interval: percentile bootstrap
+  over the data seeds. The randomized copy gets no plant.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ from torch import nn
 from ..plugins.circuits.equivariance import family_precision_recall
 from ..plugins.circuits.planted import curve_kernel
 from ..plugins.circuits.stimuli import curves
+from ..plugins.facets import facet_purity
 from . import curve_model as cm
 from .catalog import load
 from .scores import Score
@@ -56,6 +69,9 @@ __all__ = [
     "plant_curve_family",
     "curve_family_score",
     "handcoded_recovery_score",
+    "facet_images",
+    "plant_polysemantic_unit",
+    "facets_score",
 ]
 
 FAMILY_SIZE = 8
@@ -331,6 +347,170 @@ def handcoded_recovery_score(model: HookedVisionModel, ctx: BenchContext) -> Sco
     return Score(score, 0.0, details)
 
 
+# ----------------------------------------------------------------------------- planted polysemantic unit
+FACET_PER_KIND = 32
+FACET_KINDS = ("red", "stripes", "green", "horizontal")
+FACTORS = ("red", "stripes")
+FACET_PURITY = 0.8
+FACET_UNIT_SEED = 2000
+# data seeds (fresh images each)
+FACET_BUDGET = {"quick": (1,), "full": tuple(range(1, 11))}
+
+
+def facet_images(
+    seed: int, size: int = STIMULUS_SIZE, per_kind: int = FACET_PER_KIND
+) -> Tuple[torch.Tensor, List[str]]:
+    """``[4 * per_kind, 3, size, size]`` images in [0, 1] and their kinds: red squares, vertical stripes (1 px on
+    even columns), green squares, horizontal stripes; 8-14 px squares at random places on a noisy grey."""
+    g = torch.Generator().manual_seed(int(seed))
+    imgs, kinds = [], []
+    for kind in FACET_KINDS:
+        for _ in range(per_kind):
+            x = 0.35 + 0.1 * torch.rand(3, size, size, generator=g)
+            s = int(torch.randint(8, 15, (1,), generator=g))
+            y0, x0 = (int(v) for v in torch.randint(0, size - s + 1, (2,), generator=g))
+            if kind == "red":
+                x[:, y0 : y0 + s, x0 : x0 + s] = torch.tensor([0.95, 0.15, 0.15])[:, None, None]
+            elif kind == "green":
+                x[:, y0 : y0 + s, x0 : x0 + s] = torch.tensor([0.15, 0.9, 0.15])[:, None, None]
+            elif kind == "stripes":
+                x[:, y0 : y0 + s, x0 + (x0 % 2) : x0 + s : 2] = 0.95
+            else:
+                x[:, y0 + (y0 % 2) : y0 + s : 2, x0 : x0 + s] = 0.95
+            imgs.append(x.clamp(0, 1))
+            kinds.append(kind)
+    return torch.stack(imgs), kinds
+
+
+def _facet_support(model: HookedVisionModel, entry: Any) -> Tuple[bool, str]:
+    name, conv = first_image_conv(model)
+    if conv is None or conv.groups != 1:
+        return False, "no dense convolution reads the image (the planted unit is a kernel on RGB)"
+    if min(conv.kernel_size) < 3:
+        return (
+            False,
+            f"its first conv on the image ({name}) is {conv.kernel_size[0]} x {conv.kernel_size[1]}: "
+            "a stripe kernel needs >= 3 x 3",
+        )
+    try:
+        _unit_hook(model, conv.out_channels)
+    except ValueError:
+        return False, f"no hook holds the units of its first conv ({name}) as a map"
+    return True, ""
+
+
+def plant_polysemantic_unit(model: HookedVisionModel, seed: int = 0) -> Tuple[HookedVisionModel, Dict[str, Any]]:
+    """A copy of ``model`` with one unit of its first conv planted to respond to red squares OR vertical stripes
+    (module docstring); returns it and ``{"unit", "hook", "layer", "drive"}``."""
+    m = copy.deepcopy(model).eval()
+    name, conv = first_image_conv(m)
+    assert name is not None and conv is not None
+    k = conv.kernel_size[0]
+    kw = conv.kernel_size[1]
+    unit = int(torch.randint(conv.out_channels, (1,), generator=torch.Generator().manual_seed(FACET_UNIT_SEED + seed)))
+    red = torch.tensor([1.0, -0.5, -0.5])[:, None, None].expand(3, k, kw).clone()
+    red = red / red.norm()
+    # +1 on the kernel columns that land on even image columns (where the stripes are) at stride-aligned outputs
+    pad = conv.padding[1] if isinstance(conv.padding, tuple) else 0
+    col = torch.tensor([1.0 if (j - pad) % 2 == 0 else -1.0 for j in range(kw)])
+    st = col[None, None, :].expand(3, k, kw).clone()
+    st = st - st.mean()
+    st = st / st.norm()
+    x, kinds = facet_images(0)
+    kk = np.array(kinds)
+
+    def drive(w: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(x, w[None], None, conv.stride, conv.padding).amax((1, 2, 3))
+
+    with torch.no_grad():
+        r_red, r_st = float(drive(red)[kk == "red"].mean()), float(drive(st)[kk == "stripes"].mean())
+        w = red / r_red + st / r_st
+        w = w / w.norm() * float(conv.weight.flatten(1).norm(dim=1).median())
+        conv.weight[unit] = w.to(conv.weight.dtype)
+        r = drive(w)
+        thr = 0.5 * min(float(r[kk == f].mean()) for f in FACTORS)
+        bn = _norm_after(m, name, conv.out_channels)
+        if bn is not None:
+            bn.weight[unit], bn.running_mean[unit], bn.running_var[unit], bn.bias[unit] = 1.0, 0.0, 1.0 - bn.eps, -thr
+        elif conv.bias is not None:
+            conv.bias[unit] = -thr
+    drives = {kd: round(float(r[kk == kd].mean()), 4) for kd in FACET_KINDS}
+    return m, {"unit": unit, "hook": _unit_hook(m, conv.out_channels), "layer": name, "drive": drives}
+
+
+def _factors_recovered(facets: List[int], labels: List[str]) -> float:
+    """Fraction of :data:`FACTORS` that are the majority of a facet holding >= FACET_PURITY of that factor."""
+    got = set()
+    for f in set(facets):
+        labs = [lab for ff, lab in zip(facets, labels) if ff == f]
+        vals, counts = np.unique(labs, return_counts=True)
+        top = str(vals[int(np.argmax(counts))])
+        if top in FACTORS and counts.max() / len(labs) >= FACET_PURITY:
+            got.add(top)
+    return len(got) / len(FACTORS)
+
+
+def facets_score(model: HookedVisionModel, ctx: BenchContext) -> Score:
+    """The ``planted_facets`` score (module docstring)."""
+    seeds = FACET_BUDGET["quick" if ctx.quick else "full"]
+    planted, truth = plant_polysemantic_unit(model, ctx.seed)
+    host = copy.deepcopy(model).eval() if ctx.randomized else planted
+    rng = np.random.default_rng(ctx.seed)
+    per: List[Dict[str, Any]] = []
+    rand_all: List[float] = []
+    for s in seeds:
+        x, kinds = facet_images(s)
+        res = host.analyze(
+            "facets",
+            x,
+            hook=truth["hook"],
+            unit=truth["unit"],
+            n_examples=2 * FACET_PER_KIND,
+            fv_steps=0,
+            null_draws=4,
+            max_facets=3,
+            batch_size=64,
+            seed=s,
+        )
+        order = res.tensors["examples/index"].tolist()
+        facets = res.tensors["examples/facet"].tolist()
+        top = [kinds[i] for i in order]
+        rand = [_factors_recovered(rng.permutation(facets).tolist(), top) for _ in range(50)]
+        rand_all += rand
+        per.append(
+            {
+                "data_seed": s,
+                "n_facets": int(res.n_facets),
+                "recovered": _factors_recovered(facets, top),
+                "purity": round(float(facet_purity(facets, top)["purity"]), 4),
+                "top_kinds": {kd: top.count(kd) for kd in FACET_KINDS},
+                "random_labels": round(float(np.mean(rand)), 4),
+                "one_facet": _factors_recovered([0] * len(top), top),
+            }
+        )
+    rec = np.array([p["recovered"] for p in per])
+    rand_arr = np.array(rand_all)
+    chance = float(rand_arr.mean())
+    chance_c = min(chance, 0.999)
+    const = np.array([p["one_facet"] for p in per])
+    details = {
+        "layer": truth["layer"],
+        "hook": truth["hook"],
+        "unit": truth["unit"],
+        "planted": not ctx.randomized,
+        "drive": truth["drive"],
+        "factor_purity_needed": FACET_PURITY,
+        "per_seed": per,
+        "mean_purity": round(float(np.mean([p["purity"] for p in per])), 4),
+        "interval": _interval((rec - chance_c) / (1 - chance_c), ctx.seed),
+        "baselines": {
+            "random": _baseline(chance, chance_c, _interval((rand_arr - chance_c) / (1 - chance_c), ctx.seed)),
+            "constant": _baseline(float(const.mean()), chance_c),
+        },
+    }
+    return Score(float(rec.mean()), chance_c, details)
+
+
 TECHNIQUES: List[Technique] = [
     Technique(
         "planted_curve_family",
@@ -357,5 +537,18 @@ TECHNIQUES: List[Technique] = [
         plugin="circuit_surgery",
         kinds=("classifier",),
         extra_supports=_surgery_support,
+    ),
+    Technique(
+        "planted_facets",
+        "facets recovered",
+        "facets on a copy of the model whose first conv has one unit planted to respond to red squares OR vertical "
+        "stripes (equal drive; distractors: green squares, horizontal stripes); a factor is recovered when it is "
+        "the majority of a facet >= 80% pure; score = fraction of the 2 factors recovered, mean over 10 data "
+        "seeds; chance and baseline: random facet labels of the found sizes; constant: one facet; the randomized "
+        "copy gets no plant.",
+        facets_score,
+        plugin="facets",
+        kinds=("classifier",),
+        extra_supports=_facet_support,
     ),
 ]
