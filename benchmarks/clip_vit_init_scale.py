@@ -11,12 +11,14 @@ use) against the norm of the learned position embedding that is added to them be
 
 from __future__ import annotations
 
+from typing import Any, Dict
+
 import torch
 
 from visionlens.zoo import clip_model
 from visionlens.zoo.clip_vit_model import build_clip_vit
 
-VARIANTS = {
+VARIANTS: Dict[str, Dict[str, Any]] = {
     "plain patch 4": dict(stem_channels=None),
     "stem 16-32, no BatchNorm": dict(stem_channels=(16, 32), stem_batch_norm=False),
     "stem 16-32-64, no BatchNorm": dict(stem_channels=(16, 32, 64), stem_batch_norm=False),

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from . import clip_model
+from .catalog import load_module
 from .clip_model import IMAGE_SIZE, TOKENIZER, evaluate_clip, requires, train_clip, wrap_clip
 from .entry import TrainRun, ZooEntry
 
@@ -116,8 +117,6 @@ def build_clip_vit(
 
 def load_teacher() -> nn.Module:
     """The trained ResNet-tower zoo CLIP (``zoo:clip``), frozen, in eval mode."""
-    from .catalog import load_module
-
     teacher = load_module("clip").eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
