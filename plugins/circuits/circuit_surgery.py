@@ -43,6 +43,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from visionlens.analysis import Analysis, config_to_dict, option
+from visionlens.clip import attach_head, zero_shot_head
 from visionlens.data import as_images
 from visionlens.hookspecs import hookimpl
 from visionlens.results import Result, Table, new_figure
@@ -432,10 +433,17 @@ def surgery(
     }
 
 
-def colour_units(t: Any, min_selectivity: float = 0.5, min_response: float = 0.3) -> Tensor:
+def colour_units(t: Any, min_selectivity: float = 0.5, min_response: float = 0.3, min_dominance: float = 0.0) -> Tensor:
     """Colour-contrast units of :class:`Tuning` ``t``: hue tuning to colour blobs with circular selectivity
-    >= ``min_selectivity`` and a best-blob response >= ``min_response`` above the blank (``[U]`` bool)."""
-    return (circular_selectivity(t.blob_hue) >= min_selectivity) & (t.blob_hue.amax(dim=1) >= min_response)
+    >= ``min_selectivity`` and a best-blob response >= ``min_response`` above the blank (``[U]`` bool).
+    ``min_dominance`` > 0 also asks the best blob to beat ``min_dominance`` times the unit's best line / curve
+    response (colour-dominant, not an edge unit that also prefers a hue; 1.0: the strict test)."""
+    best_blob = t.blob_hue.amax(dim=1)
+    ok = (circular_selectivity(t.blob_hue) >= min_selectivity) & (best_blob >= min_response)
+    if min_dominance > 0:
+        stroke = torch.maximum(t.line.amax(dim=1), t.curve.flatten(1).amax(dim=1))
+        ok &= best_blob >= min_dominance * stroke
+    return ok
 
 
 def summarize(correct: Mapping[str, Tensor], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -495,6 +503,13 @@ class CircuitSurgery(Analysis):
         circuit: str = option(
             "curve", choices=("curve", "colour"), help="curve detectors, or colour-contrast units (designed mode)"
         )
+        colour_dominance: float = option(
+            0.0, min=0.0, max=100.0, help="colour units (units empty): best blob >= this x best line/curve (1: strict)"
+        )
+        class_prompts: list[str] = option(
+            list, help="CLIP: class names of a zero-shot head giving the task's classes (else the attached head)"
+        )
+        templates: list[str] = option(list, help="CLIP: prompt templates with {} for class_prompts (default 'a {}')")
         plain_stimuli: bool = option(False, help="designed curve mode: white strokes on black, no pixel noise")
         n_bootstrap: int = option(1000, min=0, max=100_000, help="bootstrap resamples")
         seed: int = option(0, help="seed of the split, the bootstrap and the random control")
@@ -516,13 +531,31 @@ class CircuitSurgery(Analysis):
         ok, why = image_support(model)
         if not ok:
             return ok, why
-        if (getattr(model.cfg, "n_classes", 0) or 0) < 2:
+        clip = "visual" in (model.cfg.extra.get("towers") or ())
+        if (getattr(model.cfg, "n_classes", 0) or 0) < 2 and not clip:
             return False, "circuit surgery measures a classification task; the model has no class logits"
-        if getattr(model.cfg, "n_heads", 0):
+        if getattr(model.cfg, "n_heads", 0) and not getattr(model.cfg, "stage_widths", ()):
             return False, "the hand-coded circuits are convolutions over conv maps; transformer blocks have no maps"
         return True, ""
 
     def run(self, model: HookedVisionModel, inputs: Any, config: Any) -> "SurgeryResult":
+        """With ``class_prompts`` (CLIP models) a zero-shot head over them gives the task's logits for the run
+        (the model's own head is put back afterwards)."""
+        if not config.class_prompts:
+            if (getattr(model.cfg, "n_classes", 0) or 0) < 2:
+                raise VisionLensError(
+                    "circuit_surgery: the model has no class logits; for a CLIP model set class_prompts "
+                    "(zero-shot class names) or attach a head with visionlens.clip.zero_shot_head(model, ...)"
+                )
+            return self._run(model, inputs, config)
+        previous = getattr(model.adapter, "classifier", None)
+        zero_shot_head(model, list(config.class_prompts), list(config.templates) or ["a {}"], attach=True)
+        try:
+            return self._run(model, inputs, config)
+        finally:
+            attach_head(model, previous)
+
+    def _run(self, model: HookedVisionModel, inputs: Any, config: Any) -> "SurgeryResult":
         if not isinstance(inputs, Tensor):
             images = as_images(inputs)
             inputs = torch.cat([b for _, b in images.batches(model, 256)])
@@ -546,7 +579,10 @@ class CircuitSurgery(Analysis):
         units = list(config.units)
         if not units:
             t = measure_tuning(model, config.hook, size=int(inputs.shape[-1]), n_hues=24)
-            ok = colour_units(t) if config.circuit == "colour" else curve_detectors(t)["is_curve_detector"]
+            if config.circuit == "colour":
+                ok = colour_units(t, min_dominance=config.colour_dominance)
+            else:
+                ok = curve_detectors(t)["is_curve_detector"]
             units = [t.units[i] for i in torch.nonzero(ok).flatten().tolist()]
             if not units:
                 raise VisionLensError(f"circuit_surgery: no {config.circuit} unit in {config.hook} passes the test")
