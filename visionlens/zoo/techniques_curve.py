@@ -306,6 +306,8 @@ def handcoded_recovery_score(model: HookedVisionModel, ctx: BenchContext) -> Sco
                 raise
             return Score(0.0, 0.0, {"note": f"no surgery on the randomized copy: {type(exc).__name__}: {exc}"})
         runs.append({"seed": s, "conditions": res.meta["conditions"], "units": res.meta.get("units")})
+        if ctx.randomized:  # the control needs one seed: it only asks whether there is a drop to recover
+            break
     cond0 = runs[0]["conditions"]
     drop = cond0["intact"]["accuracy"] - cond0["ablated"]["accuracy"]
     if ctx.randomized and cond0["intact"]["accuracy_ci"][0] <= cond0["ablated"]["accuracy_ci"][1]:
