@@ -13,6 +13,8 @@ Task: zero-shot colour of the zoo CLIP (ModifiedResNet image tower) on held-out 
   the two references, 3000 evaluation images), seeds 0 / 1 / 2 (stimulus ensemble, split, bootstrap,
   random controls), every control; the strict colour units of each layer are replaced.
 
+``controls`` (not in the default run): ten more seeds (3-12) of the stem layer's random controls.
+
 Each section writes ``OUT/colour_<section>.json``; the test section saves ``OUT/colour_surgery_<layer>``.
 """
 
@@ -139,6 +141,33 @@ def test(model: Any, out: Path, chosen: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
+def controls(model: Any, chosen: dict[str, Any], seeds: range = range(3, 13)) -> dict[str, Any]:
+    """More draws of the random controls (random hues, random kernels) and of the stimulus ensemble for the stem
+    layer: the test runs draw each random control once per seed; here ten more seeds on the same test set."""
+    images, labels = batch(4000, TEST_START)
+    below, hook = LAYERS["stem_act3"]
+    spec = chosen["stem_act3"]
+    res: dict[str, Any] = {}
+    for seed in seeds:
+        r = model.analyze(
+            "circuit_surgery",
+            images,
+            below=below,
+            hook=hook,
+            units=spec["units"],
+            labels=labels,
+            class_prompts=COLOURS,
+            circuit="colour",
+            fit_fraction=0.25,
+            seed=seed,
+            n_bootstrap=0,
+            **spec["chosen"],
+        )
+        res[f"seed{seed}"] = {k: v.get("recovered") for k, v in r.meta["conditions"].items() if "recovered" in v}
+        print(seed, res[f"seed{seed}"], flush=True)
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="benchmarks/results/circuits")
@@ -153,6 +182,8 @@ def main() -> None:
         if name == "test":
             chosen = json.loads((out / "colour_dev.json").read_text())["result"]
             res = test(model, out, chosen)
+        elif name == "controls":
+            res = controls(model, json.loads((out / "colour_dev.json").read_text())["result"])
         else:
             res = units(model) if name == "units" else dev(model)
         doc = {"seconds": round(time.perf_counter() - t0, 1), "result": res}
