@@ -34,8 +34,10 @@
   horizontal stripes) on grey, fresh per data seed. ``facets`` (64 top examples, embedding: the hook's
   activation vector at the unit's argmax) clusters them; a planted factor is *recovered* when it is the
   majority of a facet whose examples are >= :data:`FACET_PURITY` that factor, and no other recovered facet has
-  the same majority. Score: the fraction of the 2 planted factors recovered, mean over data seeds; chance and
-  the ``random`` baseline: the same statistic for random facet labels (the found facet sizes, permuted);
+  the same majority. Score: the share of data seeds on which *both* planted factors are recovered as separate
+  facets (issue 16's acceptance; ``details["fraction_recovered"]``: the mean fraction of the 2 factors, which a
+  random unit that happens to prefer red reaches 0.5 on); chance and the ``random`` baseline: the same statistic
+  for random facet labels (the found facet sizes, permuted);
   ``constant``: one facet for every example (an input-independent answer); interval: percentile bootstrap
   over the data seeds. The randomized copy gets no plant.
 """
@@ -477,20 +479,21 @@ def facets_score(model: HookedVisionModel, ctx: BenchContext) -> Score:
         order = res.tensors["examples/index"].tolist()
         facets = res.tensors["examples/facet"].tolist()
         top = [kinds[i] for i in order]
-        rand = [_factors_recovered(rng.permutation(facets).tolist(), top) for _ in range(50)]
+        rand = [float(_factors_recovered(rng.permutation(facets).tolist(), top) == 1.0) for _ in range(50)]
         rand_all += rand
         per.append(
             {
                 "data_seed": s,
                 "n_facets": int(res.n_facets),
                 "recovered": _factors_recovered(facets, top),
+                "both": float(_factors_recovered(facets, top) == 1.0),
                 "purity": round(float(facet_purity(facets, top)["purity"]), 4),
                 "top_kinds": {kd: top.count(kd) for kd in FACET_KINDS},
                 "random_labels": round(float(np.mean(rand)), 4),
-                "one_facet": _factors_recovered([0] * len(top), top),
+                "one_facet": float(_factors_recovered([0] * len(top), top) == 1.0),
             }
         )
-    rec = np.array([p["recovered"] for p in per])
+    rec = np.array([p["both"] for p in per])
     rand_arr = np.array(rand_all)
     chance = float(rand_arr.mean())
     chance_c = min(chance, 0.999)
@@ -504,6 +507,7 @@ def facets_score(model: HookedVisionModel, ctx: BenchContext) -> Score:
         "factor_purity_needed": FACET_PURITY,
         "per_seed": per,
         "mean_purity": round(float(np.mean([p["purity"] for p in per])), 4),
+        "fraction_recovered": round(float(np.mean([p["recovered"] for p in per])), 4),
         "interval": _interval((rec - chance_c) / (1 - chance_c), ctx.seed),
         "baselines": {
             "random": _baseline(chance, chance_c, _interval((rand_arr - chance_c) / (1 - chance_c), ctx.seed)),
@@ -545,9 +549,9 @@ TECHNIQUES: List[Technique] = [
         "facets recovered",
         "facets on a copy of the model whose first conv has one unit planted to respond to red squares OR vertical "
         "stripes (equal drive; distractors: green squares, horizontal stripes); a factor is recovered when it is "
-        "the majority of a facet >= 80% pure; score = fraction of the 2 factors recovered, mean over 10 data "
-        "seeds; chance and baseline: random facet labels of the found sizes; constant: one facet; the randomized "
-        "copy gets no plant.",
+        "the majority of a facet >= 80% pure; score = share of 10 data seeds with both factors recovered as "
+        "separate facets; chance and baseline: random facet labels of the found sizes; constant: one facet; the "
+        "randomized copy gets no plant.",
         facets_score,
         plugin="facets",
         kinds=("classifier",),
