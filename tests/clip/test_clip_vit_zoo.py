@@ -96,6 +96,9 @@ def test_head_roles_on_the_vit_tower(clip_vit):
     assert all(0 <= h["local_attention"] <= 1 and 0 <= h["spatial_entropy"] <= 1 + 1e-9 for h in heads)
     total = r.tensors["total_accuracy_drop"]
     assert total.shape == (3, 16) and float(total.abs().max()) <= 1
+    # a planted factor has a head: one last-layer head carries shape (seed-0 weights)
+    shape_head = max(heads, key=lambda h: h["drop_shape"])
+    assert shape_head["role"] == "shape" and shape_head["drop_shape"] >= 0.1 and shape_head["head"].startswith("L3")
 
 
 def test_attention_stats_on_planted_patterns():
