@@ -131,3 +131,15 @@ def test_random_vit_clip_builds_with_and_without_stem():
     assert type(plain.visual.conv1) is torch.nn.Conv2d and plain.visual.conv1.weight.shape == (64, 3, 4, 4)
     stem = build_clip_vit()
     assert isinstance(stem.visual.conv1, StemPatchEmbed)
+
+
+def test_retraining_is_bit_for_bit_reproducible():
+    from visionlens.zoo.train import train_module
+
+    a, run_a = train_module("clip_vit", seed=3, steps=3)
+    b, run_b = train_module("clip_vit", seed=3, steps=3)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert run_a.curve == run_b.curve and run_a.curve[-1]["step"] == 3
+    c, _ = train_module("clip_vit", seed=4, steps=3)
+    assert not torch.equal(c.state_dict()["visual.conv1.weight"], sa["visual.conv1.weight"])
