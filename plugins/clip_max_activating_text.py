@@ -4,12 +4,17 @@ Targets (``targets`` option, or a :class:`TextObjective` built in code):
 
 * ``text.<hook>:<unit>`` -- a text-tower activation read at the pooled token (e.g.
   ``text.blocks.2.mlp.hook_post:17``, the end-of-text position under argmax pooling);
-* ``image_unit:<c>`` -- channel ``c`` of a ResNet image tower's last feature map, as the direction it
+* ``image_unit:<c>`` -- on a ResNet image tower, channel ``c`` of the last feature map, as the direction it
   writes into the joint space through the attention pool, ``sum_h W_O[h] W_V[h][:, c]`` (exact for a
-  spatially uniform activation, since each head's pattern sums to one); scored as the cosine between
-  that direction and the text embedding;
-* ``image_head:<h>`` -- head ``h`` of a ResNet tower's attention pool: its mean part of the image
-  embedding over the input images (see :mod:`visionlens.plugins.clip_attnpool_dla`);
+  spatially uniform activation, since each head's pattern sums to one); on a ViT tower, neuron ``c`` of the
+  last block's MLP, as the direction it writes through the final LayerNorm (its scale frozen: centred
+  ``W_out[:, c]`` times the LayerNorm weight) and the projection (exact per image up to the positive
+  LayerNorm scale, for a tower that pools one token); scored as the cosine between that direction and the
+  text embedding;
+* ``image_head:<h>`` -- head ``h`` of a ResNet tower's attention pool, or of a ViT tower's attention
+  layers (``h`` layer-major, ``l * heads + h``, or written ``image_head:L<l>H<h>``): its mean direct part of
+  the image embedding over the input images (see :mod:`visionlens.plugins.clip_attnpool_dla` and
+  :func:`visionlens.plugins.clip_head_roles.vit_head_parts`);
 * ``direction`` (code only) -- any vector in the joint embedding space.
 
 Searches, each with a budget of forward passes (one sequence through the text tower is one forward;
@@ -47,6 +52,7 @@ from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError
 
 from .clip_attnpool_dla import attnpool_decomposition, is_resnet_clip
+from .clip_head_roles import is_vit_clip, vit_head_parts
 
 if TYPE_CHECKING:
     from visionlens.hooked_model import HookedVisionModel
@@ -188,10 +194,14 @@ class TextObjective:
 
 
 def image_unit_direction(model: HookedVisionModel, channel: int) -> Tensor:
-    """``sum_h W_O[h] W_V[h][:, channel]``: what a ResNet tower's last-layer channel writes into the joint space."""
+    """What a last-layer unit writes into the joint space: ``sum_h W_O[h] W_V[h][:, channel]`` for a ResNet
+    tower's channel; for a ViT tower's last MLP neuron, its centred output weights times the final LayerNorm's
+    weight, projected (the LayerNorm's scale, a positive number per image, left out)."""
+    if is_vit_clip(model):
+        return _vit_neuron_direction(model, channel)
     ok, why = is_resnet_clip(model)
     if not ok:
-        raise VisionLensError(f"image_unit targets need a ResNet image tower: {why}.")
+        raise VisionLensError(f"image_unit targets need a ResNet or ViT image tower: {why}.")
     ap = model.source.visual.attnpool
     c = ap.v_proj.in_features
     if not 0 <= channel < c:
@@ -199,11 +209,35 @@ def image_unit_direction(model: HookedVisionModel, channel: int) -> Tensor:
     return (ap.c_proj.weight @ ap.v_proj.weight[:, channel]).detach()
 
 
+def _vit_neuron_direction(model: HookedVisionModel, neuron: int) -> Tensor:
+    vis = model.source.visual
+    w_out = vis.transformer.resblocks[-1].mlp.c_proj.weight  # [width, mlp width]
+    if not 0 <= neuron < w_out.shape[1]:
+        raise VisionLensError(f"image_unit:{neuron} is out of range: the last MLP has {w_out.shape[1]} neurons.")
+    if getattr(vis, "final_ln_after_pool", False) is False and getattr(vis, "pool_type", "tok") not in ("tok", "none"):
+        raise VisionLensError(
+            f"image_unit targets on a ViT tower need token pooling before the projection, not {vis.pool_type!r}."
+        )
+    col = w_out[:, neuron].double()
+    col = col - col.mean()  # the LayerNorm removes the mean over the width
+    if getattr(vis.ln_post, "weight", None) is not None:
+        col = col * vis.ln_post.weight.double()
+    return (col @ vis.proj.double()).float().detach()
+
+
+def _head_index(arg: str, model: HookedVisionModel) -> int:
+    """``"3"`` or, on a ViT tower, ``"L1H2"`` (layer 1, head 2) as the layer-major head index."""
+    if arg[:1] in ("L", "l") and ("H" in arg or "h" in arg):
+        layer, _, head = arg[1:].upper().partition("H")
+        return int(layer) * int(model.cfg.n_heads) + int(head)
+    return int(arg)
+
+
 def text_objective(model: HookedVisionModel, target: str, images: Optional[Tensor] = None, **kw: Any) -> TextObjective:
     """Parse a target string (see the module docstring) into a :class:`TextObjective`."""
     kind, _, arg = target.rpartition(":")
     try:
-        index = int(arg)
+        index = _head_index(arg, model) if kind == "image_head" else int(arg)
     except ValueError:
         raise VisionLensError(
             f"Target {target!r}: expected 'text.<hook>:<unit>', 'image_unit:<channel>' or 'image_head:<head>'."
@@ -213,9 +247,9 @@ def text_objective(model: HookedVisionModel, target: str, images: Optional[Tenso
     if kind == "image_head":
         if images is None:
             raise VisionLensError(f"Target {target!r} needs images (the head's mean part of their embeddings).")
-        parts = attnpool_decomposition(model, images)
+        parts = vit_head_parts(model, images) if is_vit_clip(model) else attnpool_decomposition(model, images)
         if not 0 <= index < parts.n_heads:
-            raise VisionLensError(f"{target!r}: the attention pool has {parts.n_heads} heads.")
+            raise VisionLensError(f"{target!r}: the image tower has {parts.n_heads} heads.")
         return TextObjective(model, target, direction=parts.per_head()[:, index].mean(0).float(), **kw)
     if kind.startswith("text."):
         if kind not in model.hook_dict:

@@ -134,3 +134,64 @@ def test_user_hooks_survive_a_search(zoo_clip):
     finally:
         zoo_clip.reset_hooks()
     no_hooks_left(zoo_clip)
+
+
+@pytest.fixture(scope="module")
+def clip_vit():
+    from visionlens.zoo import catalog
+
+    if not catalog.weights_path("clip_vit").is_file():
+        pytest.skip("zoo:clip_vit weights are not trained")
+    return catalog.load("clip_vit")
+
+
+def test_vit_image_unit_direction_is_the_neurons_direct_part(clip_vit):
+    """On a ViT tower a last-MLP neuron's direct part of the embedding (CLS token, final LayerNorm's scale frozen
+    per image) is its activation x the direction / that scale."""
+    from visionlens.zoo.clip_model import held_out_batch
+
+    x = held_out_batch(6).images
+    _, cache = clip_vit.run_with_cache(x)
+    L = clip_vit.cfg.n_layers - 1
+    post = cache[f"visual.blocks.{L}.mlp.hook_post"][:, 0].double()  # CLS token [B, mlp]
+    resid = cache[f"visual.blocks.{L}.hook_resid_post"][:, 0].double()
+    ln = clip_vit.source.visual.ln_post
+    scale = (resid.var(-1, unbiased=False) + ln.eps).sqrt()  # [B]
+    w_out = clip_vit.source.visual.transformer.resblocks[-1].mlp.c_proj.weight.double()
+    vis = clip_vit.source.visual
+    for c in (0, 17):
+        part = post[:, c, None] * (w_out[:, c] - w_out[:, c].mean()) / scale[:, None]
+        direct = (part * ln.weight.double()) @ vis.proj.double()
+        expected = post[:, c, None] / scale[:, None] * image_unit_direction(clip_vit, c).double()
+        torch.testing.assert_close(direct, expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(VisionLensError, match="out of range"):
+        image_unit_direction(clip_vit, 10_000)
+
+
+def test_vit_head_targets_by_index_and_label(clip_vit):
+    from visionlens.zoo.clip_model import held_out_batch
+
+    x = held_out_batch(4).images
+    a = text_objective(clip_vit, "image_head:L3H2", images=x)
+    b = text_objective(clip_vit, f"image_head:{3 * clip_vit.cfg.n_heads + 2}", images=x)
+    torch.testing.assert_close(a.direction, b.direction)
+    with pytest.raises(VisionLensError, match="heads"):
+        text_objective(clip_vit, "image_head:L9H0", images=x)
+    r = vl.run(
+        "max_activating_text",
+        clip_vit,
+        x,
+        targets=["image_unit:5", "image_head:L3H2"],
+        methods=["discrete", "random"],
+        budget=60,
+        max_len=2,
+    )
+    recs = r.tables["strings"].records()
+    assert {x["target"] for x in recs} == {"image_unit:5", "image_head:L3H2"}
+    assert all(x["forwards"] <= 60 for x in recs)
+    best = {(x["target"], x["method"]): x for x in recs if x["rank"] == 0}
+    for target in ("image_unit:5", "image_head:L3H2"):  # the guided search does at least as well as random strings
+        assert best[(target, "discrete")]["score"] >= best[(target, "random")]["score"] - 1e-6, best
+    # L3H2 is the tower's shape head (head_roles: its ablation costs the most shape accuracy): its text is a shape
+    assert set(best[("image_head:L3H2", "discrete")]["text"].split()) & {"circle", "square", "triangle"}
+    no_hooks_left(clip_vit)
