@@ -83,18 +83,19 @@ def test_max_activating_text_reaches_the_brute_force_best_and_random_weights_do_
 
 
 def test_vit_tower_units_are_directions_too():
-    """zoo:clip_vit (ViT image tower): image units are its last MLP neurons, linearized into the joint space."""
+    """zoo:clip_vit (ViT image tower): image units are its last MLP neurons as joint-space directions (centred,
+    through ln_post and proj)."""
     entry = catalog.get_entry("clip_vit")
     if entry.build_reason():
         pytest.skip(entry.build_reason())
     model = catalog.load("clip_vit", pretrained=False)
     dirs, how = tc.image_unit_directions(model)
-    assert how == "vit_mlp_linearized"
+    assert how == "vit_mlp_ln_post"
     v = model.source.visual
     assert dirs is not None and tuple(dirs.shape) == (v.transformer.resblocks[-1].mlp.c_fc.out_features, 64)
     n = 5
     w = v.transformer.resblocks[-1].mlp.c_proj.weight[:, n]
-    torch.testing.assert_close(dirs[n], ((v.ln_post.weight * w) @ v.proj).detach().float())
+    torch.testing.assert_close(dirs[n], ((v.ln_post.weight * (w - w.mean())) @ v.proj).detach().float())
     tech = next(t for t in tc.TECHNIQUES if t.name == "max_activating_text")
     assert tech.supports(model, entry) == (True, "")
     mm = next(t for t in tc.TECHNIQUES if t.name == "multimodal_units")

@@ -3,15 +3,15 @@ against brute force over the zoo CLIP's caption vocabulary) and ``multimodal_uni
 units of ``zoo:clip_glyph``).
 
 ``max_activating_text`` (every zoo CLIP: ``zoo:clip``, ``zoo:clip_glyph``, and ``zoo:clip_vit`` when it is
-benchmarked): the last-layer units of both towers -- the text tower's last MLP neurons read at the pooled
-end-of-text token, and the image tower's last units as the direction each writes into the joint space, scored
-by cosine with the text embedding (ModifiedResNet: ``sum_h W_O[h] W_V[h][:, c]`` of the attention pool, exact
-for a spatially uniform activation; ViT: the last MLP neuron's output weights through ``ln_post``'s scale and
-``proj``, a linearization that ignores the norm's centring and scale). The truth per unit is the brute-force
-maximum over every string of 1..4 caption words (the word-level vocabulary: 16,104 strings). :data:`BUDGET`
-units per tower are drawn (seeded) among those whose maximum is positive; the gradient-guided discrete search of
-:mod:`visionlens.plugins.clip_max_activating_text` gets a budget of forward passes per unit, and a unit is a
-*hit* when the best string found scores at least :data:`REACH` of the maximum.
+benchmarked): the last-layer units of both towers -- the text tower's last MLP neurons read at the pooled end-of-text
+token, and the image tower's last units as the direction each writes into the joint space, scored by cosine with the
+text embedding (ModifiedResNet: ``sum_h W_O[h] W_V[h][:, c]`` of the attention pool, exact for a spatially uniform
+activation; ViT: the last MLP neuron's centred output weights through ``ln_post``'s weight and ``proj``, exact per
+image up to the positive LayerNorm scale; :func:`image_unit_direction`). The truth per unit is the brute-force maximum
+over every string of 1..4 caption words (the word-level vocabulary: 16,104 strings). :data:`BUDGET` units per tower
+are drawn (seeded) among those whose maximum is positive; the gradient-guided discrete search of
+:mod:`visionlens.plugins.clip_max_activating_text` gets a budget of forward passes per unit, and a unit is a *hit*
+when the best string found scores at least :data:`REACH` of the maximum.
 
 Score: the fraction of hits. Chance: what one uniformly drawn string gets, per unit the fraction of all strings
 that reach :data:`REACH` of the maximum (mean over the units). Interval: a 95 % percentile bootstrap over units
@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from ..plugins.clip_attnpool_dla import is_resnet_clip
+from ..plugins.clip_head_roles import is_vit_clip
 from ..plugins.clip_max_activating_text import (
     TextObjective,
     discrete_search,
@@ -93,23 +94,15 @@ LEVEL = 0.95
 
 
 # ============================================================================ max-activating text
-def _vit_unit_directions(model: HookedVisionModel) -> torch.Tensor:
-    """``[hidden, embed]``: a ViT tower's last MLP neurons as directions in the joint space (a linearization:
-    the output weights through ``ln_post``'s scale and ``proj``)."""
-    v = model.source.visual
-    w = v.transformer.resblocks[-1].mlp.c_proj.weight  # [width, hidden]
-    return ((v.ln_post.weight[:, None] * w).T @ v.proj).detach().float()
-
-
 def image_unit_directions(model: HookedVisionModel) -> Tuple[Optional[torch.Tensor], str]:
     """``([units, embed] or None, how)``: the image tower's last units as joint-space directions."""
     ok, _ = is_resnet_clip(model)
     if ok:
         n = model.source.visual.attnpool.v_proj.in_features
         return torch.stack([image_unit_direction(model, c) for c in range(n)]).float(), "resnet_attnpool"
-    v = getattr(model.source, "visual", None)
-    if v is not None and hasattr(v, "transformer") and getattr(v, "proj", None) is not None:
-        return _vit_unit_directions(model), "vit_mlp_linearized"
+    if is_vit_clip(model):  # the last MLP's neurons through the final LayerNorm (scale frozen) and the projection
+        n = model.source.visual.transformer.resblocks[-1].mlp.c_proj.weight.shape[1]
+        return torch.stack([image_unit_direction(model, c) for c in range(n)]).float(), "vit_mlp_ln_post"
     return None, "no joint-space direction for this image tower"
 
 
