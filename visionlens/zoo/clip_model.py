@@ -9,9 +9,10 @@ adapter's.
 * Image tower: open_clip ``ModifiedResNet`` (the RN50-style CLIP tower) at width 8: a 3-conv stem,
   one bottleneck per stage (32, 64, 128, 256 channels at 8, 4, 2, 1 px) and the attention pool
   (4 heads) onto the 64-d joint space. Input: 32 x 32 RGB in [0, 1], no normalisation
-  (``mean=0, std=1``). A tiny open_clip ViT (patch 4, width 64-192, 2-4 layers) was tried first: it
-  separated triangles but stayed at chance between circles and squares (zero-shot shape accuracy
-  ~0.64 after 600-800 steps, i.e. well past the CPU budget), while this ResNet passes 0.95 in ~400 steps.
+  (``mean=0, std=1``). A plain tiny open_clip ViT (patch 4, width 64-192, 2-4 layers) stays at chance between
+  circles and squares (zero-shot shape accuracy ~0.64 after 600-800 steps), while this ResNet passes 0.95 in
+  ~400 steps; the ViT-tower zoo CLIP (``zoo:clip_vit``, :mod:`visionlens.zoo.clip_vit_model`) gets there with a
+  BatchNorm conv stem in front of the patch embedding and 2000 steps (docs/zoo.md).
 * Text tower: open_clip text transformer, context 12, width 64, 3 layers, 4 heads, causal mask,
   pooled at the end-of-text token (``argmax`` of the ids: end-of-text is the largest id).
 * Tokenizer: :class:`WordTokenizer`, a word-level vocabulary over the caption words
