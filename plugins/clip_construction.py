@@ -5,10 +5,15 @@ For a layer pair of conv maps (default, on a CLIP ResNet tower: the last two sta
 expanded weights ``W [C_to, C_from]`` (:func:`visionlens.weights.expanded_weights`, spatial-mean
 convention: rectifiers as identity, BatchNorm and pooling linear) give per-unit sparsity: the share
 of ``|W|`` in the top-``k`` inputs, the Gini coefficient and the number of inputs carrying 90%.
+On a ViT tower (default: the MLP neurons of the last two blocks, ``visual.blocks.{l}.mlp.hook_post``)
+``W`` is the direct path's *virtual weights* from the earlier MLP's neurons to the later MLP's
+(:func:`vit_virtual_weights`: ``W_in diag(ln_2 weight) (centred W_out)``; the LayerNorm's scale, the
+attention layers in between and the GELU are left out, so ``W`` is input-independent but only the
+direct route).
 
-Each unit's activation (spatial mean over its map, per image) is then explained from the previous
-layer's spatial-mean activations, fitted on a training split of the images and scored as ``R^2`` on the
-held-out split:
+Each unit's activation (spatial mean over its map, or mean over the tokens, per image) is then
+explained from the previous layer's mean activations, fitted on a training split of the images and
+scored as ``R^2`` on the held-out split:
 
 * ``weights_all`` -- the expanded-weight prediction ``sum_i W[j, i] a_i`` itself, with only a scale and
   an offset fitted (no per-input freedom);
@@ -41,13 +46,25 @@ from visionlens.results import Result, Table, new_figure
 from visionlens.validation import VisionLensError
 from visionlens.weights import InputDependentError, expanded_weights, motifs
 
-__all__ = ["Construction", "ConstructionResult", "layer_pair_weights", "explain_units", "default_pair"]
+__all__ = [
+    "Construction",
+    "ConstructionResult",
+    "layer_pair_weights",
+    "explain_units",
+    "default_pair",
+    "vit_virtual_weights",
+]
 
 _STAGE = re.compile(r"^visual\.stages\.(\d+)\.blocks\.(\d+)\.hook_resid_post$")
+_VIT_MLP = re.compile(r"^visual\.blocks\.(\d+)\.mlp\.hook_post$")
 
 
 def default_pair(model: HookedVisionModel) -> tuple[str, str]:
-    """The last two residual stage outputs of a CLIP ResNet tower (or of a conv net's stages)."""
+    """The last two residual stage outputs of a CLIP ResNet tower (or of a conv net's stages); on a ViT image
+    tower, the MLP neurons of its last two blocks."""
+    mlps = [n for n in model.hook_dict if _VIT_MLP.match(n)]
+    if len(mlps) >= 2 and hasattr(getattr(model.source, "visual", None), "transformer"):
+        return mlps[-2], mlps[-1]
     names = [n for n in model.hook_dict if n.endswith("hook_resid_post") and ".blocks." in n]
     names = [n for n in names if not n.startswith("text.")]
     stage_last: dict[str, str] = {}
@@ -78,6 +95,9 @@ def layer_pair_weights(model: HookedVisionModel, from_hook: str, to_hook: str, s
     :func:`expanded_weights` refuse the forward); elsewhere :func:`expanded_weights` runs on the model.
     ``shape``: the from-hook's map shape ``[C, H, W]``.
     """
+    va, vb = _VIT_MLP.match(from_hook), _VIT_MLP.match(to_hook)
+    if va and vb:
+        return vit_virtual_weights(model, int(va[1]), int(vb[1]))
     a, b = _STAGE.match(from_hook), _STAGE.match(to_hook)
     if a and b:
         v = model.source.visual
@@ -95,6 +115,22 @@ def layer_pair_weights(model: HookedVisionModel, from_hook: str, to_hook: str, s
     except InputDependentError as e:
         msg = f"construction: expanded weights {from_hook!r} -> {to_hook!r} are not defined: {e}"
         raise VisionLensError(msg) from e
+
+
+def vit_virtual_weights(model: HookedVisionModel, from_layer: int, to_layer: int) -> Tensor:
+    """``[mlp_to, mlp_from]``: the direct residual path from block ``from_layer``'s MLP neurons to block
+    ``to_layer``'s MLP pre-activations in an open_clip ViT tower, ``W_in diag(ln_2.weight) (W_out - mean)``."""
+    blocks = model.source.visual.transformer.resblocks
+    if not 0 <= from_layer < to_layer < len(blocks):
+        raise VisionLensError(
+            f"construction: need 0 <= from < to < {len(blocks)} ViT blocks, got {from_layer} -> {to_layer}."
+        )
+    w_out = blocks[from_layer].mlp.c_proj.weight.double()  # [width, mlp]
+    w_out = w_out - w_out.mean(0, keepdim=True)  # the LayerNorm removes the mean over the width
+    ln = blocks[to_layer].ln_2
+    gain = ln.weight.double() if getattr(ln, "weight", None) is not None else torch.ones(w_out.shape[0]).double()
+    w_in = blocks[to_layer].mlp.c_fc.weight.double()  # [mlp, width]
+    return ((w_in * gain) @ w_out).detach()
 
 
 def _r2(y: Tensor, pred: Tensor) -> float:
@@ -188,7 +224,8 @@ class ConstructionResult(Result):
 
 
 class Construction(Analysis):
-    """Expanded-weight sparsity between two conv layers and sparse explanations of units (held-out R^2)."""
+    """Expanded-weight sparsity between two conv layers (or ViT MLP layers: virtual weights) and sparse
+    explanations of units (held-out R^2)."""
 
     name = "construction"
     summary = (
@@ -229,9 +266,12 @@ class Construction(Analysis):
                 _, cache = model.run_with_cache(x, names_filter=[from_hook, to_hook], return_cache_object=False)
                 for h in (from_hook, to_hook):
                     t = cache[h]
-                    if t.ndim != 4:
-                        raise VisionLensError(f"construction: {h!r} is not a conv map [B, C, H, W] ({tuple(t.shape)}).")
-                    acts[h].append(t.mean(dim=(2, 3)).cpu())
+                    if t.ndim not in (3, 4):
+                        raise VisionLensError(
+                            f"construction: {h!r} is neither a conv map [B, C, H, W] nor tokens [B, T, D] "
+                            f"({tuple(t.shape)})."
+                        )
+                    acts[h].append((t.mean(dim=(2, 3)) if t.ndim == 4 else t.mean(dim=1)).cpu())
                 shape = tuple(cache[from_hook].shape[1:])
         if shape is None:
             raise VisionLensError("construction: no images.")
