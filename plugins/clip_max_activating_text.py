@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from visionlens.analysis import Analysis, ConfigError, config_to_dict, option
+from visionlens.clip import both_towers_hooked
 from visionlens.data import as_images
 from visionlens.hook_select import model_description
 from visionlens.hookspecs import hookimpl
@@ -493,12 +494,7 @@ class MaxActivatingText(Analysis):
         return {"budget": 40, "max_len": 2, "methods": ["discrete", "soft", "random"]}
 
     def supports(self, model: HookedVisionModel) -> tuple[bool, str]:
-        adapter = getattr(model, "adapter", None)
-        if getattr(adapter, "name", "") != "open_clip":
-            return False, f"needs an open_clip CLIP model (both towers), got the {model.cfg.adapter!r} adapter"
-        if getattr(adapter, "text", None) is None:
-            return False, "this CLIP model's text tower is not hooked (no text.* hooks)"
-        return True, ""
+        return both_towers_hooked(model)
 
     def run(self, model: HookedVisionModel, inputs: Any, config: Any) -> MaxTextResult:
         bad = [m for m in config.methods if m not in METHODS]

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from visionlens.analysis import Analysis, ConfigError, config_to_dict, option
-from visionlens.clip import zero_shot_head
+from visionlens.clip import both_towers_hooked, zero_shot_head
 from visionlens.data import as_images
 from visionlens.hook_select import model_description
 from visionlens.hookspecs import hookimpl
@@ -277,12 +277,7 @@ class MultimodalNeurons(Analysis):
         return {"concepts": ["cat", "dog"], "max_images": 4, "n_text_images": 2, "attack_units": 1, "top": 3}
 
     def supports(self, model: HookedVisionModel) -> tuple[bool, str]:
-        adapter = getattr(model, "adapter", None)
-        if getattr(adapter, "name", "") != "open_clip":
-            return False, f"needs an open_clip CLIP model (both towers), got the {model.cfg.adapter!r} adapter"
-        if getattr(adapter, "text", None) is None:
-            return False, "this CLIP model's text tower is not hooked (no text.* hooks)"
-        return True, ""
+        return both_towers_hooked(model)
 
     def run(self, model: HookedVisionModel, inputs: Any, config: Any) -> MultimodalNeuronsResult:
         concepts = list(config.concepts)

@@ -45,6 +45,7 @@ __all__ = [
     "tokenize",
     "zero_shot_logits",
     "DEFAULT_TEMPLATES",
+    "both_towers_hooked",
 ]
 
 
@@ -56,6 +57,16 @@ def _adapter(model: HookedVisionModel) -> OpenCLIPAdapter:
             f"{type(model).__name__} with adapter {getattr(adapter, 'name', None)!r}."
         )
     return adapter
+
+
+def both_towers_hooked(model: HookedVisionModel) -> tuple[bool, str]:
+    """Whether ``model`` is an open_clip CLIP model with its text tower hooked too (an analysis ``supports``)."""
+    adapter = getattr(model, "adapter", None)
+    if getattr(adapter, "name", "") != "open_clip":
+        return False, f"needs an open_clip CLIP model (both towers), got the {model.cfg.adapter!r} adapter"
+    if getattr(adapter, "text", None) is None:
+        return False, "this CLIP model's text tower is not hooked (no text.* hooks)"
+    return True, ""
 
 
 def tokenize(model: HookedVisionModel, texts: Union[str, Sequence[str]]) -> Tensor:

@@ -132,24 +132,15 @@ def maybe_crash(crash_at: Optional[tuple[int, str]], start: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-class ShardWorker:
-    """A Ray actor with one model copy: runs the analysis over each shard it is given.
+class ShardActor:
+    """A Ray actor with one model copy that turns each shard it is given into bytes (:meth:`work`).
 
     ``crash_at`` is a fault-injection hook for tests: ``(shard start, marker file)``; the first actor
     to reach that shard while the marker exists removes it and kills its own process (SIGKILL).
     """
 
-    def __init__(
-        self,
-        model_ref: Any,
-        name: str,
-        config: dict[str, Any],
-        n_images: int,
-        crash_at: Optional[tuple[int, str]] = None,
-    ) -> None:
+    def __init__(self, model_ref: Any, n_images: int, crash_at: Optional[tuple[int, str]] = None) -> None:
         self.model = actor_model(model_ref)
-        self.name = name
-        self.config = config
         self.n_images = n_images
         self.crash_at = crash_at
 
@@ -160,9 +151,30 @@ class ShardWorker:
         maybe_crash(self.crash_at, start)
         if len(pixels) != stop - start:
             raise VisionLensError(f"Shard [{start}, {stop}) arrived with {len(pixels)} images.")
+        return self.work(start, stop, ShardImages(torch.from_numpy(pixels), start, self.n_images))
+
+    def work(self, start: int, stop: int, images: ShardImages) -> bytes:
+        raise NotImplementedError
+
+
+class ShardWorker(ShardActor):
+    """Runs the analysis ``name`` over each shard; returns its checkpoint (the reducers' state) as bytes."""
+
+    def __init__(
+        self,
+        model_ref: Any,
+        name: str,
+        config: dict[str, Any],
+        n_images: int,
+        crash_at: Optional[tuple[int, str]] = None,
+    ) -> None:
+        super().__init__(model_ref, n_images, crash_at)
+        self.name = name
+        self.config = config
+
+    def work(self, start: int, stop: int, images: ShardImages) -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = os.path.join(tmp, "shard.safetensors")
-            images = ShardImages(torch.from_numpy(pixels), start, self.n_images)
             run(self.name, self.model, images, **dict(self.config, checkpoint=ckpt))
             return Path(ckpt).read_bytes()
 

@@ -38,7 +38,7 @@ from visionlens.plugins.dataset_examples import weights_fingerprint
 from visionlens.plugins.dictionaries.source import ActivationBatch, ActivationSource
 from visionlens.validation import VisionLensError
 
-from .ray_backend import RayOptions, actor_model, maybe_crash, shard_pipeline, worker_rows
+from .ray_backend import RayOptions, ShardActor, shard_pipeline
 from .shards import ShardImages, ShardStore, plan_shards
 
 __all__ = ["RayActivationSource", "VectorWorker", "ray_chunks", "walk_settings"]
@@ -90,26 +90,16 @@ def walk_settings(source: ActivationSource) -> dict[str, Any]:
     }
 
 
-class VectorWorker:
-    """A Ray actor with one model copy: the activation chunks of each shard it is given.
-
-    ``crash_at``: fault injection for tests, as :class:`~visionlens.scale.ray_backend.ShardWorker`.
-    """
+class VectorWorker(ShardActor):
+    """The activation chunks of each shard (``crash_at``: fault injection, as :class:`ShardActor`)."""
 
     def __init__(
         self, model_ref: Any, settings: dict[str, Any], n_images: int, crash_at: Optional[tuple[int, str]] = None
     ) -> None:
-        self.model = actor_model(model_ref)
+        super().__init__(model_ref, n_images, crash_at)
         self.settings = settings
-        self.n_images = n_images
-        self.crash_at = crash_at
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return worker_rows(batch, self._shard)
-
-    def _shard(self, start: int, stop: int, pixels: np.ndarray) -> bytes:
-        maybe_crash(self.crash_at, start)
-        images = ShardImages(torch.from_numpy(pixels), start, self.n_images)
+    def work(self, start: int, stop: int, images: ShardImages) -> bytes:
         src = ActivationSource(self.model, images=images, **self.settings)
         xs, idx, starts, sizes, lengths = [], [], [], [], []
         for i, x in images.batches(self.model, src.batch_size, start=start, limit=stop):
