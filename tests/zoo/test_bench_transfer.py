@@ -39,6 +39,11 @@ def test_quick_table_rows_and_files(tmp_path):
             assert key in r
     by = {r["technique"]: r for r in rows}
     assert by["cls_attention"]["supported"] is False and "attention" in by["cls_attention"]["reason"]
+    for r in rows:  # every scored cell records its CPU time (the cost on an idle core), split by part
+        if r["score"] is not None:
+            split = r["cpu_split"]
+            assert set(split) == {"trained", "sanity"} and all(v >= 0 for v in split.values()), split
+            assert sum(split.values()) <= r["cpu_seconds"] + 0.05
     # exact patching on the trained ResNet finds the trigger and object; on the randomized copy (every
     # init-time zeroing undone, see zoo.randomize) minimal-pair patching still localizes much of the
     # difference, so the row is flagged: the pair, not the model, carries the answer
@@ -276,3 +281,42 @@ def test_seed_table_shows_each_seeds_verdict_and_the_range():
     runs = {0: [row("zoo:resnet", 0.5, 0.4, 0.6)], 1: [row("zoo:resnet", 0.1, -0.05, 0.2)], 2: []}
     t = seed_table(runs)
     assert "| occlusion | Tp· 0.10–0.50 |" in t, t
+
+
+def test_batched_patching_maps_are_the_one_pair_runs():
+    """Pairs of one target class share an activation_patching run; the maps are those of one run per pair."""
+    entry = catalog.get_entry("resnet")
+    model = catalog.load("resnet")
+    b = tl.localization_batch(BenchContext(entry=entry, quick=True))
+    assert len(set(b["targets"].tolist())) >= 2  # triggered (class 0) and clean images of other classes
+    hook = tl._earliest_resid(model, b["images"], tl.MAX_PATCH_POSITIONS)
+    for method, key in (("exact", "scores/"), ("attribution", "atp/")):
+        maps = tl.patching_maps(model, b, hook, method)
+        assert maps.shape[0] == len(b["images"])
+        for i in range(len(b["images"])):
+            r = tl.run(
+                "activation_patching",
+                model,
+                torch.stack([b["images"][i], b["corrupted"][i]]),
+                hooks=[hook],
+                target="position",
+                method=method,
+                label=int(b["targets"][i]),
+                metric="logit_diff",
+                top_k=1,
+            )
+            one = r.tensors[key + hook].float().reshape(-1) - float(r.meta["metric"]["corrupted_value"][0])
+            assert torch.allclose(maps[i].reshape(-1), one, atol=1e-4), (method, i)
+        assert float(maps.abs().max()) > 0.1  # not all zero
+
+
+def test_planted_batches_are_shared_between_the_contexts_of_one_model():
+    entry = catalog.get_entry("resnet")
+    inputs: dict = {}
+    trained = BenchContext(entry=entry, quick=True, inputs=inputs)
+    control = BenchContext(entry=entry, quick=True, randomized=True, inputs=inputs)
+    a, b = tl.localization_batch(trained), tl.localization_batch(control)
+    assert a is b and len(inputs) == 1
+    other = BenchContext(entry=entry, quick=True)  # its own dict: generated again, equal
+    c = tl.localization_batch(other)
+    assert c is not a and torch.equal(c["images"], a["images"])

@@ -253,9 +253,11 @@ def _in_table_order(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return sorted(rows, key=lambda r: (order_m.get(r["model"], 1 << 20), order_t.get(r["technique"], 1 << 20)))
 
 
-# cascading-randomization points per technique (head, two in between, all; see zoo.cascade); zoo models whose
-# random control keeps the family's own init (entry.randomize False: the diffusion UNet) get no cascade
-CASCADE_STEPS = 4
+# cascading-randomization points per technique (the head, one in between, all -- the last reuses the sanity
+# copy's score, so two scorings; see zoo.cascade); a technique may ask for fewer with a ``cascade_steps``
+# attribute. Zoo models whose random control keeps the family's own init (entry.randomize False: the
+# diffusion UNet) get no cascade
+CASCADE_STEPS = 3
 
 
 @dataclass(frozen=True)
@@ -296,7 +298,8 @@ def _score_entry(entry: ZooEntry, todo: Sequence[Any], job: _EntryJob, emit: Emi
         f"zoo:{entry.name} ({entry.family}): loaded in {time.perf_counter() - t_load:.1f} s; {len(todo)} techniques",
     )
     out = Path(job.out)
-    ctx = BenchContext(entry=entry, quick=job.quick, seed=job.seed, out_dir=out)
+    inputs: Dict[Any, Any] = {}  # planted batches, shared by the trained, randomized and cascade contexts
+    ctx = BenchContext(entry=entry, quick=job.quick, seed=job.seed, out_dir=out, inputs=inputs)
     for tech in todo:
         ok, why = tech.supports(model, entry)
         if not ok:
@@ -306,10 +309,12 @@ def _score_entry(entry: ZooEntry, todo: Sequence[Any], job: _EntryJob, emit: Emi
         if changed is not None:
             emit("say", f"  threads: {changed.describe()}")
         ctx.figures = {}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
+        cpu: Dict[str, float] = {}  # CPU seconds of this process per part of the cell
         try:
             torch.manual_seed(job.seed)
             s = tech.score(model, ctx)
+            cpu["trained"] = time.process_time() - c0
             row = _row(
                 entry,
                 tech,
@@ -329,22 +334,28 @@ def _score_entry(entry: ZooEntry, todo: Sequence[Any], job: _EntryJob, emit: Emi
                     out_dir=out,
                     randomized=True,
                     localization_images=None if job.quick else CONTROL_IMAGES,
+                    inputs=inputs,
                 )
+                c1 = time.process_time()
                 torch.manual_seed(job.seed)
                 rs = tech.score(random_model, rctx)
+                cpu["sanity"] = time.process_time() - c1
                 chk = sanity_check(s, rs)
                 row.update(_score_fields("sanity_", rs), sanity_passed=chk["passed"])
             if job.cascade and entry.randomize:
+                c1 = time.process_time()
                 pts = cascade_curve(
                     tech,
                     entry,
                     quick=job.quick,
                     seed=job.seed,
-                    max_steps=CASCADE_STEPS,
+                    max_steps=int(getattr(tech, "cascade_steps", None) or CASCADE_STEPS),
                     trained_score=s.normalized,
                     random_control=(random_model.source, rs.normalized) if random_model is not None else None,
                     directory=job.weights,
+                    inputs=inputs,
                 )
+                cpu["cascade"] = time.process_time() - c1
                 row["cascade"] = pts
                 try:
                     fig = cascade_figure({tech.name: pts}, f"zoo:{entry.name} x {tech.name}: cascading randomization")
@@ -361,6 +372,9 @@ def _score_entry(entry: ZooEntry, todo: Sequence[Any], job: _EntryJob, emit: Emi
                 error=traceback.format_exc(limit=4),
             )
         row["seconds"] = round(time.perf_counter() - t0, 2)
+        row["cpu_seconds"] = round(time.process_time() - c0, 2)  # this process's CPU time: the cost on an idle core
+        if cpu:
+            row["cpu_split"] = {k: round(v, 2) for k, v in cpu.items()}
         emit("row", row)
 
 

@@ -42,6 +42,7 @@ def cascade_curve(
     trained_score: Optional[float] = None,
     random_control: Optional[Tuple[nn.Module, float]] = None,
     directory: Optional[str] = None,
+    inputs: Optional[Dict[Any, Any]] = None,
 ) -> List[Dict[str, Any]]:
     """``[{"step", "randomized_from", "units", "score", "normalized"}, ...]``: the technique on the trained
     model (step 0, ``randomized_from`` ``None``; pass ``trained_score`` (normalized) to reuse a known one),
@@ -52,14 +53,19 @@ def cascade_curve(
     instead of scoring the same network again (``reused: True``).
 
     A step whose scoring raises is recorded with ``error`` and no score; the curve goes on. ``directory``: the
-    folder of the trained weights (default: the shipped ones).
+    folder of the trained weights (default: the shipped ones). ``inputs``: a dict of planted batches shared with
+    other contexts of this zoo model (:attr:`~visionlens.zoo.technique.BenchContext.inputs`): every step reuses
+    them instead of generating them again.
     """
+    inputs = {} if inputs is None else inputs
     module = load_module(entry.name, directory=directory)
     chosen = set(_pick(len(parameter_groups(module)), max_steps))
     points: List[Dict[str, Any]] = []
     if trained_score is None:
         torch.manual_seed(seed)
-        s = technique.score(entry.hooked(module.eval()), BenchContext(entry=entry, quick=quick, seed=seed))
+        s = technique.score(
+            entry.hooked(module.eval()), BenchContext(entry=entry, quick=quick, seed=seed, inputs=inputs)
+        )
         trained_score = s.normalized
     points.append({"step": 0, "randomized_from": None, "units": 0, "normalized": trained_score})
     for i, (name, copy) in zip(sorted(chosen), cascading_randomization(module, seed=seed, steps=chosen)):
@@ -76,6 +82,7 @@ def cascade_curve(
                 seed=seed,
                 randomized=True,
                 localization_images=None if quick else CONTROL_IMAGES,
+                inputs=inputs,
             )
             s = technique.score(entry.hooked(copy.eval()), ctx)
             point.update(score=float(s.score), normalized=s.normalized)

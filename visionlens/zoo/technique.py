@@ -44,6 +44,9 @@ class BenchContext:
     localization_images: Optional[int] = None  # overrides :data:`LOCALIZATION_IMAGES` (e.g. the baseline fit batch)
     figures: Dict[str, str] = field(default_factory=dict)  # label -> PNG path relative to out_dir
     _cache: Dict[Any, Any] = field(default_factory=dict)
+    # inputs that do not depend on the weights (planted batches), shared by every context of one zoo model:
+    # the trained one, the randomized copy's and the cascade steps' (the bench passes one dict to all of them)
+    inputs: Dict[Any, Any] = field(default_factory=dict)
 
     @property
     def n_images(self) -> int:
@@ -58,10 +61,20 @@ class BenchContext:
         return int(self.n_images * LOCALIZATION_SCORED_FRACTION)
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
-        """Memoise inputs shared by techniques on one model (e.g. the planted batch)."""
+        """Memoise what techniques on this one model share (e.g. a hook chosen on it, its activations)."""
         if key not in self._cache:
             self._cache[key] = make()
         return self._cache[key]
+
+    def cached_input(self, key: Any, make: Callable[[], Any]) -> Any:
+        """Memoise an input that does not depend on the weights (a planted batch, keyed by its size and seed) in
+        :attr:`inputs`, which the bench shares between the trained model's context and the randomized copies'
+        (sanity check, cascade steps): each batch is generated once per zoo model. Never for anything computed
+        with the model (a freed model's ``id`` can be reused by the next cascade copy)."""
+        key = ("input", self.entry.name, key)
+        if key not in self.inputs:
+            self.inputs[key] = make()
+        return self.inputs[key]
 
     def save_figure(self, label: str, fig_or_array: Any) -> Optional[str]:
         """Save a matplotlib figure or an ``[H, W(, 3)]`` uint8/float array as PNG; returns its path."""
@@ -100,6 +113,7 @@ class Technique:
     plugin: Optional[str] = None
     kinds: Tuple[str, ...] = ("classifier", "clip")
     extra_supports: Optional[Callable[[HookedVisionModel, ZooEntry], Tuple[bool, str]]] = None
+    cascade_steps: Optional[int] = None  # cascading-randomization steps in the full table (None: the bench's default)
 
     def supports(self, model: HookedVisionModel, entry: ZooEntry) -> Tuple[bool, str]:
         """The technique's kinds, then its plugin's ``supports(model)``, then ``extra_supports``."""

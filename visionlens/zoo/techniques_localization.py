@@ -74,7 +74,7 @@ def localization_batch(ctx: BenchContext) -> Dict[str, Any]:
             "object_mask": omask,
         }
 
-    return ctx.cached(("localization", ctx.n_images, ctx.seed, ctx.entry.kind), make)
+    return ctx.cached_input(("localization", ctx.n_images, ctx.seed, ctx.entry.kind), make)
 
 
 def _disjoint_pairs(masks: torch.Tensor, shapes: np.ndarray, n: int) -> List[Tuple[int, int]]:
@@ -253,7 +253,9 @@ def _fit_batch(ctx: BenchContext) -> Dict[str, Any]:
         seed=ctx.seed + FIT_SEED_OFFSET,
         localization_images=FIT_SCALE * ctx.n_images,
     )
-    return ctx.cached(("baseline_fit", ctx.n_images, ctx.seed, ctx.entry.kind), lambda: localization_batch(fit_ctx))
+    return ctx.cached_input(
+        ("baseline_fit", ctx.n_images, ctx.seed, ctx.entry.kind), lambda: localization_batch(fit_ctx)
+    )
 
 
 def localization_baselines(b: Dict[str, Any], ctx: BenchContext, h: int, w: int) -> Dict[str, Dict[str, Any]]:
@@ -451,6 +453,45 @@ def _swap_pairs(b: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+PATCH_PAIRS_PER_RUN = 16  # image pairs (of one target class) per activation_patching run: one batched sweep
+
+
+def patching_maps(model: HookedVisionModel, b: Dict[str, Any], hook: str, method: str) -> torch.Tensor:
+    """Per image pair ``i`` of ``b`` (``images[i]`` clean, ``corrupted[i]``): the change of the logit difference
+    (``targets[i]`` against the plugin's default foil) from the corrupted run when each position of ``hook``
+    is patched in from the clean run (``method`` ``"exact"``) or its gradient estimate (``"attribution"``):
+    ``[N, side, side]`` (prefix tokens dropped).
+
+    The pairs are independent rows of the plugin's sweep (its metric is per pair), so pairs of the same
+    target class go through one ``activation_patching`` run, :data:`PATCH_PAIRS_PER_RUN` at a time: the same
+    maps as one run per pair (up to float rounding of the larger batches), with far fewer and fuller forwards."""
+    n = len(b["images"])
+    targets = [int(t) for t in b["targets"]]
+    key = ("scores/" if method == "exact" else "atp/") + hook
+    maps: List[Optional[torch.Tensor]] = [None] * n
+    for label in sorted(set(targets)):
+        idx = [i for i in range(n) if targets[i] == label]
+        for j in range(0, len(idx), PATCH_PAIRS_PER_RUN):
+            sel = idx[j : j + PATCH_PAIRS_PER_RUN]
+            r = run(
+                "activation_patching",
+                model,
+                {"clean": b["images"][sel], "corrupted": b["corrupted"][sel]},
+                hooks=[hook],
+                target="position",
+                method=method,
+                label=label,
+                metric="logit_diff",
+                top_k=1,
+            )
+            # the plugin reports the patched metric [positions, pairs]; the effect is its change from the corrupted run
+            v = r.tensors[key].float() - torch.as_tensor(r.meta["metric"]["corrupted_value"]).float()[None, :]
+            prefix, side = token_grid(v.shape[0])
+            for c, i in enumerate(sel):
+                maps[i] = v[prefix:, c].reshape(side, side)
+    return torch.stack([m for m in maps if m is not None])
+
+
 def _patching(method: str, pairing: str = "minimal"):
     def scorer(model: HookedVisionModel, ctx: BenchContext) -> Score:
         b = localization_batch(ctx)
@@ -459,29 +500,11 @@ def _patching(method: str, pairing: str = "minimal"):
         prepare(model, ctx)
         cap = MAX_PATCH_POSITIONS
         hook = ctx.cached(("patch_hook", id(model)), lambda: _earliest_resid(model, b["images"], cap))
-        maps = []
-        for i in range(len(b["images"])):
-            x = torch.stack([b["images"][i], b["corrupted"][i]])
-            r = run(
-                "activation_patching",
-                model,
-                x,
-                hooks=[hook],
-                target="position",
-                method="exact" if method == "exact" else "attribution",
-                label=int(b["targets"][i]),
-                metric="logit_diff",
-                top_k=1,
-            )
-            key = ("scores/" if method == "exact" else "atp/") + hook
-            # the plugin reports the patched metric; the effect is its change from the corrupted run
-            v = r.tensors[key].float().reshape(-1) - float(r.meta["metric"]["corrupted_value"][0])
-            prefix, side = token_grid(len(v))
-            maps.append(v[prefix:].reshape(side, side))
+        maps = patching_maps(model, b, hook, "exact" if method == "exact" else "attribution")
         label = ("activation_patching" if method == "exact" else "attribution_patching") + (
             "_swap" if pairing == "swap" else ""
         )
-        s = score_heatmap(torch.stack(maps), b, ctx, label)
+        s = score_heatmap(maps, b, ctx, label)
         s.details["hook"] = hook
         return s
 

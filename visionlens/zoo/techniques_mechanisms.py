@@ -121,7 +121,7 @@ def _pairs(ctx: BenchContext, n: int) -> Tuple[Tensor, Tensor, Tensor]:
             raise RuntimeError(f"only {len(keep)} of {pool} held-out images are of non-target classes")
         return trig.images[keep], twin.images[keep], clean[keep]
 
-    return ctx.cached(("pathway_pairs", n, ctx.seed, ctx.entry.name), make)
+    return ctx.cached_input(("pathway_pairs", n, ctx.seed, ctx.entry.name), make)
 
 
 def n_units_at(model: HookedVisionModel, hook: str, example: Tensor) -> int:
