@@ -320,3 +320,30 @@ def test_planted_batches_are_shared_between_the_contexts_of_one_model():
     other = BenchContext(entry=entry, quick=True)  # its own dict: generated again, equal
     c = tl.localization_batch(other)
     assert c is not a and torch.equal(c["images"], a["images"])
+
+
+def test_workers_get_the_costliest_models_first(tmp_path):
+    """Job order for worker processes: a previous run's CPU seconds per cell, no cost for a technique whose kinds
+    exclude the model (the diffusion UNet's 20-odd classifier rows are reasons, not work)."""
+    ents = catalog.entries()
+    techs = {t.name: t for t in bench.all_techniques()}
+    rows = [
+        {"model": "zoo:vit", "technique": "activation_patching", "score": 0.5, "seconds": 90.0, "cpu_seconds": 40.0},
+        {"model": "zoo:vit", "technique": "dla_heatmap", "score": 0.1, "seconds": 9.0, "cpu_seconds": None},
+        {"model": "zoo:resnet", "technique": "dla_heatmap", "score": None, "seconds": 1.0},  # not scored: no timing
+    ]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"settings": {"quick": False}, "rows": rows}))
+    timings = bench._previous_timings(path, quick=False)
+    assert timings == {("zoo:vit", "activation_patching"): 40.0, ("zoo:vit", "dla_heatmap"): 9.0}
+    assert bench._previous_timings(path, quick=True) == {}  # another budget's timings do not count
+    assert bench._previous_timings(tmp_path / "missing.json", quick=False) == {}
+    vit = bench._job_cost(ents["vit"], [techs["activation_patching"], techs["dla_heatmap"]], timings)
+    assert vit == pytest.approx(49.0)
+    # unknown cells: bench_cost x the median known cell; techniques of other kinds cost nothing
+    unit = 24.5
+    diff = ents["diffusion"]
+    classifier_only = [t for t in techs.values() if diff.kind not in getattr(t, "kinds", ())]
+    assert len(classifier_only) > 10 and bench._job_cost(diff, classifier_only, timings) == 0.0
+    own = [t for t in techs.values() if diff.kind in getattr(t, "kinds", ())]
+    assert bench._job_cost(diff, own, timings) == pytest.approx(diff.bench_cost * unit * len(own))

@@ -232,8 +232,9 @@ def run_transfer(
     elif backend != "local":
         raise VisionLensError(f"Unknown backend {backend!r}; expected 'local' or 'ray'.")
     elif n_workers > 1:
-        cost = {e.name: e.bench_cost for e in zoo}
-        jobs.sort(key=lambda j: -cost[j.name] * len(j.techniques))  # costliest first
+        timings = _previous_timings(res_path, quick)  # the folder's last run (read before it is overwritten)
+        cost = {job.name: _job_cost(entries()[job.name], [by_name[n] for n in job.techniques], timings) for job in jobs}
+        jobs.sort(key=lambda j: -cost[j.name])  # costliest first (longest-processing-time order)
         say(f"scoring {len(jobs)} zoo models in {n_workers} worker processes (1 torch thread each)")
         leftover = _run_in_workers(jobs, n_workers, emit)
     else:
@@ -244,6 +245,38 @@ def run_transfer(
     flush()
     write_report(out, _in_table_order(kept + rows), settings, _command(families, techniques, quick, seed, weights))
     return rows
+
+
+def _previous_timings(path: Path, quick: bool) -> Dict[Tuple[str, str], float]:
+    """``{(model, technique): seconds}`` of the scored rows of ``path`` (a ``results.json``) when it was run at
+    the same budget (``quick`` or full): their CPU seconds, else their wall seconds; ``{}`` otherwise."""
+    try:
+        payload = json.loads(path.read_text())
+        rows, same = list(payload["rows"]), bool(payload["settings"].get("quick")) == quick
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    out: Dict[Tuple[str, str], float] = {}
+    for r in rows if same else []:
+        t = r.get("cpu_seconds") if r.get("cpu_seconds") is not None else r.get("seconds")
+        if r.get("score") is not None and t is not None:
+            out[(str(r["model"]), str(r["technique"]))] = float(t)
+    return out
+
+
+def _job_cost(entry: ZooEntry, techniques: Sequence[Any], timings: Dict[Tuple[str, str], float]) -> float:
+    """The expected seconds of scoring ``techniques`` on ``entry``, to hand the costliest zoo models out first:
+    each cell's time in ``timings`` (a previous run) when there, 0 for a technique whose ``kinds`` exclude the
+    model (it is a row with a reason, not a score), else the entry's ``bench_cost`` times the median known cell
+    (1 when nothing is known)."""
+    unit = float(np.median(list(timings.values()))) if timings else 1.0
+    total = 0.0
+    for t in techniques:
+        known = timings.get((f"zoo:{entry.name}", t.name))
+        if known is not None:
+            total += known
+        elif entry.kind in getattr(t, "kinds", (entry.kind,)):
+            total += entry.bench_cost * unit
+    return total
 
 
 def _in_table_order(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
