@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from visionlens.zoo import data as zdata
+from visionlens.zoo import techniques_features as tf
 from visionlens.zoo.catalog import get_entry, load, weights_path
 from visionlens.zoo.technique import BenchContext
 from visionlens.zoo.techniques_features import (
@@ -106,3 +107,17 @@ def test_resnet_quick_row_trained_beats_random():
     r = tech.score(load("resnet", pretrained=False), BenchContext(entry=entry, quick=True, randomized=True))
     assert s.details["param"] == "fft" and s.details["final_logit"] > 20 * max(r.details["final_logit"], 1.0)
     assert s.normalized > r.normalized, (s.normalized, r.normalized)
+
+
+@pytest.mark.skipif(not weights_path("resnet").is_file(), reason="zoo:resnet is not trained")
+def test_randomized_copies_render_at_the_control_budget(monkeypatch):
+    """Full table: the trained model gets FV_BUDGET["full"], the sanity / cascade copies FV_BUDGET["control"]."""
+    monkeypatch.setitem(tf.FV_BUDGET, "full", (3, 3))
+    monkeypatch.setitem(tf.FV_BUDGET, "control", (2, 1))
+    tech = {t.name: t for t in TECHNIQUES}["feature_visualization"]
+    entry = get_entry("resnet")
+    s = tech.score(load("resnet"), BenchContext(entry=entry))
+    r = tech.score(load("resnet", pretrained=False), BenchContext(entry=entry, randomized=True))
+    assert (s.details["steps"], s.details["images"], len(s.details["per_image"])) == (3, 3, 3)
+    assert (r.details["steps"], r.details["images"], len(r.details["per_image"])) == (2, 1, 1)
+    assert "interval" in s.details and "interval" not in r.details
