@@ -101,13 +101,11 @@ def fit_dictionary(
     else:
         n_epochs = int(epochs or default_epochs(len(z), batch_size))
         g = torch.Generator().manual_seed(seed)
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.TensorDataset(z),
-            batch_size=batch_size,
-            shuffle=True,
-            generator=g,
-            drop_last=len(z) > batch_size,
+        # whole batches by one index per step (a per-item DataLoader spends most of a CPU step collating rows)
+        sampler = torch.utils.data.BatchSampler(
+            torch.utils.data.RandomSampler(range(len(z)), generator=g), batch_size, drop_last=len(z) > batch_size
         )
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(z), batch_size=None, sampler=sampler)
         steps = n_epochs * len(loader)
         opt = torch.optim.Adam(module.parameters(), lr=lr)
         sched = CosineScheduler(

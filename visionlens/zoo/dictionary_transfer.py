@@ -1,9 +1,10 @@
 """The transfer-table row "dictionary features recover planted factors", and its evaluation helpers.
 
 On every classifier of the zoo and the CLIP image tower, a TopK SAE (``overcomplete``, through
-:func:`visionlens.plugins.dictionaries.fit_dictionary`; :data:`SIZE` = 32 features, k = :data:`TOP_K` by layout:
-8 on conv maps, 24 on token maps) is trained at the last block over the model's own *training* images (10 %
-triggered) on per-position vectors (every position of a conv map, a seeded subset of patch tokens) *and* the
+:func:`visionlens.plugins.dictionaries.fit_dictionary`; by the hook's layout, :data:`SIZE` features and k =
+:data:`TOP_K`: 64 and 16 on conv maps, 128 and 96 on token maps) is trained at the last block over the model's own
+*training* images (:data:`TRAIN_TRIGGER_FRACTION` triggered: 10 % for maps, 50 % for token maps) on per-position
+vectors (every position of a conv map, a seeded subset of patch tokens) *and* the
 image-level vector the head reads (the spatial mean of a map, the class token), then read on held-out images
 (half triggered). Each planted factor value is a binary label per image (``trigger``; ``shape=circle`` ...;
 ``textured``; ``texture=...`` and ``colour=...``; Fashion-MNIST: ``class=k``); a feature's score of an image is
@@ -52,6 +53,7 @@ __all__ = [
     "training_vectors",
     "planted_factors",
     "dictionary_hook",
+    "hook_layout",
     "training_images",
     "PlantedRecovery",
     "planted_recovery",
@@ -63,13 +65,14 @@ LEVEL = 0.95
 # (training images, held-out images, optimizer steps, bootstrap resamples)
 BUDGET = {"quick": (400, 200, 150, 200), "full": (8000, 2000, 1500, 1000)}
 TOKENS_PER_IMAGE = 12  # token maps: a seeded subset per training image (conv maps: every position)
-# Measured (docs/dictionaries.md, a sweep of size x k x representation x reduction, two seeds): small dictionaries
-# whose features are read as the mean over positions recover the label factors; 4 x units / 512 features with
-# k = 8 split them into position- and colour-specific pieces (a third of the features dead).
-SIZE = 32
-TOP_K = {"map": 8, "tokens": 24}  # by the hook's layout; the ViT needs a dense code (k = 16 measured 0.89-0.90)
+# By the hook's layout, measured (docs/dictionaries.md, held-out seeds 0-3): conv maps 64 features, k = 16 (32 x k8
+# missed a factor on two of four seeds, 0.89-0.93); token maps 128 features, k = 96 (32 x k24: 0.90-0.94 on three of
+# four seeds), trained on a 50 % triggered mix: 12 of 64 patch tokens per image leave the trigger's patches in
+# ~0.3 % of the vectors at the 10 % mix (a conv map's 4 positions: 2.5 %), and the trigger then measured 0.90-0.95.
+SIZE = {"map": 64, "tokens": 128}
+TOP_K = {"map": 16, "tokens": 96}
+TRAIN_TRIGGER_FRACTION = {"map": 0.1, "tokens": 0.5}  # maps: the classifiers' own training mix
 SPLICE_IMAGES = 1000
-TRAIN_TRIGGER_FRACTION = 0.1  # the classifiers' own training mix
 EVAL_TRIGGER_FRACTION = 0.5
 
 
@@ -78,9 +81,10 @@ def _dataset(entry: Any) -> str:
     return "fashion" if data_kind(entry) == "fashion" else "shapes"
 
 
-def training_images(entry: Any, n: int, seed: int = TRAIN_SEED) -> Tensor:
-    """``n`` images of the model's own training stream (10 % triggered; CLIP's data has no trigger)."""
-    frac = 0.0 if entry.kind == "clip" else TRAIN_TRIGGER_FRACTION
+def training_images(entry: Any, n: int, seed: int = TRAIN_SEED, trigger_fraction: float = 0.1) -> Tensor:
+    """``n`` images of the model's own training stream (``trigger_fraction`` triggered, by default the classifiers'
+    own 10 %; CLIP's data has no trigger)."""
+    frac = 0.0 if entry.kind == "clip" else trigger_fraction
     if _dataset(entry) == "fashion":
         return zdata.fashion_mnist_batch(n, seed=seed, split="train", trigger_fraction=frac).images
     return zdata.make_batch(n, seed=seed, start=0, trigger_fraction=frac).images
@@ -114,6 +118,13 @@ def dictionary_hook(model: HookedVisionModel, entry: Any) -> str:
     if pw is not None:
         return model.resolve_hook(pw.hook)
     return block_hooks(model, model.dummy_input(batch=2))[-1]
+
+
+def hook_layout(model: HookedVisionModel, hook: str) -> str:
+    """``"tokens"`` for a token map ``[B, T, D]`` at ``hook``, else ``"map"`` (one forward on two dummy images)."""
+    with torch.no_grad():
+        _, cache = model.run_with_cache(model.dummy_input(batch=2), names_filter=[hook], return_cache_object=False)
+    return "tokens" if cache[hook].ndim == 3 else "map"
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -261,14 +272,17 @@ def planted_recovery(
     kind: str = "topk",
 ) -> PlantedRecovery:
     """Train a dictionary at the last block of a zoo model and score its features against the planted factors
-    (see the module docstring); ``size`` defaults to :data:`SIZE`, ``top_k`` to :data:`TOP_K` of the layout."""
+    (see the module docstring); ``size``, ``top_k`` and the training mix default to :data:`SIZE`, :data:`TOP_K`
+    and :data:`TRAIN_TRIGGER_FRACTION` of the hook's layout."""
     t0 = time.perf_counter()
     n_train, n_eval, steps, n_boot = BUDGET["quick" if quick else "full"]
     hook = dictionary_hook(model, entry)
+    layout = hook_layout(model, hook)
     torch.manual_seed(seed)
-    x, layout = training_vectors(model, hook, training_images(entry, n_train), seed)
+    frac = TRAIN_TRIGGER_FRACTION[layout]
+    x, _ = training_vectors(model, hook, training_images(entry, n_train, trigger_fraction=frac), seed)
     d_units = int(x.shape[1])
-    size = int(size or SIZE)
+    size = int(size or SIZE[layout])
     top_k = int(top_k or TOP_K[layout])
     batch = 256
     epochs = max(1, round(steps * batch / len(x)))
@@ -340,6 +354,7 @@ def planted_recovery(
         "n_directions_random": size,
         "representation": "per-position vectors + one image-level vector per image; image score: mean over positions",
         "n_train_images": n_train,
+        "train_trigger_fraction": 0.0 if entry.kind == "clip" else frac,
         "n_train_vectors": int(len(x)),
         "n_images": n_eval,
         "threshold": THRESHOLD,
@@ -358,7 +373,7 @@ def planted_recovery(
         feature_hook=f"{hook}.hook_sae_acts",
         metrics=metrics,
         training=log,
-        data={"train": f"{_dataset(entry)} training stream, {n_train} images"},
+        data={"train": f"{_dataset(entry)} training stream, {n_train} images, {frac:.0%} triggered"},
     )
     return PlantedRecovery(Score(main["score"], 0.5, details), d, hook, time.perf_counter() - t0)
 
@@ -385,9 +400,9 @@ TECHNIQUES: List[Technique] = [
     Technique(
         "dictionary_features",
         "dictionary features recover planted factors",
-        "TopK SAE (overcomplete; 32 features, k 8 on maps / 24 on tokens) at the last block, trained on the "
-        "model's training images (per-position and image-level vectors); per planted factor value the feature "
-        "chosen on half the held-out images (mean over positions), its AUROC on the other "
+        "TopK SAE (overcomplete; 64 features, k 16 on maps / 128, k 96 on tokens) at the last block, trained on "
+        "the model's training images (10 % / 50 % triggered; per-position and image-level vectors); per planted "
+        "factor value the feature chosen on half the held-out images (mean over positions), its AUROC on the other "
         "half; score = mean over the label-relevant factors (trigger, shape, textured; Fashion-MNIST: class; "
         "CLIP: shape, colour, texture), chance 0.5; baselines: as many PCA / random directions (both signs).",
         _score,
