@@ -66,9 +66,10 @@ LEVEL = 0.95
 BUDGET = {"quick": (400, 200, 150, 200), "full": (8000, 2000, 1500, 1000)}
 TOKENS_PER_IMAGE = 12  # token maps: a seeded subset per training image (conv maps: every position)
 # By the hook's layout, measured (docs/dictionaries.md, held-out seeds 0-3): conv maps 64 features, k = 16 (32 x k8
-# missed a factor on two of four seeds, 0.89-0.93); token maps 128 features, k = 96 (32 x k24: 0.90-0.94 on three of
-# four seeds), trained on a 50 % triggered mix: 12 of 64 patch tokens per image leave the trigger's patches in
-# ~0.3 % of the vectors at the 10 % mix (a conv map's 4 positions: 2.5 %), and the trigger then measured 0.90-0.95.
+# missed a factor on seed 0 or 3 by the shuffle order, 0.89-0.93); token maps 128 features, k = 96 (32 x k24 missed
+# one at 0.90-0.94 on two of seeds 0-2), trained on a 50 % triggered mix: the trigger touches 4-9 of 64 patch
+# tokens (0.6-1.4 % of the patch vectors at the 10 % mix; 1-4 of a 2 x 2 map's positions: 2.5-10 %), and the ViT's
+# trigger then measured 0.90-0.95.
 SIZE = {"map": 64, "tokens": 128}
 TOP_K = {"map": 16, "tokens": 96}
 TRAIN_TRIGGER_FRACTION = {"map": 0.1, "tokens": 0.5}  # maps: the classifiers' own training mix
