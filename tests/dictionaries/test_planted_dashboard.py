@@ -78,7 +78,8 @@ def test_row_trains_on_positions_and_the_image_vector_the_head_reads(zoo_resnet,
 @pytest.mark.parametrize("name", ["resnet", "vit"])
 def test_row_recipe_recovers_every_label_factor_in_quick_mode(name, zoo_resnet, zoo_vit):
     """The row's recipe by layout (maps: 64 x k16 on the 10 % mix; tokens: 128 x k96 on a 50 % triggered mix),
-    quick mode (400 training images, 150 steps, 200 held-out images; measured 0.95-0.99 per factor at seed 0)."""
+    quick mode (400 training images, 150 steps, 200 held-out images). Measured at seed 0, one thread: ResNet
+    0.928-1.000 per factor (mean 0.981, splice keeps 0.925 of the accuracy), ViT 0.954-0.999 (mean 0.967)."""
     from visionlens.zoo.catalog import get_entry
     from visionlens.zoo.dictionary_transfer import hook_layout, planted_recovery
 
@@ -93,7 +94,7 @@ def test_row_recipe_recovers_every_label_factor_in_quick_mode(name, zoo_resnet, 
     assert det["n_directions_random"] == size and det["n_directions_pca"] == min(size, det["n_units"])
     rel = {f: v for f, v in det["per_factor"].items() if v["label_relevant"]}
     assert set(rel) == {"trigger", "shape=circle", "shape=square", "shape=triangle", "textured"}
-    assert r.score.score >= 0.95 and min(v["dictionary"] for v in rel.values()) >= 0.92, rel
+    assert r.score.score >= 0.95 and min(v["dictionary"] for v in rel.values()) >= 0.9, rel
     assert any(v["pca"] < v["dictionary"] for v in rel.values())  # PCA (same count) worse on some factor
     assert det["reconstruction"]["r2"] > 0.85 and det["splice"]["accuracy_kept"] >= 0.9, det
 
