@@ -68,3 +68,26 @@ def test_bench_rows_carry_the_curve_and_its_figure(tmp_path):
     assert "Cascading randomization" in (tmp_path / "index.html").read_text()
     quick_default = run_transfer(tmp_path / "q", families=["resnet"], techniques=["dla_heatmap"], quick=True)
     assert all(r.get("cascade") is None for r in quick_default)
+
+
+def test_a_technique_sets_its_own_cascade_steps(tmp_path):
+    """``cascade_steps`` on a technique: 2 = the head and everything; 0 = no curve (handcoded_curve_circuit)."""
+    from dataclasses import replace
+
+    from visionlens.zoo import bench
+    from visionlens.zoo import techniques_curve as tcv
+    from visionlens.zoo import techniques_mechanisms as tm
+
+    (dla,) = [t for t in tm.TECHNIQUES if t.name == "unit_dla"]
+    techs = [replace(dla, name="dla_two", cascade_steps=2), replace(dla, name="dla_none", cascade_steps=0)]
+    job = bench._EntryJob("resnet", tuple(t.name for t in techs), True, 0, str(tmp_path), True, cascade=True)
+    rows = []
+    entry = catalog.get_entry("resnet")
+    bench._score_entry(entry, techs, job, lambda kind, p: rows.append(p) if kind == "row" else None)
+    by = {r["technique"]: r for r in rows}
+    n = len(parameter_groups(catalog.load_module("resnet")))
+    assert [p["units"] for p in by["dla_two"]["cascade"]] == [0, 1, n]
+    assert by["dla_none"].get("cascade") is None and "cascade" not in by["dla_none"]["cpu_split"]
+    assert by["dla_none"]["normalized"] == by["dla_two"]["normalized"]
+    (hc,) = [t for t in tcv.TECHNIQUES if t.name == "handcoded_curve_circuit"]
+    assert hc.cascade_steps == 0  # it scores zoo:curve, never the column's zoo:inception

@@ -286,10 +286,10 @@ def _in_table_order(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return sorted(rows, key=lambda r: (order_m.get(r["model"], 1 << 20), order_t.get(r["technique"], 1 << 20)))
 
 
-# cascading-randomization points per technique (the head, one in between, all -- the last reuses the sanity
-# copy's score, so two scorings; see zoo.cascade); a technique may ask for fewer with a ``cascade_steps``
-# attribute. Zoo models whose random control keeps the family's own init (entry.randomize False: the
-# diffusion UNet) get no cascade
+# cascading-randomization points per technique (the head, one in between, all -- the last reuses the sanity copy's
+# score, so two scorings; see zoo.cascade); a technique may ask for fewer with a ``cascade_steps`` attribute (0:
+# none, for a technique that does not read the column model's weights). Zoo models whose random control keeps the
+# family's own init (entry.randomize False: the diffusion UNet) get no cascade
 CASCADE_STEPS = 3
 
 
@@ -375,14 +375,16 @@ def _score_entry(entry: ZooEntry, todo: Sequence[Any], job: _EntryJob, emit: Emi
                 cpu["sanity"] = time.process_time() - c1
                 chk = sanity_check(s, rs)
                 row.update(_score_fields("sanity_", rs), sanity_passed=chk["passed"])
-            if job.cascade and entry.randomize:
+            steps = getattr(tech, "cascade_steps", None)
+            steps = CASCADE_STEPS if steps is None else int(steps)
+            if job.cascade and entry.randomize and steps > 0:
                 c1 = time.process_time()
                 pts = cascade_curve(
                     tech,
                     entry,
                     quick=job.quick,
                     seed=job.seed,
-                    max_steps=int(getattr(tech, "cascade_steps", None) or CASCADE_STEPS),
+                    max_steps=steps,
                     trained_score=s.normalized,
                     random_control=(random_model.source, rs.normalized) if random_model is not None else None,
                     directory=job.weights,

@@ -113,7 +113,9 @@ class Technique:
     plugin: Optional[str] = None
     kinds: Tuple[str, ...] = ("classifier", "clip")
     extra_supports: Optional[Callable[[HookedVisionModel, ZooEntry], Tuple[bool, str]]] = None
-    cascade_steps: Optional[int] = None  # cascading-randomization steps in the full table (None: the bench's default)
+    # cascading-randomization steps in the full table (None: the bench's default; 0: no cascade, for a technique
+    # that does not read the column model's weights, whose curve over them would be a flat copy of its control)
+    cascade_steps: Optional[int] = None
 
     def supports(self, model: HookedVisionModel, entry: ZooEntry) -> Tuple[bool, str]:
         """The technique's kinds, then its plugin's ``supports(model)``, then ``extra_supports``."""

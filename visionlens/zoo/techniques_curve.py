@@ -538,11 +538,13 @@ TECHNIQUES: List[Technique] = [
         "zoo:inception column): mixed3a's curve detectors replaced by units written from their tuning; score = "
         "fraction of the mean-ablation drop recovered on a fresh test set, mean over seeds, interval the hull of "
         "the paired-bootstrap intervals; chance 0 (mean ablation); baselines: random kernels with fitted gain, "
-        "the spec at the opposite / random orientations.",
+        "the spec at the opposite / random orientations. No cascading randomization: the row never reads "
+        "zoo:inception's weights (its control is the randomized zoo:curve).",
         handcoded_recovery_score,
         plugin="circuit_surgery",
         kinds=("classifier",),
         extra_supports=_surgery_support,
+        cascade_steps=0,  # randomizing zoo:inception's layers would only rescore the randomized zoo:curve
     ),
     Technique(
         "planted_facets",
