@@ -347,3 +347,17 @@ def test_workers_get_the_costliest_models_first(tmp_path):
     assert len(classifier_only) > 10 and bench._job_cost(diff, classifier_only, timings) == 0.0
     own = [t for t in techs.values() if diff.kind in getattr(t, "kinds", ())]
     assert bench._job_cost(diff, own, timings) == pytest.approx(diff.bench_cost * unit * len(own))
+
+
+def test_headline_names_the_model_a_row_really_scores():
+    from visionlens.zoo.bench_report import headline
+
+    base = dict(technique="t", claim="c", supported=True, score=1.0, chance=0.0, normalized=0.9, interval=[0.8, 1.0])
+    base.update(baselines={"constant": {"normalized": 0.0, "interval": [0.0, 0.0]}}, sanity_passed=True)
+    rows = [
+        dict(base, model="zoo:inception", details={"scored_model": "zoo:curve"}),
+        dict(base, model="zoo:resnet", details={"scored_model": "zoo:resnet"}),
+        dict(base, model="zoo:vit", details={}),
+    ]
+    names = [n for ns in headline(rows)["t"].values() for n in ns]
+    assert names == ["inception (scored on zoo:curve)", "resnet", "vit"]

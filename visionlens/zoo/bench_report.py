@@ -173,13 +173,19 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def headline(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, List[str]]]:
-    """``{technique: {verdict: [families]}}``."""
+    """``{technique: {verdict: [families]}}``; a row that scores another model than its column's (its
+    ``details.scored_model``, e.g. ``handcoded_curve_circuit`` in the inception column scores ``zoo:curve``)
+    is named ``"inception (scored on zoo:curve)"``."""
     out: Dict[str, Dict[str, List[str]]] = {}
     for r in rows:
         v = verdict(r)
         if v == "n/a":
             continue
-        out.setdefault(r["technique"], {}).setdefault(v, []).append(r["model"].removeprefix("zoo:"))
+        name = r["model"].removeprefix("zoo:")
+        scored = str((r.get("details") or {}).get("scored_model") or "").split(" ")[0]
+        if scored and scored != r["model"]:
+            name += f" (scored on {scored})"
+        out.setdefault(r["technique"], {}).setdefault(v, []).append(name)
     return out
 
 
