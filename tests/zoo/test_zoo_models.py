@@ -70,7 +70,7 @@ def test_cards_are_complete():
         assert card["curve"] and card["curve"][-1]["step"] == card["steps"]
 
 
-@pytest.mark.parametrize("name,steps", [("resnet", 3), ("clip", 3), ("diffusion", 2)])
+@pytest.mark.parametrize("name,steps", [("resnet", 3), ("convnext", 4), ("clip", 3), ("diffusion", 2)])
 def test_retraining_is_bit_for_bit_reproducible(name, steps):
     if name not in catalog.entries() or catalog.get_entry(name).requires():
         pytest.skip(f"zoo:{name} cannot be built here")
@@ -84,6 +84,36 @@ def test_retraining_is_bit_for_bit_reproducible(name, steps):
     seed_everything(3)
     fresh = catalog.get_entry(name).build().state_dict()
     assert any(not torch.equal(sa[k], fresh[k]) for k in sa if sa[k].is_floating_point())  # it did train
+
+
+def test_zoo_convnext_is_timm_convnext_with_a_batchnorm_stem():
+    """Only the stem differs from timm's ConvNeXt (docs/zoo.md): conv-BN-ReLU, then a stride-2 one; the blocks keep
+    the 7 x 7 depthwise conv, LayerNorm, inverted MLP and layer scale; the pathway's hook is the adapter's."""
+    from timm.models.convnext import ConvNeXt, ConvNeXtBlock
+
+    from visionlens.zoo.classifiers import convnext_stem
+
+    entry = catalog.get_entry("convnext")
+    torch.manual_seed(0)
+    m = entry.build()
+    assert isinstance(m, ConvNeXt)
+    stem = [type(mod).__name__ for mod in m.stem]
+    assert stem == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "BatchNorm2d", "ReLU"]
+    assert (m.stem[0].stride, m.stem[3].stride) == ((1, 1), (2, 2))
+    blocks = [b for st in m.stages for b in st.blocks]
+    assert len(blocks) == 5 and all(isinstance(b, ConvNeXtBlock) for b in blocks)
+    for b in blocks:
+        assert b.conv_dw.kernel_size == (7, 7) and b.conv_dw.groups == b.conv_dw.in_channels
+        assert isinstance(b.norm, torch.nn.LayerNorm) and b.gamma is not None
+    model = visionlens.HookedVisionModel.from_module(m.eval())
+    assert model.cfg.family == "convnext"
+    x = torch.rand(2, 3, 32, 32)
+    _, cache = model.run_with_cache(x, names_filter=lambda n: n in (entry.pathway.hook, "stem.5.hook_out"))
+    assert tuple(cache["stem.5.hook_out"].shape) == (2, 16, 16, 16)
+    assert tuple(cache[entry.pathway.hook].shape) == (2, 128, 2, 2)
+    assert entry.benchmark and entry.config["pathway_start"] == 0.3
+    with pytest.raises(ValueError, match="unknown ConvNeXt stem"):
+        convnext_stem("patchify")
 
 
 def test_a_different_seed_gives_different_weights():
