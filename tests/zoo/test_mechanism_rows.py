@@ -12,7 +12,6 @@ No training; everything is seeded.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -26,7 +25,6 @@ from visionlens.hooked_model import HookedVisionModel
 from visionlens.zoo import bench, catalog, techniques_circuits, techniques_mechanisms
 from visionlens.zoo import data as zdata
 from visionlens.zoo.classifiers import build_resnet
-from visionlens.zoo.pathway import PlantedPathway
 from visionlens.zoo.scores import unit_recovery
 from visionlens.zoo.technique import BenchContext
 
@@ -286,8 +284,7 @@ def test_dla_through_a_layernorm_head_adds_up(name):
     """Token maps (ViT, class-token readout after ln_final) and ConvNeXt's pool + LayerNorm head: the unit terms
     (norm scale frozen per run) add up to the change of logit[0] - logit[clean] between image and twin."""
     entry = catalog.get_entry(name)
-    if entry.pathway is None:  # the zoo ConvNeXt ships without one: test its head with the last stage's units
-        entry = dataclasses.replace(entry, pathway=PlantedPathway("stages.3", "stages.3.hook_out"))
+    assert entry.pathway is not None
     model = catalog.load(name, pretrained=False)
     assert TECHS["unit_dla"].supports(model, entry)[0]
     ctx = BenchContext(entry=entry, quick=True, randomized=True)
