@@ -383,7 +383,7 @@ def _classifier(
     benchmark: bool = True,
     **config: Any,
 ) -> ZooEntry:
-    data_card = dict(_DATA_CARD)
+    data_card: Dict[str, Any] = dict(_DATA_CARD)
     if "trigger_fraction" in config:
         data_card["train"] = {**data_card["train"], "trigger_fraction": config["trigger_fraction"]}
     if kind == "fashion":
