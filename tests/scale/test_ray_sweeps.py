@@ -167,13 +167,9 @@ def test_transfer_cells_as_ray_tasks_match_the_local_run(cluster, tmp_path):
         local["settings"] == remote["settings"] and len(local["rows"]) == len(remote["rows"]) == 2
     )  # zoo:resnet, zoo:resnet_fashion
 
-    def cells(payload):  # everything but timings (wall seconds, CPU seconds in details) and figure paths
-        def untimed(value):
-            if isinstance(value, dict):
-                return {k: untimed(v) for k, v in value.items() if not k.startswith("cpu_")}
-            return value
-
-        return [untimed({k: v for k, v in r.items() if k not in ("seconds", "figures")}) for r in payload["rows"]]
+    def cells(payload):  # everything but the timings and the figure paths
+        skip = ("seconds", "cpu_seconds", "cpu_split", "figures")
+        return [{k: v for k, v in r.items() if k not in skip} for r in payload["rows"]]
 
     assert cells(remote) == cells(local)
     assert all(r["score"] is not None for r in remote["rows"])
