@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from visionlens.hook_points import BridgedHookPoint, HookPoint, fire, is_active
+from visionlens.validation import VisionLensError
 
 from . import BridgedAdapter
 
@@ -210,11 +211,11 @@ class ConvNetAdapter(BridgedAdapter):
     """
 
     dry_run_size: ClassVar[int] = 64
-    # A global torch hook pair sends every module call down torch's slow path (~0.1x of a small forward);
-    # one torch hook per point costs ~20 us to add and remove. The session pays from this share of the
-    # source's modules on (measured on ResNet-18 / -50 at 32 px: 16 points per-point 1.07x vs session 1.13x,
-    # every point 1.37x vs 1.23x).
-    session_min_fraction: ClassVar[float] = 0.4
+    # One torch hook per point costs ~20 us to add and remove, and a hooked module leaves torch's fast path;
+    # the session (forward wrappers) is cheaper from 8 points on (ResNet-18, 32 px, batch 1, 1 thread, ratio
+    # to the raw forward, per point / session: 8 points 1.06x / 1.04x, 24 points 1.12x / 1.08x, all 112 points
+    # 1.38x / 1.14x). Sessions start at this share of the source's modules (and at least 8 points).
+    session_min_fraction: ClassVar[float] = 0.0
 
     @property
     def out_of_place(self) -> OutOfPlace:
@@ -238,13 +239,23 @@ class ConvNetAdapter(BridgedAdapter):
 
     @contextmanager
     def capture_session(self, points: list[HookPoint], store: dict) -> Iterator[list[HookPoint]]:
-        """Capture the bridges among ``points`` into ``store`` for one forward through two global torch hooks.
+        """Capture the bridges among ``points`` into ``store`` for one forward, without a torch hook per point.
 
         A full cache would otherwise register and remove one torch hook per point around every forward
-        (~20 us each: a third of a ResNet-18 forward at 32 px). The bridges fire exactly as their own hooks
-        would (global hooks run before a module's own, so bridges that already have hooks fire after the
-        captured ones, and one copy by the last of them on an overwritten tensor keeps every stored value
-        intact). Yields the points it leaves to the caller (other kinds, or bridges that are already active).
+        (~20 us each: a third of a ResNet-18 forward at 32 px). Yields the points it leaves to the caller
+        (other kinds, or bridges that are already active). Two ways, chosen per forward:
+
+        * **forward wrappers** (the usual case): each target module's ``forward`` is shadowed by an instance
+          attribute for the session, so the modules keep torch's hook-free fast path; a plain tensor output
+          is stored directly (a copy is handed on where the source overwrites it later), anything else
+          goes through the bridge's own code. Inputs are seen after the module's own pre-hooks and outputs
+          before any forward hook, as torch hooks added per point would see them;
+        * **two global torch hooks**, where another bridge on one of the same tensors is already active:
+          global hooks run before a module's own, so the captured bridges fire first and one copy by the
+          last of them keeps every stored value intact.
+
+        Where a target module has forward hooks of its own (which may edit its output), every point is
+        left to the caller (torch hooks per point, registered after the module's own).
         """
         session = [p for p in points if isinstance(p, ConvBridge) and p._bridge is None]
         if not hasattr(self, "_n_modules"):
@@ -252,64 +263,38 @@ class ConvNetAdapter(BridgedAdapter):
         if len(session) < max(8, self.session_min_fraction * self._n_modules):
             yield points
             return
+        if getattr(self, "_capturing", False):
+            raise VisionLensError(
+                "run_with_cache was called on this model while a full cache of it is being taken (from a hook or "
+                "a forward inside run_with_cache): the two would share the same hook points. Take the second cache "
+                "after the first returns, or from a copy of the model (copy.deepcopy)."
+            )
+        plan = self._capture_plan(points, session)
+        if any(p._group for p in session):
+            capture = plan.global_hooks  # another bridge on one of these tensors is active: copies coordinated
+        elif any(m._forward_hooks for m in plan.out_modules):
+            yield points  # a module's own forward hook may edit its output: torch hooks per point keep the order
+            return
+        else:
+            capture = plan.wrapped
+        token = object()
+        if self.out_of_place.modules:
+            self.out_of_place.hold(id(token))
+        self._capturing = True
+        try:
+            with capture(store):
+                yield plan.rest
+        finally:
+            self._capturing = False
+            self.out_of_place.release(id(token))
+
+    def _capture_plan(self, points: list[HookPoint], session: list["ConvBridge"]) -> "_CapturePlan":
         key = tuple(map(id, points)), tuple(map(id, session))
         plan = getattr(self, "_session_plan", None)
-        if plan is None or plan[0] != key:  # repeated caches of the same points reuse the dispatch tables
-            rest = [p for p in points if not (isinstance(p, ConvBridge) and p._bridge is None)]
-            outs: dict[int, list[ConvBridge]] = {}
-            ins: dict[int, list[ConvBridge]] = {}
-            scoped: dict[int, list[ConvBridge]] = {}
-            for p in session:
-                (outs if p._where == "output" else ins).setdefault(id(p._target), []).append(p)
-                if p._call is not None:
-                    scoped.setdefault(id(p._scope), []).append(p)
-            plan = (key, rest, outs, ins, scoped)
+        if plan is None or plan.key != key:  # repeated caches of the same points reuse the dispatch tables
+            plan = _CapturePlan(key, points, session)
             self._session_plan = plan
-        _, rest, outs, ins, scoped = plan
-
-        def on_output(module: nn.Module, args: Any, output: Any) -> Any:
-            bridges = outs.get(id(module))
-            if bridges is None:
-                return None
-            for b in bridges:
-                r = b._on_output(module, args, output)
-                if r is not None:
-                    output = r
-            return output
-
-        def on_input(module: nn.Module, args: tuple) -> Any:
-            resets = scoped.get(id(module))
-            if resets is not None:
-                for b in resets:
-                    object.__setattr__(b, "_count", 0)
-            bridges = ins.get(id(module))
-            if bridges is None:
-                return None
-            for b in bridges:
-                r = b._on_input(module, args)
-                if r is not None:
-                    args = r
-            return args
-
-        token = object()
-        handles = []
-        try:
-            for p in reversed(session):  # they fire first, in this order, ahead of already registered bridges
-                p._group.insert(0, p)
-                object.__setattr__(p, "_capture", store)
-            if self.out_of_place.modules:
-                self.out_of_place.hold(id(token))
-            handles.append(torch.nn.modules.module.register_module_forward_pre_hook(on_input))
-            handles.append(torch.nn.modules.module.register_module_forward_hook(on_output))
-            yield rest
-        finally:
-            for h in handles:
-                h.remove()
-            for p in session:
-                object.__setattr__(p, "_capture", None)
-                if p in p._group:
-                    p._group.remove(p)
-            self.out_of_place.release(id(token))
+        return plan
 
     def needs_copy(self, module: nn.Module, where: str = "output") -> bool:
         targets = self._inplace()
@@ -348,3 +333,157 @@ class ConvNetAdapter(BridgedAdapter):
         if switch.modules:
             bridge._listeners.insert(0, lambda: switch.update(bridge))
         return bridge
+
+
+class _CapturePlan:
+    """Dispatch tables of one capture session's bridges, by target module (built once per set of points)."""
+
+    def __init__(self, key: tuple, points: list[HookPoint], session: list[ConvBridge]):
+        self.key = key
+        chosen = {id(p) for p in session}
+        self.rest = [p for p in points if id(p) not in chosen]
+        self.session = session
+        self.outs: dict[int, list[ConvBridge]] = {}
+        self.ins: dict[int, list[ConvBridge]] = {}
+        self.scoped: dict[int, list[ConvBridge]] = {}
+        modules: dict[int, nn.Module] = {}
+        for p in session:
+            (self.outs if p._where == "output" else self.ins).setdefault(id(p._target), []).append(p)
+            modules[id(p._target)] = p._target
+            if p._call is not None:
+                self.scoped.setdefault(id(p._scope), []).append(p)
+                modules[id(p._scope)] = p._scope
+        self.modules = modules
+        self.out_modules = [modules[i] for i in self.outs]
+        # modules whose output bridges all take a plain tensor as it is: stored without the bridge's code
+        self.direct: dict[int, tuple[list[str], bool]] = {}
+        for mid, bridges in self.outs.items():
+            if all(b._index is None and b._call is None and not b._channels_last for b in bridges):
+                self.direct[mid] = ([b.name for b in bridges], any(b._copy for b in bridges))
+        self.store: Optional[dict] = None  # the dict being filled while the wrappers are installed
+        self.wrappers: Optional[dict[int, Any]] = None
+        self.slow: list[ConvBridge] = []
+
+    @contextmanager
+    def wrapped(self, store: dict) -> Iterator[None]:
+        """Shadow each target module's ``forward`` for the session (restored afterwards, whatever happens)."""
+        if self.wrappers is None:
+            # the class's forward, bound: an instance forward present now may be gone next time
+            self.wrappers = {mid: self._wrapper(m, type(m).forward.__get__(m)) for mid, m in self.modules.items()}
+            self.slow = [b for mid, bs in self.outs.items() if mid not in self.direct for b in bs]
+            self.slow += [b for bs in self.ins.values() for b in bs]
+        saved: list[tuple[nn.Module, Any]] = []
+        try:
+            self.store = store
+            for b in reversed(self.slow):
+                b._group.insert(0, b)
+                object.__setattr__(b, "_capture", store)
+            for mid, module in self.modules.items():
+                attrs = module.__dict__
+                previous = attrs.get("forward", _MISSING)
+                saved.append((module, previous))
+                # a forward set on the instance (by the user, or another tool) is wrapped as it is now
+                attrs["forward"] = self.wrappers[mid] if previous is _MISSING else self._wrapper(module, previous)
+            yield
+        finally:
+            for module, previous in saved:
+                if previous is _MISSING:
+                    module.__dict__.pop("forward", None)
+                else:
+                    module.__dict__["forward"] = previous
+            for b in self.slow:
+                object.__setattr__(b, "_capture", None)
+                if b in b._group:
+                    b._group.remove(b)
+            self.store = None
+
+    def _wrapper(self, module: nn.Module, forward: Any) -> Any:
+        plan = self
+        mid = id(module)
+        resets = self.scoped.get(mid, ())
+        ins = self.ins.get(mid, ())
+        direct = self.direct.get(mid)
+        outs = () if direct is not None else self.outs.get(mid, ())
+        if direct is not None and not resets and not ins:
+            names, copy = direct
+
+            def plain(*args: Any, **kwargs: Any) -> Any:
+                return _keep(forward(*args, **kwargs), names, copy, plan.store)
+
+            return plain
+
+        def general(*args: Any, **kwargs: Any) -> Any:
+            for b in resets:
+                object.__setattr__(b, "_count", 0)
+            for b in ins:
+                r = b._on_input(module, args)
+                if r is not None:
+                    args = r
+            out = forward(*args, **kwargs)
+            if direct is not None:
+                return _keep(out, direct[0], direct[1], plan.store)
+            for b in outs:
+                r = b._on_output(module, args, out)
+                if r is not None:
+                    out = r
+            return out
+
+        return general
+
+    @contextmanager
+    def global_hooks(self, store: dict) -> Iterator[None]:
+        """Fire the bridges from two global torch hooks (they run before any module's own hooks)."""
+        outs, ins, scoped = self.outs, self.ins, self.scoped
+
+        def on_output(module: nn.Module, args: Any, output: Any) -> Any:
+            bridges = outs.get(id(module))
+            if bridges is None:
+                return None
+            for b in bridges:
+                r = b._on_output(module, args, output)
+                if r is not None:
+                    output = r
+            return output
+
+        def on_input(module: nn.Module, args: tuple) -> Any:
+            resets = scoped.get(id(module))
+            if resets is not None:
+                for b in resets:
+                    object.__setattr__(b, "_count", 0)
+            bridges = ins.get(id(module))
+            if bridges is None:
+                return None
+            for b in bridges:
+                r = b._on_input(module, args)
+                if r is not None:
+                    args = r
+            return args
+
+        handles = []
+        try:
+            for p in reversed(self.session):  # they fire first, in this order, ahead of already registered bridges
+                p._group.insert(0, p)
+                object.__setattr__(p, "_capture", store)
+            handles.append(torch.nn.modules.module.register_module_forward_pre_hook(on_input))
+            handles.append(torch.nn.modules.module.register_module_forward_hook(on_output))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            for p in self.session:
+                object.__setattr__(p, "_capture", None)
+                if p in p._group:
+                    p._group.remove(p)
+
+
+def _keep(out: Any, names: list[str], copy: bool, store: Optional[dict]) -> Any:
+    """Store a module's tensor output under ``names``; hand on a copy where the source overwrites it later."""
+    if store is None or not isinstance(out, Tensor):
+        return out
+    value = out.detach() if out.requires_grad else out
+    for name in names:
+        store[name] = value
+    return out.clone() if copy else out
+
+
+_MISSING = object()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import sys
 
@@ -170,3 +171,124 @@ def test_capture_session_matches_per_point_capture_and_leaves_nothing_behind():
     assert all(a.inplace for a in model.adapter.out_of_place.modules)
     assert not any(hp._forward_hooks or hp._capture is not None for hp in model.hook_dict.values())
     torch.testing.assert_close(model(x), src(x), atol=0, rtol=0)
+
+
+def _per_point_cache(model, x, **kwargs):
+    cls = type(model.adapter)
+    cls.session_min_fraction = float("inf")
+    try:
+        return model.run_with_cache(x, **kwargs)[1]
+    finally:
+        del cls.session_min_fraction
+
+
+@pytest.mark.parametrize("family", ["torchvision_resnet18", "torchvision_mobilenet_v2", "timm_mobilenetv3_generic"])
+def test_wrapped_capture_equals_per_point_capture_and_restores_every_forward(family):
+    """The fast session (forward wrappers) stores what per-point torch hooks store, on every point."""
+    torch.manual_seed(0)
+    if family == "torchvision_resnet18":
+        import torchvision
+
+        src = torchvision.models.resnet18(num_classes=4).eval()
+    elif family == "torchvision_mobilenet_v2":
+        import torchvision
+
+        src = torchvision.models.mobilenet_v2(num_classes=4, width_mult=0.5).eval()
+    else:
+        import timm
+
+        src = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=4).eval()
+    with pytest.warns(UserWarning) if family.endswith("generic") else contextlib.nullcontext():
+        model = HookedVisionModel.from_module(src)
+    x = _x(2)
+    own = {id(m) for m in src.modules() if "forward" in m.__dict__}
+    _, fast = model.run_with_cache(x)
+    assert model.adapter._session_plan.wrappers is not None  # the wrapper path ran (no hook was attached)
+    slow = _per_point_cache(model, x)
+    assert list(fast.keys()) == list(slow.keys()) and len(fast.keys()) > 50
+    for k in slow.keys():
+        torch.testing.assert_close(fast[k], slow[k], atol=0, rtol=0, msg=k)
+    assert {id(m) for m in src.modules() if "forward" in m.__dict__} == own
+    assert not torch.nn.modules.module._global_forward_hooks
+    # an exception inside the forward leaves no wrapper behind either
+    with pytest.raises(RuntimeError, match="boom"), model.hooks(fwd_hooks=[(list(model.hook_dict)[-1], _boom)]):
+        model.run_with_cache(x)  # a hook attached: the global-hook session
+    deep = [m for m in src.modules() if isinstance(m, torch.nn.Conv2d)][3]
+    handle = deep.register_forward_hook(lambda m, a, o: _boom(o, None))
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            model.run_with_cache(x)  # no hook attached: the wrappers
+    finally:
+        handle.remove()
+    assert {id(m) for m in src.modules() if "forward" in m.__dict__} == own
+    torch.testing.assert_close(model(x), src(x), atol=0, rtol=0)
+
+
+def _boom(t, hook):
+    raise RuntimeError("boom")
+
+
+def test_wrapped_capture_wraps_an_instance_forward_and_defers_to_module_pre_hooks():
+    """A forward set on the instance is wrapped and put back; a module's own pre-hook keeps hook order."""
+    import torchvision
+
+    torch.manual_seed(0)
+    src = torchvision.models.resnet18(num_classes=4).eval()
+    model = HookedVisionModel.from_module(src)
+    x = _x(2)
+    conv = src.layer2[0].conv1
+    original = conv.forward
+    calls = []
+
+    def patched(t):
+        calls.append(1)
+        return original(t) * 0.5
+
+    conv.forward = patched
+    try:
+        _, fast = model.run_with_cache(x)
+        assert calls and conv.__dict__["forward"] is patched
+        slow = _per_point_cache(model, x)
+        for k in slow.keys():
+            torch.testing.assert_close(fast[k], slow[k], atol=0, rtol=0, msg=k)
+    finally:
+        del conv.forward
+    # the fc's own pre-hook edits its input; the cached hook_pooled is what the fc received before it,
+    # exactly as with per-point hooks
+    handle = src.fc.register_forward_pre_hook(lambda m, args: (args[0] * 3.0,))
+    try:
+        _, fast = model.run_with_cache(x)
+        slow = _per_point_cache(model, x)
+        for k in slow.keys():
+            torch.testing.assert_close(fast[k], slow[k], atol=0, rtol=0, msg=k)
+    finally:
+        handle.remove()
+    assert "forward" not in conv.__dict__
+
+
+def test_a_full_cache_from_inside_a_full_cache_is_refused_cleanly():
+    """Two full caches of one model at once would share its hook points: the inner one is refused."""
+    import torchvision
+
+    from visionlens import VisionLensError
+
+    torch.manual_seed(0)
+    src = torchvision.models.resnet18(num_classes=4).eval()
+    model = HookedVisionModel.from_module(src)
+    x = _x(1)
+    fc_forward = src.fc.forward
+
+    def fc_with_a_cache(t):  # an instance forward: the outer cache takes the wrapper path
+        model.run_with_cache(x)
+        return fc_forward(t)
+
+    src.fc.forward = fc_with_a_cache
+    try:
+        with pytest.raises(VisionLensError, match="while a full cache of it is being taken"):
+            model.run_with_cache(x)
+    finally:
+        del src.fc.forward
+    assert not any("forward" in m.__dict__ for m in src.modules())
+    assert not any(hp._forward_hooks or hp._capture is not None for hp in model.hook_dict.values())
+    _, cache = model.run_with_cache(x)
+    torch.testing.assert_close(cache["hook_logits"], src(x), atol=0, rtol=0)
