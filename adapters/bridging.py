@@ -8,6 +8,7 @@ counters); ``ConvNetAdapter`` is the base of every adapter whose source forward 
 
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from typing import Any, ClassVar, Iterator, Literal, Optional
 
@@ -250,9 +251,10 @@ class ConvNetAdapter(BridgedAdapter):
           is stored directly (a copy is handed on where the source overwrites it later), anything else
           goes through the bridge's own code. Inputs are seen after the module's own pre-hooks and outputs
           before any forward hook, as torch hooks added per point would see them;
-        * **two global torch hooks**, where another bridge on one of the same tensors is already active:
-          global hooks run before a module's own, so the captured bridges fire first and one copy by the
-          last of them keeps every stored value intact.
+        * **two global torch hooks**, where another bridge on one of the same tensors is already active
+          (global hooks run before a module's own, so the captured bridges fire first and one copy by the
+          last of them keeps every stored value intact), or where a module's forward is not a plain Python
+          method (a scripted module).
 
         Where a target module has forward hooks of its own (which may edit its output), every point is
         left to the caller (torch hooks per point, registered after the module's own).
@@ -270,8 +272,10 @@ class ConvNetAdapter(BridgedAdapter):
                 "after the first returns, or from a copy of the model (copy.deepcopy)."
             )
         plan = self._capture_plan(points, session)
-        if any(p._group for p in session):
-            capture = plan.global_hooks  # another bridge on one of these tensors is active: copies coordinated
+        if any(p._group for p in session) or not plan.plain_forwards:
+            # another bridge on one of these tensors is active (copies coordinated), or a module's forward is
+            # not a plain Python method (a scripted module): global torch hooks
+            capture = plan.global_hooks
         elif any(m._forward_hooks for m in plan.out_modules):
             yield points  # a module's own forward hook may edit its output: torch hooks per point keep the order
             return
@@ -355,6 +359,7 @@ class _CapturePlan:
                 modules[id(p._scope)] = p._scope
         self.modules = modules
         self.out_modules = [modules[i] for i in self.outs]
+        self.plain_forwards = all(inspect.isfunction(getattr(type(m), "forward", None)) for m in modules.values())
         # modules whose output bridges all take a plain tensor as it is: stored without the bridge's code
         self.direct: dict[int, tuple[list[str], bool]] = {}
         for mid, bridges in self.outs.items():
