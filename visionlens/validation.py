@@ -76,7 +76,8 @@ def check_image_batch(x: object, cfg: VisionConfig, check_values: bool = True) -
             f"{cfg.architecture or cfg.family}, got {(h, w)}."
         )
     if check_values and x.device.type == "cpu" and x.numel():
-        peak = x.detach().abs().amax()
+        low, high = torch.aminmax(x.detach())  # one pass, no temporary (NaN propagates into both)
+        peak = torch.maximum(high, -low)
         if not bool(peak <= 100.0):
             if not bool(torch.isfinite(x).all()):
                 raise VisionLensError("Expected finite pixel values, but the input contains NaN or inf.")
