@@ -32,6 +32,32 @@ REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
+# ----------------------------------------------------------------------------- xdist groups
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> Iterator[None]:
+    """Keep ``--dist loadgroup`` grouping on pytest >= 9.2.
+
+    pytest-xdist (3.8) groups tests by appending ``@<group>`` to each marked item's node id, writing the
+    legacy ``item._nodeid`` field; pytest 9.2 keeps the id in ``item._id`` (a structured ``NodeId``), so
+    the suffix is lost and every group's tests are spread over the workers as if unmarked (under
+    ``make test`` each worker then started its own Ray instance). pytest-xdist issue #1386 / PR #1388;
+    this does what that fix does, after xdist's own hook, and only where the suffix is missing.
+    """
+    result = yield
+    if getattr(config.option, "loadgroup", False):  # set by xdist on its workers under --dist loadgroup
+        try:
+            from _pytest.nodeid import coerce_node_id  # pytest >= 9.2
+        except ImportError:  # older pytest: xdist's own suffix works
+            return result
+        for item in items:
+            marks = item.iter_markers("xdist_group")
+            names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in marks})
+            suffix = "@" + "_".join(names)
+            if names and not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
+                item._id = coerce_node_id(item.nodeid + suffix)
+    return result
+
+
 # ----------------------------------------------------------------------------- CLI runs
 TINY_VIT_SPEC = "timm:vit_tiny_patch16_224"
 
