@@ -34,7 +34,9 @@ def build_tree(dest: Path) -> Path:
 def main() -> int:
     tree = build_tree(ROOT / "build" / "typecheck")
     env = dict(os.environ, MYPYPATH=str(tree))
-    cmd = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), "-p", "visionlens"]
+    # the cache lives at the root (build_tree wipes build/typecheck, which is where mypy's default would put it)
+    cache = ["--cache-dir", str(ROOT / ".mypy_cache")]
+    cmd = [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), *cache, "-p", "visionlens"]
     return subprocess.call(cmd, cwd=tree, env=env)
 
 
