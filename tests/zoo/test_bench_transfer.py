@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import shutil
 
 import pytest
 import torch
@@ -18,7 +21,15 @@ from visionlens.zoo.technique import BenchContext, Technique
 pytestmark = pytest.mark.skipif(not catalog.weights_path("resnet").is_file(), reason="zoo:resnet not trained")
 
 
-def test_quick_table_rows_and_files(tmp_path):
+def test_quick_table_rows_and_files(resnet_table, tmp_path):
+    """The localization rows of the quick table on the ResNet family. Scored once, by the CLI's ResNet table
+    (``resnet_table``: the same cells, every technique): this run resumes its ``results.json`` (same settings), so
+    it selects by claim, keeps the scored rows and writes the files without scoring anything again (the resume
+    itself is tested on its own in test_resume_keeps_rows)."""
+    shutil.copytree(resnet_table, tmp_path, dirs_exist_ok=True)  # its figures too: the report embeds them
+    table = json.loads((resnet_table / "results.json").read_text())
+    table["rows"] = [r for r in table["rows"] if r["claim"] == "localization"]
+    (tmp_path / "results.json").write_text(json.dumps(table))
     all_rows = run_transfer(tmp_path, families=["resnet"], techniques=["localization"], quick=True)
     assert {r["model"] for r in all_rows} >= {"zoo:resnet"}  # the family selects every ResNet in the zoo
     rows = [r for r in all_rows if r["model"] == "zoo:resnet"]
@@ -170,22 +181,53 @@ EVERY_TECHNIQUE_FAMILIES = {"resnet", "vit", "clip", "diffusion"}
 LAYOUT_AGNOSTIC_COSTLY = {"feature_visualization", "dictionary_features"}
 
 
-@pytest.mark.parametrize("family", BENCH_FAMILIES)
-def test_cli_quick_table_every_family(family, tmp_path, capsys):
-    """The quick table, one family per test (xdist spreads them), through the CLI: a row for every
-    technique on every trained model of the family, a score for every supported one, a reason for every other."""
+def _cli_quick_table(family: str, out) -> tuple[int, list[str], str]:
+    """``visionlens bench transfer --quick --families FAMILY`` into ``out``: (exit code, techniques, stdout)."""
     from visionlens.cli import main
 
+    techs = sorted(t.name for t in bench.all_techniques())
+    cmd = ["bench", "transfer", "--quick", "--families", family, "--out", str(out), "-q"]
+    if family not in EVERY_TECHNIQUE_FAMILIES:
+        techs = [t for t in techs if t not in LAYOUT_AGNOSTIC_COSTLY]
+        cmd.append("--no-sanity")
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(cmd + ["--techniques", ",".join(techs)])
+    return code, techs, stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def resnet_table(tmp_path_factory):
+    """The CLI's quick table on the ResNet family (every technique, with the randomized copies), run once for
+    the tests that read it (same xdist group, so one worker runs it)."""
+    out = tmp_path_factory.mktemp("resnet_table")
+    code, techs, stdout = _cli_quick_table("resnet", out)
+    assert code == 0
+    (out / "stdout.txt").write_text(stdout)
+    return out
+
+
+# the ResNet table's readers: one worker, one run of the table
+RESNET_TABLE = pytest.mark.xdist_group("resnet_table")
+test_quick_table_rows_and_files = RESNET_TABLE(test_quick_table_rows_and_files)
+
+
+@pytest.mark.parametrize(
+    "family", [pytest.param(f, marks=RESNET_TABLE) if f == "resnet" else f for f in BENCH_FAMILIES]
+)
+def test_cli_quick_table_every_family(family, tmp_path, request):
+    """The quick table, one family per test (xdist spreads them), through the CLI: a row for every
+    technique on every trained model of the family, a score for every supported one, a reason for every other."""
     names = [n for n, e in catalog.entries().items() if e.family == family and e.benchmark]
     names = [n for n in names if catalog.weights_path(n).is_file() and not catalog.get_entry(n).requires()]
     if not names:
         pytest.skip(f"no trained zoo model of family {family} can be benchmarked here")
-    techs = sorted(t.name for t in bench.all_techniques())
-    cmd = ["bench", "transfer", "--quick", "--families", family, "--out", str(tmp_path), "-q"]
-    if family not in EVERY_TECHNIQUE_FAMILIES:
-        techs = [t for t in techs if t not in LAYOUT_AGNOSTIC_COSTLY]
-        cmd.append("--no-sanity")
-    assert main(cmd + ["--techniques", ",".join(techs)]) == 0
+    if family == "resnet":  # shared with test_quick_table_rows_and_files
+        tmp_path = request.getfixturevalue("resnet_table")
+        techs, stdout = sorted(t.name for t in bench.all_techniques()), (tmp_path / "stdout.txt").read_text()
+    else:
+        code, techs, stdout = _cli_quick_table(family, tmp_path)
+        assert code == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert {f"zoo:{n}" for n in names} <= {r["model"] for r in rows}
     assert "zoo:style_judge" not in {r["model"] for r in rows}  # a helper model, not a row
@@ -197,7 +239,7 @@ def test_cli_quick_table_every_family(family, tmp_path, capsys):
     for r in rows:
         if not r["supported"]:
             assert r["reason"], r
-    assert "| technique |" in capsys.readouterr().out
+    assert "| technique |" in stdout
 
 
 def test_worker_processes_give_the_serial_scores(tmp_path):
