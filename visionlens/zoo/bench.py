@@ -137,7 +137,10 @@ def run_transfer(
     """Run the benchmark; writes ``results.json`` / ``results.md`` / ``index.html`` into ``out_dir``.
 
     ``families`` filters zoo models by family or name; ``techniques`` by technique name or claim.
-    With ``resume`` (default), rows already in ``out_dir/results.json`` for the same settings are kept.
+    With ``resume`` (default), rows already in ``out_dir/results.json`` are kept: a cell scored from the same
+    ``weights`` is not scored again, and rows of other models or other weights folders stay (each row names
+    its ``weights``). A file scored with other ``quick`` / ``seed`` / ``sanity`` settings is refused rather than
+    overwritten (``resume=False`` replaces it).
     ``verbose``: one line per cell on stderr (``[i/n] model x technique  score  seconds``), plus a line
     when the thread count is rebalanced (:func:`visionlens.threads.rebalance_threads`, between cells).
     ``workers``: zoo models scored at once, each in a spawned process with one torch thread (tiny models
@@ -161,13 +164,26 @@ def run_transfer(
     zoo = _select([e for e in entries().values() if e.benchmark], families, lambda e: (e.family, e.name), "family")
     techs = _select(all_techniques(), techniques, lambda t: (t.name, getattr(t, "claim", "")), "technique")
     settings: Dict[str, Any] = {"quick": quick, "seed": seed, "sanity": sanity}
-    if weights is not None:
-        settings["weights"] = str(weights)
+    weights_dir = None if weights is None else str(weights)
     res_path = out / "results.json"
     old = _load_results(res_path) if resume else []
-    if old and json.loads(res_path.read_text()).get("settings") != settings:
-        old = []
-    done = {(r["model"], r["technique"]): r for r in old}
+    if old:
+        old_settings = dict(json.loads(res_path.read_text()).get("settings") or {})
+        for r in old:  # rows of files written before rows named their weights: the file's folder
+            r.setdefault("weights", old_settings.get("weights"))
+        old_core = {k: old_settings.get(k) for k in settings}
+        if old_core != settings:
+            raise VisionLensError(
+                f"{res_path} holds rows scored with other settings ({old_core}, this run: {settings}); "
+                "they would be lost. Score into another --out folder, or pass --fresh to replace them."
+            )
+    folders = {r.get("weights") for r in old} | {weights_dir}
+    if len(folders) == 1 and weights_dir is not None:
+        settings["weights"] = weights_dir
+    elif len(folders) > 1:
+        settings["weights"] = "per row"
+    # a cell is done only when scored from the same weights; other cells of earlier runs stay as they are
+    done = {(r["model"], r["technique"]): r for r in old if r.get("weights") == weights_dir}
     selected = {(f"zoo:{e.name}", t.name) for e in zoo for t in techs}
     kept = [r for r in old if (r["model"], r["technique"]) not in selected]  # other cells of earlier runs stay
     rows: List[Dict[str, Any]] = []
@@ -191,6 +207,7 @@ def run_transfer(
         if kind == "say":
             say(payload)
             return
+        payload["weights"] = weights_dir  # which trained models the row scored (None: the shipped ones)
         rows.append(payload)
         counter[0] += 1
         if payload.get("seconds") is not None:

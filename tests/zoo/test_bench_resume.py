@@ -1,0 +1,53 @@
+"""Resuming the transfer table never loses rows: other weights folders and other settings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from visionlens import VisionLensError
+from visionlens.zoo.bench import run_transfer
+from visionlens.zoo.catalog import card_path, weights_path
+
+
+def _seed_folder(tmp_path, name: str, seed: int):
+    folder = tmp_path / f"seed{seed}_{name}"
+    folder.mkdir()
+    shutil.copy(weights_path(name), folder / f"{name}.safetensors")
+    card = json.loads(card_path(name).read_text())
+    card["seed"] = seed
+    (folder / f"{name}.json").write_text(json.dumps(card))
+    return folder
+
+
+def test_scoring_another_weights_folder_into_the_same_out_keeps_the_earlier_rows(tmp_path):
+    """Seed runs of two models trained into two folders share one results.json (the bug: the second dropped all)."""
+    out = tmp_path / "seed3"
+    a, b = _seed_folder(tmp_path, "mobilenet", 3), _seed_folder(tmp_path, "convnext", 3)
+    kw = dict(techniques=["unit_dla"], quick=True, sanity=False)
+    first = run_transfer(out, families=["mobilenet"], weights=a, **kw)
+    run_transfer(out, families=["convnext"], weights=b, **kw)
+    saved = json.loads((out / "results.json").read_text())
+    by = {r["model"]: r for r in saved["rows"]}
+    assert set(by) == {"zoo:mobilenet", "zoo:convnext"}
+    assert by["zoo:mobilenet"]["score"] == first[0]["score"] and by["zoo:mobilenet"]["weights"] == str(a)
+    assert by["zoo:convnext"]["weights"] == str(b) and by["zoo:convnext"]["model_seed"] == 3
+    assert saved["settings"]["weights"] == "per row"
+    # resuming the first folder scores nothing again
+    again = run_transfer(out, families=["mobilenet"], weights=a, **kw)
+    assert again[0]["seconds"] == first[0]["seconds"]
+    # the same cell from other weights (the shipped ones) is scored anew and replaces it
+    shipped = run_transfer(out, families=["mobilenet"], **kw)
+    assert shipped[0]["weights"] is None and shipped[0]["model_seed"] == 0
+
+
+def test_other_settings_are_refused_not_overwritten(tmp_path):
+    run_transfer(tmp_path, families=["mobilenet"], techniques=["unit_dla"], quick=True, sanity=False)
+    before = (tmp_path / "results.json").read_text()
+    with pytest.raises(VisionLensError, match="other settings.*--fresh"):
+        run_transfer(tmp_path, families=["convnext"], techniques=["unit_dla"], quick=True, sanity=True)
+    assert (tmp_path / "results.json").read_text() == before
+    rows = run_transfer(tmp_path, families=["convnext"], techniques=["unit_dla"], quick=True, sanity=True, resume=False)
+    assert [r["model"] for r in rows] == ["zoo:convnext"]
