@@ -31,14 +31,21 @@ def _load() -> Dict[str, Any]:
     return json.loads(RESULTS.read_text())
 
 
+def _seed_payloads() -> Dict[int, Mapping[str, Any]]:
+    """``{model seed: results.json payload}`` of every committed ``seeds/seedN`` run."""
+    out: Dict[int, Mapping[str, Any]] = {}
+    for p in sorted(SEEDS.glob("seed*/results.json")) if SEEDS.is_dir() else []:
+        payload = json.loads(p.read_text())
+        seeds = {int(r["model_seed"]) for r in payload["rows"] if r.get("model_seed") is not None}
+        if len(seeds) == 1:
+            out[seeds.pop()] = payload
+    return out
+
+
 def _seed_runs(payload: Mapping[str, Any]) -> Dict[int, List[Mapping[str, Any]]]:
     """``{model seed: rows}``: the shipped models' table (seed 0) and every committed ``seeds/seedN`` run."""
     runs: Dict[int, List[Mapping[str, Any]]] = {0: list(payload["rows"])}
-    for p in sorted(SEEDS.glob("seed*/results.json")) if SEEDS.is_dir() else []:
-        rows = json.loads(p.read_text())["rows"]
-        seeds = {int(r["model_seed"]) for r in rows if r.get("model_seed") is not None}
-        if len(seeds) == 1:
-            runs[seeds.pop()] = rows
+    runs.update({seed: list(p["rows"]) for seed, p in _seed_payloads().items()})
     return runs
 
 
@@ -51,6 +58,11 @@ def _seed_lines(payload: Mapping[str, Any]) -> List[str]:
         "baseline, p partial, B breaks, S fails sanity, · not scored; then the normalized scores' range):",
         "",
         seed_table(runs),
+        "",
+        "The other seeds' runs (`benchmarks/results/transfer/seeds/`; a folder's command is its last run's, the "
+        "rows of its earlier runs are kept): "
+        + "; ".join(f"seed {s}: `{p.get('command', '?')}`" for s, p in sorted(_seed_payloads().items()))
+        + ".",
     ]
 
 
