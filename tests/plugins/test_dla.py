@@ -266,7 +266,7 @@ def test_demo_sections_fragment(tmp_path, monkeypatch):
     from visionlens.apps.demo import analyses
     from visionlens.apps.demo.analyses import demo_sections
 
-    # the sections' structure is under test here; the demo's own feature-visualization budget runs in test_demo
+    # the sections' structure is under test here; the demo's own feature-visualization settings run in test_demo
     monkeypatch.setitem(analyses.FV_SETTINGS, "steps", 4)
     monkeypatch.setitem(analyses.FV_SETTINGS, "size", 32)
 
