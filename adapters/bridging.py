@@ -268,8 +268,8 @@ class ConvNetAdapter(BridgedAdapter):
         if getattr(self, "_capturing", False):
             raise VisionLensError(
                 "run_with_cache was called on this model while a full cache of it is being taken (from a hook or "
-                "a forward inside run_with_cache): the two would share the same hook points. Take the second cache "
-                "after the first returns, or from a copy of the model (copy.deepcopy)."
+                "a forward inside run_with_cache, or from another thread): the two would share the same hook points. "
+                "Take the second cache after the first returns, or from a copy of the model (copy.deepcopy)."
             )
         plan = self._capture_plan(points, session)
         if any(p._group for p in session) or not plan.plain_forwards:
