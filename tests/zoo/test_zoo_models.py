@@ -70,11 +70,29 @@ def test_cards_are_complete():
         assert card["curve"] and card["curve"][-1]["step"] == card["steps"]
 
 
-@pytest.mark.parametrize("name,steps", [("resnet", 3), ("convnext", 4), ("clip", 3), ("diffusion", 2)])
+_SEED3: dict = {}
+
+
+def _trained_seed3(name: str, steps: int):
+    """``train_module(name, seed=3, steps=steps)``, trained once per worker: the reproducibility test's first run
+    is also the different-seed test's reference (its second run is always trained afresh)."""
+    if (name, steps) not in _SEED3:
+        _SEED3[(name, steps)] = train_module(name, seed=3, steps=steps)
+    return _SEED3[(name, steps)]
+
+
+# with its reader test_a_different_seed_gives_different_weights: one worker, one seed-3 ResNet
+SEED3_RESNET = pytest.mark.xdist_group("seed3_resnet")
+
+
+@pytest.mark.parametrize(
+    "name,steps",
+    [pytest.param("resnet", 3, marks=SEED3_RESNET), ("convnext", 4), ("clip", 3), ("diffusion", 2)],
+)
 def test_retraining_is_bit_for_bit_reproducible(name, steps):
     if name not in catalog.entries() or catalog.get_entry(name).requires():
         pytest.skip(f"zoo:{name} cannot be built here")
-    a, run_a = train_module(name, seed=3, steps=steps)
+    a, run_a = _trained_seed3(name, steps)
     b, run_b = train_module(name, seed=3, steps=steps)
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
@@ -116,8 +134,9 @@ def test_zoo_convnext_is_timm_convnext_with_a_batchnorm_stem():
         convnext_stem("patchify")
 
 
+@SEED3_RESNET
 def test_a_different_seed_gives_different_weights():
-    a, _ = train_module("resnet", seed=3, steps=3)
+    a, _ = _trained_seed3("resnet", 3)
     c, _ = train_module("resnet", seed=4, steps=3)
     assert not torch.equal(next(iter(a.parameters())), next(iter(c.parameters())))
 
