@@ -582,25 +582,42 @@ def _err(e: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------- timing
-def timeit(fn: Callable[[], Any]) -> float:
-    """Seconds for one call (its result dropped before the next call)."""
+MIN_TIMING_S = 0.1  # a timing is at least this long: a fast forward is timed over several calls in a row
+
+
+def timeit(fn: Callable[[], Any], number: int = 1) -> float:
+    """Seconds per call over ``number`` calls in a row (each result dropped before the next call)."""
     t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - t0) / number
 
 
-def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, warmup: int) -> tuple[dict, dict]:
-    """``(times, errors)``: per-variant seconds over ``rounds`` rotated rounds; a variant that raises is dropped."""
+def calls_per_timing(seconds_per_call: float, min_time: float = MIN_TIMING_S) -> int:
+    """How many calls in a row make one timing of at least ``min_time`` (1 for a forward that long already)."""
+    return max(1, int(min_time / max(seconds_per_call, 1e-9)))
+
+
+def interleaved(
+    variants: dict[str, Callable[[], Any]], rounds: int, warmup: int, min_time: float = MIN_TIMING_S
+) -> tuple[dict, dict, int]:
+    """``(times, errors, number)``: per-variant seconds per call over ``rounds`` rotated rounds, each timing
+    ``number`` calls in a row (the same for every variant, from the first variant's warm-up time, so that one
+    timing of a fast case is not a single call's noise); a variant that raises is dropped."""
     names = list(variants)
     errors: dict[str, str] = {}
+    first: list[float] = []
     with torch.no_grad():
         for _ in range(warmup):
             for n in list(names):
                 try:
-                    variants[n]()
+                    t = timeit(variants[n])
+                    if n == names[0]:
+                        first.append(t)
                 except Exception as e:  # a peer failing on this case: record and drop it
                     errors[n] = _err(e)
                     names.remove(n)
+        number = calls_per_timing(min(first), min_time) if first else 1
         times: dict[str, list[float]] = {n: [] for n in names}
         for r in range(rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
@@ -608,11 +625,11 @@ def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, warmup: int
                 if n in errors:
                     continue
                 try:
-                    times[n].append(timeit(variants[n]))
+                    times[n].append(timeit(variants[n], number))
                 except Exception as e:
                     errors[n] = _err(e)
             gc.collect()
-    return {n: t for n, t in times.items() if n not in errors}, errors
+    return {n: t for n, t in times.items() if n not in errors}, errors, number
 
 
 def percentile(xs: Sequence[float], q: float) -> float:
@@ -722,7 +739,7 @@ def run_case(case: Case, peers: Sequence[str], rounds: int, warmup: int, log: Ca
             checks[v.name] = {"error": _err(e)}
     runnable = {v.name: v.run for v in variants if "error" not in checks.get(v.name, {})}
     log(f"[{case.key}] {len(runnable)} variants, {rounds} rounds: {', '.join(runnable)}")
-    times, errors = interleaved(runnable, rounds, warmup)
+    times, errors, number = interleaved(runnable, rounds, warmup)
     stats = summarize(times, "raw")
     if "hf_raw" in times:
         for name, row in summarize(times, "hf_raw").items():
@@ -744,6 +761,7 @@ def run_case(case: Case, peers: Sequence[str], rounds: int, warmup: int, log: Ca
         **info,
         "peers": status,
         "variants": rows,
+        "calls_per_timing": number,
         "seconds": time.perf_counter() - t0,
     }
 
@@ -836,7 +854,9 @@ def to_markdown(res: dict) -> str:
         f"{' + uncommitted core changes' if m['git'].get('core_dirty') else ''}; {m['utc_start']} to {m['utc_end']}.",
         "",
         "Random weights, fp32, eval, `torch.no_grad()`. Each cell: median over rounds of (variant time / the same "
-        "round's raw forward). *aliased*: the peer stored a reference that a later in-place op overwrote "
+        "round's raw forward); a timing is one call, or the mean of several calls in a row where one raw forward "
+        f"takes under {MIN_TIMING_S:g} s (the same count for every variant of a case). "
+        "*aliased*: the peer stored a reference that a later in-place op overwrote "
         "(its cached value is wrong). Peer versions: "
         + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v and k not in ("torch",))
         + ".",
@@ -874,7 +894,7 @@ def case_details(c: dict) -> list[str]:
         f"{c['n_modules_called']} submodules called ({c['n_module_calls']} calls); "
         f"{c['n_outputs_overwritten_in_place']} of their outputs overwritten in place later in the forward"
         + (f" (e.g. {', '.join(c['overwritten_examples'])})" if c["overwritten_examples"] else "")
-        + ".",
+        + f". Each timing: {c.get('calls_per_timing', 1)} call(s) in a row, per call.",
         "",
         "| variant | peer | median ms | ratio to raw | IQR | 95% CI | hooks | stored tensors | MB | values | notes |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -131,3 +131,24 @@ def test_perf_block_comes_from_the_results(tmp_path):
     assert new.startswith(f"a\n{gen.BEGIN}\n") and new.endswith(f"{gen.END}\nb\n") and "old" not in new
     with pytest.raises(SystemExit):
         gen.replace("no markers", block, readme)
+
+
+def test_fast_cases_are_timed_over_several_calls_in_a_row_the_same_for_every_variant():
+    import time
+
+    calls = {"raw": 0, "slow": 0}
+
+    def raw():
+        calls["raw"] += 1
+        time.sleep(0.002)
+
+    def slow():
+        calls["slow"] += 1
+        time.sleep(0.004)
+
+    times, errors, number = peers.interleaved({"raw": raw, "slow": slow}, rounds=3, warmup=1, min_time=0.02)
+    assert errors == {} and 4 <= number <= 10  # ~0.02 s / ~0.002 s per call
+    assert calls["raw"] == calls["slow"] == 1 + 3 * number
+    assert all(0.002 <= t < 0.02 for t in times["raw"])  # seconds per call, not per timing
+    assert peers.summarize(times, "raw")["slow"]["ratio"] == pytest.approx(2.0, rel=0.5)
+    assert peers.calls_per_timing(1.0) == 1 and peers.calls_per_timing(0.001, 0.1) == 100
