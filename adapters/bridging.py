@@ -214,7 +214,7 @@ class ConvNetAdapter(BridgedAdapter):
     dry_run_size: ClassVar[int] = 64
     # One torch hook per point costs ~20 us to add and remove, and a hooked module leaves torch's fast path;
     # the session (forward wrappers) costs no more from 8 points on (ResNet-18, 32 px, batch 1, 1 thread, idle
-    # cores, ratio to the raw forward, per point / session: 8 points 1.06x / 1.05-1.07x, 24 points 1.14x /
+    # cores, ratio to the raw forward, per point / session: 8 points 1.06x / 1.04-1.07x, 24 points 1.13-1.14x /
     # 1.06-1.09x, all 112 points 1.35-1.40x / 1.12-1.15x). Sessions start at this share of the source's modules
     # (and at least 8 points).
     session_min_fraction: ClassVar[float] = 0.0
