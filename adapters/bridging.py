@@ -366,9 +366,11 @@ class _CapturePlan:
         for mid, bridges in self.outs.items():
             if all(b._index is None and b._call is None and not b._channels_last for b in bridges):
                 self.direct[mid] = ([b.name for b in bridges], any(b._copy for b in bridges))
+        # bridges the wrappers run through their own code (they store through ``_capture``)
+        self.slow = [b for mid, bs in self.outs.items() if mid not in self.direct for b in bs]
+        self.slow += [b for bs in self.ins.values() for b in bs]
         self.store: Optional[dict] = None  # the dict being filled while the wrappers are installed
         self.wrappers: Optional[dict[int, Any]] = None
-        self.slow: list[ConvBridge] = []
 
     @contextmanager
     def wrapped(self, store: dict) -> Iterator[None]:
@@ -376,31 +378,23 @@ class _CapturePlan:
         if self.wrappers is None:
             # the class's forward, bound: an instance forward present now may be gone next time
             self.wrappers = {mid: self._wrapper(m, type(m).forward.__get__(m)) for mid, m in self.modules.items()}
-            self.slow = [b for mid, bs in self.outs.items() if mid not in self.direct for b in bs]
-            self.slow += [b for bs in self.ins.values() for b in bs]
         saved: list[tuple[nn.Module, Any]] = []
         try:
             self.store = store
-            for b in reversed(self.slow):
-                b._group.insert(0, b)
-                object.__setattr__(b, "_capture", store)
             for mid, module in self.modules.items():
                 attrs = module.__dict__
                 previous = attrs.get("forward", _MISSING)
                 saved.append((module, previous))
                 # a forward set on the instance (by the user, or another tool) is wrapped as it is now
                 attrs["forward"] = self.wrappers[mid] if previous is _MISSING else self._wrapper(module, previous)
-            yield
+            with _enlisted(self.slow, store):
+                yield
         finally:
             for module, previous in saved:
                 if previous is _MISSING:
                     module.__dict__.pop("forward", None)
                 else:
                     module.__dict__["forward"] = previous
-            for b in self.slow:
-                object.__setattr__(b, "_capture", None)
-                if b in b._group:
-                    b._group.remove(b)
             self.store = None
 
     def _wrapper(self, module: nn.Module, forward: Any) -> Any:
@@ -467,19 +461,29 @@ class _CapturePlan:
 
         handles = []
         try:
-            for p in reversed(self.session):  # they fire first, in this order, ahead of already registered bridges
-                p._group.insert(0, p)
-                object.__setattr__(p, "_capture", store)
-            handles.append(torch.nn.modules.module.register_module_forward_pre_hook(on_input))
-            handles.append(torch.nn.modules.module.register_module_forward_hook(on_output))
-            yield
+            with _enlisted(self.session, store):
+                handles.append(torch.nn.modules.module.register_module_forward_pre_hook(on_input))
+                handles.append(torch.nn.modules.module.register_module_forward_hook(on_output))
+                yield
         finally:
             for h in handles:
                 h.remove()
-            for p in self.session:
-                object.__setattr__(p, "_capture", None)
-                if p in p._group:
-                    p._group.remove(p)
+
+
+@contextmanager
+def _enlisted(bridges: list[ConvBridge], store: dict) -> Iterator[None]:
+    """Let ``bridges`` store into ``store`` through their own code, firing first (in this order) on each tensor,
+    ahead of already active bridges, so that one copy by the last of them keeps every stored value intact."""
+    try:
+        for b in reversed(bridges):
+            b._group.insert(0, b)
+            object.__setattr__(b, "_capture", store)
+        yield
+    finally:
+        for b in bridges:
+            object.__setattr__(b, "_capture", None)
+            if b in b._group:
+                b._group.remove(b)
 
 
 def _keep(out: Any, names: list[str], copy: bool, store: Optional[dict]) -> Any:
