@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -91,3 +93,29 @@ def test_a_technique_sets_its_own_cascade_steps(tmp_path):
     assert by["dla_none"]["normalized"] == by["dla_two"]["normalized"]
     (hc,) = [t for t in tcv.TECHNIQUES if t.name == "handcoded_curve_circuit"]
     assert hc.cascade_steps == 0  # it scores zoo:curve, never the column's zoo:inception
+
+
+def test_a_step_below_what_the_score_reads_reuses_the_trained_score_and_it_is_the_same():
+    if importlib.util.find_spec("overcomplete") is None:
+        pytest.skip("needs overcomplete (the dict extra)")
+    from visionlens.zoo import dictionary_transfer as dt
+    from visionlens.zoo.cascade import _activation, _read_point
+
+    entry = catalog.get_entry("resnet")
+    (tech,) = dt.TECHNIQUES
+    torch.manual_seed(0)
+    trained = tech.score(catalog.load("resnet"), BenchContext(entry=entry, quick=True)).normalized
+    rand = catalog.load("resnet", pretrained=False).source
+    pts = cascade_curve(tech, entry, quick=True, max_steps=2, trained_score=trained, random_control=(rand, -1.0))
+    assert pts[1]["randomized_from"] == "fc" and pts[1]["reused"] == "unchanged at layer4.hook_out"
+    assert pts[1]["normalized"] == trained and pts[2]["normalized"] == -1.0  # nothing scored afresh
+    # the reused value is what scoring the head-randomized copy gives ...
+    module = catalog.load_module("resnet")
+    ((_, head_random),) = list(cascading_randomization(module, seed=0, steps={0}))
+    torch.manual_seed(0)
+    fresh = tech.score(entry.hooked(head_random.eval()), BenchContext(entry=entry, quick=True, randomized=True))
+    assert fresh.normalized == pytest.approx(trained, abs=1e-9)
+    # ... and a step that randomizes the last block changes what the score reads, so it is scored
+    hook, probe, act = _read_point(tech, entry, module)
+    ((_, block_random),) = list(cascading_randomization(module, seed=0, steps={1}))
+    assert not torch.equal(_activation(entry, block_random, hook, probe), act)

@@ -52,6 +52,10 @@ def cascade_curve(
     check's); a step whose weights equal it exactly (the last step, when the seeds agree) reuses its score
     instead of scoring the same network again (``reused: True``).
 
+    A technique with ``score_reads`` (the one hook whose activations alone decide its score) gets the trained
+    score at a step that leaves that hook's activations bit for bit unchanged on a probe batch (randomizing only
+    layers after it, e.g. the head under a last-block dictionary): ``reused: "unchanged at HOOK"``.
+
     A step whose scoring raises is recorded with ``error`` and no score; the curve goes on. ``directory``: the
     folder of the trained weights (default: the shipped ones). ``inputs``: a dict of planted batches shared with
     other contexts of this zoo model (:attr:`~visionlens.zoo.technique.BenchContext.inputs`): every step reuses
@@ -68,10 +72,15 @@ def cascade_curve(
         )
         trained_score = s.normalized
     points.append({"step": 0, "randomized_from": None, "units": 0, "normalized": trained_score})
+    reads = _read_point(technique, entry, module)
     for i, (name, copy) in zip(sorted(chosen), cascading_randomization(module, seed=seed, steps=chosen)):
         point: Dict[str, Any] = {"step": i + 1, "randomized_from": name, "units": i + 1}
         if random_control is not None and same_weights(copy, random_control[0]):
             point.update(normalized=random_control[1], reused=True)
+            points.append(point)
+            continue
+        if reads is not None and torch.equal(_activation(entry, copy, reads[0], reads[1]), reads[2]):
+            point.update(normalized=trained_score, reused=f"unchanged at {reads[0]}")
             points.append(point)
             continue
         try:
@@ -90,6 +99,26 @@ def cascade_curve(
             point.update(normalized=None, error=f"{type(exc).__name__}: {exc}")
         points.append(point)
     return points
+
+
+def _activation(entry: ZooEntry, module: nn.Module, hook: str, probe: torch.Tensor) -> torch.Tensor:
+    """``module``'s activation at ``hook`` on ``probe`` (eval mode, no gradient)."""
+    model = entry.hooked(module.eval())
+    with torch.no_grad():
+        _, cache = model.run_with_cache(probe, names_filter=[hook], return_cache_object=False)
+    return cache[hook]
+
+
+def _read_point(technique: Any, entry: ZooEntry, module: nn.Module) -> Optional[Tuple[str, torch.Tensor, torch.Tensor]]:
+    """``(hook, probe batch, trained activation)`` for a technique that declares ``score_reads``, else None."""
+    reads = getattr(technique, "score_reads", None)
+    if reads is None:
+        return None
+    model = entry.hooked(module.eval())
+    hook = reads(model, entry)
+    g = torch.Generator().manual_seed(0)
+    probe = torch.rand(model.dummy_input(batch=4).shape, generator=g)  # any input: only bitwise identity matters
+    return hook, probe, _activation(entry, module, hook, probe)
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:

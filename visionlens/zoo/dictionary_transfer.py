@@ -409,5 +409,6 @@ TECHNIQUES: List[Technique] = [
         _score,
         kinds=("classifier", "clip"),
         extra_supports=_support,
+        score_reads=dictionary_hook,  # features and factors at the last block; the splice metrics are details
     )
 ]

@@ -116,6 +116,9 @@ class Technique:
     # cascading-randomization steps in the full table (None: the bench's default; 0: no cascade, for a technique
     # that does not read the column model's weights, whose curve over them would be a flat copy of its control)
     cascade_steps: Optional[int] = None
+    # the one hook whose activations alone decide the score (nothing after it is read), if there is one: the
+    # cascade then reuses the trained score where randomizing leaves that hook unchanged (zoo.cascade)
+    score_reads: Optional[Callable[[HookedVisionModel, ZooEntry], str]] = None
 
     def supports(self, model: HookedVisionModel, entry: ZooEntry) -> Tuple[bool, str]:
         """The technique's kinds, then its plugin's ``supports(model)``, then ``extra_supports``."""
