@@ -176,3 +176,29 @@ def test_evaluate_card_remeasures_metrics_and_keeps_the_weights(tmp_path):
     (tmp_path / "resnet.safetensors").write_bytes(b"not the weights")
     with pytest.raises(VisionLensError, match="sha256"):
         evaluate_card("resnet", out_dir=tmp_path)
+
+
+def test_training_in_worker_processes_gives_the_serial_weights(tmp_path):
+    """``zoo train --workers 2``: each model in its own process, the same bytes as a serial run."""
+    from visionlens.zoo.train_parallel import train_in_workers
+
+    order = []
+    cards = train_in_workers(
+        ["resnet", "style_judge"],
+        2,
+        report=lambda name, card: order.append(name),
+        out_dir=tmp_path / "par",
+        seed=5,
+        steps=2,
+    )
+    assert sorted(order) == ["resnet", "style_judge"] and set(cards) == set(order)
+    from safetensors.torch import save_file
+
+    from visionlens.zoo.entry import state_dict_for_saving
+
+    module, _ = train_module("resnet", seed=5, steps=2)  # in this process, as a serial run trains it
+    save_file(
+        state_dict_for_saving(module), str(tmp_path / "ser.safetensors"), metadata={"zoo_name": "resnet", "seed": "5"}
+    )
+    assert cards["resnet"]["sha256"] == sha256_file(tmp_path / "ser.safetensors")
+    assert (tmp_path / "par" / "style_judge.safetensors").is_file()

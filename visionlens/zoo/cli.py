@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, Dict
 
 import torch
 
@@ -20,6 +20,7 @@ from .bench import run_transfer
 from .bench_report import markdown_table
 from .catalog import describe, entries
 from .train import evaluate_card, train_entry
+from .train_parallel import train_in_workers
 
 
 def _add_names_and_out(parser: argparse.ArgumentParser, out_help: str) -> None:
@@ -63,6 +64,14 @@ def add_zoo_subcommands(subparsers: Any) -> None:
         metavar="N",
         help="torch CPU threads (default 1: the shipped weights were trained with 1; bit-for-bit "
         "reproducibility holds for the same thread count)",
+    )
+    zt.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="models trained at once, one process each with --threads threads (default 1: one after the "
+        "other in this process); the weights are the same either way",
     )
     zt.add_argument("-q", "--quiet", action="store_true", help="no training curve on stdout")
     ze = zsub.add_parser(
@@ -156,27 +165,33 @@ def run_zoo_command(args: argparse.Namespace) -> int:
         order = {"style_judge": 0}  # the diffusion model's evaluation uses the judge
         names = sorted(names, key=lambda n: order.get(n, 1))
         failed = []
+
+        def report(name: str, card: Dict[str, Any]) -> None:
+            figs = ", ".join(f"{k}={v['value']:.3f} (>= {v['threshold']})" for k, v in card["thresholds"].items())
+            print(
+                f"zoo:{name}: {'PASSED' if card['passed'] else 'BELOW THRESHOLD'} {figs}; "
+                f"{card['train_seconds']} s, {card['size_bytes'] / 1e6:.2f} MB, sha256 {card['sha256'][:12]}",
+                flush=True,
+            )
+            if not card["passed"]:
+                failed.append(name)
+
+        todo = []
         for name in names:
             reason = entries()[name].requires() if name in entries() else None
             if reason:
                 print(f"zoo:{name}: skipped ({reason})")
-                continue
-            print(f"zoo:{name}: training", flush=True)
-            card = train_entry(
-                name,
-                out_dir=args.out,
-                seed=args.seed,
-                steps=args.steps,
-                checkpoint_every=args.checkpoint_every,
-                verbose=not args.quiet,
-            )
-            figs = ", ".join(f"{k}={v['value']:.3f} (>= {v['threshold']})" for k, v in card["thresholds"].items())
-            print(
-                f"zoo:{name}: {'PASSED' if card['passed'] else 'BELOW THRESHOLD'} {figs}; "
-                f"{card['train_seconds']} s, {card['size_bytes'] / 1e6:.2f} MB, sha256 {card['sha256'][:12]}"
-            )
-            if not card["passed"]:
-                failed.append(name)
+            else:
+                todo.append(name)
+        kwargs = dict(out_dir=args.out, seed=args.seed, steps=args.steps, checkpoint_every=args.checkpoint_every)
+        workers = int(getattr(args, "workers", 1) or 1)
+        if workers > 1 and len(todo) > 1:
+            print(f"training {len(todo)} zoo models in {workers} processes ({torch.get_num_threads()} thread(s) each)")
+            train_in_workers(todo, workers, threads=torch.get_num_threads(), report=report, **kwargs)
+        else:
+            for name in todo:
+                print(f"zoo:{name}: training", flush=True)
+                report(name, train_entry(name, verbose=not args.quiet, **kwargs))
         return 1 if failed else 0
     raise VisionLensError("usage: visionlens zoo {list,train} ...")
 
