@@ -67,3 +67,11 @@ def test_a_target_without_markers_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(gen, "README", tmp_path / "README.md")
     with pytest.raises(SystemExit, match="no <!-- transfer-headline"):
         gen.main([])
+
+
+def test_the_headline_quotes_the_run_record_not_a_typed_figure():
+    run = {"cells_scored": 12, "wall_seconds": 1474.3, "cpu_seconds": 2817.0, "cores": 2, "load_average_at_start": 0.4}
+    line = gen.run_line({**run, "finished": "2026-11-30T14:15:00Z"})
+    assert "12 cells in 24 min 34 s wall, 2817 CPU-s, 2 cores, load 0.4 at the start" in line
+    assert "interrupted" not in line and "interrupted" in gen.run_line({**run, "finished": None})
+    assert gen.run_line(None) == "" and gen.run_line({}) == ""

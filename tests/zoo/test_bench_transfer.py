@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 
 import pytest
@@ -306,6 +307,10 @@ def test_weights_folder_scores_another_training_seed(tmp_path):
     assert shipped[0]["model_seed"] == 0 and shipped[0]["score"] == pytest.approx(by["zoo:mobilenet"]["score"])
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["settings"]["weights"] == str(folder) and f"--weights {folder}" in saved["command"]
+    assert re.search(r"--out DIR --no-sanity --threads \d+$", saved["command"]), saved["command"]  # its flags
+    run = saved["run"]  # what the run cost, for the docs to quote
+    assert run["cells_scored"] == len(rows) and run["finished"] and run["cores"] >= 1
+    assert 0 < run["wall_seconds"] < 600 and 0 < run["cpu_seconds"]
 
 
 def test_seed_table_shows_each_seeds_verdict_and_the_range():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import queue
 import sys
 import time
@@ -190,6 +191,9 @@ def run_transfer(
     n_cells = sum(1 for e in zoo for t in techs if (f"zoo:{e.name}", t.name) not in done)
     counter = [0]
     t_run = time.perf_counter()
+    run_record = RunRecord.start(cells=n_cells)
+
+    options = _options(resume, sanity, workers, cascade, quick, backend)
 
     def say(msg: str) -> None:
         if verbose:
@@ -198,7 +202,8 @@ def run_transfer(
     def flush() -> None:
         payload = {
             "settings": settings,
-            "command": _command(families, techniques, quick, seed, weights),
+            "command": _command(families, techniques, quick, seed, weights, options),
+            "run": run_record.now(),
             "rows": _in_table_order(kept + rows),
         }
         atomic_write_bytes(res_path, (json.dumps(payload, indent=1, default=_json_default) + "\n").encode())
@@ -259,8 +264,11 @@ def run_transfer(
     for job in leftover:  # in-process: serial runs, and techniques a fresh worker process could not find
         _score_entry(entries()[job.name], [by_name[n] for n in job.techniques], job, emit)
     rows[:] = _in_table_order(rows)
+    run_record.finish()
     flush()
-    write_report(out, _in_table_order(kept + rows), settings, _command(families, techniques, quick, seed, weights))
+    write_report(
+        out, _in_table_order(kept + rows), settings, _command(families, techniques, quick, seed, weights, options)
+    )
     return rows
 
 
@@ -526,12 +534,29 @@ def _progress_line(i: int, n: int, model: str, technique: str, row: Dict[str, An
     return f"  {count} {model:>14s} x {technique:<24s} {result:<40s} {row['seconds']:6.1f} s  (total {elapsed:.0f} s)"
 
 
+def _options(
+    resume: bool, sanity: bool, workers: Optional[int], cascade: Optional[bool], quick: bool, backend: str
+) -> str:
+    """The CLI flags of a run's other arguments (after ``--out DIR``), as the command line would carry them."""
+    opts = "" if resume else " --fresh"
+    opts += "" if sanity else " --no-sanity"
+    if backend != "local":
+        opts += f" --backend {backend}"
+    elif workers != 1:
+        opts += f" --workers {workers if workers is not None else torch.get_num_threads()}"
+    opts += f" --threads {torch.get_num_threads()}"
+    if cascade is not None and cascade == quick:  # not the default (on for the full table, off for quick)
+        opts += " --cascade" if cascade else " --no-cascade"
+    return opts
+
+
 def _command(
     families: Optional[Sequence[str]],
     techniques: Optional[Sequence[str]],
     quick: bool,
     seed: int,
     weights: Union[str, Path, None] = None,
+    options: str = "",
 ) -> str:
     cmd = "visionlens bench transfer"
     if families:
@@ -544,7 +569,58 @@ def _command(
         cmd += f" --seed {seed}"
     if weights is not None:
         cmd += f" --weights {weights}"
-    return cmd + " --out DIR"
+    return cmd + " --out DIR" + options
+
+
+@dataclass
+class RunRecord:
+    """What one ``run_transfer`` call cost, stored as ``results.json["run"]`` (so the docs quote it, not a
+    person): wall and CPU seconds (this process and its local worker processes, user + system; Ray's workers are
+    not counted), the cells it scored,
+    the cores, torch threads and the 1-minute load average when it started (a busy machine shows there)."""
+
+    t0: float
+    cpu0: float
+    cells: int
+    load_at_start: Optional[float]
+    started: str
+    finished: Optional[str] = None
+
+    @staticmethod
+    def _cpu() -> float:
+        import resource
+
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    @classmethod
+    def start(cls, cells: int) -> "RunRecord":
+        try:
+            load: Optional[float] = round(os.getloadavg()[0], 2)
+        except (AttributeError, OSError):
+            load = None
+        return cls(time.perf_counter(), cls._cpu(), cells, load, _utc_now())
+
+    def finish(self) -> None:
+        self.finished = _utc_now()
+
+    def now(self) -> Dict[str, Any]:
+        return {
+            "cells_scored": self.cells,
+            "wall_seconds": round(time.perf_counter() - self.t0, 1),
+            "cpu_seconds": round(self._cpu() - self.cpu0, 1),
+            "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "load_average_at_start": self.load_at_start,
+            "started": self.started,
+            "finished": self.finished,  # None while running (an interrupted run's file says so)
+        }
+
+
+def _utc_now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _json_default(o: Any) -> Any:
