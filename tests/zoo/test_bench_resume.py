@@ -38,6 +38,14 @@ def test_scoring_another_weights_folder_into_the_same_out_keeps_the_earlier_rows
     # resuming the first folder scores nothing again
     again = run_transfer(out, families=["mobilenet"], weights=a, **kw)
     assert again[0]["seconds"] == first[0]["seconds"]
+    assert json.loads((out / "results.json").read_text())["run"]["cells_scored"] == 0
+    assert first[0]["weights_sha256"] == json.loads((a / "mobilenet.json").read_text())["sha256"]
+    # ... unless the model was retrained in that folder since (its card's sha256 changed): scored again
+    card = json.loads((a / "mobilenet.json").read_text())
+    (a / "mobilenet.json").write_text(json.dumps({**card, "sha256": "0" * 64}))
+    retrained = run_transfer(out, families=["mobilenet"], weights=a, **kw)
+    assert retrained[0]["weights_sha256"] == "0" * 64
+    assert json.loads((out / "results.json").read_text())["run"]["cells_scored"] == 1
     # the same cell from other weights (the shipped ones) is scored anew and replaces it
     shipped = run_transfer(out, families=["mobilenet"], **kw)
     assert shipped[0]["weights"] is None and shipped[0]["model_seed"] == 0

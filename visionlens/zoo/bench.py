@@ -23,7 +23,7 @@ import traceback
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -184,7 +184,11 @@ def run_transfer(
     elif len(folders) > 1:
         settings["weights"] = "per row"
     # a cell is done only when scored from the same weights; other cells of earlier runs stay as they are
-    done = {(r["model"], r["technique"]): r for r in old if r.get("weights") == weights_dir}
+    done = {
+        (r["model"], r["technique"]): r
+        for r in old
+        if r.get("weights") == weights_dir and _scored_from_current_weights(r, weights_dir)
+    }
     selected = {(f"zoo:{e.name}", t.name) for e in zoo for t in techs}
     kept = [r for r in old if (r["model"], r["technique"]) not in selected]  # other cells of earlier runs stay
     rows: List[Dict[str, Any]] = []
@@ -272,6 +276,19 @@ def run_transfer(
     return rows
 
 
+def _scored_from_current_weights(row: Mapping[str, Any], folder: Optional[str]) -> bool:
+    """Whether a kept row's model still has the weights it was scored from (its ``weights_sha256`` against the
+    card in ``folder``): a retrained model's cells are scored again on resume. Rows written before rows carried
+    the hash count as current."""
+    sha = row.get("weights_sha256")
+    if sha is None:
+        return True
+    try:
+        return model_card(str(row["model"]).removeprefix("zoo:"), folder).get("sha256") == sha
+    except (VisionLensError, OSError, ValueError):
+        return False
+
+
 def _previous_timings(path: Path, quick: bool) -> Dict[Tuple[str, str], float]:
     """``{(model, technique): seconds}`` of the scored rows of ``path`` (a ``results.json``) when it was run at
     the same budget (``quick`` or full): their CPU seconds, else their wall seconds; ``{}`` otherwise."""
@@ -349,7 +366,8 @@ def _score_entry(entry: ZooEntry, todo: Sequence[Any], job: _EntryJob, emit: Emi
         return
     t_load = time.perf_counter()
     model = load(entry.name, directory=job.weights)
-    model_seed = int(model_card(entry.name, job.weights).get("seed", 0))
+    card = model_card(entry.name, job.weights)
+    model_seed, weights_sha = int(card.get("seed", 0)), card.get("sha256")
     random_model = load(entry.name, pretrained=False) if job.sanity else None
     emit(
         "say",
@@ -378,6 +396,7 @@ def _score_entry(entry: ZooEntry, todo: Sequence[Any], job: _EntryJob, emit: Emi
                 tech,
                 supported=True,
                 model_seed=model_seed,
+                weights_sha256=weights_sha,
                 **_score_fields("", s),
                 details=s.to_dict()["details"],
             )
