@@ -35,6 +35,10 @@ demo: install
 # the checks before pytest run two at a time (mypy beside the hook docs on 2 cores), their output kept per check;
 # one torch thread each: their models are tiny, and torch's default (one thread per core) only spins (hook docs
 # 48 s instead of 21 s on 2 cores)
+# Bytecode caches on (PYTHONDONTWRITEBYTECODE set to empty, for this target only; __pycache__ is ignored by git):
+# with it set, every pytest worker compiles the test modules and the package again on each run (collection took
+# 4-5 s more CPU per worker), and so does every subprocess the tests start.
+test: export PYTHONDONTWRITEBYTECODE :=
 test: install
 	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory -j2 -Otarget lint hook-docs transfer-docs perf-docs
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadgroup --timeout 900 --durations=15

@@ -35,7 +35,7 @@ torch.set_num_threads(1)
 # ----------------------------------------------------------------------------- xdist groups
 @pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> Iterator[None]:
-    """Keep ``--dist loadgroup`` grouping on pytest >= 9.2.
+    """Collect the slowest tests first (:func:`slow_first`), and keep ``--dist loadgroup`` grouping on pytest >= 9.2.
 
     pytest-xdist (3.8) groups tests by appending ``@<group>`` to each marked item's node id, writing the
     legacy ``item._nodeid`` field; pytest 9.2 keeps the id in ``item._id`` (a structured ``NodeId``), so
@@ -44,6 +44,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> Iterato
     this does what that fix does, after xdist's own hook, and only where the suffix is missing.
     """
     result = yield
+    slow_first(items)  # see SLOW_FIRST
     if getattr(config.option, "loadgroup", False):  # set by xdist on its workers under --dist loadgroup
         try:
             from _pytest.nodeid import coerce_node_id  # pytest >= 9.2
@@ -56,6 +57,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> Iterato
             if names and not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
                 item._id = coerce_node_id(item.nodeid + suffix)
     return result
+
+
+# Seconds of the slowest tests (make test, 2 idle cores; refresh from --durations when they move). They are collected
+# first, longest first, every other test after them in file order: under -n 2 the workers take tests in collection
+# order as they free up, so the long ones start early and the short ones fill in at the end (longest-processing-time
+# order), instead of a worker finishing alone on a long zoo test collected last. xdist groups are handed out before
+# any single test (loadgroup: larger work units first), so a group's tests need no entry here. Prefixes of node ids.
+SLOW_FIRST = {
+    "tests/apps/test_demo.py::test_demo_writes_report": 37,
+    "tests/zoo/test_zoo_models.py::test_training_in_worker_processes_gives_the_serial_weights": 35,
+    "tests/zoo/test_bench_transfer.py::test_cli_quick_table_every_family[clip]": 31,
+    "tests/zoo/test_bench_transfer.py::test_worker_processes_give_the_serial_scores": 28,
+    "tests/zoo/test_bench_transfer.py::test_cli_quick_table_every_family[vit]": 27,
+    "tests/zoo/test_bench_transfer.py::test_cli_quick_table_every_family[inception]": 20,
+    "tests/zoo/test_bench_transfer.py::test_cli_quick_table_every_family[mobilenet]": 15,
+    "tests/apps/test_cli.py::test_real_subprocess": 14,
+    "tests/plugins/test_dataset_examples.py::test_sigkill_then_resume_is_exact": 12,
+    "tests/zoo/test_zoo_models.py::test_retraining_is_bit_for_bit_reproducible[convnext": 10,
+    "tests/plugins/test_attention_patterns.py::test_viewer_renders_in_headless_chromium": 8,
+    "tests/zoo/test_bench_transfer.py::test_cli_quick_table_every_family[convnext]": 8,
+    "tests/plugins/test_attention_patterns.py::test_save_writes_viewer_and_keeps_index_script_free": 7,
+    "tests/zoo/test_zoo_models.py::test_evaluate_card_remeasures_metrics_and_keeps_the_weights": 7,
+    "tests/zoo/test_cascade.py::test_a_step_below_what_the_score_reads_reuses_the_trained_score": 7,
+    "tests/adapters/test_open_clip.py::test_full_size_parity_both_towers": 6,
+}
+
+
+def slow_first(items: list) -> None:
+    """Put :data:`SLOW_FIRST` first, longest first (a stable sort: the rest keep their order)."""
+
+    def cost(item: Any) -> float:
+        return -max((s for prefix, s in SLOW_FIRST.items() if item.nodeid.startswith(prefix)), default=0.0)
+
+    items.sort(key=cost)
 
 
 # ----------------------------------------------------------------------------- CLI runs

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import shutil
@@ -11,6 +9,7 @@ import shutil
 import pytest
 import torch
 
+from tests.zoo.conftest import EVERY_TECHNIQUE_FAMILIES, TABLE_GROUPS, cli_quick_table
 from visionlens import hookimpl
 from visionlens.registry import plugin_manager
 from visionlens.zoo import bench, catalog, techniques_captum
@@ -173,61 +172,36 @@ def test_score_heatmap_perfect_and_uniform():
 
 
 BENCH_FAMILIES = sorted({e.family for e in catalog.entries().values() if e.benchmark})
-# Every technique runs on one family per input layout (conv maps, tokens, CLIP, UNet), with the randomized
-# copy. The costliest two, whose code does not depend on the conv family (a feature-visualization render; a
-# dictionary on per-position map vectors), are left out of the other conv families to keep the suite's time, and
-# those families score the trained model only (their randomized copies are checked in tests/zoo/test_randomize.py);
-# every other technique still runs on every family.
-EVERY_TECHNIQUE_FAMILIES = {"resnet", "vit", "clip", "diffusion"}
-LAYOUT_AGNOSTIC_COSTLY = {"feature_visualization", "dictionary_features"}
-
-
-def _cli_quick_table(family: str, out) -> tuple[int, list[str], str]:
-    """``visionlens bench transfer --quick --families FAMILY`` into ``out``: (exit code, techniques, stdout)."""
-    from visionlens.cli import main
-
-    techs = sorted(t.name for t in bench.all_techniques())
-    cmd = ["bench", "transfer", "--quick", "--families", family, "--out", str(out), "-q"]
-    if family not in EVERY_TECHNIQUE_FAMILIES:
-        techs = [t for t in techs if t not in LAYOUT_AGNOSTIC_COSTLY]
-        cmd.append("--no-sanity")
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = main(cmd + ["--techniques", ",".join(techs)])
-    return code, techs, stdout.getvalue()
 
 
 @pytest.fixture(scope="module")
-def resnet_table(tmp_path_factory):
+def resnet_table(quick_table):
     """The CLI's quick table on the ResNet family (every technique, with the randomized copies), run once for
     the tests that read it (same xdist group, so one worker runs it)."""
-    out = tmp_path_factory.mktemp("resnet_table")
-    code, techs, stdout = _cli_quick_table("resnet", out)
-    assert code == 0
-    (out / "stdout.txt").write_text(stdout)
-    return out
+    return quick_table("resnet")
 
 
 # the ResNet table's readers: one worker, one run of the table
-RESNET_TABLE = pytest.mark.xdist_group("resnet_table")
-test_quick_table_rows_and_files = RESNET_TABLE(test_quick_table_rows_and_files)
+test_quick_table_rows_and_files = TABLE_GROUPS["resnet"](test_quick_table_rows_and_files)
 
 
 @pytest.mark.parametrize(
-    "family", [pytest.param(f, marks=RESNET_TABLE) if f == "resnet" else f for f in BENCH_FAMILIES]
+    "family", [pytest.param(f, marks=TABLE_GROUPS[f]) if f in TABLE_GROUPS else f for f in BENCH_FAMILIES]
 )
 def test_cli_quick_table_every_family(family, tmp_path, request):
     """The quick table, one family per test (xdist spreads them), through the CLI: a row for every
-    technique on every trained model of the family, a score for every supported one, a reason for every other."""
+    technique on every trained model of the family, a score for every supported one, a reason for every other.
+    (The tables of TABLE_GROUPS are shared with other tests that read them: tests/zoo/conftest.py.)"""
     names = [n for n, e in catalog.entries().items() if e.family == family and e.benchmark]
     names = [n for n in names if catalog.weights_path(n).is_file() and not catalog.get_entry(n).requires()]
     if not names:
         pytest.skip(f"no trained zoo model of family {family} can be benchmarked here")
-    if family == "resnet":  # shared with test_quick_table_rows_and_files
-        tmp_path = request.getfixturevalue("resnet_table")
+    if family in TABLE_GROUPS:
+        tmp_path = request.getfixturevalue("quick_table")(family)
         techs, stdout = sorted(t.name for t in bench.all_techniques()), (tmp_path / "stdout.txt").read_text()
+        assert family in EVERY_TECHNIQUE_FAMILIES  # (else the CLI ran a narrower selection, with --no-sanity)
     else:
-        code, techs, stdout = _cli_quick_table(family, tmp_path)
+        code, techs, stdout = cli_quick_table(family, tmp_path)
         assert code == 0
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert {f"zoo:{n}" for n in names} <= {r["model"] for r in rows}

@@ -12,6 +12,7 @@ import json
 import pytest
 import torch
 
+from tests.zoo.conftest import TABLE_GROUPS
 from visionlens.zoo import techniques_circuits, techniques_features
 from visionlens.zoo.catalog import card_path, get_entry, load, weights_path
 from visionlens.zoo.classifiers import PATHWAY_THRESHOLDS
@@ -47,9 +48,13 @@ def _compute(tech_name: str, trained, random, entry_name: str):
     assert tech.supports(trained, entry)[0]
     torch.manual_seed(0)
     s = tech.score(trained, BenchContext(entry=entry, quick=True))
+    return s, _compute_random(tech_name, random, entry_name)
+
+
+def _compute_random(tech_name: str, random, entry_name: str):
+    """The benchmark's sanity score: ``tech_name`` on the randomized copy (seed 0, quick budget)."""
     torch.manual_seed(0)
-    r = tech.score(random, BenchContext(entry=entry, quick=True, randomized=True))
-    return s, r
+    return TECHS[tech_name].score(random, BenchContext(entry=get_entry(entry_name), quick=True, randomized=True))
 
 
 def test_techniques_are_registered():
@@ -123,16 +128,26 @@ def test_style_judge_is_not_a_planted_classifier():
 
 @_needs("diffusion")
 @_needs("style_judge")
-def test_style_neurons_trained_beats_random():
+@TABLE_GROUPS["diffusion"]
+def test_style_neurons_trained_beats_random(quick_table):
+    """The trained UNet's row is the CLI's quick diffusion table's (tests/zoo/conftest.py: the same cell, scored once
+    on this worker, xdist group "diffusion_table"); the random UNet is scored here, and must equal the table's
+    sanity score."""
     pytest.importorskip("diffusers")
-    s, r = _scores("style_neuron_search", load("diffusion"), load("diffusion", pretrained=False), "diffusion")
+    rows = json.loads((quick_table("diffusion") / "results.json").read_text())["rows"]
+    (row,) = [x for x in rows if x["model"] == "zoo:diffusion" and x["technique"] == "style_neuron_search"]
+    assert row["supported"] and row["score"] is not None, row
+    d = row["details"]
+    r = _compute_random("style_neuron_search", load("diffusion", pretrained=False), "diffusion")
     assert r.normalized == 0.0 and r.details.get("no_style_effect")  # a random UNet has no style to remove
-    assert s.details["effects"][s.details["style"]] > 0.5, s.details  # the zoo UNet follows the style phrase
-    if "add_embedding.hook_out" not in s.details["searched_hooks"]:
+    assert row["sanity_normalized"] == pytest.approx(r.normalized)  # the table's control is this one
+    assert d["effects"][d["style"]] > 0.5, d  # the zoo UNet follows the style phrase
+    if "add_embedding.hook_out" not in d["searched_hooks"]:
         pytest.xfail("style_neuron_search skips [B, D] hooks (add_embedding), where the zoo UNet's style lives")
-    assert s.normalized > 0.2, (s.score, s.chance, s.details)
-    assert s.normalized > r.normalized + 0.2
-    lo, hi = s.details["interval"]  # a bootstrap over the samples, paired across conditions
-    assert lo <= s.normalized + 1e-9 and hi >= s.normalized - 1e-9 and lo > 0.0
-    assert set(s.details["baselines"]) == {"constant", "random"}
-    assert s.details["baselines"]["constant"]["normalized"] < s.normalized
+    norm = row["normalized"]
+    assert norm > 0.2, (row["score"], row["chance"], d)
+    assert norm > r.normalized + 0.2 and row["sanity_passed"] is True
+    lo, hi = row["interval"]  # a bootstrap over the samples, paired across conditions
+    assert lo <= norm + 1e-9 and hi >= norm - 1e-9 and lo > 0.0
+    assert set(row["baselines"]) == {"constant", "random"}
+    assert row["baselines"]["constant"]["normalized"] < norm
