@@ -178,27 +178,17 @@ def test_evaluate_card_remeasures_metrics_and_keeps_the_weights(tmp_path):
         evaluate_card("resnet", out_dir=tmp_path)
 
 
+@SEED3_RESNET
 def test_training_in_worker_processes_gives_the_serial_weights(tmp_path):
-    """``zoo train --workers 2``: each model in its own process, the same bytes as a serial run."""
+    """``zoo train --workers 2``: a model trained in a worker process has the bytes of a serial run."""
+    from visionlens.zoo.train import save_weights
     from visionlens.zoo.train_parallel import train_in_workers
 
     order = []
-    cards = train_in_workers(
-        ["resnet", "style_judge"],
-        2,
-        report=lambda name, card: order.append(name),
-        out_dir=tmp_path / "par",
-        seed=5,
-        steps=2,
-    )
-    assert sorted(order) == ["resnet", "style_judge"] and set(cards) == set(order)
-    from safetensors.torch import save_file
-
-    from visionlens.zoo.entry import state_dict_for_saving
-
-    module, _ = train_module("resnet", seed=5, steps=2)  # in this process, as a serial run trains it
-    save_file(
-        state_dict_for_saving(module), str(tmp_path / "ser.safetensors"), metadata={"zoo_name": "resnet", "seed": "5"}
-    )
-    assert cards["resnet"]["sha256"] == sha256_file(tmp_path / "ser.safetensors")
-    assert (tmp_path / "par" / "style_judge.safetensors").is_file()
+    cards = train_in_workers(["resnet"], 2, report=lambda n, c: order.append(n), out_dir=tmp_path, seed=3, steps=3)
+    assert order == ["resnet"] and cards["resnet"]["seed"] == 3
+    module, _ = _trained_seed3("resnet", 3)  # this worker's serial run (shared with the reproducibility tests)
+    save_weights(module, tmp_path / "serial.safetensors", "resnet", 3)
+    assert cards["resnet"]["sha256"] == sha256_file(tmp_path / "serial.safetensors")
+    save_weights(module, tmp_path / "again.safetensors", "resnet", 3)  # and the bytes repeat
+    assert sha256_file(tmp_path / "again.safetensors") == cards["resnet"]["sha256"]

@@ -39,6 +39,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def save_weights(module: torch.nn.Module, path: Union[str, Path], name: str, seed: int) -> None:
+    """Write ``module``'s weights as safetensors whose bytes depend only on the weights, ``name`` and ``seed``.
+
+    The metadata is one key (``visionlens_zoo``: sorted JSON): safetensors writes its metadata map in hash
+    order, which changes from process to process, so two keys made the same weights' sha256 differ between runs.
+    """
+    meta = {"visionlens_zoo": json.dumps({"name": name, "seed": int(seed)}, sort_keys=True)}
+    save_file(state_dict_for_saving(module), str(path), metadata=meta)
+
+
 def train_module(
     name: str,
     seed: int = 0,
@@ -88,7 +98,7 @@ def train_entry(
     with torch.no_grad():
         metrics = {k: float(v) for k, v in entry.evaluate(module).items()}
     wpath = weights_path(name, out)
-    save_file(state_dict_for_saving(module), str(wpath), metadata={"zoo_name": name, "seed": str(seed)})
+    save_weights(module, wpath, name, seed)
     wpath.chmod(0o644)  # safetensors writes 0600; shipped package data must be world-readable
     checks = {
         k: {"threshold": t, "value": metrics.get(k), "passed": metrics.get(k) is not None and metrics[k] >= t}

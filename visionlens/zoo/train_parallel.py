@@ -15,8 +15,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
+import torch
+
 from ..validation import VisionLensError
 from .catalog import card_path, get_entry
+from .train import train_entry
 
 __all__ = ["NEEDS", "expected_seconds", "train_in_workers"]
 
@@ -36,10 +39,6 @@ def expected_seconds(name: str, out_dir: Union[str, Path, None]) -> float:
 
 
 def _train_one(name: str, kwargs: Dict[str, Any], threads: int) -> Dict[str, Any]:
-    import torch
-
-    from .train import train_entry
-
     torch.set_num_threads(threads)
     return train_entry(name, **kwargs)
 
