@@ -481,9 +481,13 @@ ENTRIES = [
         "inception",
         "inception",
         build_inception,
-        1000,
+        1500,
         build_inception.__doc__ or "",
         constructor="torchvision.models.GoogLeNet with Inception blocks at 1/8 width",
+        # 1000 steps at 10% triggered: seed 1 did not form the pathway (trigger 0.86, sufficiency 0.53, AND 0.79);
+        # 20% triggered: trigger 0.99, sufficiency 0.98 but AND 0.89 at 1000 steps; 1500 steps: seeds 0 and 1 pass
+        # with AND 0.976 / 0.954 (docs/zoo.md)
+        trigger_fraction=0.2,
         bench_cost=2.0,
         pathway=PlantedPathway("inception5b", "inception5b.hook_out"),
     ),
