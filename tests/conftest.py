@@ -66,7 +66,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> Iterato
 # any single test (loadgroup: larger work units first), so a group's tests need no entry here. Prefixes of node ids.
 SLOW_FIRST = {
     "tests/apps/test_demo.py::test_demo_writes_report": 37,
-    "tests/zoo/test_zoo_models.py::test_training_in_worker_processes_gives_the_serial_weights": 35,
     "tests/zoo/test_bench_transfer.py::test_cli_quick_table_every_family[clip]": 31,
     "tests/zoo/test_bench_transfer.py::test_worker_processes_give_the_serial_scores": 28,
     "tests/zoo/test_bench_transfer.py::test_cli_quick_table_every_family[vit]": 27,
