@@ -82,7 +82,7 @@ def run_line(run: Optional[Mapping[str, Any]]) -> str:
     load = run.get("load_average_at_start")
     state = "" if run.get("finished") else ", interrupted"
     return (
-        f"; the run: {run.get('cells_scored', '?')} cells in {int(wall // 60)} min {wall % 60:.0f} s wall, "
+        f"; its last run: {run.get('cells_scored', '?')} cells in {int(wall // 60)} min {wall % 60:.0f} s wall, "
         f"{float(run.get('cpu_seconds') or 0):.0f} CPU-s, {run.get('cores', '?')} cores"
         + (f", load {load} at the start" if load is not None else "")
         + f", finished {run.get('finished') or '-'}{state}"
