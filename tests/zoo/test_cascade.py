@@ -118,4 +118,4 @@ def test_a_step_below_what_the_score_reads_reuses_the_trained_score_and_it_is_th
     # ... and a step that randomizes the last block changes what the score reads, so it is scored
     hook, probe, act = _read_point(tech, entry, module)
     ((_, block_random),) = list(cascading_randomization(module, seed=0, steps={1}))
-    assert not torch.equal(_activation(entry, block_random, hook, probe), act)
+    assert not torch.equal(_activation(entry.hooked(block_random.eval()), hook, probe), act)

@@ -192,3 +192,11 @@ def test_training_in_worker_processes_gives_the_serial_weights(tmp_path):
     assert cards["resnet"]["sha256"] == sha256_file(tmp_path / "serial.safetensors")
     save_weights(module, tmp_path / "again.safetensors", "resnet", 3)  # and the bytes repeat
     assert sha256_file(tmp_path / "again.safetensors") == cards["resnet"]["sha256"]
+
+
+def test_models_that_read_another_zoo_model_train_after_it():
+    from visionlens.zoo.train_parallel import NEEDS, dependency_order
+
+    assert NEEDS["diffusion"] == ("style_judge",)
+    assert dependency_order(["diffusion", "resnet", "style_judge"]) == ["style_judge", "diffusion", "resnet"]
+    assert dependency_order(["resnet", "diffusion"]) == ["resnet", "diffusion"]  # a dependency not asked for

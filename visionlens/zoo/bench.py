@@ -184,20 +184,17 @@ def run_transfer(
     elif len(folders) > 1:
         settings["weights"] = "per row"
     # a cell is done only when scored from the same weights; other cells of earlier runs stay as they are
-    done = {
-        (r["model"], r["technique"]): r
-        for r in old
-        if r.get("weights") == weights_dir and _scored_from_current_weights(r, weights_dir)
-    }
+    current = _CurrentWeights(weights_dir)
+    done = {(r["model"], r["technique"]): r for r in old if r.get("weights") == weights_dir and current.scored(r)}
     selected = {(f"zoo:{e.name}", t.name) for e in zoo for t in techs}
     kept = [r for r in old if (r["model"], r["technique"]) not in selected]  # other cells of earlier runs stay
     rows: List[Dict[str, Any]] = []
     n_cells = sum(1 for e in zoo for t in techs if (f"zoo:{e.name}", t.name) not in done)
     counter = [0]
-    t_run = time.perf_counter()
     run_record = RunRecord.start(cells=n_cells)
-
-    options = _options(resume, sanity, workers, cascade, quick, backend)
+    command = _command(
+        families, techniques, quick, seed, weights, _options(resume, sanity, workers, cascade, quick, backend)
+    )
 
     def say(msg: str) -> None:
         if verbose:
@@ -206,7 +203,7 @@ def run_transfer(
     def flush() -> None:
         payload = {
             "settings": settings,
-            "command": _command(families, techniques, quick, seed, weights, options),
+            "command": command,
             "run": run_record.now(),
             "rows": _in_table_order(kept + rows),
         }
@@ -220,7 +217,7 @@ def run_transfer(
         rows.append(payload)
         counter[0] += 1
         if payload.get("seconds") is not None:
-            model, elapsed = str(payload["model"]).removeprefix("zoo:"), time.perf_counter() - t_run
+            model, elapsed = str(payload["model"]).removeprefix("zoo:"), time.perf_counter() - run_record.t0
             say(_progress_line(counter[0], n_cells, model, payload["technique"], payload, elapsed))
         flush()
 
@@ -270,23 +267,30 @@ def run_transfer(
     rows[:] = _in_table_order(rows)
     run_record.finish()
     flush()
-    write_report(
-        out, _in_table_order(kept + rows), settings, _command(families, techniques, quick, seed, weights, options)
-    )
+    write_report(out, _in_table_order(kept + rows), settings, command)
     return rows
 
 
-def _scored_from_current_weights(row: Mapping[str, Any], folder: Optional[str]) -> bool:
+class _CurrentWeights:
     """Whether a kept row's model still has the weights it was scored from (its ``weights_sha256`` against the
-    card in ``folder``): a retrained model's cells are scored again on resume. Rows written before rows carried
-    the hash count as current."""
-    sha = row.get("weights_sha256")
-    if sha is None:
-        return True
-    try:
-        return model_card(str(row["model"]).removeprefix("zoo:"), folder).get("sha256") == sha
-    except (VisionLensError, OSError, ValueError):
-        return False
+    card in ``folder``, read once per model): a retrained model's cells are scored again on resume. Rows written
+    before rows carried the hash count as current."""
+
+    def __init__(self, folder: Optional[str]) -> None:
+        self.folder = folder
+        self.sha: Dict[str, Optional[str]] = {}
+
+    def scored(self, row: Mapping[str, Any]) -> bool:
+        sha = row.get("weights_sha256")
+        if sha is None:
+            return True
+        model = str(row["model"]).removeprefix("zoo:")
+        if model not in self.sha:
+            try:
+                self.sha[model] = model_card(model, self.folder).get("sha256")
+            except (VisionLensError, OSError, ValueError):
+                self.sha[model] = None
+        return self.sha[model] == sha
 
 
 def _previous_timings(path: Path, quick: bool) -> Dict[Tuple[str, str], float]:

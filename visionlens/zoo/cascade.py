@@ -11,7 +11,7 @@ trained module (the same random values as the table's fully randomized copy at t
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from .catalog import load_module
 from .entry import ZooEntry
 from .randomize import cascading_randomization, parameter_groups
 from .technique import CONTROL_IMAGES, BenchContext
+
+if TYPE_CHECKING:
+    from ..hooked_model import HookedVisionModel
 
 
 def _pick(n: int, max_steps: Optional[int]) -> List[int]:
@@ -79,7 +82,8 @@ def cascade_curve(
             point.update(normalized=random_control[1], reused=True)
             points.append(point)
             continue
-        if reads is not None and torch.equal(_activation(entry, copy, reads[0], reads[1]), reads[2]):
+        hooked = entry.hooked(copy.eval())
+        if reads is not None and torch.equal(_activation(hooked, reads[0], reads[1]), reads[2]):
             point.update(normalized=trained_score, reused=f"unchanged at {reads[0]}")
             points.append(point)
             continue
@@ -93,7 +97,7 @@ def cascade_curve(
                 localization_images=None if quick else CONTROL_IMAGES,
                 inputs=inputs,
             )
-            s = technique.score(entry.hooked(copy.eval()), ctx)
+            s = technique.score(hooked, ctx)
             point.update(score=float(s.score), normalized=s.normalized)
         except Exception as exc:  # one failing step must not cost the curve
             point.update(normalized=None, error=f"{type(exc).__name__}: {exc}")
@@ -101,9 +105,8 @@ def cascade_curve(
     return points
 
 
-def _activation(entry: ZooEntry, module: nn.Module, hook: str, probe: torch.Tensor) -> torch.Tensor:
-    """``module``'s activation at ``hook`` on ``probe`` (eval mode, no gradient)."""
-    model = entry.hooked(module.eval())
+def _activation(model: HookedVisionModel, hook: str, probe: torch.Tensor) -> torch.Tensor:
+    """``model``'s activation at ``hook`` on ``probe`` (no gradient)."""
     with torch.no_grad():
         _, cache = model.run_with_cache(probe, names_filter=[hook], return_cache_object=False)
     return cache[hook]
@@ -118,7 +121,7 @@ def _read_point(technique: Any, entry: ZooEntry, module: nn.Module) -> Optional[
     hook = reads(model, entry)
     g = torch.Generator().manual_seed(0)
     probe = torch.rand(model.dummy_input(batch=4).shape, generator=g)  # any input: only bitwise identity matters
-    return hook, probe, _activation(entry, module, hook, probe)
+    return hook, probe, _activation(model, hook, probe)
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:

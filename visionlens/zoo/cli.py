@@ -20,7 +20,7 @@ from .bench import run_transfer
 from .bench_report import markdown_table
 from .catalog import describe, entries
 from .train import evaluate_card, train_entry
-from .train_parallel import train_in_workers
+from .train_parallel import dependency_order, train_in_workers
 
 
 def _add_names_and_out(parser: argparse.ArgumentParser, out_help: str) -> None:
@@ -162,8 +162,7 @@ def run_zoo_command(args: argparse.Namespace) -> int:
         return 1 if bad else 0
     if args.zoo_command == "train":
         names = list(entries()) if args.names == ["all"] else args.names
-        order = {"style_judge": 0}  # the diffusion model's evaluation uses the judge
-        names = sorted(names, key=lambda n: order.get(n, 1))
+        names = dependency_order(names)  # e.g. the diffusion model's evaluation reads the style judge
         failed = []
 
         def report(name: str, card: Dict[str, Any]) -> None:

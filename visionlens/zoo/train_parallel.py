@@ -21,7 +21,7 @@ from ..validation import VisionLensError
 from .catalog import card_path, get_entry
 from .train import train_entry
 
-__all__ = ["NEEDS", "expected_seconds", "train_in_workers"]
+__all__ = ["NEEDS", "dependency_order", "expected_seconds", "train_in_workers"]
 
 # model -> the zoo models that must be trained before it (its evaluation loads their weights)
 NEEDS: Dict[str, Sequence[str]] = {"diffusion": ("style_judge",)}
@@ -36,6 +36,25 @@ def expected_seconds(name: str, out_dir: Union[str, Path, None]) -> float:
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return float(get_entry(name).default_steps or 0)
+
+
+def dependency_order(names: Sequence[str]) -> list:
+    """``names`` with every model after the ones it :data:`NEEDS` (a stable order otherwise): the serial order."""
+    out: list = []
+
+    def visit(n: str, path: tuple) -> None:
+        if n in out:
+            return
+        if n in path:
+            raise VisionLensError(f"zoo models {list(path)} wait on each other ({NEEDS})")
+        for dep in NEEDS.get(n, ()):
+            if dep in names:
+                visit(dep, path + (n,))
+        out.append(n)
+
+    for n in names:
+        visit(n, ())
+    return out
 
 
 def _train_one(name: str, kwargs: Dict[str, Any], threads: int) -> Dict[str, Any]:
