@@ -75,3 +75,15 @@ def test_the_headline_quotes_the_run_record_not_a_typed_figure():
     assert "12 cells in 24 min 34 s wall, 2817 CPU-s, 2 cores, load 0.4 at the start" in line
     assert "interrupted" not in line and "interrupted" in gen.run_line({**run, "finished": None})
     assert gen.run_line(None) == "" and gen.run_line({}) == ""
+
+
+def test_a_table_assembled_from_several_runs_quotes_each_with_the_rows_it_scored():
+    full = {"command": "visionlens bench transfer --fresh", "run_id": "A", "cells_scored": 3, "wall_seconds": 90.0}
+    redo = {"command": "visionlens bench transfer --families vit", "run_id": "B", "cells_scored": 1}
+    rows = [{"run_id": "A"}, {"run_id": "A"}, {"run_id": "B"}]
+    line = gen.runs_line({"runs": [full, {**redo, "wall_seconds": 61.0}], "rows": rows})
+    assert line.startswith("assembled from 2 runs: `visionlens bench transfer --fresh` (2 of these rows; 3 cells in")
+    assert "`visionlens bench transfer --families vit` (1 of these rows; 1 cells in 1 min 1 s wall" in line
+    # a file written before the history existed: its one command and run record
+    old = gen.runs_line({"command": "cmd", "run": {"cells_scored": 2, "wall_seconds": 5.0}, "rows": []})
+    assert old == "its run: `cmd` (2 cells in 0 min 5 s wall, 0 CPU-s, ? cores, finished -, interrupted)"

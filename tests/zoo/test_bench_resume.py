@@ -49,6 +49,14 @@ def test_scoring_another_weights_folder_into_the_same_out_keeps_the_earlier_rows
     # the same cell from other weights (the shipped ones) is scored anew and replaces it
     shipped = run_transfer(out, families=["mobilenet"], **kw)
     assert shipped[0]["weights"] is None and shipped[0]["model_seed"] == 0
+    # the file's run history keeps the runs whose rows it still holds: the convnext run and the last one (the
+    # first mobilenet run's row was replaced twice; the resume that scored nothing owns no row)
+    saved = json.loads((out / "results.json").read_text())
+    runs = {r["run_id"]: r for r in saved["runs"]}
+    by_model = {r["model"]: runs[r["run_id"]]["command"] for r in saved["rows"]}
+    assert "--families convnext" in by_model["zoo:convnext"] and f"--weights {b}" in by_model["zoo:convnext"]
+    assert "--families mobilenet" in by_model["zoo:mobilenet"] and "--weights" not in by_model["zoo:mobilenet"]
+    assert len(runs) == 2 and saved["runs"][-1]["run_id"] == saved["run"]["run_id"] == shipped[0]["run_id"]
 
 
 def test_other_settings_are_refused_not_overwritten(tmp_path):

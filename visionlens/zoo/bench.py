@@ -20,8 +20,9 @@ import queue
 import sys
 import time
 import traceback
+import uuid
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -120,6 +121,32 @@ def _load_results(path: Path) -> List[Dict[str, Any]]:
         return []
 
 
+def _previous_runs(path: Path) -> List[Dict[str, Any]]:
+    """The run history of a results file: its ``runs`` list, or for files written before the history existed,
+    the one ``command`` / ``run`` record it kept (empty when there is no file)."""
+    if not path.is_file():
+        return []
+    try:
+        payload = json.loads(path.read_text())
+    except ValueError:
+        return []
+    runs = payload.get("runs")
+    if isinstance(runs, list):
+        return [dict(r) for r in runs]
+    if payload.get("command") or payload.get("run"):
+        return [{"command": payload.get("command"), **dict(payload.get("run") or {})}]
+    return []
+
+
+def _runs_owning_rows(runs: List[Dict[str, Any]], rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """The runs that scored at least one of ``rows`` (matched by ``row["run_id"]``); every run when some row
+    predates that field (its run cannot be told)."""
+    if any("run_id" not in r for r in rows):
+        return runs
+    owners = {r["run_id"] for r in rows}
+    return [r for r in runs if r.get("run_id") in owners]
+
+
 def run_transfer(
     out_dir: Union[str, Path],
     families: Optional[Sequence[str]] = None,
@@ -168,6 +195,7 @@ def run_transfer(
     weights_dir = None if weights is None else str(weights)
     res_path = out / "results.json"
     old = _load_results(res_path) if resume else []
+    history = _previous_runs(res_path) if old else []  # a fresh run (or an empty file) starts the history anew
     if old:
         old_settings = dict(json.loads(res_path.read_text()).get("settings") or {})
         for r in old:  # rows of files written before rows named their weights: the file's folder
@@ -200,20 +228,25 @@ def run_transfer(
         if verbose:
             print(msg, file=sys.stderr, flush=True)
 
-    def flush() -> None:
+    def flush() -> List[Dict[str, Any]]:
+        # every run that wrote rows still in this file, oldest first (a resumed table is assembled from several)
+        runs = _runs_owning_rows(history + [{"command": command, **run_record.now()}], kept + rows)
         payload = {
             "settings": settings,
             "command": command,
             "run": run_record.now(),
+            "runs": runs,
             "rows": _in_table_order(kept + rows),
         }
         atomic_write_bytes(res_path, (json.dumps(payload, indent=1, default=_json_default) + "\n").encode())
+        return runs
 
     def emit(kind: str, payload: Any) -> None:
         if kind == "say":
             say(payload)
             return
         payload["weights"] = weights_dir  # which trained models the row scored (None: the shipped ones)
+        payload["run_id"] = run_record.run_id  # which entry of the file's run history scored it
         rows.append(payload)
         counter[0] += 1
         if payload.get("seconds") is not None:
@@ -266,8 +299,8 @@ def run_transfer(
         _score_entry(entries()[job.name], [by_name[n] for n in job.techniques], job, emit)
     rows[:] = _in_table_order(rows)
     run_record.finish()
-    flush()
-    write_report(out, _in_table_order(kept + rows), settings, command)
+    runs = flush()
+    write_report(out, _in_table_order(kept + rows), settings, "; ".join(str(r.get("command")) for r in runs) or command)
     return rows
 
 
@@ -608,6 +641,7 @@ class RunRecord:
     load_at_start: Optional[float]
     started: str
     finished: Optional[str] = None
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # rows name the run that scored them
 
     @staticmethod
     def _cpu() -> float:
@@ -629,6 +663,7 @@ class RunRecord:
 
     def now(self) -> Dict[str, Any]:
         return {
+            "run_id": self.run_id,
             "cells_scored": self.cells,
             "wall_seconds": round(time.perf_counter() - self.t0, 1),
             "cpu_seconds": round(self._cpu() - self.cpu0, 1),
