@@ -187,6 +187,10 @@ def test_training_in_worker_processes_gives_the_serial_weights(tmp_path):
     order = []
     cards = train_in_workers(["resnet"], 2, report=lambda n, c: order.append(n), out_dir=tmp_path, seed=3, steps=3)
     assert order == ["resnet"] and cards["resnet"]["seed"] == 3
+    # what a bit-for-bit claim depends on besides the code: threads and the CPU's vector ISA
+    assert (
+        cards["resnet"]["threads"] == 1 and cards["resnet"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    )
     module, _ = _trained_seed3("resnet", 3)  # this worker's serial run (shared with the reproducibility tests)
     save_weights(module, tmp_path / "serial.safetensors", "resnet", 3)
     assert cards["resnet"]["sha256"] == sha256_file(tmp_path / "serial.safetensors")

@@ -125,6 +125,9 @@ def train_entry(
         "checkpoint_every": checkpoint_every,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        # float kernels (and so the weights' last bits) depend on the thread count and the CPU's vector ISA
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
         "python": platform.python_version(),
         "command": f"visionlens zoo train {name} --seed {seed}"
         + (f" --steps {steps}" if steps is not None else "")
