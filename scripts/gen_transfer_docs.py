@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from visionlens.zoo.bench_report import cascade_table, headline, markdown_table, seed_table, verdict
+from visionlens.zoo.bench_report import cascade_table, headline, markdown_table, run_history, seed_table, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "transfer" / "results.json"
@@ -61,7 +61,7 @@ def _seed_lines(payload: Mapping[str, Any]) -> List[str]:
         "",
         "The other seeds' runs (`benchmarks/results/transfer/seeds/`): "
         + "; ".join(
-            f"seed {s}: " + "; ".join(f"`{r.get('command') or '?'}`" for r in runs_of(p))
+            f"seed {s}: " + "; ".join(f"`{r.get('command') or '?'}`" for r in run_history(p))
             for s, p in sorted(_seed_payloads().items())
         )
         + ".",
@@ -92,20 +92,11 @@ def run_line(run: Optional[Mapping[str, Any]]) -> str:
     )
 
 
-def runs_of(payload: Mapping[str, Any]) -> List[Mapping[str, Any]]:
-    """The runs that wrote a results file, oldest first: its ``runs`` history, else its last ``command``/``run``."""
-    if isinstance(payload.get("runs"), list):
-        return list(payload["runs"])
-    if payload.get("command") or payload.get("run"):
-        return [{"command": payload.get("command"), **dict(payload.get("run") or {})}]
-    return []
-
-
 def runs_line(payload: Mapping[str, Any]) -> str:
     """Every run whose rows the file holds: its command, how many of the rows are its, and what it cost."""
     rows = payload.get("rows") or []
     parts = []
-    for run in runs_of(payload):
+    for run in run_history(payload):
         owned = sum(1 for r in rows if run.get("run_id") and r.get("run_id") == run.get("run_id"))
         cost = run_line(run)
         parts.append(

@@ -34,7 +34,7 @@ from ..scale.cluster import map_on_ray
 from ..serialize import atomic_write_bytes
 from ..threads import rebalance_threads
 from ..validation import VisionLensError
-from .bench_report import write_report
+from .bench_report import run_history, write_report
 from .cascade import cascade_curve, cascade_figure
 from .catalog import entries, load, model_card, weights_path
 from .entry import ZooEntry
@@ -112,30 +112,15 @@ def _score_fields(prefix: str, s: Score) -> Dict[str, Any]:
     return {f"{prefix}score": float(s.score), f"{prefix}chance": float(s.chance), f"{prefix}normalized": s.normalized}
 
 
-def _load_results(path: Path) -> List[Dict[str, Any]]:
+def _load_payload(path: Path) -> Dict[str, Any]:
+    """A results file's payload (settings, runs, rows); ``{}`` when it is missing or unreadable."""
     if not path.is_file():
-        return []
-    try:
-        return list(json.loads(path.read_text())["rows"])
-    except (ValueError, KeyError, TypeError):
-        return []
-
-
-def _previous_runs(path: Path) -> List[Dict[str, Any]]:
-    """The run history of a results file: its ``runs`` list, or for files written before the history existed,
-    the one ``command`` / ``run`` record it kept (empty when there is no file)."""
-    if not path.is_file():
-        return []
+        return {}
     try:
         payload = json.loads(path.read_text())
+        return payload if isinstance(payload, dict) and isinstance(payload.get("rows"), list) else {}
     except ValueError:
-        return []
-    runs = payload.get("runs")
-    if isinstance(runs, list):
-        return [dict(r) for r in runs]
-    if payload.get("command") or payload.get("run"):
-        return [{"command": payload.get("command"), **dict(payload.get("run") or {})}]
-    return []
+        return {}
 
 
 def _runs_owning_rows(runs: List[Dict[str, Any]], rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
@@ -194,10 +179,11 @@ def run_transfer(
     settings: Dict[str, Any] = {"quick": quick, "seed": seed, "sanity": sanity}
     weights_dir = None if weights is None else str(weights)
     res_path = out / "results.json"
-    old = _load_results(res_path) if resume else []
-    history = _previous_runs(res_path) if old else []  # a fresh run (or an empty file) starts the history anew
+    previous = _load_payload(res_path) if resume else {}
+    old: List[Dict[str, Any]] = list(previous.get("rows") or [])
+    history = run_history(previous) if old else []  # a fresh run (or an empty file) starts the history anew
     if old:
-        old_settings = dict(json.loads(res_path.read_text()).get("settings") or {})
+        old_settings = dict(previous.get("settings") or {})
         for r in old:  # rows of files written before rows named their weights: the file's folder
             r.setdefault("weights", old_settings.get("weights"))
         old_core = {k: old_settings.get(k) for k in settings}

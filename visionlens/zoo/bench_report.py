@@ -228,6 +228,16 @@ def seed_table(runs: Mapping[int, Sequence[Mapping[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def run_history(payload: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """The runs that wrote a ``results.json`` payload, oldest first: its ``runs`` list, or for files written
+    before the history existed, the one ``command`` / ``run`` record they kept (empty when neither is there)."""
+    if isinstance(payload.get("runs"), list):
+        return [dict(r) for r in payload["runs"]]
+    if payload.get("command") or payload.get("run"):
+        return [{"command": payload.get("command"), **dict(payload.get("run") or {})}]
+    return []
+
+
 def cascade_text(r: Mapping[str, Any]) -> str:
     """``0.65 → 0.41 (layer3.0) → 0.08 (conv1)``: the cascading-randomization curve of a row (normalized score
     on the trained model, then with the weights randomized from the head down to the named unit), or ``""``."""
