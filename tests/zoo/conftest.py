@@ -22,7 +22,7 @@ import pytest
 # those families score the trained model only (their randomized copies are checked in tests/zoo/test_randomize.py);
 # every other technique still runs on every family.
 EVERY_TECHNIQUE_FAMILIES = {"resnet", "vit", "clip", "diffusion"}
-LAYOUT_AGNOSTIC_COSTLY = {"feature_visualization", "dictionary_features"}
+LAYOUT_AGNOSTIC_COSTLY = {"feature_visualization", "unit_feature_visualization", "dictionary_features"}
 
 # families whose table other tests read: table and readers in one xdist group
 TABLE_GROUPS = {family: pytest.mark.xdist_group(f"{family}_table") for family in ("resnet", "diffusion")}

@@ -39,6 +39,11 @@ FIGURE_CAPTIONS = {
     "explained by the checkerboard "
     "pattern, in any colour (chance: the same statistic on phase-scrambled copies of each render), so a colour-only "
     "render cannot pass; a render that recovers the trigger shows a checkerboard patch, wherever it is.",
+    "unit_feature_visualization": "One row per unit of the pathway hook, rendered from noise to maximise its mean "
+    "activation as the field renders (FFT parameterization, decorrelated colour, Lucid's transforms scaled to 32 px): "
+    "first the planted pathway units (8 renders each), then two other units of the same hook (4 renders each, the "
+    "specificity reference). Score: the class row's checkerboard statistic on the planted units' renders; the cell "
+    "must beat the other units' renders too.",
     "dataset_examples": "One row per unit (the 6 units of the last block whose top examples are purest): its top "
     "held-out images, best first. Score: how often a unit's top-16 images share the label-relevant factor (shape "
     "and texture; Fashion-MNIST: the class; CLIP: shape, colour, texture), against random top-k sets.",
@@ -84,6 +89,7 @@ def cell_text(r: Mapping[str, Any]) -> str:
 
 INPUT_INDEPENDENT = ("constant", "random")  # baselines a cell must beat to transfer (answers that ignore the input)
 STANDARD_METHODS = ("pca",)  # the standard method a new one must beat too, where a row has it (dictionary row)
+SPECIFICITY = ("other_units",)  # a unit-level row must show more than the same method on other units
 
 
 def has_interval(r: Mapping[str, Any]) -> bool:
@@ -96,9 +102,11 @@ def has_interval(r: Mapping[str, Any]) -> bool:
 
 def baseline_bar(r: Mapping[str, Any]) -> float:
     """What a cell's interval is compared with: max(0 = chance, the normalized point estimates of the
-    ``constant`` and ``random`` baselines and of a standard method (``pca``) where the row has one)."""
+    ``constant`` and ``random`` baselines, of a standard method (``pca``) and of the same method on
+    non-planted units (``other_units``) where the row has them)."""
     bl = r.get("baselines") or {}
-    return max([0.0] + [float(bl[k]["normalized"]) for k in (*INPUT_INDEPENDENT, *STANDARD_METHODS) if k in bl])
+    keys = (*INPUT_INDEPENDENT, *STANDARD_METHODS, *SPECIFICITY)
+    return max([0.0] + [float(bl[k]["normalized"]) for k in keys if k in bl])
 
 
 def edge_as_good(r: Mapping[str, Any]) -> bool:
@@ -114,9 +122,10 @@ def edge_as_good(r: Mapping[str, Any]) -> bool:
 def verdict(r: Mapping[str, Any]) -> str:
     """A cell's verdict: ``transfers``, ``ties baseline``, ``partial``, ``breaks``, ``fails sanity`` or ``n/a``.
 
-    Rows with an interval (localization): with ``bar`` = max(0, the ``constant`` and ``random`` baselines'
-    normalized scores), ``transfers`` when the interval's lower end is above ``bar`` (above chance *and*
-    above every input-independent map), ``breaks`` when its upper end is at or below ``bar`` (no better
+    Rows with an interval: with ``bar`` = :func:`baseline_bar` (max of 0, the ``constant`` and ``random``
+    baselines' normalized scores, and ``pca`` / ``other_units`` where a row has them), ``transfers`` when
+    the interval's lower end is above ``bar`` (above chance *and* above every input-independent answer),
+    ``breaks`` when its upper end is at or below ``bar`` (no better
     than chance or than a map that ignores the image), ``partial`` otherwise (the interval straddles
     ``bar``: undecided on these images), and ``ties baseline`` when the whole interval sits *at* ``bar``
     (e.g. a perfect unit ranking ``[1, 1]`` where a weight-only ranking is perfect too: not shown to beat

@@ -26,6 +26,7 @@ from . import (
     techniques_features,
     techniques_localization,
     techniques_mechanisms,
+    techniques_unit_fv,
 )
 from .catalog import load_spec, register
 from .cli import add_zoo_subcommands
@@ -58,6 +59,7 @@ def visionlens_register_transfer_techniques() -> List[Any]:
         *techniques_captum.TECHNIQUES,
         *techniques_features.TECHNIQUES,
         *techniques_mechanisms.TECHNIQUES,
+        *techniques_unit_fv.TECHNIQUES,
         *techniques_circuits.TECHNIQUES,
         *dictionary_transfer.TECHNIQUES,
         *techniques_clip.TECHNIQUES,
