@@ -67,3 +67,20 @@ def test_other_settings_are_refused_not_overwritten(tmp_path):
     assert (tmp_path / "results.json").read_text() == before
     rows = run_transfer(tmp_path, families=["convnext"], techniques=["unit_dla"], quick=True, sanity=True, resume=False)
     assert [r["model"] for r in rows] == ["zoo:convnext"]
+
+
+def test_a_model_skipped_for_missing_weights_is_scored_once_they_exist(tmp_path):
+    """A folder still training (weights not yet written) gives skipped rows; resuming after the weights land
+    scores them (the bug: the skipped rows counted as done, so the resume kept "no trained weights")."""
+    out = tmp_path / "seed3"
+    folder = tmp_path / "seed3_weights"
+    folder.mkdir()
+    kw = dict(families=["mobilenet"], techniques=["unit_dla"], quick=True, sanity=False, weights=folder)
+    first = run_transfer(out, **kw)
+    assert first[0]["supported"] is False and "no trained weights" in first[0]["reason"] and first[0]["skipped"]
+    filled = _seed_folder(tmp_path, "mobilenet", 3)
+    for f in filled.iterdir():
+        shutil.move(str(f), folder / f.name)
+    second = run_transfer(out, **kw)
+    assert second[0]["supported"] is True and second[0]["score"] is not None and not second[0].get("skipped")
+    assert json.loads((out / "results.json").read_text())["run"]["cells_scored"] == 1

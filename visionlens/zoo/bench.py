@@ -199,7 +199,11 @@ def run_transfer(
         settings["weights"] = "per row"
     # a cell is done only when scored from the same weights; other cells of earlier runs stay as they are
     current = _CurrentWeights(weights_dir)
-    done = {(r["model"], r["technique"]): r for r in old if r.get("weights") == weights_dir and current.scored(r)}
+    done = {
+        (r["model"], r["technique"]): r
+        for r in old
+        if r.get("weights") == weights_dir and current.scored(r) and not r.get("skipped")
+    }
     selected = {(f"zoo:{e.name}", t.name) for e in zoo for t in techs}
     kept = [r for r in old if (r["model"], r["technique"]) not in selected]  # other cells of earlier runs stay
     rows: List[Dict[str, Any]] = []
@@ -384,8 +388,8 @@ def _score_entry(entry: ZooEntry, todo: Sequence[Any], job: _EntryJob, emit: Emi
     )
     if reason:
         emit("say", f"zoo:{entry.name}: skipped ({reason})")
-        for t in todo:
-            emit("row", _row(entry, t, reason=reason))
+        for t in todo:  # marked: not a verdict on the cell, so a later run with the weights scores it
+            emit("row", {**_row(entry, t, reason=reason), "skipped": True})
         return
     t_load = time.perf_counter()
     model = load(entry.name, directory=job.weights)
